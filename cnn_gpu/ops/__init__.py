@@ -1,0 +1,1 @@
+"""One module per op family: its contract (checks, output geometry), NumPy path and CUDA path side by side."""

@@ -1,0 +1,90 @@
+"""Output geometry of sliding-window ops (convolution and pooling), written once for both backends.
+
+padding: an int, a pair (top/bottom, left/right), 'valid' (0) or 'same' (Keras/TF meaning: output
+ceil(H / stride); total pad max((out - 1) * stride + R - H, 0), the odd extra row/column at the
+bottom/right).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def as_pair(name: str, value, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints -> (h, w), each >= minimum, or a ValueError naming the argument."""
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """Everything a sliding-window kernel needs: sizes, strides, the four pads, the output size."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    R: int  # window height
+    S: int  # window width
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_bottom: int
+    pad_left: int
+    pad_right: int
+    OH: int
+    OW: int
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def padded_hw(self):
+        return (self.H + self.pad_top + self.pad_bottom, self.W + self.pad_left + self.pad_right)
+
+
+def _same_pads(size: int, window: int, stride: int) -> tuple[int, int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def window_geometry(x_shape, window, stride, padding, *, x_name="x", window_name="kernel_size") -> WindowGeometry:
+    """Validate and compute the geometry of a window of size ``window`` (R, S) sliding over ``x_shape``."""
+    N, C, H, W = (int(v) for v in x_shape)
+    R, S = window
+    stride_h, stride_w = as_pair("stride", stride, 1)
+    if min(N, C, H, W) < 1:
+        raise ValueError(f"{x_name} must have positive sizes, got shape {tuple(x_shape)}")
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            pt = pb = pl = pr = 0
+            OH = OW = None
+        elif mode == "same":
+            pt, pb, OH = _same_pads(H, R, stride_h)
+            pl, pr, OW = _same_pads(W, S, stride_w)
+        else:
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    else:
+        ph, pw = as_pair("padding", padding, 0)
+        pt = pb = ph
+        pl = pr = pw
+        OH = OW = None
+    Hp, Wp = H + pt + pb, W + pl + pr
+    if R > Hp or S > Wp:
+        raise ValueError(
+            f"{window_name} {(R, S)} is larger than the padded input {(Hp, Wp)} "
+            f"({x_name} shape {tuple(x_shape)}, padding {padding!r})"
+        )
+    if OH is None:
+        OH = (Hp - R) // stride_h + 1
+        OW = (Wp - S) // stride_w + 1
+    return WindowGeometry(N, C, H, W, R, S, stride_h, stride_w, pt, pb, pl, pr, OH, OW)

@@ -1,0 +1,64 @@
+// common.cuh: helpers shared by every kernel family.
+//   - activation codes and apply_activation / activation_grad_from_output, used by the element-wise
+//     kernels and by the fused epilogues of conv2d and gemm (codes match cnn_gpu/ops/activation.py);
+//   - the counter-based hash behind dropout (mirrored bit for bit in cnn_gpu/ops/dropout.py);
+//   - 16-byte vector load/store helpers.
+#pragma once
+
+typedef unsigned int uint32;
+typedef unsigned long long uint64;
+typedef long long int64;
+
+// ---- activations --------------------------------------------------------------------------------
+#define ACT_NONE 0
+#define ACT_RELU 1
+#define ACT_LEAKY_RELU 2
+#define ACT_SIGMOID 3
+#define ACT_TANH 4
+
+// y = f(v). NaN propagates (v > 0 is false for NaN, and NaN * slope is NaN), as in PyTorch.
+__device__ __forceinline__ float apply_activation(float v, int act, float slope) {
+    switch (act) {
+        case ACT_RELU: return v > 0.f ? v : (v != v ? v : 0.f);
+        case ACT_LEAKY_RELU: return v > 0.f ? v : v * slope;
+        case ACT_SIGMOID: return 1.f / (1.f + expf(-v));
+        case ACT_TANH: return tanhf(v);
+        default: return v;
+    }
+}
+
+// dL/dv from dL/dy and the forward OUTPUT y, so no pre-activation needs to be kept.
+__device__ __forceinline__ float activation_grad_from_output(float dy, float y, int act, float slope) {
+    switch (act) {
+        case ACT_RELU: return y > 0.f ? dy : 0.f;
+        case ACT_LEAKY_RELU: return y > 0.f ? dy : dy * slope;
+        case ACT_SIGMOID: return dy * y * (1.f - y);
+        case ACT_TANH: return dy * (1.f - y * y);
+        default: return dy;
+    }
+}
+
+// ---- counter-based hash (dropout) ---------------------------------------------------------------
+// lowbias32 (Chris Wellons' integer hash): a bijection on 32 bits with good avalanche.
+__device__ __forceinline__ uint32 mix32(uint32 h) {
+    h ^= h >> 16; h *= 0x7feb352dU;
+    h ^= h >> 15; h *= 0x846ca68bU;
+    h ^= h >> 16;
+    return h;
+}
+
+// One 32-bit hash of (seed, element index); the NumPy path computes the same function.
+__device__ __forceinline__ uint32 hash_seed_index(uint64 seed, uint64 index) {
+    uint32 h = mix32((uint32)seed ^ 0x9e3779b9U);
+    h = mix32(h ^ (uint32)(seed >> 32));
+    h = mix32(h ^ (uint32)index);
+    return mix32(h ^ (uint32)(index >> 32));
+}
+
+// ---- vector access ------------------------------------------------------------------------------
+__device__ __forceinline__ float4 load_float4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void store_float4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+
+// Grid-stride loop over [0, n) with 64-bit indices: correct for tensors past 2^31 elements.
+#define GRID_STRIDE_LOOP(i, n) \
+    for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64)gridDim.x * blockDim.x)

@@ -1,0 +1,2 @@
+// PLACEHOLDER: conv2d kernels are being written
+#include "common.cuh"

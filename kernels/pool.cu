@@ -1,0 +1,2 @@
+// PLACEHOLDER: pool kernels are being written
+#include "common.cuh"

@@ -1,0 +1,38 @@
+"""Comparison helpers for the op tests: relative error, moving data to a backend, finite differences."""
+from __future__ import annotations
+
+import numpy
+
+import cnn_gpu
+
+
+def rel_error(ours, ref) -> float:
+    """‖ours − ref‖ / ‖ref‖ in float64, on the host. NaN anywhere in ours makes it NaN (fails < tol)."""
+    ours = numpy.asarray(cnn_gpu.to_numpy(ours), dtype=numpy.float64)
+    ref = numpy.asarray(cnn_gpu.to_numpy(ref), dtype=numpy.float64)
+    assert ours.shape == ref.shape, f"shape {ours.shape} != reference shape {ref.shape}"
+    denom = numpy.linalg.norm(ref)
+    diff = numpy.linalg.norm(ours - ref)
+    return float(diff / denom) if denom > 0 else float(diff)
+
+
+def to_backend(xp, *arrays):
+    """Host float arrays -> the test's backend (float32 there for cuda)."""
+    out = tuple(xp.asarray(a) for a in arrays)
+    return out if len(out) > 1 else out[0]
+
+
+def numeric_grad(f, x, dy, eps=1e-6):
+    """Central finite differences of sum(f(x) * dy) with respect to x (float64, modifies x temporarily)."""
+    grad = numpy.zeros_like(x)
+    flat = x.reshape(-1)
+    g = grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        plus = numpy.sum(f(x) * dy)
+        flat[i] = old - eps
+        minus = numpy.sum(f(x) * dy)
+        flat[i] = old
+        g[i] = (plus - minus) / (2 * eps)
+    return grad

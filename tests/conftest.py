@@ -1,0 +1,63 @@
+"""Shared fixtures: the backend parametrisation every op test uses, and the references' tolerances.
+
+`backend` runs a test once per backend: numpy always; cuda when a device is usable, otherwise skipped
+with the reason in the summary (pytest is configured with -rs). `pytest --backend=numpy|cuda` narrows
+it; CNN_GPU_BACKEND=cuda does the same and makes a missing GPU an error rather than a skip.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy
+import pytest
+
+import cnn_gpu
+
+# Kernels' outputs are NaN-filled before launch during tests, so an unwritten element fails.
+os.environ.setdefault("CNN_GPU_DEBUG_FILL", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", choices=("numpy", "cuda"), default=None, help="run op tests on one backend only")
+
+
+def _requested_backends(config):
+    chosen = config.getoption("--backend") or os.environ.get("CNN_GPU_BACKEND", "").lower()
+    if chosen in ("numpy", "cuda"):
+        return [chosen] if chosen == "numpy" else ["numpy", "cuda"]
+    return ["numpy", "cuda"]
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _requested_backends(metafunc.config), indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """'numpy' or 'cuda'; cuda skips with the reason when no device is usable (fails if cuda was required)."""
+    name = request.param
+    if name == "cuda":
+        usable, reason = cnn_gpu.cuda_status()
+        if not usable:
+            if os.environ.get("CNN_GPU_BACKEND", "").lower() == "cuda":
+                pytest.fail(f"CNN_GPU_BACKEND=cuda but {reason}")
+            pytest.skip(f"cuda backend: {reason}")
+    return name
+
+
+@pytest.fixture
+def xp(backend):
+    if backend == "cuda":
+        import cupy
+
+        return cupy
+    return numpy
+
+
+@pytest.fixture
+def rng():
+    """Fresh random inputs each run (never zeros); the seed is printed on failure by pytest's repr."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"rng seed {seed}")
+    return numpy.random.default_rng(seed)

@@ -1,0 +1,112 @@
+"""relu, leaky_relu, sigmoid, tanh: forward against plain float64 formulas, backward against finite
+differences, CUDA against NumPy, NaN propagation, bad inputs."""
+import math
+
+import numpy
+import pytest
+
+from cnn_gpu import functional as F
+from checks import numeric_grad, rel_error
+
+SHAPES = [(1,), (3, 5), (2, 3, 17, 31), (1, 1, 33, 65), (129, 127)]
+
+
+def naive(name, x, slope=0.01):
+    out = numpy.empty_like(x, dtype=numpy.float64)
+    for i, v in enumerate(x.reshape(-1).astype(numpy.float64)):
+        if name == "relu":
+            r = v if v > 0 else 0.0
+        elif name == "leaky_relu":
+            r = v if v > 0 else slope * v
+        elif name == "sigmoid":
+            r = 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+        else:
+            r = math.tanh(v)
+        out.reshape(-1)[i] = r
+    return out
+
+
+def forward(name, x):
+    return F.leaky_relu(x, 0.2) if name == "leaky_relu" else getattr(F, name)(x)
+
+
+def backward(name, dy, y):
+    if name == "leaky_relu":
+        return F.leaky_relu_backward(dy, y, 0.2)
+    return getattr(F, name + "_backward")(dy, y)
+
+
+NAMES = ["relu", "leaky_relu", "sigmoid", "tanh"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_matches_naive(backend, xp, rng, name, shape):
+    x = (rng.standard_normal(shape) * 4).astype(numpy.float32)
+    y = forward(name, xp.asarray(x))
+    assert y.shape == x.shape and y.dtype == numpy.float32
+    assert rel_error(y, naive(name, x, 0.2)) < 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_numpy(backend, xp, rng, name, shape):
+    x = (rng.standard_normal(shape) * 3).astype(numpy.float32)
+    dy = rng.standard_normal(shape).astype(numpy.float32)
+    y = forward(name, x)
+    ref = backward(name, dy, y)
+    ours = backward(name, xp.asarray(dy), forward(name, xp.asarray(x)))
+    assert rel_error(ours, ref) < 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_finite_differences(rng, name):
+    x = rng.standard_normal((2, 3, 4, 5))
+    x[numpy.abs(x) < 1e-3] = 0.5  # keep away from relu's kink
+    dy = rng.standard_normal(x.shape)
+    y = forward(name, x)
+    grad = backward(name, dy, y)
+    assert rel_error(grad, numeric_grad(lambda v: forward(name, v), x, dy)) < 1e-7
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_and_inf_propagate(backend, xp, name):
+    x = xp.asarray(numpy.array([numpy.nan, numpy.inf, -numpy.inf, 0.0, -2.0], dtype=numpy.float32))
+    y = numpy.asarray(forward(name, x).get() if backend == "cuda" else forward(name, x))
+    assert numpy.isnan(y[0])
+    expected_pos = {"relu": numpy.inf, "leaky_relu": numpy.inf, "sigmoid": 1.0, "tanh": 1.0}[name]
+    expected_neg = {"relu": 0.0, "leaky_relu": -numpy.inf, "sigmoid": 0.0, "tanh": -1.0}[name]
+    assert y[1] == expected_pos and y[2] == expected_neg
+
+
+def test_non_contiguous_input_accepted(backend, xp, rng):
+    x = rng.standard_normal((6, 8)).astype(numpy.float32)
+    view = xp.asarray(x)[:, ::2]
+    assert rel_error(F.relu(view), naive("relu", x[:, ::2])) == 0
+
+
+def test_rejects_integer_input():
+    with pytest.raises(TypeError, match="x must be float"):
+        F.relu(numpy.arange(4))
+
+
+def test_rejects_list_input():
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
+        F.sigmoid([1.0, 2.0])
+
+
+def test_backward_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match=r"dy shape \(3,\) must equal y shape \(4,\)"):
+        F.relu_backward(numpy.ones(3, numpy.float32), numpy.ones(4, numpy.float32))
+
+
+def test_backward_rejects_negative_slope():
+    with pytest.raises(ValueError, match="negative_slope"):
+        F.leaky_relu(numpy.ones(3, numpy.float32), -0.5)
+
+
+def test_rejects_mixed_backends(backend, xp):
+    if backend != "cuda":
+        pytest.skip("mixing needs both NumPy and CuPy arrays")
+    with pytest.raises(TypeError, match="all NumPy or all CuPy"):
+        F.relu_backward(xp.ones(3, dtype=numpy.float32), numpy.ones(3, numpy.float32))
