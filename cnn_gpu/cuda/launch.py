@@ -28,6 +28,11 @@ def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+def is_aligned(alignment: int, *arrays) -> bool:
+    """True when every array's data pointer is a multiple of alignment bytes (what vector loads need)."""
+    return all(a.data.ptr % alignment == 0 for a in arrays)
+
+
 def require_int32_indexable(name: str, shape) -> None:
     """Kernels that index with 32-bit ints call this before launch: a clear error instead of wrap-around."""
     size = 1

@@ -84,9 +84,10 @@ def contiguous(xp, a):
 
 def nan_filled(xp, shape, dtype=numpy.float32):
     """Output buffer for a kernel. NaN-filled under CNN_GPU_DEBUG_FILL=1 (the tests set it) so an
-    element no thread writes is caught; plain ``empty`` otherwise."""
+    element no thread writes is caught (integer buffers: their dtype's maximum); plain ``empty`` otherwise."""
     if _debug_fill():
-        return xp.full(shape, numpy.nan, dtype=dtype)
+        fill = numpy.nan if numpy.dtype(dtype).kind == "f" else numpy.iinfo(dtype).max
+        return xp.full(shape, fill, dtype=dtype)
     return xp.empty(shape, dtype=dtype)
 
 

@@ -1,9 +1,142 @@
-"""PLACEHOLDER while the optim op family is being written (replaced in this session)."""
+"""Optimizer steps, SGD (with momentum, Nesterov) and Adam, applied in place with Keras's formulas.
+
+Contract: sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=False) and
+adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+overwrite param and the optimizer state (velocity; m, v) and return None, as in-place updates do.
+param and the state must be C-contiguous (they are written through, not copied); grad may be any
+layout. velocity may be None when momentum == 0 (plain SGD keeps no state). step is Adam's 1-based
+step count t. On CUDA each call is one kernel launch (kernels/optim.cu: sgd_momentum_update,
+adam_update).
+
+    SGD:  velocity = momentum * velocity - lr * grad
+          param += momentum * velocity - lr * grad   if nesterov, else   param += velocity
+    Adam: m += (grad - m) * (1 - beta_1);  v += (grad^2 - v) * (1 - beta_2)
+          param -= (m * alpha) / (sqrt(v) + epsilon),  alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+
+alpha is computed on the host in float64 and rounded once to the parameter's dtype.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy
+
+from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands
 
 
-def adam_update(*args, **kwargs):
-    raise NotImplementedError('adam_update')
+def adam_step_size(learning_rate: float, beta_1: float, beta_2: float, step: int) -> float:
+    """alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t): Adam's bias corrections folded into one scalar."""
+    return learning_rate * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)
 
 
-def sgd_update(*args, **kwargs):
-    raise NotImplementedError('sgd_update')
+# ---- NumPy path ----------------------------------------------------------------------------------
+def _numpy_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov):
+    real = param.dtype.type
+    lr_grad = real(learning_rate) * grad
+    if velocity is None:
+        param -= lr_grad
+        return
+    velocity *= real(momentum)
+    velocity -= lr_grad
+    param += (real(momentum) * velocity - lr_grad) if nesterov else velocity
+
+
+def _numpy_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
+    real = param.dtype.type
+    m += (grad - m) * real(1.0 - beta_1)
+    v += (grad * grad - v) * real(1.0 - beta_2)
+    param -= (m * real(alpha)) / (numpy.sqrt(v) + real(epsilon))
+
+
+# ---- CUDA path -----------------------------------------------------------------------------------
+# Plain SGD has no velocity buffer: the kernel takes a NULL pointer, passed by value as 8 zero bytes.
+_NULL_POINTER = numpy.uint64(0)
+
+
+def _cuda_launch(kernel_name, arrays, scalars):
+    """One grid-stride launch of kernels/optim.cu's kernel_name over param-sized arrays (None: NULL)."""
+    from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
+    from cnn_gpu.cuda.loader import load_kernel
+
+    n = arrays[0].size
+    if n:
+        pointers = tuple(_NULL_POINTER if a is None else a for a in arrays)
+        vec4 = is_aligned(16, *(a for a in arrays if a is not None))
+        load_kernel("optim", kernel_name)(
+            (grid_stride_blocks(max(n // 4, 1), 256),), (256,),
+            (*pointers, numpy.int64(n), *scalars, numpy.int32(vec4)),
+        )
+
+
+def _cuda_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov):
+    import cupy
+
+    _cuda_launch("sgd_momentum_update", (param, contiguous(cupy, grad), velocity),
+                 (numpy.float32(learning_rate), numpy.float32(momentum), numpy.int32(bool(nesterov))))
+
+
+def _cuda_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
+    import cupy
+
+    _cuda_launch("adam_update", (param, contiguous(cupy, grad), m, v),
+                 (numpy.float32(alpha), numpy.float32(1.0 - beta_1), numpy.float32(1.0 - beta_2), numpy.float32(epsilon)))
+
+
+# ---- public functions ----------------------------------------------------------------------------
+def _check_in_place_operands(param, grad, **state):
+    """grad and state shaped like param; param and state C-contiguous, as they are written in place."""
+    check_same_shape("grad", grad, "param", param)
+    for name, a in {"param": param, **state}.items():
+        if a is None:
+            continue
+        check_same_shape(name, a, "param", param)
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous (it is updated in place), got strides {a.strides} for shape {a.shape}")
+
+
+def _check_learning_rate(learning_rate):
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+
+
+def _check_unit_interval(name, value):
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=False):
+    """One SGD step in place (param, and velocity when given); returns None. velocity may be None
+    only when momentum == 0."""
+    _check_learning_rate(learning_rate)
+    _check_unit_interval("momentum", momentum)
+    if velocity is None and momentum != 0:
+        raise ValueError(f"velocity is required when momentum != 0 (momentum={momentum!r})")
+    xp = float_operands({}, param=param, grad=grad, velocity=velocity)
+    _check_in_place_operands(param, grad, velocity=velocity)
+    if xp is numpy:
+        _numpy_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov)
+    else:
+        _cuda_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov)
+
+
+def adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """One Adam step in place (param, m, v); step is the 1-based step count t. Returns None."""
+    try:
+        step = operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an int (the 1-based step count), got {type(step).__name__} {step!r}") from None
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the 1-based step count), got {step}")
+    _check_learning_rate(learning_rate)
+    _check_unit_interval("beta_1", beta_1)
+    _check_unit_interval("beta_2", beta_2)
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+    xp = float_operands({}, param=param, grad=grad, m=m, v=v)
+    _check_in_place_operands(param, grad, m=m, v=v)
+    alpha = adam_step_size(learning_rate, beta_1, beta_2, step)
+    if xp is numpy:
+        _numpy_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon)
+    else:
+        _cuda_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon)
