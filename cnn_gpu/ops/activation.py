@@ -57,14 +57,10 @@ def numpy_activation_grad(dy, y, name, slope=0.01):
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
-def _aligned16(*arrays) -> bool:
-    return all(a.data.ptr % 16 == 0 for a in arrays)
-
-
 def _cuda_activation(x, name, slope):
     import cupy
 
-    from cnn_gpu.cuda.launch import grid_stride_blocks
+    from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
     from cnn_gpu.cuda.loader import load_kernel
 
     x = contiguous(cupy, x)
@@ -75,7 +71,7 @@ def _cuda_activation(x, name, slope):
         blocks = grid_stride_blocks(max(n // 4, 1), threads)
         load_kernel("activation", "activation_fwd")(
             (blocks,), (threads,),
-            (x, y, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(_aligned16(x, y))),
+            (x, y, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(is_aligned(16, x, y))),
         )
     return y
 
@@ -83,7 +79,7 @@ def _cuda_activation(x, name, slope):
 def _cuda_activation_grad(dy, y, name, slope):
     import cupy
 
-    from cnn_gpu.cuda.launch import grid_stride_blocks
+    from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
     from cnn_gpu.cuda.loader import load_kernel
 
     dy, y = contiguous(cupy, dy), contiguous(cupy, y)
@@ -94,7 +90,7 @@ def _cuda_activation_grad(dy, y, name, slope):
         blocks = grid_stride_blocks(max(n // 4, 1), threads)
         load_kernel("activation", "activation_bwd")(
             (blocks,), (threads,),
-            (dy, y, dx, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(_aligned16(dy, y, dx))),
+            (dy, y, dx, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(is_aligned(16, dy, y, dx))),
         )
     return dx
 
