@@ -28,13 +28,19 @@ from cnn_gpu.ops.pool import (
     sum_pool2d_backward,
 )
 from cnn_gpu.ops.shape import flatten, flatten_backward
-from cnn_gpu.ops.softmax import log_softmax, sigmoid_binary_cross_entropy, softmax, softmax_cross_entropy
+from cnn_gpu.ops.softmax import (
+    log_softmax,
+    mean_squared_error,
+    sigmoid_binary_cross_entropy,
+    softmax,
+    softmax_cross_entropy,
+)
 
 __all__ = [
     "adam_update", "avg_pool2d", "avg_pool2d_backward", "batch_norm", "batch_norm_backward",
     "conv2d", "conv2d_backward", "dropout", "dropout_backward", "flatten", "flatten_backward",
     "leaky_relu", "leaky_relu_backward", "linear", "linear_backward", "log_softmax", "matmul",
-    "max_pool2d", "max_pool2d_backward", "relu", "relu_backward", "sgd_update", "sigmoid",
+    "max_pool2d", "max_pool2d_backward", "mean_squared_error", "relu", "relu_backward", "sgd_update", "sigmoid",
     "sigmoid_backward", "sigmoid_binary_cross_entropy", "softmax", "softmax_cross_entropy",
     "sum_pool2d", "sum_pool2d_backward", "tanh", "tanh_backward",
 ]

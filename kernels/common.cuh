@@ -2,7 +2,8 @@
 //   - activation codes and apply_activation / activation_grad_from_output, used by the element-wise
 //     kernels and by the fused epilogues of conv2d and gemm (codes match cnn_gpu/ops/activation.py);
 //   - the counter-based hash behind dropout (mirrored bit for bit in cnn_gpu/ops/dropout.py);
-//   - 16-byte vector load/store helpers.
+//   - 16-byte vector load/store helpers;
+//   - deterministic warp and block sums (softmax losses, batch-norm statistics).
 #pragma once
 
 typedef unsigned int uint32;
@@ -62,3 +63,21 @@ __device__ __forceinline__ void store_float4(float* p, float4 v) { *reinterpret_
 // Grid-stride loop over [0, n) with 64-bit indices: correct for tensors past 2^31 elements.
 #define GRID_STRIDE_LOOP(i, n) \
     for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64)gridDim.x * blockDim.x)
+
+// ---- deterministic reductions (no atomics: the same inputs give the same bits, run after run) -----
+// Sum over the 32 lanes by a fixed xor butterfly; every lane ends with the same total.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Sum over the block; every thread gets the total. blockDim.x must be a multiple of 32 (at most 1024)
+// and every thread of the block must call it. warp_totals: __shared__ float[32], reusable across calls.
+__device__ __forceinline__ float block_sum(float v, float* warp_totals) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    v = warp_sum(v);
+    __syncthreads();  // an earlier call may still be reading warp_totals
+    if (lane == 0) warp_totals[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < (int)(blockDim.x / 32) ? warp_totals[lane] : 0.f);
+}

@@ -1,17 +1,209 @@
-"""PLACEHOLDER while the softmax op family is being written (replaced in this session)."""
+"""Softmax and log-softmax over the last axis, and the training losses fused with their gradients.
+
+Contract:
+- ``softmax(x)``, ``log_softmax(x)``: x of any ndim >= 1 with a non-empty last axis; computed over
+  the last axis with the row maximum subtracted first, so ±1e4 logits stay finite. A NaN in a row
+  makes that row NaN.
+- ``softmax_cross_entropy(logits, labels) -> (loss, dlogits)``: logits (N, K) float, labels (N,)
+  integer class indices in [0, K) (checked before any work; on CUDA that check is the one device->
+  host copy: the labels' min and max). loss = mean_r -log softmax(logits)[r, labels[r]];
+  dlogits = (softmax(logits) - onehot(labels)) / N.
+- ``sigmoid_binary_cross_entropy(logits, labels) -> (loss, dlogits)``: logits any shape, labels the
+  same shape: 0/1 (bool, int or float; soft targets in [0, 1] work too and are not checked).
+  loss = mean of max(z, 0) - z t + log(1 + exp(-|z|)) (stable in both tails);
+  dlogits = (sigmoid(z) - t) / size.
+- ``mean_squared_error(pred, target) -> (loss, dpred)``: same shape and dtype (Keras's 'mse': the
+  mean over every element). loss = mean (pred - target)^2; dpred = 2 (pred - target) / size.
+
+Every loss is a 0-d array on the inputs' backend: nothing crosses to the host, so a training step
+can keep it on the GPU. On CUDA each loss is one fused kernel (loss terms and gradient in one pass,
+one partial sum a block) and a fixed-order sum of the partials: the loss bits are reproducible.
+Kernels: kernels/softmax.cu (softmax_fwd, softmax_xent_fwd_bwd, elementwise_loss_fwd_bwd, sum_scaled).
+"""
+from __future__ import annotations
+
+import numpy
+
+from cnn_gpu.backend import to_numpy
+from cnn_gpu.ops.activation import numpy_activation
+from cnn_gpu.ops.arrays import array_module, check_same_shape, contiguous, float_operands, nan_filled
+
+# Shared with kernels/softmax.cu.
+ROWS_PER_BLOCK = 8  # row kernels: one warp a row, this many warps a block
+LOSS_CODES = {"sigmoid_bce": 0, "mse": 1}  # LOSS_SIGMOID_BCE, LOSS_MSE
 
 
-def log_softmax(*args, **kwargs):
-    raise NotImplementedError('log_softmax')
+# ---- NumPy path ----------------------------------------------------------------------------------
+def _numpy_softmax(x, log):
+    shifted = x - x.max(axis=-1, keepdims=True)
+    e = numpy.exp(shifted)
+    s = e.sum(axis=-1, keepdims=True)
+    return shifted - numpy.log(s) if log else e / s
 
 
-def sigmoid_binary_cross_entropy(*args, **kwargs):
-    raise NotImplementedError('sigmoid_binary_cross_entropy')
+def _numpy_softmax_cross_entropy(logits, labels):
+    n = logits.shape[0]
+    rows = numpy.arange(n)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = numpy.exp(shifted)
+    s = e.sum(axis=1, keepdims=True)
+    loss = numpy.mean(numpy.log(s[:, 0]) - shifted[rows, labels])
+    dlogits = e / s
+    dlogits[rows, labels] -= 1
+    dlogits /= n
+    return numpy.asarray(loss, dtype=logits.dtype), dlogits
 
 
-def softmax(*args, **kwargs):
-    raise NotImplementedError('softmax')
+def _numpy_elementwise_loss(loss, pred, target):
+    if loss == "sigmoid_bce":
+        terms = numpy.maximum(pred, 0) - pred * target + numpy.log1p(numpy.exp(-numpy.abs(pred)))
+        grad = numpy_activation(pred, "sigmoid") - target
+    else:
+        diff = pred - target
+        terms = diff * diff
+        grad = 2 * diff
+    return numpy.asarray(terms.mean(), dtype=pred.dtype), grad / pred.size
 
 
-def softmax_cross_entropy(*args, **kwargs):
-    raise NotImplementedError('softmax_cross_entropy')
+# ---- CUDA path -----------------------------------------------------------------------------------
+def _cuda_softmax(x, log):
+    import cupy
+
+    from cnn_gpu.cuda.launch import cdiv
+    from cnn_gpu.cuda.loader import load_kernel
+
+    x = contiguous(cupy, x)
+    y = nan_filled(cupy, x.shape)
+    k = x.shape[-1]
+    rows = x.size // k
+    if rows:
+        load_kernel("softmax", "softmax_fwd")(
+            (cdiv(rows, ROWS_PER_BLOCK),), (32 * ROWS_PER_BLOCK,),
+            (x, y, numpy.int64(rows), numpy.int64(k), numpy.int32(log)),
+        )
+    return y
+
+
+def _cuda_mean_of_partials(block_loss, count):
+    """0-d device array: sum(block_loss) / count, added in a fixed order by one block."""
+    import cupy
+
+    from cnn_gpu.cuda.loader import load_kernel
+
+    loss = nan_filled(cupy, ())
+    load_kernel("softmax", "sum_scaled")(
+        (1,), (256,), (block_loss, numpy.int64(block_loss.size), numpy.float32(1.0 / count), loss)
+    )
+    return loss
+
+
+def _cuda_softmax_cross_entropy(logits, labels):
+    import cupy
+
+    from cnn_gpu.cuda.launch import cdiv
+    from cnn_gpu.cuda.loader import load_kernel
+
+    logits = contiguous(cupy, logits)
+    labels = contiguous(cupy, labels.astype(cupy.int64, copy=False))
+    n, k = logits.shape
+    dlogits = nan_filled(cupy, logits.shape)
+    blocks = cdiv(n, ROWS_PER_BLOCK)
+    block_loss = nan_filled(cupy, (blocks,))
+    load_kernel("softmax", "softmax_xent_fwd_bwd")(
+        (blocks,), (32 * ROWS_PER_BLOCK,),
+        (logits, labels, dlogits, block_loss, numpy.int64(n), numpy.int64(k), numpy.float32(1.0 / n)),
+    )
+    return _cuda_mean_of_partials(block_loss, n), dlogits
+
+
+def _cuda_elementwise_loss(loss, pred, target):
+    import cupy
+
+    from cnn_gpu.cuda.launch import grid_stride_blocks
+    from cnn_gpu.cuda.loader import load_kernel
+
+    pred, target = contiguous(cupy, pred), contiguous(cupy, target)
+    grad = nan_filled(cupy, pred.shape)
+    n = pred.size
+    threads = 256
+    blocks = grid_stride_blocks(n, threads)
+    block_loss = nan_filled(cupy, (blocks,))
+    load_kernel("softmax", "elementwise_loss_fwd_bwd")(
+        (blocks,), (threads,),
+        (pred, target, grad, block_loss, numpy.int64(n), numpy.float32(1.0 / n), numpy.int32(LOSS_CODES[loss])),
+    )
+    return _cuda_mean_of_partials(block_loss, n), grad
+
+
+# ---- argument checks -----------------------------------------------------------------------------
+def _check_last_axis(x):
+    xp = float_operands({}, x=x)
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must have at least 1 dimension and a non-empty last axis (the softmax axis), got shape {tuple(x.shape)}")
+    return xp
+
+
+def _check_class_labels(logits, labels):
+    xp = array_module(logits=logits, labels=labels)
+    float_operands({"logits": (2, "N, K")}, logits=logits)
+    n, k = logits.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"logits must have at least one row and one class, got shape {tuple(logits.shape)}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array of class indices, got {labels.dtype} (shape {labels.shape})")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"labels shape {tuple(labels.shape)} must be (N,) = ({n},) for logits shape {tuple(logits.shape)}")
+    lo, hi = to_numpy(xp.stack((labels.min(), labels.max()))).tolist()  # one small copy to the host
+    if lo < 0 or hi >= k:
+        raise ValueError(f"labels must lie in [0, {k}) (K = logits.shape[1]), got values from {lo} to {hi}")
+    return xp
+
+
+def _check_nonempty(name, a):
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty (the loss is a mean over its elements), got shape {tuple(a.shape)}")
+
+
+# ---- public functions ----------------------------------------------------------------------------
+def softmax(x):
+    """exp(x - max) / sum(exp(x - max)) over the last axis."""
+    xp = _check_last_axis(x)
+    return _numpy_softmax(x, log=False) if xp is numpy else _cuda_softmax(x, log=False)
+
+
+def log_softmax(x):
+    """(x - max) - log(sum(exp(x - max))) over the last axis."""
+    xp = _check_last_axis(x)
+    return _numpy_softmax(x, log=True) if xp is numpy else _cuda_softmax(x, log=True)
+
+
+def softmax_cross_entropy(logits, labels):
+    """(mean cross-entropy as a 0-d array, dlogits) for logits (N, K) and integer labels (N,)."""
+    xp = _check_class_labels(logits, labels)
+    if xp is numpy:
+        return _numpy_softmax_cross_entropy(logits, labels)
+    return _cuda_softmax_cross_entropy(logits, labels)
+
+
+def sigmoid_binary_cross_entropy(logits, labels):
+    """(mean binary cross-entropy of sigmoid(logits) as a 0-d array, dlogits); labels of logits' shape."""
+    xp = array_module(logits=logits, labels=labels)
+    float_operands({}, logits=logits)
+    if labels.dtype.kind not in "biuf":
+        raise TypeError(f"labels must be a bool, integer or float array of 0/1 targets, got {labels.dtype} (shape {labels.shape})")
+    check_same_shape("labels", labels, "logits", logits)
+    _check_nonempty("logits", logits)
+    targets = labels.astype(logits.dtype, copy=False)
+    if xp is numpy:
+        return _numpy_elementwise_loss("sigmoid_bce", logits, targets)
+    return _cuda_elementwise_loss("sigmoid_bce", logits, targets)
+
+
+def mean_squared_error(pred, target):
+    """(mean of (pred - target)^2 as a 0-d array, dpred) for pred and target of one shape and dtype."""
+    xp = float_operands({}, pred=pred, target=target)
+    check_same_shape("target", target, "pred", pred)
+    _check_nonempty("pred", pred)
+    if xp is numpy:
+        return _numpy_elementwise_loss("mse", pred, target)
+    return _cuda_elementwise_loss("mse", pred, target)
