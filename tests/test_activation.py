@@ -108,5 +108,5 @@ def test_backward_rejects_negative_slope():
 def test_rejects_mixed_backends(backend, xp):
     if backend != "cuda":
         pytest.skip("mixing needs both NumPy and CuPy arrays")
-    with pytest.raises(TypeError, match="all NumPy or all CuPy"):
+    with pytest.raises(TypeError, match="all NumPy or all CuPy arrays"):
         F.relu_backward(xp.ones(3, dtype=numpy.float32), numpy.ones(3, numpy.float32))

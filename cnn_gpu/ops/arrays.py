@@ -26,7 +26,7 @@ def array_module(**arrays):
             raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{n} is {k}" for n, k in kinds.items())
-        raise TypeError(f"operands must all be NumPy or all CuPy arrays: {listing}")
+        raise TypeError(f"operands must be all NumPy or all CuPy arrays: {listing}")
     if "cupy" in kinds.values():
         import cupy
 

@@ -1,0 +1,349 @@
+"""conv2d / conv2d_backward: forward against a plain float64 loop, backward against finite differences,
+CUDA against NumPy (float64) on odd shapes, bit-reproducible backward, torch.nn.functional where torch
+is installed, and one test per bad-input rule."""
+import math
+import re
+
+import numpy
+import pytest
+
+from cnn_gpu import functional as F
+from cnn_gpu import to_numpy
+from cnn_gpu.cuda.loader import KERNEL_DIR
+from cnn_gpu.ops.conv import CONV_TILE
+from checks import numeric_grad, rel_error
+
+ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def naive_pads(size, window, stride, padding):
+    """(pad before, output size) along one axis, from the definitions ('same': Keras, extra at the end)."""
+    if padding == "same":
+        out = math.ceil(size / stride)
+        return max((out - 1) * stride + window - size, 0) // 2, out
+    pad = 0 if padding == "valid" else padding
+    return pad, (size + 2 * pad - window) // stride + 1
+
+
+def naive_activation(v, name, slope):
+    if name == "relu":
+        return max(v, 0.0)
+    if name == "leaky_relu":
+        return v if v > 0 else slope * v
+    if name == "sigmoid":
+        return 1.0 / (1.0 + math.exp(-v))
+    if name == "tanh":
+        return math.tanh(v)
+    return v
+
+
+def naive_conv2d(x, w, b=None, stride=1, padding=0, activation=None, slope=0.01):
+    """The definition, one multiply-add at a time, in float64."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    sh, sw = pair(stride)
+    ph, pw = (padding, padding) if isinstance(padding, str) else pair(padding)
+    top, OH = naive_pads(H, R, sh, ph)
+    left, OW = naive_pads(W, S, sw, pw)
+    y = numpy.empty((N, K, OH, OW))
+    for n in range(N):
+        for k in range(K):
+            for oh in range(OH):
+                for ow in range(OW):
+                    acc = 0.0 if b is None else float(b[k])
+                    for c in range(C):
+                        for r in range(R):
+                            for s in range(S):
+                                h, v = oh * sh - top + r, ow * sw - left + s
+                                if 0 <= h < H and 0 <= v < W:
+                                    acc += float(x[n, c, h, v]) * float(w[k, c, r, s])
+                    y[n, k, oh, ow] = naive_activation(acc, activation, slope)
+    return y
+
+
+def inputs(rng, x_shape, w_shape, dtype=numpy.float32, bias=True):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
+    return x, w, b
+
+
+# ---- NumPy forward against the definition --------------------------------------------------------
+# (x shape, w shape, stride, padding): odd sizes, strides 1-3, padding 0-2, 'same' with even kernels
+# (asymmetric pads), 'valid', non-square kernels, batch 1.
+FORWARD_CASES = [
+    ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0),
+    ((1, 2, 5, 7), (3, 2, 3, 3), 1, 0),
+    ((2, 3, 7, 6), (2, 3, 3, 3), 1, 1),
+    ((1, 2, 9, 8), (3, 2, 3, 2), 2, 2),
+    ((2, 1, 8, 9), (2, 1, 2, 3), 3, (1, 0)),
+    ((1, 3, 6, 5), (2, 3, 2, 2), 1, "same"),
+    ((1, 2, 7, 6), (3, 2, 4, 3), 2, "same"),
+    ((2, 2, 5, 8), (2, 2, 3, 4), (1, 3), "same"),
+    ((1, 2, 6, 7), (2, 2, 5, 5), 1, "valid"),
+    ((1, 2, 3, 3), (2, 2, 5, 4), 1, 2),
+]
+
+
+def case_id(case):
+    xs, ws, s, p = case
+    return f"x{'x'.join(map(str, xs))}-w{'x'.join(map(str, ws))}-s{s}-p{p}".replace(" ", "")
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=case_id)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_matches_naive(rng, case, bias):
+    x_shape, w_shape, stride, padding = case
+    x, w, b = inputs(rng, x_shape, w_shape, bias=bias)
+    y = F.conv2d(x, w, b, stride=stride, padding=padding)
+    ref = naive_conv2d(x, w, b, stride, padding)
+    assert y.shape == ref.shape and y.dtype == numpy.float32 and y.flags.c_contiguous
+    assert rel_error(y, ref) < 1e-6
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_activation_matches_naive(rng, activation):
+    x, w, b = inputs(rng, (2, 3, 6, 5), (4, 3, 3, 2))
+    y = F.conv2d(x, w, b, stride=(1, 2), padding="same", activation=activation, negative_slope=0.2)
+    assert rel_error(y, naive_conv2d(x, w, b, (1, 2), "same", activation, 0.2)) < 1e-6
+
+
+def test_float64_forward_is_exact(rng):
+    x, w, b = inputs(rng, (1, 2, 5, 6), (3, 2, 3, 3), dtype=numpy.float64)
+    y = F.conv2d(x, w, b, padding=1)
+    assert y.dtype == numpy.float64
+    assert rel_error(y, naive_conv2d(x, w, b, 1, 1)) < 1e-14
+
+
+# ---- NumPy backward against finite differences --------------------------------------------------
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
+    ((2, 2, 5, 6), (3, 2, 3, 3), 1, 1),
+    ((1, 3, 7, 6), (2, 3, 2, 3), (2, 3), "same"),
+    ((2, 1, 6, 5), (2, 1, 4, 2), 3, (2, 1)),
+])
+def test_backward_finite_differences(rng, x_shape, w_shape, stride, padding):
+    x, w, b = inputs(rng, x_shape, w_shape, dtype=numpy.float64)
+    dy = rng.standard_normal(F.conv2d(x, w, b, stride, padding).shape)
+    dx, dw, db = F.conv2d_backward(dy, x, w, stride, padding)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+    assert rel_error(dx, numeric_grad(lambda v: F.conv2d(v, w, b, stride, padding), x, dy)) < 1e-7
+    assert rel_error(dw, numeric_grad(lambda v: F.conv2d(x, v, b, stride, padding), w, dy)) < 1e-7
+    assert rel_error(db, numeric_grad(lambda v: F.conv2d(x, w, v, stride, padding), b, dy)) < 1e-7
+
+
+# ---- CUDA against NumPy (float64) -----------------------------------------------------------------
+# Odd sizes that divide no tile; several filter and pixel tiles; C·R·S and K·R·S past one BK step;
+# N·OH·OW long enough that dw and db are split over several blocks (conv2d_sum_partials).
+BACKEND_CASES = [
+    ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0),
+    ((2, 3, 17, 13), (17, 3, 3, 3), 1, 1),
+    ((3, 17, 33, 31), (3, 17, 5, 5), 2, "same"),
+    ((2, 5, 9, 33), (7, 5, 2, 4), (2, 3), "same"),
+    ((4, 8, 12, 12), (9, 8, 1, 1), 2, 0),
+    ((2, 3, 7, 7), (5, 3, 7, 7), 1, 3),
+    ((65, 1, 5, 5), (3, 1, 3, 3), 1, "valid"),
+    ((1, 64, 15, 15), (130, 64, 3, 3), 1, 1),
+    ((3, 33, 1, 17), (65, 33, 1, 3), (1, 3), (0, 2)),
+    ((8, 1, 28, 28), (32, 1, 3, 3), 1, "same"),
+    ((5, 31, 11, 9), (127, 31, 3, 3), 3, 2),
+]
+
+
+@pytest.mark.parametrize("case", BACKEND_CASES, ids=case_id)
+def test_forward_matches_numpy_float64(backend, xp, rng, case):
+    x_shape, w_shape, stride, padding = case
+    x, w, b = inputs(rng, x_shape, w_shape)
+    activation = "leaky_relu" if x_shape[0] % 2 else None  # the epilogue on some cases, plain on others
+    ref = F.conv2d(x.astype(numpy.float64), w.astype(numpy.float64), b.astype(numpy.float64), stride, padding, activation, 0.1)
+    y = F.conv2d(xp.asarray(x), xp.asarray(w), xp.asarray(b), stride, padding, activation, 0.1)
+    assert y.dtype == numpy.float32 and y.shape == ref.shape
+    assert rel_error(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("case", BACKEND_CASES, ids=case_id)
+def test_backward_matches_numpy_float64(backend, xp, rng, case):
+    x_shape, w_shape, stride, padding = case
+    x, w, _ = inputs(rng, x_shape, w_shape, bias=False)
+    out_shape = F.conv2d(x, w, stride=stride, padding=padding).shape
+    dy = rng.standard_normal(out_shape).astype(numpy.float32)
+    refs = F.conv2d_backward(*(a.astype(numpy.float64) for a in (dy, x, w)), stride, padding)
+    ours = F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), stride, padding)
+    for name, got, ref in zip(("dx", "dw", "db"), ours, refs):
+        assert got.dtype == numpy.float32 and got.shape == ref.shape, name
+        assert rel_error(got, ref) < 1e-5, name
+
+
+def test_all_activations_on_backend(backend, xp, rng):
+    x, w, b = inputs(rng, (3, 5, 9, 11), (17, 5, 3, 3))
+    for activation in ACTIVATIONS:
+        ref = F.conv2d(x.astype(numpy.float64), w.astype(numpy.float64), b.astype(numpy.float64), 1, "same", activation, 0.3)
+        y = F.conv2d(xp.asarray(x), xp.asarray(w), xp.asarray(b), 1, "same", activation, 0.3)
+        assert rel_error(y, ref) < 1e-5, activation
+
+
+def test_non_contiguous_inputs_accepted(backend, xp, rng):
+    x, w, _ = inputs(rng, (2, 3, 10, 14), (3, 4, 3, 3), bias=False)
+    x_view = xp.asarray(x)[:, :, :, ::2]               # strided
+    w_view = xp.asarray(w).transpose(1, 0, 2, 3)       # (4, 3, 3, 3), Fortran-ish
+    b_view = xp.asarray(rng.standard_normal(8).astype(numpy.float32))[::2]   # strided
+    ref_args = [to_numpy(a).astype(numpy.float64) for a in (x_view, w_view, b_view)]
+    y = F.conv2d(x_view, w_view, b_view, 1, 1)
+    assert rel_error(y, naive_conv2d(*ref_args, 1, 1)) < 1e-5
+    dy = xp.asarray(rng.standard_normal((2, 4, 10, 7)).astype(numpy.float32))[:, :, ::-1]
+    grads = F.conv2d_backward(dy, x_view, w_view, 1, 1)
+    refs = F.conv2d_backward(to_numpy(dy).astype(numpy.float64), ref_args[0], ref_args[1], 1, 1)
+    for got, ref in zip(grads, refs):
+        assert rel_error(got, ref) < 1e-5
+
+
+def test_backward_is_bitwise_reproducible(backend, xp, rng):
+    """dw and db are reduced through split partials (no atomics): two runs give the same bits."""
+    x, w, _ = inputs(rng, (16, 16, 32, 32), (16, 16, 3, 3), bias=False)
+    dy = rng.standard_normal((16, 16, 32, 32)).astype(numpy.float32)
+    args = (xp.asarray(dy), xp.asarray(x), xp.asarray(w), 1, 1)
+    first = [to_numpy(g) for g in F.conv2d_backward(*args)]
+    second = [to_numpy(g) for g in F.conv2d_backward(*args)]
+    for name, a, b in zip(("dx", "dw", "db"), first, second):
+        assert a.tobytes() == b.tobytes(), name
+
+
+# ---- torch.nn.functional, where installed ---------------------------------------------------------
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
+    ((2, 3, 11, 9), (5, 3, 3, 3), 1, 1),
+    ((1, 4, 12, 13), (3, 4, 5, 3), (2, 3), (2, 1)),
+    ((2, 2, 8, 7), (3, 2, 4, 2), 1, "same"),  # even kernel: torch pads the extra row/column at the end too
+])
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_matches_torch(backend, xp, rng, x_shape, w_shape, stride, padding):
+    torch = pytest.importorskip("torch")
+    x, w, b = inputs(rng, x_shape, w_shape, dtype=numpy.float64)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=padding)
+    dy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(dy))
+    cast = (lambda a: xp.asarray(a.astype(numpy.float32))) if backend == "cuda" else (lambda a: a)
+    y = F.conv2d(cast(x), cast(w), cast(b), stride, padding)
+    tol = 1e-5 if backend == "cuda" else 1e-12
+    assert rel_error(y, ty.detach().numpy()) < tol
+    for got, ref in zip(F.conv2d_backward(cast(dy), cast(x), cast(w), stride, padding), (tx.grad, tw.grad, tb.grad)):
+        assert rel_error(got, ref.numpy()) < tol
+
+
+# ---- the kernels' tile defaults are the ones the Python side launches with -------------------------
+def test_tile_defaults_match_kernel_source():
+    source = (KERNEL_DIR / "conv2d.cu").read_text()
+    defaults = {name: int(value) for name, value in re.findall(r"#ifndef (CONV_\w+)\n#define \1 (\d+)", source)}
+    assert defaults == CONV_TILE
+
+
+# ---- bad inputs: one rule each ---------------------------------------------------------------------
+def f32(*shape):
+    return numpy.ones(shape, numpy.float32)
+
+
+def test_rejects_x_wrong_ndim():
+    with pytest.raises(ValueError, match=r"x must be 4-D .*\(1, 5, 5\)"):
+        F.conv2d(f32(1, 5, 5), f32(2, 1, 3, 3))
+
+
+def test_rejects_w_wrong_ndim():
+    with pytest.raises(ValueError, match=r"w must be 4-D .*\(2, 1, 3\)"):
+        F.conv2d(f32(1, 1, 5, 5), f32(2, 1, 3))
+
+
+def test_rejects_b_wrong_ndim():
+    with pytest.raises(ValueError, match=r"b must be 1-D .*\(2, 1\)"):
+        F.conv2d(f32(1, 1, 5, 5), f32(2, 1, 3, 3), f32(2, 1))
+
+
+def test_rejects_dy_wrong_ndim():
+    with pytest.raises(ValueError, match=r"dy must be 4-D .*\(2, 3, 3\)"):
+        F.conv2d_backward(f32(2, 3, 3), f32(1, 1, 5, 5), f32(2, 1, 3, 3))
+
+
+def test_rejects_channel_mismatch():
+    with pytest.raises(ValueError, match=r"w has 2 input channels \(shape \(4, 2, 3, 3\)\) but x has 3 \(shape \(1, 3, 5, 5\)\)"):
+        F.conv2d(f32(1, 3, 5, 5), f32(4, 2, 3, 3))
+
+
+def test_rejects_bias_shape():
+    with pytest.raises(ValueError, match=r"b must have shape \(K,\) = \(4,\) .* got shape \(3,\)"):
+        F.conv2d(f32(1, 2, 5, 5), f32(4, 2, 3, 3), f32(3))
+
+
+def test_rejects_dy_shape():
+    with pytest.raises(ValueError, match=r"dy must have the conv2d output shape \(1, 4, 3, 3\) .* got shape \(1, 4, 5, 5\)"):
+        F.conv2d_backward(f32(1, 4, 5, 5), f32(1, 2, 5, 5), f32(4, 2, 3, 3))
+
+
+def test_rejects_kernel_larger_than_padded_input():
+    with pytest.raises(ValueError, match=r"w \(5, 3\) is larger than the padded input \(4, 6\)"):
+        F.conv2d(f32(1, 1, 4, 4), f32(1, 1, 5, 3), padding=(0, 1))
+
+
+def test_rejects_empty_x():
+    with pytest.raises(ValueError, match=r"x must have positive sizes, got shape \(0, 1, 5, 5\)"):
+        F.conv2d(f32(0, 1, 5, 5), f32(1, 1, 3, 3))
+
+
+def test_rejects_empty_w():
+    with pytest.raises(ValueError, match=r"w must have positive sizes, got shape \(0, 1, 3, 3\)"):
+        F.conv2d(f32(1, 1, 5, 5), f32(0, 1, 3, 3))
+
+
+def test_rejects_non_positive_stride():
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        F.conv2d(f32(1, 1, 5, 5), f32(1, 1, 3, 3), stride=(1, 0))
+
+
+def test_rejects_negative_padding():
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        F.conv2d_backward(f32(1, 1, 3, 3), f32(1, 1, 5, 5), f32(1, 1, 3, 3), padding=-1)
+
+
+def test_rejects_unknown_padding_mode():
+    with pytest.raises(ValueError, match="padding must be an int, a pair, 'valid' or 'same'"):
+        F.conv2d(f32(1, 1, 5, 5), f32(1, 1, 3, 3), padding="full")
+
+
+def test_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation must be one of"):
+        F.conv2d(f32(1, 1, 5, 5), f32(1, 1, 3, 3), activation="gelu")
+
+
+def test_rejects_negative_slope():
+    with pytest.raises(ValueError, match="negative_slope must be >= 0"):
+        F.conv2d(f32(1, 1, 5, 5), f32(1, 1, 3, 3), activation="leaky_relu", negative_slope=-0.1)
+
+
+def test_rejects_integer_input():
+    with pytest.raises(TypeError, match="x must be float"):
+        F.conv2d(numpy.ones((1, 1, 5, 5), numpy.int32), f32(1, 1, 3, 3))
+
+
+def test_rejects_mixed_dtypes():
+    with pytest.raises(TypeError, match="operands must share one dtype: x is float64, w is float32"):
+        F.conv2d(numpy.ones((1, 1, 5, 5)), f32(1, 1, 3, 3))
+
+
+def test_rejects_list_input():
+    with pytest.raises(TypeError, match="w must be a numpy.ndarray"):
+        F.conv2d(f32(1, 1, 5, 5), [[[[1.0]]]])
+
+
+def test_rejects_float64_on_cuda(backend, xp):
+    if backend != "cuda":
+        pytest.skip("float64 is accepted on NumPy")
+    with pytest.raises(TypeError, match="x must be float32 on the cuda backend"):
+        F.conv2d(xp.ones((1, 1, 5, 5)), xp.ones((1, 1, 3, 3), dtype=numpy.float32))
+
+
+def test_rejects_mixed_backends(backend, xp):
+    if backend != "cuda":
+        pytest.skip("mixing needs both NumPy and CuPy arrays")
+    with pytest.raises(TypeError, match="all be NumPy or all CuPy"):
+        F.conv2d_backward(xp.ones((1, 1, 3, 3), dtype=numpy.float32), f32(1, 1, 5, 5), f32(1, 1, 3, 3))
