@@ -345,5 +345,5 @@ def test_rejects_float64_on_cuda(backend, xp):
 def test_rejects_mixed_backends(backend, xp):
     if backend != "cuda":
         pytest.skip("mixing needs both NumPy and CuPy arrays")
-    with pytest.raises(TypeError, match="all be NumPy or all CuPy"):
+    with pytest.raises(TypeError, match="all NumPy or all CuPy"):
         F.conv2d_backward(xp.ones((1, 1, 3, 3), dtype=numpy.float32), f32(1, 1, 5, 5), f32(1, 1, 3, 3))
