@@ -1,0 +1,134 @@
+"""The Layer base class: lazy building, parameters, gradients and the Keras config of every layer.
+
+Layers compute on the ops' layout, NCHW (and (N, features) after Flatten), whatever the backend: a
+layer makes its parameters with ``cnn_gpu.asarray`` and calls ``cnn_gpu.functional``, so it never
+asks where it runs. Shapes a layer is built for are per sample, without the batch axis: (C, H, W)
+or (features,). ``input_shape`` and ``data_format`` are taken as Keras takes them, channels-last
+(H, W, C) by default; they only tell a model what its data looks like (the model transposes once).
+
+Each layer, usable on its own:
+    layer.forward(x, training=False) -> y       builds on first use from x.shape[1:]
+    layer.backward(dy) -> dx                    fills layer.grads (same names as layer.params)
+    layer.params / layer.grads / layer.state    name -> array (state: non-trainable, e.g. moving mean)
+"""
+from __future__ import annotations
+
+import re
+
+import numpy
+
+from cnn_gpu.backend import asarray
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+class Layer:
+    """Base of every layer; subclasses define build_params, output_shape_for, forward and backward."""
+
+    activation = None  # the activation a layer applies last, by name (Dense, Conv2D and Activation set it)
+
+    def __init__(self, *, input_shape=None, data_format=None, name=None, dtype="float32"):
+        if data_format not in (None, *DATA_FORMATS):
+            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+        if input_shape is not None:
+            input_shape = tuple(int(v) for v in input_shape)
+            if not input_shape or min(input_shape) < 1:
+                raise ValueError(f"input_shape must be a tuple of positive sizes, got {input_shape!r}")
+        self.input_shape = input_shape
+        self.data_format = data_format
+        self.name = name
+        self.dtype = numpy.dtype(dtype)
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.state: dict = {}
+        self.built_shape = None  # per-sample input shape in the layers' layout, once built
+        self.output_shape = None
+
+    # ---- building --------------------------------------------------------------------------------
+    def build(self, input_shape, rng=None) -> tuple:
+        """Create the parameters for per-sample input_shape (layers' layout); returns the output shape.
+
+        rng: a numpy Generator for the initial weights (a fresh one when None).
+        """
+        input_shape = tuple(int(v) for v in input_shape)
+        rng = numpy.random.default_rng() if rng is None else rng
+        self.output_shape = tuple(self.output_shape_for(input_shape))
+        self.build_params(input_shape, rng)
+        self.built_shape = input_shape
+        return self.output_shape
+
+    @property
+    def built(self) -> bool:
+        return self.built_shape is not None
+
+    def build_params(self, input_shape, rng) -> None:
+        """Create self.params / self.state; parameterless layers keep the default."""
+
+    def output_shape_for(self, input_shape) -> tuple:
+        """Per-sample output shape for a per-sample input shape (both in the layers' layout)."""
+        return input_shape
+
+    def ensure_built(self, x) -> None:
+        """Build from the first batch, or check a later batch against the built shape."""
+        if not self.built:
+            self.build(x.shape[1:])
+        elif not self.accepts(tuple(x.shape[1:])):
+            raise ValueError(f"{self.describe()} was built for input (N, {', '.join(map(str, self.built_shape))}), "
+                             f"got x of shape {tuple(x.shape)}")
+
+    def accepts(self, sample_shape) -> bool:
+        return sample_shape == self.built_shape
+
+    def new_param(self, values) -> object:
+        """A parameter on the current backend, in the layer's dtype, from host values."""
+        return asarray(numpy.asarray(values, dtype=self.dtype))
+
+    # ---- the computation -------------------------------------------------------------------------
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def saved(self, value, what="forward(x, training=True)"):
+        """A value forward kept for backward, or a clear error when backward comes first."""
+        if value is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a {what} first")
+        return value
+
+    # ---- description -----------------------------------------------------------------------------
+    def count_params(self) -> tuple[int, int]:
+        """(trainable, non-trainable) scalar counts, as Keras's summary counts them."""
+        return (sum(int(p.size) for p in self.params.values()), sum(int(s.size) for s in self.state.values()))
+
+    def get_config(self) -> dict:
+        """Constructor arguments that rebuild this layer (JSON-serialisable)."""
+        config = {"name": self.name, "dtype": self.dtype.name}
+        if self.input_shape is not None:
+            config["input_shape"] = list(self.input_shape)
+        if self.data_format is not None:
+            config["data_format"] = self.data_format
+        return config
+
+    @classmethod
+    def default_name(cls) -> str:
+        """Keras's base name for a class: Conv2D -> conv2d, BatchNormalization -> batch_normalization."""
+        return keras_snake_case(cls.__name__)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__} layer {self.name!r}" if self.name else f"{type(self).__name__} layer"
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} output_shape={self.output_shape}>"
+
+
+def keras_snake_case(name: str) -> str:
+    """Keras's to_snake_case: 'ReLU' -> 're_lu', 'MaxPooling2D' -> 'max_pooling2d'."""
+    intermediate = re.sub("(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", intermediate).lower()
+
+
+def glorot_uniform(rng, shape, fan_in: int, fan_out: int):
+    """Keras's default kernel initialiser: U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out))."""
+    limit = numpy.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)

@@ -1,0 +1,88 @@
+"""Conv2D: Keras's 2-D convolution layer over conv2d, with the bias and activation fused in its epilogue.
+
+Parameters: kernel (filters, C, R, S), the op's layout (Keras stores (R, S, C, filters)), Glorot-uniform
+with fan_in = C·R·S and fan_out = filters·R·S as Keras; bias (filters,), zeros.
+"""
+from __future__ import annotations
+
+import numpy
+
+from cnn_gpu import functional as F
+from cnn_gpu.layers.activation import NamedActivation, check_activation, check_softmax_input
+from cnn_gpu.layers.base import Layer, glorot_uniform
+from cnn_gpu.ops.geometry import as_pair, window_geometry
+
+PADDINGS = ("valid", "same")
+
+
+def check_padding(padding) -> str:
+    """'valid' or 'same' (Keras's two paddings, any case), or a ValueError naming padding."""
+    if not isinstance(padding, str) or padding.lower() not in PADDINGS:
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    return padding.lower()
+
+
+def spatial_input(layer, input_shape) -> tuple:
+    """(C, H, W) of a layer that needs images, or a ValueError naming the layer and the shape."""
+    if len(input_shape) != 3:
+        raise ValueError(f"{layer.describe()} needs images, per-sample shape (C, H, W) in the layers' layout; "
+                         f"got per-sample shape {tuple(input_shape)}")
+    return tuple(input_shape)
+
+
+class Conv2D(Layer):
+    """Conv2D(filters, kernel_size, strides=1, padding='valid', activation=None, use_bias=True)."""
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
+            raise ValueError(f"filters must be a positive int, got {filters!r}")
+        self.filters = filters
+        self.kernel_size = as_pair("kernel_size", kernel_size, 1)
+        self.strides = as_pair("strides", strides, 1)
+        self.padding = check_padding(padding)
+        self.activation = check_activation(activation)
+        self.use_bias = bool(use_bias)
+        self._function = NamedActivation(self.activation)
+        self._x = self._y = self._applied = None
+
+    def output_shape_for(self, input_shape):
+        C, H, W = spatial_input(self, input_shape)
+        g = window_geometry((1, C, H, W), self.kernel_size, self.strides, self.padding, x_name="input")
+        output_shape = (self.filters, g.OH, g.OW)
+        check_softmax_input(self._function, output_shape, self)
+        return output_shape
+
+    def build_params(self, input_shape, rng):
+        C = input_shape[0]
+        R, S = self.kernel_size
+        shape = (self.filters, C, R, S)
+        self.params = {"kernel": self.new_param(glorot_uniform(rng, shape, C * R * S, self.filters * R * S))}
+        if self.use_bias:
+            self.params["bias"] = self.new_param(numpy.zeros(self.filters))
+
+    def accepts(self, sample_shape):
+        # Any image size works with the same kernel; the channels must match.
+        return len(sample_shape) == 3 and sample_shape[0] == self.built_shape[0]
+
+    def forward(self, x, training=False, logits=False):
+        self.ensure_built(x)
+        self._applied = NamedActivation(None) if logits else self._function
+        y = F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
+                     activation=self._applied.epilogue, negative_slope=self._applied.negative_slope)
+        self._x, self._y = x, self._applied.after_fused_op(y)
+        return self._y
+
+    def backward(self, dy):
+        y = self.saved(self._y)
+        dz = self._applied.grad(dy, y)
+        dx, dw, db = F.conv2d_backward(dz, self._x, self.params["kernel"], self.strides, self.padding)
+        self.grads = {"kernel": dw}
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding, "activation": self.activation,
+                "use_bias": self.use_bias}

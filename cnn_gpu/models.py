@@ -1,0 +1,439 @@
+"""Sequential: Keras's model API (add, summary, compile, fit, evaluate, predict, save) over our layers.
+
+Data crosses the model's boundary in the user's layout (channels-last (N, H, W, C) as in Keras, or
+channels-first with data_format='channels_first'); the model transposes each batch ONCE on the host
+to the layers' NCHW, uploads it, and converts 4-D outputs back in predict.
+
+A training step: one upload of the batch → forward through the layers → the loss, fused with the
+last activation where it can be (the last layer is asked for its logits) → backward in reverse →
+the optimizer updates each parameter in place. The loss and the correct-prediction count stay on
+the device as running sums; the host reads them once every SYNC_EVERY batches (progress bar) and at
+the end of the epoch.
+
+save(path) writes ONE .npz file: the config as JSON (layers, input shape, compile settings) and
+every layer's weights and state; load_model(path) rebuilds the model on the current backend.
+The optimizer's state (moments, velocity) is not saved: a loaded model starts its optimizer afresh.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy
+from tqdm.auto import tqdm
+
+from cnn_gpu import layers as layer_classes
+from cnn_gpu import losses, optimizers
+from cnn_gpu.backend import asarray, to_numpy
+from cnn_gpu.layers.base import Layer
+
+FILE_FORMAT = "cnn_gpu.models.Sequential/1"
+SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the device)
+METRICS = ("accuracy", "acc")
+
+
+class History:
+    """What fit returns: ``history`` maps 'loss', 'accuracy', 'val_loss', 'val_accuracy' to per-epoch values."""
+
+    def __init__(self, params: dict):
+        self.history: dict = {}
+        self.epoch: list = []
+        self.params = params
+
+    def append(self, epoch: int, logs: dict) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self):
+        return f"<History epochs={len(self.epoch)} keys={list(self.history)}>"
+
+
+class Sequential:
+    """A linear stack of layers: Sequential(layers=None, seed=None, name='sequential').
+
+    seed makes a run reproducible on one backend: the initial weights, the shuffles and the dropout
+    masks all derive from it.
+    """
+
+    def __init__(self, layers=None, seed=None, name="sequential"):
+        self.name = name
+        self.seed = seed
+        init_seeds, shuffle_seeds = numpy.random.SeedSequence(seed).spawn(2)
+        self._init_rng = numpy.random.default_rng(init_seeds)
+        self._shuffle_rng = numpy.random.default_rng(shuffle_seeds)
+        self.layers: list[Layer] = []
+        self.input_shape = None  # per sample, in the user's layout, once known
+        self.data_format = None  # from the layers; None means channels_last
+        self.optimizer = self.loss = None
+        self.metrics: list = []
+        self.history = None
+        self._built = False
+        for layer in layers or ():
+            self.add(layer)
+
+    # ---- building --------------------------------------------------------------------------------
+    def add(self, layer: Layer) -> None:
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layer must be a cnn_gpu.layers layer, got {type(layer).__name__}")
+        if layer.name is None:
+            layer.name = self._unique_name(layer.default_name())
+        elif any(other.name == layer.name for other in self.layers):
+            raise ValueError(f"layer name {layer.name!r} is already used in this model; names must be unique")
+        if layer.data_format is not None:
+            # The first layer that names a data_format sets the model's, before anything is built.
+            in_force = self.data_format or ("channels_last" if self._built else None)
+            if in_force not in (None, layer.data_format):
+                raise ValueError(f"data_format {layer.data_format!r} of {layer.describe()} conflicts with the "
+                                 f"model's {in_force!r}")
+            self.data_format = layer.data_format
+        if not self.layers and layer.input_shape is not None:
+            self.input_shape = layer.input_shape
+        self.layers.append(layer)
+        if self._built:
+            layer.build(self.layers[-2].output_shape, self._init_rng)
+        elif self.input_shape is not None and len(self.layers) == 1:
+            self.build(self.input_shape)
+
+    def _unique_name(self, base: str) -> str:
+        taken = {layer.name for layer in self.layers}
+        name, suffix = base, 0
+        while name in taken:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        return name
+
+    def build(self, input_shape) -> None:
+        """Build every layer for per-sample input_shape, in the user's layout ((None, ...) also accepted)."""
+        shape = tuple(input_shape)
+        if shape and shape[0] is None:
+            shape = shape[1:]
+        if not self.layers:
+            raise ValueError("the model has no layers; add some before building it")
+        if self.input_shape is not None and tuple(shape) != tuple(self.input_shape):
+            raise ValueError(f"input_shape {tuple(shape)} differs from the first layer's input_shape {self.input_shape}")
+        self.input_shape = tuple(int(v) for v in shape)
+        layer_shape = self._layer_shape(self.input_shape)
+        for layer in self.layers:
+            layer_shape = layer.build(layer_shape, self._init_rng)
+        self._built = True
+
+    @property
+    def built(self) -> bool:
+        return self._built
+
+    @property
+    def output_shape(self):
+        """Per-sample output shape in the user's layout (the model must be built)."""
+        return self._user_shape(self.layers[-1].output_shape)
+
+    # ---- layouts ---------------------------------------------------------------------------------
+    @property
+    def _channels_last(self) -> bool:
+        return self.data_format in (None, "channels_last")
+
+    def _layer_shape(self, user_shape) -> tuple:
+        user_shape = tuple(user_shape)
+        if self._channels_last and len(user_shape) == 3:
+            return (user_shape[2], user_shape[0], user_shape[1])
+        return user_shape
+
+    def _user_shape(self, layer_shape) -> tuple:
+        layer_shape = tuple(layer_shape)
+        if self._channels_last and len(layer_shape) == 3:
+            return (layer_shape[1], layer_shape[2], layer_shape[0])
+        return layer_shape
+
+    def to_layer_layout(self, x):
+        """A batch (N, H, W, C) in the user's layout as the layers' C-contiguous NCHW (any array type)."""
+        return x.transpose(0, 3, 1, 2).copy() if self._channels_last and x.ndim == 4 else x
+
+    def to_user_layout(self, y):
+        """The layers' NCHW output as the user's layout."""
+        return y.transpose(0, 2, 3, 1) if self._channels_last and y.ndim == 4 else y
+
+    # ---- description -----------------------------------------------------------------------------
+    def summary(self, print_fn=print) -> str:
+        """Keras's table: layer (type), output shape, parameters; totals. Prints it and returns it."""
+        if not self._built:
+            raise ValueError("the model is not built yet: give the first layer an input_shape, or call build(), "
+                             "fit() or predict() first")
+        rows = [(f"{layer.name} ({type(layer).__name__})", str((None, *self._user_shape(layer.output_shape))),
+                 str(sum(layer.count_params()))) for layer in self.layers]
+        header = ("Layer (type)", "Output Shape", "Param #")
+        widths = [max(len(r[i]) for r in [header, *rows]) + 4 for i in range(3)]
+        width = sum(widths)
+
+        def line(cells):
+            return "".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
+
+        trainable = sum(layer.count_params()[0] for layer in self.layers)
+        frozen = sum(layer.count_params()[1] for layer in self.layers)
+        body = [line(rows[0])] if rows else []
+        for row in rows[1:]:
+            body += ["_" * width, line(row)]
+        text = "\n".join([f'Model: "{self.name}"', "_" * width, line(header), "=" * width, *body, "=" * width,
+                          f"Total params: {trainable + frozen:,}", f"Trainable params: {trainable:,}",
+                          f"Non-trainable params: {frozen:,}", "_" * width])
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def count_params(self) -> int:
+        return sum(sum(layer.count_params()) for layer in self.layers)
+
+    # ---- training set-up -------------------------------------------------------------------------
+    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
+        """optimizer: 'adam' | 'sgd' | an Optimizer; loss: a Keras loss name or a Loss; metrics: ['accuracy'] or None."""
+        if loss is None:
+            raise ValueError("loss is required: one of " + ", ".join(repr(n) for n in [*losses.LOSSES, *losses.ALIASES]))
+        metrics = list(metrics or [])
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"metrics may only hold 'accuracy', got {metrics!r}")
+        self.optimizer = optimizers.get(optimizer)
+        self.loss = losses.get(loss)
+        self.metrics = ["accuracy"] if metrics else []
+        self._check_loss_fits_last_layer()
+
+    def _check_loss_fits_last_layer(self) -> None:
+        if not self.layers:
+            raise ValueError("the model has no layers; add them before compile()")
+        last = self.layers[-1]
+        if self.loss.fuses is not None and last.activation != self.loss.fuses:
+            raise ValueError(f"loss {self.loss.name!r} needs the last layer to end in activation={self.loss.fuses!r} "
+                             f"(it is computed from the logits, fused with that activation), but the last layer, "
+                             f"{last.describe()}, has activation={last.activation!r}; add Activation({self.loss.fuses!r}) "
+                             f"or use the loss object with from_logits=True")
+
+    def _require_compiled(self, what: str) -> None:
+        if self.loss is None:
+            raise ValueError(f"{what}() needs a compiled model: call model.compile(optimizer=..., loss=...) first")
+        self._check_loss_fits_last_layer()
+
+    # ---- host-side data checks -------------------------------------------------------------------
+    @property
+    def dtype(self):
+        return self.layers[0].dtype if self.layers else numpy.dtype(numpy.float32)
+
+    def _inputs(self, x, name="x") -> numpy.ndarray:
+        """x as a host array of the model's dtype, checked against (and building) the input shape."""
+        x = numpy.asarray(to_numpy(x), dtype=self.dtype)
+        if x.ndim < 2 or len(x) == 0:
+            raise ValueError(f"{name} must be a non-empty batch of samples (N, ...), got shape {x.shape}")
+        if not self._built:
+            if self.input_shape is None:
+                self.build(x.shape[1:])
+            else:
+                self.build(self.input_shape)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"{name} has samples of shape {x.shape[1:]} (x shape {x.shape}), "
+                             f"the model takes {self.input_shape}")
+        return x
+
+    def _targets(self, y, count: int, name="y") -> numpy.ndarray:
+        y = to_numpy(y)
+        if numpy.ndim(y) < 1 or len(y) != count:
+            raise ValueError(f"{name} has {len(y) if numpy.ndim(y) else 0} samples (shape {numpy.shape(y)}), "
+                             f"x has {count}")
+        targets = self.loss.targets(y, self.output_shape)
+        return self.to_layer_layout(targets)
+
+    def _upload_inputs(self, x, index):
+        return asarray(self.to_layer_layout(x[index]))
+
+    def _upload_targets(self, targets, index):
+        batch = targets[index]
+        return asarray(batch, dtype=self.dtype if batch.dtype.kind == "f" else None)
+
+    # ---- the steps -------------------------------------------------------------------------------
+    def _forward(self, x, training: bool, logits: bool):
+        *body, last = self.layers
+        for layer in body:
+            x = layer.forward(x, training=training)
+        return last.forward(x, training=training, logits=True) if logits else last.forward(x, training=training)
+
+    def _backward(self, doutputs) -> None:
+        for layer in reversed(self.layers):
+            doutputs = layer.backward(doutputs)
+
+    def _apply_gradients(self) -> None:
+        params = {f"{layer.name}/{k}": p for layer in self.layers for k, p in layer.params.items()}
+        grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
+        self.optimizer.apply(params, grads)
+
+    def _run(self, x, targets, order, batch_size: int, training: bool, bar) -> dict:
+        """One pass over x[order] in batches: trains when training, else only measures. Returns the means
+        (loss, accuracy). The running sums are read every SYNC_EVERY batches while the bar shows, and at the end."""
+        totals = _RunningTotals(with_accuracy=bool(self.metrics))
+        logits = self.loss.fuses is not None
+        starts = range(0, len(order), batch_size)
+        for step, start in enumerate(starts, 1):
+            index = order[start:start + batch_size]
+            outputs = self._forward(self._upload_inputs(x, index), training, logits)
+            batch_targets = self._upload_targets(targets, index)
+            loss, doutputs = self.loss(outputs, batch_targets)
+            if training:
+                self._backward(doutputs)
+                self._apply_gradients()
+            totals.add(loss, self.loss.count_correct(outputs, batch_targets) if self.metrics else None, len(index))
+            bar.update(1)
+            if not bar.disable and step % SYNC_EVERY == 0:
+                bar.set_postfix(totals.means(), refresh=False)
+        logs = totals.means()
+        bar.set_postfix(logs, refresh=False)
+        return logs
+
+    # ---- the Keras API ---------------------------------------------------------------------------
+    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, *, validation_split=0.0, validation_data=None,
+            shuffle=True) -> History:
+        """Train for ``epochs`` passes over (x, y); returns a History. verbose: 0 silent, 1 a progress
+        bar per epoch, 2 one line per epoch. validation_split takes the LAST fraction of x, before
+        shuffling, as Keras does; validation_data=(x_val, y_val) overrides it."""
+        self._require_compiled("fit")
+        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
+        epochs = _positive_int("epochs", epochs)
+        x = self._inputs(x)
+        targets = self._targets(y, len(x))
+        validation = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (x_val, y_val)")
+            x_val = self._inputs(validation_data[0], "validation_data x")
+            validation = (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
+        elif validation_split:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+            split_at = int(len(x) * (1 - validation_split))
+            if split_at == 0 or split_at == len(x):
+                raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
+                                 f"{split_at} to train on and {len(x) - split_at} to validate on; both need samples")
+            x, validation = x[:split_at], (x[split_at:], targets[split_at:])
+            targets = targets[:split_at]
+
+        steps = -(-len(x) // batch_size)
+        self.history = history = History({"epochs": epochs, "steps": steps, "verbose": verbose})
+        for epoch in range(epochs):
+            order = self._shuffle_rng.permutation(len(x)) if shuffle else numpy.arange(len(x))
+            with tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", disable=verbose != 1,
+                      dynamic_ncols=True) as bar:
+                logs = self._run(x, targets, order, batch_size, training=True, bar=bar)
+                if validation is not None:
+                    val = self._run(*validation, numpy.arange(len(validation[0])), batch_size, False, tqdm(disable=True))
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                    bar.set_postfix(logs)
+            if verbose == 2:
+                print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+            history.append(epoch, logs)
+        return history
+
+    def evaluate(self, x, y, batch_size=32, verbose=1):
+        """[loss, accuracy] (the loss alone without metrics), in inference mode."""
+        self._require_compiled("evaluate")
+        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
+        x = self._inputs(x)
+        targets = self._targets(y, len(x))
+        with tqdm(total=-(-len(x) // batch_size), desc="evaluate", unit="batch", disable=verbose != 1,
+                  dynamic_ncols=True) as bar:
+            logs = self._run(x, targets, numpy.arange(len(x)), batch_size, training=False, bar=bar)
+        return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
+
+    def predict(self, x, batch_size=32, verbose=0) -> numpy.ndarray:
+        """The outputs (after the last activation: probabilities for softmax / sigmoid) as a NumPy array."""
+        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
+        x = self._inputs(x)
+        outputs = []
+        for start in tqdm(range(0, len(x), batch_size), desc="predict", unit="batch", disable=verbose != 1):
+            y = self._forward(self._upload_inputs(x, slice(start, start + batch_size)), training=False, logits=False)
+            outputs.append(to_numpy(y))
+        return self.to_user_layout(numpy.concatenate(outputs))
+
+    # ---- saving ----------------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        config = {"format": FILE_FORMAT, "name": self.name, "seed": self.seed, "data_format": self.data_format,
+                  "input_shape": list(self.input_shape) if self.input_shape else None,
+                  "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()} for layer in self.layers],
+                  "compile": None}
+        if self.loss is not None:
+            config["compile"] = {"optimizer": {"class_name": type(self.optimizer).__name__,
+                                               "config": self.optimizer.get_config()},
+                                 "loss": {"name": self.loss.name, "config": self.loss.get_config()},
+                                 "metrics": self.metrics}
+        return config
+
+    def save(self, path) -> Path:
+        """Write the model (config + weights) to ONE .npz file at exactly ``path``; returns the path."""
+        if not self._built:
+            raise ValueError("the model is not built yet, so it has no weights to save; fit or build it first")
+        path = Path(path)
+        arrays = {"config": numpy.array(json.dumps(self.get_config()))}
+        for layer in self.layers:
+            for key, value in {**layer.params, **layer.state}.items():
+                arrays[f"{layer.name}/{key}"] = to_numpy(value)
+        with open(path, "wb") as file:
+            numpy.savez(file, **arrays)
+        return path
+
+
+def load_model(path) -> Sequential:
+    """A Sequential saved by Sequential.save, rebuilt on the current backend (compiled, if it was)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        with numpy.load(path, allow_pickle=False) as stored:
+            config = json.loads(str(stored["config"][()]))
+            weights = {key: stored[key] for key in stored.files if key != "config"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):  # AttributeError: a .npy
+        raise ValueError(f"{path} is not a cnn_gpu model file: not a .npz archive holding a model config") from None
+    found = config.get("format") if isinstance(config, dict) else None
+    if found != FILE_FORMAT:
+        raise ValueError(f"{path} is not a cnn_gpu model file: its format is {found!r}, expected {FILE_FORMAT!r}")
+    model = Sequential(seed=config["seed"], name=config["name"])
+    for spec in config["layers"]:
+        model.add(layer_classes.from_config(spec["class_name"], spec["config"]))
+    if not model.built:
+        model.build(config["input_shape"])
+    for layer in model.layers:
+        for kind in ("params", "state"):
+            arrays = getattr(layer, kind)
+            for key, value in arrays.items():
+                stored = weights.get(f"{layer.name}/{key}")
+                if stored is None or stored.shape != tuple(value.shape):
+                    raise ValueError(f"{path}: weight {layer.name}/{key} is missing or has shape "
+                                     f"{None if stored is None else stored.shape}, the layer needs {tuple(value.shape)}")
+                arrays[key] = layer.new_param(stored)
+    if config["compile"]:
+        settings = config["compile"]
+        model.compile(optimizer=optimizers.from_config(settings["optimizer"]["class_name"], settings["optimizer"]["config"]),
+                      loss=losses.from_config(settings["loss"]["name"], settings["loss"]["config"]),
+                      metrics=settings["metrics"])
+    return model
+
+
+class _RunningTotals:
+    """Σ loss·n and Σ correct over the batches so far, kept on the device until means() reads them."""
+
+    def __init__(self, with_accuracy: bool):
+        self.with_accuracy = with_accuracy
+        self.loss_sum = self.correct = 0
+        self.count = 0
+
+    def add(self, loss, correct, n: int) -> None:
+        self.loss_sum = self.loss_sum + loss.astype(numpy.float64) * n
+        if correct is not None:
+            self.correct = self.correct + correct
+        self.count += n
+
+    def means(self) -> dict:
+        logs = {"loss": float(self.loss_sum) / self.count}
+        if self.with_accuracy:
+            logs["accuracy"] = float(self.correct) / self.count
+        return logs
+
+
+def _positive_int(name, value) -> int:
+    if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)

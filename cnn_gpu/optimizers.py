@@ -1,0 +1,105 @@
+"""Keras's SGD and Adam, their updates done in place by the optim ops (our kernels on the GPU).
+
+An optimizer keeps its state per parameter key (a model uses 'layer_name/param_name') and counts
+``iterations``, the steps applied, as Keras does; Adam's bias correction uses that count.
+
+    opt = Adam(learning_rate=1e-3)
+    opt.apply({"w": w}, {"w": dw})      # w updated in place
+"""
+from __future__ import annotations
+
+import numpy
+
+from cnn_gpu import functional as F
+from cnn_gpu.backend import asarray
+
+
+class Optimizer:
+    """Base: learning_rate, iterations, per-parameter slots, config for saving."""
+
+    def __init__(self, learning_rate):
+        if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+        self.learning_rate = float(learning_rate)
+        self.iterations = 0
+        self._slots: dict = {}
+
+    def apply(self, params: dict, grads: dict) -> None:
+        """One step: every params[key] updated in place from grads[key]."""
+        missing = sorted(set(params) - set(grads))
+        if missing:
+            raise ValueError(f"grads has no entry for {', '.join(missing)}")
+        self.iterations += 1
+        for key, param in params.items():
+            self.update(key, param, grads[key])
+
+    def update(self, key, param, grad) -> None:
+        raise NotImplementedError
+
+    def slots(self, key, param, names) -> list:
+        """This parameter's state arrays (zeros of its shape on its first step)."""
+        if key not in self._slots:
+            self._slots[key] = [asarray(numpy.zeros(param.shape, dtype=param.dtype)) for _ in names]
+        return self._slots[key]
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate}
+
+
+class SGD(Optimizer):
+    """SGD(learning_rate=0.01, momentum=0.0, nesterov=False): v = momentum·v − lr·g; w += v
+    (nesterov: w += momentum·v − lr·g)."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
+        super().__init__(learning_rate)
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def update(self, key, param, grad):
+        velocity = self.slots(key, param, ["velocity"])[0] if self.momentum else None
+        F.sgd_update(param, grad, velocity, self.learning_rate, self.momentum, self.nesterov)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7), Keras's formulas."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        if not (isinstance(epsilon, (int, float)) and epsilon > 0):
+            raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def update(self, key, param, grad):
+        m, v = self.slots(key, param, ["m", "v"])
+        F.adam_update(param, grad, m, v, self.iterations, self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get(identifier) -> Optimizer:
+    """An Optimizer from a Keras name ('sgd', 'adam', any case, Keras defaults) or an instance."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in OPTIMIZERS:
+        return OPTIMIZERS[identifier.lower()]()
+    raise ValueError(f"optimizer must be one of {', '.join(repr(n) for n in OPTIMIZERS)} or an Optimizer, got {identifier!r}")
+
+
+def from_config(class_name: str, config: dict) -> Optimizer:
+    """Rebuild an optimizer saved as (type name, get_config())."""
+    classes = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+    if class_name not in classes:
+        raise ValueError(f"unknown optimizer class {class_name!r}; known: {', '.join(classes)}")
+    return classes[class_name](**config)
