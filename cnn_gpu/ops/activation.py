@@ -57,42 +57,33 @@ def numpy_activation_grad(dy, y, name, slope=0.01):
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
-def _cuda_activation(x, name, slope):
+def _cuda_elementwise(kernel_name, inputs, name, slope):
+    """Launch activation_fwd (inputs = x) or activation_bwd (inputs = dy, y); returns the output."""
     import cupy
 
     from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
     from cnn_gpu.cuda.loader import load_kernel
 
-    x = contiguous(cupy, x)
-    y = nan_filled(cupy, x.shape)
-    n = x.size
+    inputs = [contiguous(cupy, a) for a in inputs]
+    out = nan_filled(cupy, inputs[0].shape)
+    n = out.size
     if n:
         threads = 256
         blocks = grid_stride_blocks(max(n // 4, 1), threads)
-        load_kernel("activation", "activation_fwd")(
+        vec4 = is_aligned(16, out, *inputs)
+        load_kernel("activation", kernel_name)(
             (blocks,), (threads,),
-            (x, y, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(is_aligned(16, x, y))),
+            (*inputs, out, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(vec4)),
         )
-    return y
+    return out
+
+
+def _cuda_activation(x, name, slope):
+    return _cuda_elementwise("activation_fwd", [x], name, slope)
 
 
 def _cuda_activation_grad(dy, y, name, slope):
-    import cupy
-
-    from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
-    from cnn_gpu.cuda.loader import load_kernel
-
-    dy, y = contiguous(cupy, dy), contiguous(cupy, y)
-    dx = nan_filled(cupy, y.shape)
-    n = y.size
-    if n:
-        threads = 256
-        blocks = grid_stride_blocks(max(n // 4, 1), threads)
-        load_kernel("activation", "activation_bwd")(
-            (blocks,), (threads,),
-            (dy, y, dx, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(is_aligned(16, dy, y, dx))),
-        )
-    return dx
+    return _cuda_elementwise("activation_bwd", [dy, y], name, slope)
 
 
 # ---- public functions ----------------------------------------------------------------------------
