@@ -1,13 +1,227 @@
-"""PLACEHOLDER while the gemm op family is being written (replaced in this session)."""
+"""Matrix products: matmul, linear (x·Wᵀ + b with a fused activation) and linear's backward.
+
+Contract:
+  matmul(a, b) -> a @ b                                  a (M, K), b (K, N): both 2-D
+  linear(x, w, b=None, activation=None, negative_slope=0.01) -> act(x @ wᵀ + b)
+      x (N, in_features), w (out_features, in_features) as in PyTorch, b (out_features,) or None;
+      activation None / 'relu' / 'leaky_relu' / 'sigmoid' / 'tanh', applied in the GEMM epilogue.
+  linear_backward(dy, x, w) -> (dx, dw, db)              dy (N, out_features): gradient of the PRE-activation
+      dx = dy @ w (N, in_features), dw = dyᵀ @ x (out_features, in_features), db = dy summed over rows.
+Float32 (float64 too on NumPy), all NumPy or all CuPy; bad shapes are a ValueError naming the arguments and
+their shapes, before any work. Any strides are accepted: the CUDA path reads row-major and transposed
+(column-major) views in place and copies only other layouts. Empty dimensions work: a zero inner dimension
+gives act(b) (zeros without b), zero rows or columns an empty result.
+
+Kernels: kernels/gemm.cu. gemm_nn / gemm_nt / gemm_tn / gemm_tt are one tiled SGEMM reading op(A) and op(B)
+as stored (x·wᵀ is nt, dy·w nn, dyᵀ·x tn), with bias + activation in the epilogue; sum_rows_bias_act sums
+columns in a fixed order, for db and to reduce split-K slices deterministically.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy
+
+from cnn_gpu.cuda.launch import cdiv
+from cnn_gpu.ops.activation import activation_code, numpy_activation
+from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
 
 
-def linear(*args, **kwargs):
-    raise NotImplementedError('linear')
+# ---- shape checks (both paths) -------------------------------------------------------------------
+def _check_linear_shapes(x, w, b=None) -> None:
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"x's in_features must equal w's: x has shape {tuple(x.shape)} (N, in_features), "
+                         f"w has shape {tuple(w.shape)} (out_features, in_features)")
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"b must have shape ({w.shape[0]},) to match w of shape {tuple(w.shape)}, got {tuple(b.shape)}")
 
 
-def linear_backward(*args, **kwargs):
-    raise NotImplementedError('linear_backward')
+# ---- NumPy path ----------------------------------------------------------------------------------
+def _numpy_linear(x, w, b, activation, slope):
+    y = numpy.matmul(x, w.T)
+    if b is not None:
+        y += b
+    return numpy_activation(y, activation, slope)
 
 
-def matmul(*args, **kwargs):
-    raise NotImplementedError('matmul')
+def _numpy_linear_backward(dy, x, w):
+    return numpy.matmul(dy, w), numpy.matmul(dy.T, x), dy.sum(axis=0)
+
+
+# ---- CUDA path -----------------------------------------------------------------------------------
+class _Operand(NamedTuple):
+    """op(X) as the kernels read it: X's memory (element [0, 0] at array's data pointer), whether op
+    transposes it, X's leading dimension in elements, and the shape of op(X)."""
+    array: object
+    transposed: bool
+    ld: int
+    rows: int
+    cols: int
+
+    @property
+    def T(self) -> "_Operand":
+        return _Operand(self.array, not self.transposed, self.ld, self.cols, self.rows)
+
+    @property
+    def vec4(self) -> bool:
+        """float4 reads are safe: a 16-byte aligned base and rows of whole float4s."""
+        return self.array.data.ptr % 16 == 0 and self.ld % 4 == 0
+
+
+def _operand(cupy, a) -> _Operand:
+    """a's 2-D layout for the kernels: read in place when rows or columns are unit-stride, else a copy."""
+    rows, cols = a.shape
+    row_stride, col_stride = a.strides
+    if row_stride % a.itemsize == 0 and col_stride % a.itemsize == 0:
+        row_stride, col_stride = row_stride // a.itemsize, col_stride // a.itemsize
+        if col_stride == 1 or cols <= 1:  # row-major: a[r, c] at r * ld + c
+            return _Operand(a, False, row_stride, rows, cols)
+        if row_stride == 1 or rows <= 1:  # column-major, i.e. the row-major aᵀ: a[r, c] at c * ld + r
+            return _Operand(a, True, col_stride, rows, cols)
+    return _Operand(contiguous(cupy, a), False, cols, rows, cols)
+
+
+class TileConfig(NamedTuple):
+    """One compiled variant of the gemm kernels (kernels/gemm.cu's tile-size defines)."""
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    thread_m: int
+    thread_n: int
+    min_blocks_per_sm: int  # __launch_bounds__ occupancy goal: caps registers at 64K / (threads · this)
+
+    @property
+    def threads(self) -> int:
+        return (self.tile_m // self.thread_m) * (self.tile_n // self.thread_n)
+
+    @property
+    def defines(self) -> dict:
+        return dict(TILE_M=self.tile_m, TILE_N=self.tile_n, TILE_K=self.tile_k, THREAD_M=self.thread_m,
+                    THREAD_N=self.thread_n, MIN_BLOCKS_PER_SM=self.min_blocks_per_sm)
+
+
+LARGE_TILES = TileConfig(128, 128, 8, 8, 8, 2)   # the kernel file's defaults: big, square GEMMs
+SKINNY_TILES = TileConfig(64, 64, 8, 8, 4, 4)    # M or N <= 64 (dense layers at small batch, class scores)
+TILE_CONFIGS = (LARGE_TILES, SKINNY_TILES)
+MIN_SLABS_PER_SPLIT = 16  # split-K slices keep at least 16·tile_k of K each, so the extra pass stays cheap
+MAX_SPLITS = 16
+MAX_GRID_Y = 65535
+
+SUM_ROW_GROUPS = 8  # kernels/gemm.cu's: a sum_rows_bias_act block is 32 columns x 8 row groups
+
+# A null device pointer for an absent optional kernel argument (bias).
+_NULL = numpy.uint64(0)
+
+
+class GemmPlan(NamedTuple):
+    config: TileConfig
+    splits: int
+    k_per_split: int  # a multiple of config.tile_k
+
+
+def plan_gemm(m: int, n: int, k: int, sm_count: int) -> GemmPlan:
+    """Tile config and split-K for an (m, n, k) product on a GPU with sm_count SMs. Small tiles when m or n
+    is small; when the output tiles cannot fill the GPU once, K is split into up to MAX_SPLITS slices of
+    at least MIN_SLABS_PER_SPLIT slabs each (the slices are summed by a second, fixed-order pass)."""
+    config = SKINNY_TILES if min(m, n) <= 64 else LARGE_TILES
+    tiles = max(1, cdiv(m, config.tile_m) * cdiv(n, config.tile_n))
+    slabs = cdiv(k, config.tile_k)
+    resident = sm_count * config.min_blocks_per_sm
+    splits = max(1, min(resident // tiles, slabs // MIN_SLABS_PER_SPLIT, MAX_SPLITS))
+    slabs_per_split = max(1, cdiv(slabs, splits))
+    splits = max(1, cdiv(slabs, slabs_per_split))  # no empty slice
+    return GemmPlan(config, splits, slabs_per_split * config.tile_k)
+
+
+def _cuda_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float):
+    """act(op(A) @ op(B) + bias) into a new dense (M, N) float32 array."""
+    import cupy
+
+    from cnn_gpu.cuda.launch import sm_count
+    from cnn_gpu.cuda.loader import load_kernel
+
+    m, k, n = a.rows, a.cols, b.cols
+    if m == 0 or n == 0:
+        return nan_filled(cupy, (m, n))
+    plan = plan_gemm(m, n, k, sm_count())
+    config = plan.config
+    grid = (cdiv(m, config.tile_m), cdiv(n, config.tile_n), plan.splits)
+    if grid[1] > MAX_GRID_Y:
+        raise ValueError(f"the product has {n} columns, more than the gemm kernels' grid allows ({MAX_GRID_Y * config.tile_n})")
+    c = nan_filled(cupy, (m, n))
+    bias = None if bias is None else contiguous(cupy, bias)
+    split = plan.splits > 1
+    out = nan_filled(cupy, (plan.splits, m, n)) if split else c
+    name = "gemm_" + ("t" if a.transposed else "n") + ("t" if b.transposed else "n")
+    load_kernel("gemm", name, **config.defines)(
+        grid, (config.threads,),
+        (a.array, b.array, _NULL if split or bias is None else bias, out,
+         numpy.int64(m), numpy.int64(n), numpy.int64(k), numpy.int64(a.ld), numpy.int64(b.ld),
+         numpy.int64(plan.k_per_split), numpy.int32(0 if split else act), numpy.float32(slope),
+         numpy.int32(a.vec4), numpy.int32(b.vec4), numpy.int32(n % 4 == 0)),
+    )
+    if split:  # slices summed in order, then bias and activation
+        _cuda_sum_rows(out.reshape(plan.splits, m * n), bias, act, slope, c.reshape(m * n))
+    return c
+
+
+def _cuda_sum_rows(x, bias, act: int, slope: float, out):
+    """out[c] = act(sum over rows of x[:, c] + bias[c % len(bias)]), in a fixed order. x dense 2-D."""
+    from cnn_gpu.cuda.launch import grid_stride_blocks
+    from cnn_gpu.cuda.loader import load_kernel
+
+    rows, cols = x.shape
+    if cols == 0:
+        return out
+    load_kernel("gemm", "sum_rows_bias_act")(
+        (grid_stride_blocks(cols, threads=32),), (32, SUM_ROW_GROUPS),
+        (x, out, numpy.int64(rows), numpy.int64(cols), _NULL if bias is None else bias,
+         numpy.int64(1 if bias is None else bias.size), numpy.int32(act), numpy.float32(slope)),
+    )
+    return out
+
+
+def _cuda_linear_backward(dy, x, w):
+    import cupy
+
+    dy_op = _operand(cupy, dy)
+    dx = _cuda_gemm(dy_op, _operand(cupy, w), None, 0, 0.0)
+    dw = _cuda_gemm(dy_op.T, _operand(cupy, x), None, 0, 0.0)
+    dy = contiguous(cupy, dy)
+    db = _cuda_sum_rows(dy, None, 0, 0.0, nan_filled(cupy, (dy.shape[1],)))
+    return dx, dw, db
+
+
+# ---- public functions ----------------------------------------------------------------------------
+def matmul(a, b):
+    """a @ b for 2-D a (M, K) and b (K, N)."""
+    xp = float_operands({"a": (2, "M, K"), "b": (2, "K, N")}, a=a, b=b)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"a's columns must equal b's rows: a has shape {tuple(a.shape)} (M, K), b has shape {tuple(b.shape)} (K, N)")
+    if xp is numpy:
+        return numpy.matmul(a, b)
+    return _cuda_gemm(_operand(xp, a), _operand(xp, b), None, 0, 0.0)
+
+
+def linear(x, w, b=None, activation=None, negative_slope=0.01):
+    """act(x @ wᵀ + b): x (N, in_features), w (out_features, in_features), b (out_features,) or None."""
+    act = activation_code(activation)
+    xp = float_operands({"x": (2, "N, in_features"), "w": (2, "out_features, in_features"), "b": (1, "out_features")},
+                        x=x, w=w, b=b)
+    _check_linear_shapes(x, w, b)
+    if xp is numpy:
+        return _numpy_linear(x, w, b, activation, negative_slope)
+    return _cuda_gemm(_operand(xp, x), _operand(xp, w).T, b, act, negative_slope)
+
+
+def linear_backward(dy, x, w):
+    """(dx, dw, db) of linear, from dy, the gradient with respect to its pre-activation output."""
+    xp = float_operands({"dy": (2, "N, out_features"), "x": (2, "N, in_features"), "w": (2, "out_features, in_features")},
+                        dy=dy, x=x, w=w)
+    _check_linear_shapes(x, w)
+    expected = (x.shape[0], w.shape[0])
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"dy must have shape {expected} (x's rows, w's out_features), got {tuple(dy.shape)}")
+    if xp is numpy:
+        return _numpy_linear_backward(dy, x, w)
+    return _cuda_linear_backward(dy, x, w)
