@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The one GPU evidence run (issues 3 and 5). From the repository root, on the GPU machine:
+#
+#     CNN_GPU_COMMIT=$(git rev-parse HEAD) OUT=/some/dir bash benchmarks/gpu_run.sh
+#
+# (on the device machine the tree is a copy without .git: pass the commit in CNN_GPU_COMMIT, written
+# into env.txt and results.json). Stages, the most important evidence first, each under its own
+# timeout so that one hang cannot eat the rest, none able to stop the script:
+#   1. pytest -q -rs tests/ with CNN_GPU_BACKEND=cuda            (<= 180 s)
+#   2-4. compute-sanitizer memcheck, racecheck, synccheck over
+#        benchmarks/sanitize_all_kernels.py                      (<= 60 s each)
+#   5. python3 -m cnn_gpu bench (the full suite)                 (<= 300 s, the rest of the budget)
+# The whole script keeps within GPU_RUN_BUDGET_S (default 570 s; the device tool allows 600 s a
+# command): a later stage gets what is left, the bench is told its budget so that it ends cleanly.
+# Writes 8 files to $OUT: env.txt (versions, nvidia-smi, each stage's exit code and seconds),
+# pytest.log, memcheck.log, racecheck.log, synccheck.log, bench.log, results.json, speedup.png.
+set -u
+OUT=${OUT:?set OUT to the folder for the result files}
+BUDGET_S=${GPU_RUN_BUDGET_S:-570}
+RESERVE_S=20  # kept back from every stage for the bookkeeping after it
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+started=$(date +%s)
+summary="$OUT/env.txt"
+mkdir -p "$OUT"
+
+seconds_left() { echo $(( BUDGET_S - ($(date +%s) - started) - RESERVE_S )); }
+
+# stage NAME LIMIT_S COMMAND...: run COMMAND under a timeout (cut to the time left), output to
+# $OUT/NAME.log, and one line with its exit code and duration to env.txt.
+stage() {
+    local name=$1 limit=$2 left t0 rc note=""
+    shift 2
+    left=$(seconds_left)
+    (( left < limit )) && limit=$left
+    if (( limit < 10 )); then
+        echo "stage $name: not run, the time budget is spent" >> "$summary"
+        return
+    fi
+    t0=$(date +%s)
+    timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    rc=$?
+    (( rc == 124 || rc == 137 )) && note=", TIMED OUT"
+    echo "stage $name: exit $rc after $(( $(date +%s) - t0 )) s (limit $limit s$note)" >> "$summary"
+}
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+
+{
+    echo "# cnn_gpu GPU run, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: ${CNN_GPU_COMMIT:-unknown}"
+    echo "host: $(uname -srm), $(nproc) CPUs"
+    nvidia-smi
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.limit,temperature.gpu,pstate --format=csv
+    python3 --version
+    python3 - <<'PY'
+import importlib
+for name in ("numpy", "numba", "cupy", "torch", "pytest", "pytest_benchmark", "matplotlib", "tqdm"):
+    try:
+        print(name, getattr(importlib.import_module(name), "__version__", "?"))
+    except Exception as exc:
+        print(name, "not importable:", type(exc).__name__, exc)
+try:
+    import cupy, torch
+    print("CUDA runtime", cupy.cuda.runtime.runtimeGetVersion(), "driver", cupy.cuda.runtime.driverGetVersion(),
+          "| torch CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())
+except Exception as exc:
+    print("CUDA versions not readable:", type(exc).__name__, exc)
+PY
+    command -v nvcc > /dev/null && nvcc --version | tail -n 2
+    if [[ -n "$sanitizer" ]]; then "$sanitizer" --version | head -n 2; else echo "compute-sanitizer: not found"; fi
+    timeout 90 python3 -m cnn_gpu info
+    echo "# stages"
+} > "$summary" 2>&1
+
+stage pytest 180 env CNN_GPU_BACKEND=cuda python3 -m pytest -q -rs --durations=15 -p no:cacheprovider tests/
+for tool in memcheck racecheck synccheck; do
+    if [[ -n "$sanitizer" ]]; then
+        stage "$tool" 60 "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 100 \
+            python3 benchmarks/sanitize_all_kernels.py
+    else
+        echo "stage $tool: not run, compute-sanitizer not found" >> "$summary"
+    fi
+done
+
+bench_dir=$(mktemp -d)
+bench_limit=$(seconds_left)
+(( bench_limit > 300 )) && bench_limit=300
+# the bench stops starting cases 60 s before its stage's limit: time for its last case, the PNG, the table
+stage bench "$bench_limit" env CNN_GPU_BENCH_BUDGET_S=$(( bench_limit - 60 )) \
+    python3 -m cnn_gpu bench --out "$bench_dir"
+for file in results.json speedup.png; do
+    if [[ -f "$bench_dir/$file" ]]; then cp "$bench_dir/$file" "$OUT/"; else echo "bench: no $file written" >> "$summary"; fi
+done
+rm -rf "$bench_dir"
+echo "total: $(( $(date +%s) - started )) s; files: $(cd "$OUT" && ls | tr '\n' ' ')" >> "$summary"

@@ -1,0 +1,161 @@
+"""Call every CUDA kernel once on small odd shapes, for compute-sanitizer (memcheck, racecheck, synccheck).
+
+    compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_all_kernels.py
+
+Every functional op forward and backward, reaching every kernel and launch path: all four GEMM
+transposes, both GEMM tile configurations and split-K (with its fixed-order sum), every fused
+activation of the conv and GEMM epilogues, aligned (float4) and misaligned element-wise paths,
+max / average / sum pooling with padding, dropout, batch-norm training / inference / backward, the
+losses, SGD (plain, momentum, Nesterov) and Adam. Shapes divide no tile size. CuPy's memory pool is
+off, so each array is its own cudaMalloc and an access past its end is seen. Each call is
+synchronised on its own, so an error names its op. Prints one line per call and OK at the end;
+exits 1 if any call raised.
+"""
+from __future__ import annotations
+
+import sys
+
+import cupy
+import numpy
+
+from cnn_gpu import functional as F
+
+ACTIVATIONS = (None, "relu", "leaky_relu", "sigmoid", "tanh")
+rng = numpy.random.default_rng(0)
+failures = []
+
+
+def arr(*shape):
+    return cupy.asarray(rng.standard_normal(shape, dtype=numpy.float32))
+
+
+def misaligned(n):
+    """A contiguous float32 vector whose data pointer is 4 bytes past a 16-byte boundary."""
+    return arr(n + 1)[1:]
+
+
+def call(label, fn, *args, **kwargs):
+    """fn(*args, **kwargs), synchronised; its result, or None after printing the failure."""
+    try:
+        result = fn(*args, **kwargs)
+        cupy.cuda.runtime.deviceSynchronize()
+    except Exception as exc:  # report and go on: one run should show every failing kernel
+        failures.append(label)
+        print(f"FAILED {label}: {type(exc).__name__}: {exc}", flush=True)
+        return None
+    print(f"ok     {label}", flush=True)
+    return result
+
+
+def conv2d():
+    # the last two shapes have enough output pixels to split the filter (and bias) reductions over blocks
+    for (N, C, H, W, K, R, S, stride, padding) in ((3, 5, 17, 13, 7, 3, 3, 1, 1), (2, 3, 31, 33, 65, 5, 3, 2, "same"),
+                                                    (9, 1, 33, 33, 32, 5, 5, 1, 2), (33, 17, 9, 11, 3, 1, 1, 3, 0)):
+        x, w, b = arr(N, C, H, W), arr(K, C, R, S), arr(K)
+        for activation in ACTIVATIONS:
+            call(f"conv2d fwd {activation} {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w, b, stride, padding, activation)
+        y = call(f"conv2d fwd no bias {x.shape}", F.conv2d, x, w, None, stride, padding)
+        if y is not None:
+            call(f"conv2d bwd {x.shape} {w.shape} s{stride} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, stride, padding)
+
+
+def gemm():
+    # (M, K, N): skinny tiles, large tiles, split-K (small output, long K), K not a multiple of 4
+    for M, K, N in ((3, 17, 5), (129, 67, 131), (33, 4097, 31), (65, 1024, 127), (1, 1, 1)):
+        a, b = arr(M, K), arr(K, N)
+        call(f"matmul nn {M}x{K}x{N}", F.matmul, a, b)
+        call(f"matmul tn {M}x{K}x{N}", F.matmul, arr(K, M).T, b)
+        call(f"matmul nt {M}x{K}x{N}", F.matmul, a, arr(N, K).T)
+        call(f"matmul tt {M}x{K}x{N}", F.matmul, arr(K, M).T, arr(N, K).T)
+        x, w, bias = a, arr(N, K), arr(N)
+        for activation in ACTIVATIONS:
+            call(f"linear {activation} {M}x{K}->{N}", F.linear, x, w, bias, activation)
+        call(f"linear no bias {M}x{K}->{N}", F.linear, x, w)
+        call(f"linear bwd {M}x{K}->{N}", F.linear_backward, arr(M, N), x, w)
+
+
+def activations():
+    for name in ("relu", "leaky_relu", "sigmoid", "tanh"):
+        forward, backward = getattr(F, name), getattr(F, f"{name}_backward")
+        for label, x, dy in (("aligned", arr(4 * 33), arr(4 * 33)), ("odd", arr(3, 17, 31), arr(3, 17, 31)),
+                             ("misaligned", misaligned(129), misaligned(129))):
+            y = call(f"{name} fwd {label}", forward, x)
+            if y is not None:
+                call(f"{name} bwd {label}", backward, dy, y)
+
+
+def pooling():
+    for (N, C, H, W, k, stride, padding) in ((3, 5, 17, 13, 2, None, 0), (2, 3, 31, 33, 3, 2, 1), (1, 7, 9, 11, (3, 2), 1, "same")):
+        x = arr(N, C, H, W)
+        pooled = call(f"max_pool2d fwd {x.shape} k{k} s{stride} p{padding}", F.max_pool2d, x, k, stride, padding)
+        if pooled is None:
+            continue
+        y, indices = pooled
+        call(f"max_pool2d bwd {x.shape}", F.max_pool2d_backward, arr(*y.shape), indices, x.shape, k, stride, padding)
+        call(f"sum_pool2d fwd {x.shape}", F.sum_pool2d, x, k, stride, padding)
+        call(f"sum_pool2d bwd {x.shape}", F.sum_pool2d_backward, arr(*y.shape), x.shape, k, stride, padding)
+        for include_pad in (True, False):
+            call(f"avg_pool2d fwd {x.shape} count_include_pad={include_pad}", F.avg_pool2d, x, k, stride, padding, include_pad)
+            call(f"avg_pool2d bwd {x.shape} count_include_pad={include_pad}", F.avg_pool2d_backward, arr(*y.shape), x.shape,
+                 k, stride, padding, include_pad)
+
+
+def losses():
+    for N, K in ((1, 1), (3, 17), (33, 10), (7, 1031)):
+        logits = arr(N, K)
+        call(f"softmax {N}x{K}", F.softmax, logits)
+        call(f"log_softmax {N}x{K}", F.log_softmax, logits)
+        call(f"softmax_cross_entropy {N}x{K}", F.softmax_cross_entropy, logits, cupy.asarray(rng.integers(0, K, N)))
+        labels = cupy.asarray((rng.random((N, K)) > 0.5).astype(numpy.float32))
+        call(f"sigmoid_binary_cross_entropy {N}x{K}", F.sigmoid_binary_cross_entropy, logits, labels)
+        call(f"mean_squared_error {N}x{K}", F.mean_squared_error, logits, arr(N, K))
+    call("softmax 3-D", F.softmax, arr(3, 5, 7))
+
+
+def dropout():
+    for shape, rate in (((3, 17, 31), 0.3), ((129,), 0.5), ((5, 7), 0.0)):
+        dropped = call(f"dropout fwd {shape} rate {rate}", F.dropout, arr(*shape), rate, 1234)
+        call(f"dropout fwd misaligned rate {rate}", F.dropout, misaligned(131), rate, 99)
+        if dropped is not None:
+            call(f"dropout bwd {shape} rate {rate}", F.dropout_backward, arr(*shape), dropped[1], rate)
+
+
+def batchnorm():
+    for shape in ((3, 5, 17, 13), (33, 7), (1, 3, 1, 2), (2, 65, 9, 11)):
+        C = shape[1]
+        x, gamma, beta = arr(*shape), arr(C), arr(C)
+        mean, var = arr(C), cupy.abs(arr(C)) + 0.5
+        call(f"batch_norm train {shape}", F.batch_norm, x, gamma, beta, mean, var, True, 0.1, 1e-3)
+        call(f"batch_norm train no affine {shape}", F.batch_norm, x)
+        call(f"batch_norm infer {shape}", F.batch_norm, x, gamma, beta, mean, var, False, 0.1, 1e-3)
+        normalised = call(f"batch_norm train, no running stats {shape}", F.batch_norm, x, gamma, beta, training=True)
+        if normalised is not None:
+            _, saved_mean, saved_invstd = normalised
+            call(f"batch_norm bwd {shape}", F.batch_norm_backward, arr(*shape), x, gamma, saved_mean, saved_invstd)
+
+
+def optimizers():
+    for shape in ((3, 17), (129,), (2, 3, 5, 7)):
+        param, grad = arr(*shape), arr(*shape)
+        velocity = cupy.zeros(shape, dtype=numpy.float32)
+        call(f"sgd plain {shape}", F.sgd_update, param, grad, None, 0.01)
+        call(f"sgd momentum {shape}", F.sgd_update, param, grad, velocity, 0.01, 0.9)
+        call(f"sgd nesterov {shape}", F.sgd_update, param, grad, velocity, 0.01, 0.9, True)
+        m, v = cupy.zeros(shape, dtype=numpy.float32), cupy.zeros(shape, dtype=numpy.float32)
+        call(f"adam {shape}", F.adam_update, param, grad, m, v, 1)
+        call(f"adam step 2, transposed grad {shape}", F.adam_update, param, arr(*shape[::-1]).T, m, v, 2)
+
+
+def main() -> int:
+    cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
+    for family in (conv2d, gemm, activations, pooling, losses, dropout, batchnorm, optimizers):
+        family()
+    if failures:
+        print(f"{len(failures)} call(s) failed: {', '.join(failures)}")
+        return 1
+    print("OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
