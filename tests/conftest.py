@@ -61,3 +61,14 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"rng seed {seed}")
     return numpy.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def numpy_unless_backend_requested(request):
+    """Tests that do not ask for `backend` are NumPy-reference tests (often float64): they build their
+    layers and data on NumPy whatever CNN_GPU_BACKEND says. `backend`-parametrised tests pick their own."""
+    previous = cnn_gpu.get_backend()
+    if "backend" not in request.fixturenames:
+        cnn_gpu.set_backend("numpy")
+    yield
+    cnn_gpu.set_backend(previous)
