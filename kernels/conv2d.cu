@@ -21,8 +21,9 @@
 //   (q = tid/BN + i·THREADS/BN, n = tid%BN), so the tensor position a thread's B column stands for is
 //   decoded once, and its reduction indices are stepped by BK with mixed-radix counters (no division).
 //
-// Tile sizes are the CONV_* defines below (the Python side passes the same values; an autotuner may pass
-// others). Indices inside one image are 32-bit, image offsets 64-bit; the Python side checks with
+// Tile sizes are the CONV_* defines below (cnn_gpu/ops/conv.py's DEFAULT_TILE; its other CONV_TILES are
+// compiled with -DCONV_BM=... and cnn_gpu/cuda/autotune.py picks one per kernel and shape).
+// Indices inside one image are 32-bit, image offsets 64-bit; the Python side checks with
 // require_int32_indexable that one image, w, and the GEMM extents fit in 32 bits.
 // No float atomics: dw and db are reduced in per-block partials and summed in a fixed order by
 // conv2d_sum_partials, so backward is bit-reproducible.

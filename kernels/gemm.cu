@@ -31,7 +31,8 @@
 // Indexing: element offsets are 64-bit; per-thread row pointers advance by a slab each step.
 #include "common.cuh"
 
-// Tile sizes: defaults for large GEMMs; cnn_gpu/ops/gemm.py (TileConfig) compiles variants with -DTILE_M=... .
+// Tile sizes: defaults for large GEMMs; cnn_gpu/ops/gemm.py compiles its TILE_CONFIGS variants with -DTILE_M=...,
+// and cnn_gpu/cuda/autotune.py picks one of them (with a split-K) per shape by timing them on the first call.
 #ifndef TILE_M
 #define TILE_M 128
 #endif

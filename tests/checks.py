@@ -36,3 +36,28 @@ def numeric_grad(f, x, dy, eps=1e-6):
         flat[i] = old
         g[i] = (plus - minus) / (2 * eps)
     return grad
+
+
+def pin_autotune(monkeypatch, choose):
+    """Autotuned ops run choose(family, key, candidates) instead of timing (ops call cnn_gpu.cuda.autotune.pick):
+    how a test covers one kernel variant on purpose."""
+    from cnn_gpu.cuda import autotune
+
+    monkeypatch.setattr(autotune, "pick", lambda family, key, candidates, launch: choose(family, key, candidates()))
+
+
+def compile_variant_without_spills(family, arch, defines):
+    """NVRTC-compile one variant of kernels/<family>.cu as run time does (skips where NVRTC is missing) and
+    assert no error, no warning and no register spill; returns the per-kernel report."""
+    import pytest
+
+    from cnn_gpu.cuda import compile_check
+
+    try:
+        result = compile_check.compile_family(family, arch, defines)
+    except compile_check.NVRTCUnavailable as exc:
+        pytest.skip(str(exc))
+    assert result.ok and not result.diagnostics, result.log
+    spills = {name: r for name, r in result.report.items() if r["spill_stores"] or r["spill_loads"]}
+    assert not spills, f"{family}.cu with {defines} spills registers on {arch}: {spills}"
+    return result.report

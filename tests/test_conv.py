@@ -1,6 +1,7 @@
 """conv2d / conv2d_backward: forward against a plain float64 loop, backward against finite differences,
-CUDA against NumPy (float64) on odd shapes, bit-reproducible backward, torch.nn.functional where torch
-is installed, and one test per bad-input rule."""
+CUDA against NumPy (float64) on odd shapes, every autotuner candidate (tile variant) pinned against NumPy
+and through the NVRTC no-spill check, backward's compute_dx / compute_dw, bit-reproducible backward,
+torch.nn.functional where torch is installed, and one test per bad-input rule."""
 import math
 import re
 
@@ -10,8 +11,8 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.ops.conv import CONV_TILE
-from checks import numeric_grad, rel_error
+from cnn_gpu.ops.conv import CONV_TILES, DEFAULT_TILE, FILTER_BLOCKS_PER_SM, FilterPlan
+from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
 
@@ -177,6 +178,65 @@ def test_backward_matches_numpy_float64(backend, xp, rng, case):
         assert rel_error(got, ref) < 1e-5, name
 
 
+# ---- every autotuner candidate, pinned ----------------------------------------------------------------
+# More than 128 filters and pixels (several tiles of the widest variant), C·R·S and K·R·S past one BK
+# step, strides and 'same' padding; backward-filter also at each of its split targets.
+PINNED_CASES = [
+    ((1, 64, 15, 15), (130, 64, 3, 3), 1, 1),
+    ((3, 17, 33, 31), (3, 17, 5, 5), 2, "same"),
+    ((5, 31, 11, 9), (127, 31, 3, 3), 3, 2),
+]
+
+
+@pytest.mark.parametrize("tile", CONV_TILES, ids=lambda t: "x".join(map(str, t)))
+def test_every_tile_matches_numpy_float64(backend, xp, rng, monkeypatch, tile):
+    if backend != "cuda":
+        pytest.skip("tile variants are a CUDA-path choice")
+    for blocks_per_sm in FILTER_BLOCKS_PER_SM:
+        def choose(family, key, candidates):
+            choice = FilterPlan(tile, blocks_per_sm) if key[0] == "conv2d_bwd_filter" else tile
+            assert family == "conv2d" and choice in candidates, (key, choice)
+            return choice
+
+        pin_autotune(monkeypatch, choose)
+        for x_shape, w_shape, stride, padding in PINNED_CASES:
+            x, w, b = inputs(rng, x_shape, w_shape)
+            f64 = [a.astype(numpy.float64) for a in (x, w, b)]
+            y = F.conv2d(xp.asarray(x), xp.asarray(w), xp.asarray(b), stride, padding, "relu")
+            assert rel_error(y, F.conv2d(*f64, stride, padding, "relu")) < 1e-5, (x_shape, w_shape)
+            dy = rng.standard_normal(y.shape).astype(numpy.float32)
+            refs = F.conv2d_backward(dy.astype(numpy.float64), f64[0], f64[1], stride, padding)
+            for name, got, ref in zip(("dx", "dw", "db"), F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), stride, padding), refs):
+                assert rel_error(got, ref) < 1e-5, (x_shape, w_shape, blocks_per_sm, name)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("tile", CONV_TILES, ids=lambda t: "x".join(map(str, t)))
+def test_every_tile_compiles_without_spills(tile, arch):
+    compile_variant_without_spills("conv2d", arch, tile.defines)
+
+
+# ---- backward without dx or without dw --------------------------------------------------------------
+@pytest.mark.parametrize("compute_dx, compute_dw", [(False, True), (True, False), (False, False)])
+def test_backward_skips_the_gradients_not_asked_for(backend, xp, rng, compute_dx, compute_dw):
+    x, w, _ = inputs(rng, (3, 5, 9, 11), (7, 5, 3, 3), bias=False)
+    dy = xp.asarray(rng.standard_normal((3, 7, 5, 6)).astype(numpy.float32))
+    args = (dy, xp.asarray(x), xp.asarray(w), 2, "same")
+    full = [to_numpy(g) for g in F.conv2d_backward(*args)]
+    partial = F.conv2d_backward(*args, compute_dx=compute_dx, compute_dw=compute_dw)
+    for name, wanted, got, ref in zip(("dx", "dw", "db"), (compute_dx, compute_dw, True), partial, full):
+        if wanted:  # the same kernels (the same tuned variant) as the full call: the same bits
+            assert to_numpy(got).tobytes() == ref.tobytes(), name
+        else:
+            assert got is None, name
+
+
+def test_backward_flags_are_keyword_only():
+    x, w, _ = inputs(numpy.random.default_rng(0), (1, 1, 5, 5), (1, 1, 3, 3), bias=False)
+    with pytest.raises(TypeError):
+        F.conv2d_backward(numpy.ones((1, 1, 3, 3), numpy.float32), x, w, 1, 0, False)
+
+
 def test_all_activations_on_backend(backend, xp, rng):
     x, w, b = inputs(rng, (3, 5, 9, 11), (17, 5, 3, 3))
     for activation in ACTIVATIONS:
@@ -237,7 +297,8 @@ def test_matches_torch(backend, xp, rng, x_shape, w_shape, stride, padding):
 def test_tile_defaults_match_kernel_source():
     source = (KERNEL_DIR / "conv2d.cu").read_text()
     defaults = {name: int(value) for name, value in re.findall(r"#ifndef (CONV_\w+)\n#define \1 (\d+)", source)}
-    assert defaults == CONV_TILE
+    assert defaults == DEFAULT_TILE.defines
+    assert CONV_TILES[0] == DEFAULT_TILE  # the autotuner's default, what CNN_GPU_AUTOTUNE=0 runs
 
 
 # ---- bad inputs: one rule each ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """matmul, linear, linear_backward: forward against a plain float64 triple loop, backward against finite
-differences, CUDA against float64 NumPy on odd shapes and every operand layout, split-K planning,
-determinism, the tile variants' compile report, bad inputs, and PyTorch where it is installed."""
+differences, CUDA against float64 NumPy on odd shapes and every operand layout, every autotuner candidate
+(tile config x split-K) against float64 NumPy, split-K planning, determinism, the tile variants' compile
+report, bad inputs, and PyTorch where it is installed."""
 import math
 
 import numpy
@@ -9,7 +10,7 @@ import pytest
 import cnn_gpu
 from cnn_gpu import functional as F
 from cnn_gpu.ops import gemm
-from checks import numeric_grad, rel_error
+from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
 
 ODD = (1, 3, 17, 31, 33, 65, 127, 129)
 ACTIVATIONS = (None, "relu", "leaky_relu", "sigmoid", "tanh")
@@ -195,6 +196,36 @@ def test_backward_is_deterministic(backend, xp, rng):
         assert a.tobytes() == b.tobytes()
 
 
+# ---- every autotuner candidate, pinned: tile configs x (no split-K, the most split-K) --------------
+# linear(x (m, k), w (n, k)) with m, n <= 64, so that every config is a candidate for all three products
+# (forward m x n, dx m x k, dw n x k); k long and odd, so that the forward's split-K has a ragged last slice.
+PINNED_SHAPES = [(33, 63, 515), (64, 31, 1001), (3, 17, 129)]
+
+
+@pytest.mark.parametrize("most_splits", [False, True], ids=["no-split", "most-splits"])
+@pytest.mark.parametrize("config", gemm.TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
+def test_every_tile_config_matches_float64_reference(backend, xp, rng, monkeypatch, config, most_splits):
+    if backend != "cuda":
+        pytest.skip("tile configs are a CUDA-path choice")
+    used = []
+
+    def choose(family, key, plans):
+        plans = [p for p in plans if p.config == config]
+        assert plans, f"{config} is not a candidate for {key}"
+        used.append(max(plans, key=lambda p: p.splits) if most_splits else min(plans, key=lambda p: p.splits))
+        return used[-1]
+
+    pin_autotune(monkeypatch, choose)
+    for m, n, k in PINNED_SHAPES:
+        x, w, b, dy = host_array(rng, m, k), host_array(rng, n, k), host_array(rng, n), host_array(rng, m, n)
+        out = F.linear(xp.asarray(x), xp.asarray(w), xp.asarray(b), "tanh")
+        assert rel_error(out, reference_linear(x, w, b, "tanh")) < 1e-5, (m, n, k)
+        refs = F.linear_backward(*(a.astype(numpy.float64) for a in (dy, x, w)))
+        for ours, ref, name in zip(F.linear_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w)), refs, ("dx", "dw", "db")):
+            assert rel_error(ours, ref) < 1e-5, (m, n, k, name)
+    assert not most_splits or any(p.splits > 1 for p in used), "no split-K plan was exercised"
+
+
 # ---- launch planning and the compiled variants (no GPU needed) ----------------------------------
 @pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (64, 1000, 4096), (256, 10, 512), (129, 3, 4096), (5, 7, 0), (64, 64, 8)])
 def test_plan_gemm_covers_k_in_whole_slabs(m, n, k):
@@ -209,18 +240,27 @@ def test_plan_gemm_splits_k_only_when_tiles_leave_the_gpu_idle():
     assert gemm.plan_gemm(64, 1000, 4096, sm_count=132).splits > 1
 
 
+@pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (128, 128, 1024), (128, 1, 512), (1024, 128, 1024), (5, 7, 0), (33, 65, 515)])
+def test_gemm_plans_start_with_the_default_and_cover_k(m, n, k):
+    plans = gemm.gemm_plans(m, n, k, sm_count=132)
+    assert plans[0] == gemm.plan_gemm(m, n, k, sm_count=132)  # what CNN_GPU_AUTOTUNE=0 runs
+    assert len(set(plans)) == len(plans)
+    assert {p.config for p in plans} == set(gemm.TILE_CONFIGS) - ({gemm.SMALL_TILES} if min(m, n) > 64 else set())
+    for plan in plans:
+        assert 1 <= plan.splits <= gemm.MAX_SPLITS and plan.k_per_split % plan.config.tile_k == 0
+        assert plan.splits * plan.k_per_split >= k and (plan.splits - 1) * plan.k_per_split < max(k, 1)
+
+
+def test_gemm_plans_try_split_k_only_where_tiles_leave_the_gpu_idle():
+    assert all(p.splits == 1 for p in gemm.gemm_plans(4096, 4096, 4096, sm_count=132))
+    skinny = gemm.gemm_plans(128, 128, 1024, sm_count=132)
+    assert {p.splits for p in skinny if p.config == gemm.SKINNY_TILES} == {1, 8, 16}  # no split, K/16 slabs, K/4 slabs
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("config", gemm.TILE_CONFIGS, ids=lambda c: f"{c.tile_m}x{c.tile_n}")
 def test_tile_configs_compile_without_spills(config, arch):
-    from cnn_gpu.cuda import compile_check
-
-    try:
-        result = compile_check.compile_family("gemm", arch, config.defines)
-    except compile_check.NVRTCUnavailable as exc:
-        pytest.skip(str(exc))
-    assert result.ok and not result.diagnostics, result.log
-    spills = {k: r for k, r in result.report.items() if r["spill_stores"] or r["spill_loads"]}
-    assert not spills, spills
+    compile_variant_without_spills("gemm", arch, config.defines)
 
 
 # ---- bad inputs: one test per rule ----------------------------------------------------------------

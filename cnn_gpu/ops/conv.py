@@ -8,18 +8,24 @@ Contract:
       (x is zero outside its bounds). stride: int or pair. padding: int, pair, 'valid' or 'same'
       (geometry: cnn_gpu.ops.geometry.window_geometry; 'same' puts an odd extra row at the bottom/right).
       activation: None, 'relu', 'leaky_relu', 'sigmoid' or 'tanh', applied in the same pass.
-  conv2d_backward(dy, x, w, stride=1, padding=0) -> (dx, dw, db)
+  conv2d_backward(dy, x, w, stride=1, padding=0, *, compute_dx=True, compute_dw=True) -> (dx, dw, db)
       dy is the gradient w.r.t. the PRE-activation output (the caller applies the activation's
-      backward first); db = sum of dy over N, OH, OW.
+      backward first); db = sum of dy over N, OH, OW. dx (dw) is None when compute_dx (compute_dw)
+      is False and is then not computed: a network's first layer needs no dx.
 
 NumPy path: im2col as a strided view of the padded input (no copy until the GEMM's operand is
 formed), one batched matmul forward; backward as two GEMMs over the channel-major im2col matrix and a
 col2im that adds one strided slice per kernel tap (R*S vectorised adds; a numba scatter-add measured
 no faster). CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data,
 conv2d_bwd_filter) and deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no
-float atomics, so backward is bit-reproducible.
+float atomics, so backward is bit-reproducible. Each of the three implicit GEMMs takes its tile sizes
+(ConvTile, and for backward-filter also how far its reduction is split) from cnn_gpu.cuda.autotune, which
+times the candidates on the first call of a shape; DEFAULT_TILE is used as is with CNN_GPU_AUTOTUNE=0.
 """
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import numpy
 from numpy.lib.stride_tricks import sliding_window_view
@@ -30,9 +36,43 @@ from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
 _LAYOUTS = {"x": (4, "N, C, H, W"), "w": (4, "K, C, R, S"), "b": (1, "K"), "dy": (4, "N, K, OH, OW")}
 
-# Tile sizes of the implicit-GEMM kernels; must equal the #ifndef defaults in kernels/conv2d.cu (a test
-# checks), so the CI compile check compiles what runs. An autotuner may pass other values.
-CONV_TILE = {"CONV_BM": 64, "CONV_BN": 64, "CONV_BK": 16, "CONV_TM": 4, "CONV_TN": 4}
+
+# ---- kernel variants (the autotuner's candidates) ------------------------------------------------
+class ConvTile(NamedTuple):
+    """One compiled variant of the implicit-GEMM kernels (kernels/conv2d.cu's CONV_* defines): a block
+    computes a bm x bn tile of C in steps of bk, each thread a tm x tn block of it."""
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    @property
+    def defines(self) -> dict:
+        return {"CONV_BM": self.bm, "CONV_BN": self.bn, "CONV_BK": self.bk, "CONV_TM": self.tm, "CONV_TN": self.tn}
+
+
+# The kernel file's #ifndef defaults (a test checks), so the CI compile check compiles the default variant.
+DEFAULT_TILE = ConvTile(64, 64, 16, 4, 4)
+# The autotuner's candidates for each implicit GEMM, the default first; each has a CUDA-vs-NumPy test and
+# an NVRTC no-spill check. Bigger tiles for many filters and pixels (more FMAs per shared-memory read);
+# 32 x 64 for few filters (first layers' forward); 128 x 32 for backward-filter of few input channels,
+# whose GEMM is only C·R·S wide (9 or 25 for a 1-channel first layer).
+CONV_TILES = (DEFAULT_TILE, ConvTile(128, 64, 16, 8, 4), ConvTile(64, 128, 16, 4, 8), ConvTile(128, 128, 16, 8, 8),
+              ConvTile(32, 64, 16, 4, 4), ConvTile(128, 32, 16, 8, 4))
+# Backward-filter splits its reduction until the grid has this many blocks per SM (the first is the default):
+# 2 fills the GPU once; 6 also trims the last wave's idle SMs, at the cost of more partials to sum.
+FILTER_BLOCKS_PER_SM = (2, 6)
+
+
+class FilterPlan(NamedTuple):
+    """Backward-filter's variant: tile sizes and the grid size its split reduction aims for."""
+    tile: ConvTile
+    blocks_per_sm: int
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -70,32 +110,40 @@ def _numpy_conv2d(x, w, b, g: WindowGeometry, activation, slope):
     return numpy_activation(y, activation, slope).reshape(_output_shape(g, K))
 
 
-def _numpy_conv2d_backward(dy, x, w, g: WindowGeometry):
+def _numpy_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute_dw: bool):
     K = w.shape[0]
     # Channel-major im2col: cols (C*R*S, N*OH*OW) and dy as (K, N*OH*OW), so both gradients are one GEMM.
-    cols = _windows(x, g).transpose(1, 4, 5, 0, 2, 3).reshape(-1, g.N * g.OH * g.OW)
     dy_k = dy.transpose(1, 0, 2, 3).reshape(K, -1)
-    dw = (dy_k @ cols.T).reshape(w.shape)
-    dcols = (w.reshape(K, -1).T @ dy_k).reshape(g.C, g.R, g.S, g.N, g.OH, g.OW)
-    # col2im: tap (r, s) of every window lands on a strided slice of the padded input, one add per tap.
+    dx = dw = None
+    if compute_dw:
+        cols = _windows(x, g).transpose(1, 4, 5, 0, 2, 3).reshape(-1, g.N * g.OH * g.OW)
+        dw = (dy_k @ cols.T).reshape(w.shape)
+    if compute_dx:
+        dx = _numpy_col2im((w.reshape(K, -1).T @ dy_k).reshape(g.C, g.R, g.S, g.N, g.OH, g.OW), g, x.dtype)
+    return dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+def _numpy_col2im(dcols, g: WindowGeometry, dtype):
+    """dx (N, C, H, W) from the window gradients dcols (C, R, S, N, OH, OW): tap (r, s) of every window
+    lands on a strided slice of the padded input, one add per tap."""
     Hp, Wp = g.padded_hw
-    dx_padded = numpy.zeros((g.C, g.N, Hp, Wp), dtype=x.dtype)
+    dx_padded = numpy.zeros((g.C, g.N, Hp, Wp), dtype=dtype)
     for r in range(g.R):
         for s in range(g.S):
             dx_padded[:, :, r : r + (g.OH - 1) * g.stride_h + 1 : g.stride_h, s : s + (g.OW - 1) * g.stride_w + 1 : g.stride_w] += dcols[:, r, s]
     dx = dx_padded[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W].transpose(1, 0, 2, 3)
-    return numpy.ascontiguousarray(dx), dw, dy.sum(axis=(0, 2, 3))
+    return numpy.ascontiguousarray(dx)
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
-_THREADS = (CONV_TILE["CONV_BM"] // CONV_TILE["CONV_TM"]) * (CONV_TILE["CONV_BN"] // CONV_TILE["CONV_TN"])
 _BIAS_THREADS = 256  # conv2d_bwd_bias's block size (its shared buffer is sized for it)
 
 
-def _kernel(name):
+def _kernel(name, tile: ConvTile = DEFAULT_TILE):
+    """A kernel of conv2d.cu compiled with tile's sizes (the reductions ignore them: any variant serves)."""
     from cnn_gpu.cuda.loader import load_kernel
 
-    return load_kernel("conv2d", name, **CONV_TILE)
+    return load_kernel("conv2d", name, **tile.defines)
 
 
 def _require_int32_geometry(g: WindowGeometry, K: int) -> None:
@@ -109,34 +157,51 @@ def _require_int32_geometry(g: WindowGeometry, K: int) -> None:
     require_int32_indexable("the input pixels N*H*W", (g.N, g.H, g.W))
 
 
+def _geometry_ints(g: WindowGeometry, K: int) -> tuple:
+    """The geometry every implicit-GEMM kernel takes, in its order (also the autotuner's problem key)."""
+    return tuple(int(v) for v in (g.N, g.C, g.H, g.W, K, g.R, g.S, g.OH, g.OW, g.stride_h, g.stride_w, g.pad_top, g.pad_left))
+
+
 def _geometry_args(g: WindowGeometry, K: int):
-    """The geometry arguments every implicit-GEMM kernel takes, in its order."""
-    return tuple(numpy.int32(v) for v in (g.N, g.C, g.H, g.W, K, g.R, g.S, g.OH, g.OW, g.stride_h, g.stride_w, g.pad_top, g.pad_left))
+    return tuple(numpy.int32(v) for v in _geometry_ints(g, K))
+
+
+def _tuned(kernel: str, g: WindowGeometry, K: int, candidates, launch):
+    """The autotuner's choice among candidates() for one implicit-GEMM kernel on this geometry."""
+    from cnn_gpu.cuda import autotune
+
+    return autotune.pick("conv2d", (kernel,) + _geometry_ints(g, K), candidates, launch)
 
 
 def _cuda_conv2d(x, w, b, g: WindowGeometry, activation, slope):
     import cupy
 
-    from cnn_gpu.cuda.launch import cdiv
-
     x, w, b = contiguous(cupy, x), contiguous(cupy, w), contiguous(cupy, b)
     K = w.shape[0]
     _require_int32_geometry(g, K)
+    launch = functools.partial(_launch_conv2d_fwd, x, w, b, g, activation_code(activation), slope)
+    return launch(_tuned("conv2d_fwd_bias_act", g, K, lambda: CONV_TILES, launch))
+
+
+def _launch_conv2d_fwd(x, w, b, g: WindowGeometry, act: int, slope: float, tile: ConvTile):
+    import cupy
+
+    from cnn_gpu.cuda.launch import cdiv
+
+    K = w.shape[0]
     y = nan_filled(cupy, _output_shape(g, K))
-    grid = (cdiv(g.N * g.OH * g.OW, CONV_TILE["CONV_BN"]), cdiv(K, CONV_TILE["CONV_BM"]))
-    _kernel("conv2d_fwd_bias_act")(
-        grid, (_THREADS,),
-        (x, w, b, y) + _geometry_args(g, K) + (numpy.int32(activation_code(activation)), numpy.float32(slope)),
-    )
+    grid = (cdiv(g.N * g.OH * g.OW, tile.bn), cdiv(K, tile.bm))
+    _kernel("conv2d_fwd_bias_act", tile)(
+        grid, (tile.threads,), (x, w, b, y) + _geometry_args(g, K) + (numpy.int32(act), numpy.float32(slope)))
     return y
 
 
-def _split_count(work: int, min_chunk: int, parallel_units: int) -> tuple[int, int]:
+def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: int = 2) -> tuple[int, int]:
     """(splits, chunk) for a reduction of `work` items shared by `parallel_units` independent outputs:
-    enough splits to give every SM two blocks, no chunk under min_chunk items, no empty split."""
+    enough splits to give every SM blocks_per_sm blocks, no chunk under min_chunk items, no empty split."""
     from cnn_gpu.cuda.launch import cdiv, sm_count
 
-    splits = max(1, min(cdiv(2 * sm_count(), parallel_units), work // min_chunk))
+    splits = max(1, min(cdiv(blocks_per_sm * sm_count(), parallel_units), work // min_chunk))
     chunk = cdiv(cdiv(work, splits), min_chunk) * min_chunk
     return cdiv(work, chunk), chunk
 
@@ -150,31 +215,56 @@ def _sum_partials(partials, out):
     return out
 
 
-def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry):
+def _launch_conv2d_bwd_data(dy, w, g: WindowGeometry, tile: ConvTile):
     import cupy
 
     from cnn_gpu.cuda.launch import cdiv
 
+    dx = nan_filled(cupy, (g.N, g.C, g.H, g.W))
+    grid = (cdiv(g.N * g.H * g.W, tile.bn), cdiv(g.C, tile.bm))
+    _kernel("conv2d_bwd_data", tile)(grid, (tile.threads,), (dy, w, dx) + _geometry_args(g, w.shape[0]))
+    return dx
+
+
+def _launch_conv2d_bwd_filter(dy, x, w_shape, g: WindowGeometry, plan: FilterPlan):
+    """dw, its N*OH*OW reduction split so that small filters still fill the GPU: partials, then a fixed-order sum."""
+    import cupy
+
+    from cnn_gpu.cuda.launch import cdiv
+
+    K, tile = w_shape[0], plan.tile
+    crs = g.C * g.R * g.S
+    tiles = cdiv(K, tile.bm) * cdiv(crs, tile.bn)
+    splits, chunk = _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, plan.blocks_per_sm)
+    dw = nan_filled(cupy, w_shape)
+    partials = dw if splits == 1 else nan_filled(cupy, (splits,) + tuple(w_shape))
+    _kernel("conv2d_bwd_filter", tile)(
+        (cdiv(crs, tile.bn), cdiv(K, tile.bm), splits), (tile.threads,),
+        (dy, x, partials) + _geometry_args(g, K) + (numpy.int32(chunk),))
+    if splits > 1:
+        _sum_partials(partials, dw)
+    return dw
+
+
+def _filter_plans():
+    return [FilterPlan(tile, blocks) for blocks in FILTER_BLOCKS_PER_SM for tile in CONV_TILES]
+
+
+def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute_dw: bool):
+    import cupy
+
     dy, x, w = contiguous(cupy, dy), contiguous(cupy, x), contiguous(cupy, w)
     K = w.shape[0]
     _require_int32_geometry(g, K)
-    geometry = _geometry_args(g, K)
-    BM, BN, BK = CONV_TILE["CONV_BM"], CONV_TILE["CONV_BN"], CONV_TILE["CONV_BK"]
+    dx = dw = None
+    if compute_dx:
+        launch = functools.partial(_launch_conv2d_bwd_data, dy, w, g)
+        dx = launch(_tuned("conv2d_bwd_data", g, K, lambda: CONV_TILES, launch))
+    if compute_dw:
+        launch = functools.partial(_launch_conv2d_bwd_filter, dy, x, w.shape, g)
+        dw = launch(_tuned("conv2d_bwd_filter", g, K, _filter_plans, launch))
 
-    dx = nan_filled(cupy, x.shape)
-    _kernel("conv2d_bwd_data")((cdiv(g.N * g.H * g.W, BN), cdiv(g.C, BM)), (_THREADS,), (dy, w, dx) + geometry)
-
-    # dw: split the N*OH*OW reduction so that small filters still fill the GPU; partials then a fixed-order sum.
-    crs = g.C * g.R * g.S
     pixels = g.N * g.OH * g.OW
-    tiles = cdiv(K, BM) * cdiv(crs, BN)
-    splits, chunk = _split_count(pixels, 8 * BK, tiles)
-    dw = nan_filled(cupy, w.shape)
-    partials = dw if splits == 1 else nan_filled(cupy, (splits,) + w.shape)
-    _kernel("conv2d_bwd_filter")((cdiv(crs, BN), cdiv(K, BM), splits), (_THREADS,), (dy, x, partials) + geometry + (numpy.int32(chunk),))
-    if splits > 1:
-        _sum_partials(partials, dw)
-
     db = nan_filled(cupy, (K,))
     splits, chunk = _split_count(pixels, 16 * _BIAS_THREADS, K)
     partials = db if splits == 1 else nan_filled(cupy, (splits, K))
@@ -203,8 +293,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.
     return _cuda_conv2d(x, w, b, g, activation, negative_slope)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0):
-    """(dx, dw, db) from dy, the gradient w.r.t. conv2d's pre-activation output."""
+def conv2d_backward(dy, x, w, stride=1, padding=0, *, compute_dx=True, compute_dw=True):
+    """(dx, dw, db) from dy, the gradient w.r.t. conv2d's pre-activation output; dx / dw are None (and not
+    computed) when compute_dx / compute_dw is False."""
     xp = float_operands(_LAYOUTS, dy=dy, x=x, w=w)
     g = _geometry(x, w, stride, padding)
     expected = _output_shape(g, w.shape[0])
@@ -214,5 +305,5 @@ def conv2d_backward(dy, x, w, stride=1, padding=0):
             f"w of shape {tuple(w.shape)}, stride {stride!r}, padding {padding!r}; got shape {tuple(dy.shape)}"
         )
     if xp is numpy:
-        return _numpy_conv2d_backward(dy, x, w, g)
-    return _cuda_conv2d_backward(dy, x, w, g)
+        return _numpy_conv2d_backward(dy, x, w, g, compute_dx, compute_dw)
+    return _cuda_conv2d_backward(dy, x, w, g, compute_dx, compute_dw)

@@ -14,10 +14,13 @@ gives act(b) (zeros without b), zero rows or columns an empty result.
 
 Kernels: kernels/gemm.cu. gemm_nn / gemm_nt / gemm_tn / gemm_tt are one tiled SGEMM reading op(A) and op(B)
 as stored (x·wᵀ is nt, dy·w nn, dyᵀ·x tn), with bias + activation in the epilogue; sum_rows_bias_act sums
-columns in a fixed order, for db and to reduce split-K slices deterministically.
+columns in a fixed order, for db and to reduce split-K slices deterministically. Each product's tile
+configuration and split-K come from cnn_gpu.cuda.autotune, which times gemm_plans' candidates on the first
+call of a shape (plan_gemm's heuristic choice is the default, used as is with CNN_GPU_AUTOTUNE=0).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy
@@ -102,8 +105,11 @@ class TileConfig(NamedTuple):
 
 LARGE_TILES = TileConfig(128, 128, 8, 8, 8, 2)   # the kernel file's defaults: big, square GEMMs
 SKINNY_TILES = TileConfig(64, 64, 8, 8, 4, 4)    # M or N <= 64 (dense layers at small batch, class scores)
-TILE_CONFIGS = (LARGE_TILES, SKINNY_TILES)
+DEEP_TILES = TileConfig(128, 64, 16, 8, 4, 2)    # half the tiles' area, twice the slab: mid-sized products
+SMALL_TILES = TileConfig(32, 32, 8, 4, 4, 8)     # 64 threads: more blocks for M or N <= 64
+TILE_CONFIGS = (LARGE_TILES, SKINNY_TILES, DEEP_TILES, SMALL_TILES)  # all autotuner candidates, all tested
 MIN_SLABS_PER_SPLIT = 16  # split-K slices keep at least 16·tile_k of K each, so the extra pass stays cheap
+MIN_SLABS_PER_SPLIT_TUNED = 4  # the autotuner also tries slices this short (more blocks, a longer extra pass)
 MAX_SPLITS = 16
 MAX_GRID_Y = 65535
 
@@ -119,41 +125,75 @@ class GemmPlan(NamedTuple):
     k_per_split: int  # a multiple of config.tile_k
 
 
-def plan_gemm(m: int, n: int, k: int, sm_count: int) -> GemmPlan:
+def plan_gemm(m: int, n: int, k: int, sm_count: int, config: TileConfig | None = None,
+              min_slabs_per_split: int = MIN_SLABS_PER_SPLIT) -> GemmPlan:
     """Tile config and split-K for an (m, n, k) product on a GPU with sm_count SMs. Small tiles when m or n
-    is small; when the output tiles cannot fill the GPU once, K is split into up to MAX_SPLITS slices of
-    at least MIN_SLABS_PER_SPLIT slabs each (the slices are summed by a second, fixed-order pass)."""
-    config = SKINNY_TILES if min(m, n) <= 64 else LARGE_TILES
+    is small (unless config is given); when the output tiles cannot fill the GPU once, K is split into up
+    to MAX_SPLITS slices of at least min_slabs_per_split slabs each (summed by a second, fixed-order pass)."""
+    if config is None:
+        config = SKINNY_TILES if min(m, n) <= 64 else LARGE_TILES
     tiles = max(1, cdiv(m, config.tile_m) * cdiv(n, config.tile_n))
-    slabs = cdiv(k, config.tile_k)
     resident = sm_count * config.min_blocks_per_sm
-    splits = max(1, min(resident // tiles, slabs // MIN_SLABS_PER_SPLIT, MAX_SPLITS))
-    slabs_per_split = max(1, cdiv(slabs, splits))
-    splits = max(1, cdiv(slabs, slabs_per_split))  # no empty slice
-    return GemmPlan(config, splits, slabs_per_split * config.tile_k)
+    splits = min(resident // tiles, cdiv(k, config.tile_k) // min_slabs_per_split, MAX_SPLITS)
+    return _split_k(config, k, splits)
+
+
+def _split_k(config: TileConfig, k: int, splits: int) -> GemmPlan:
+    """K in at most `splits` slices of whole slabs, none empty."""
+    slabs = cdiv(k, config.tile_k)
+    slabs_per_split = max(1, cdiv(slabs, max(1, splits)))
+    return GemmPlan(config, max(1, cdiv(slabs, slabs_per_split)), slabs_per_split * config.tile_k)
+
+
+def gemm_plans(m: int, n: int, k: int, sm_count: int) -> list:
+    """The autotuner's candidates for an (m, n, k) product, plan_gemm's choice first: each tile config
+    (SMALL_TILES only when m or n <= 64; none whose grid would be too tall) without split-K and with
+    plan_gemm's split-K at both slice floors."""
+    plans = [plan_gemm(m, n, k, sm_count)]
+    for config in TILE_CONFIGS:
+        if (config is SMALL_TILES and min(m, n) > 64) or cdiv(n, config.tile_n) > MAX_GRID_Y:
+            continue
+        plans.append(_split_k(config, k, 1))
+        for min_slabs in (MIN_SLABS_PER_SPLIT, MIN_SLABS_PER_SPLIT_TUNED):
+            plans.append(plan_gemm(m, n, k, sm_count, config, min_slabs))
+    return list(dict.fromkeys(plans))  # without repeats, in order
 
 
 def _cuda_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float):
-    """act(op(A) @ op(B) + bias) into a new dense (M, N) float32 array."""
+    """act(op(A) @ op(B) + bias) into a new dense (M, N) float32 array, with the autotuner's plan."""
     import cupy
 
+    from cnn_gpu.cuda import autotune
     from cnn_gpu.cuda.launch import sm_count
-    from cnn_gpu.cuda.loader import load_kernel
 
     m, k, n = a.rows, a.cols, b.cols
     if m == 0 or n == 0:
         return nan_filled(cupy, (m, n))
-    plan = plan_gemm(m, n, k, sm_count())
+    bias = None if bias is None else contiguous(cupy, bias)
+    launch = functools.partial(_launch_gemm, a, b, bias, act, slope)
+    plan = autotune.pick("gemm", (_layout(a, b), m, n, k, a.vec4, b.vec4), lambda: gemm_plans(m, n, k, sm_count()), launch)
+    return launch(plan)
+
+
+def _layout(a: _Operand, b: _Operand) -> str:
+    """'nn', 'nt', 'tn' or 'tt': which of op(A), op(B) the kernel reads transposed."""
+    return ("t" if a.transposed else "n") + ("t" if b.transposed else "n")
+
+
+def _launch_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float, plan: GemmPlan):
+    import cupy
+
+    from cnn_gpu.cuda.loader import load_kernel
+
+    m, k, n = a.rows, a.cols, b.cols
     config = plan.config
     grid = (cdiv(m, config.tile_m), cdiv(n, config.tile_n), plan.splits)
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"the product has {n} columns, more than the gemm kernels' grid allows ({MAX_GRID_Y * config.tile_n})")
     c = nan_filled(cupy, (m, n))
-    bias = None if bias is None else contiguous(cupy, bias)
     split = plan.splits > 1
     out = nan_filled(cupy, (plan.splits, m, n)) if split else c
-    name = "gemm_" + ("t" if a.transposed else "n") + ("t" if b.transposed else "n")
-    load_kernel("gemm", name, **config.defines)(
+    load_kernel("gemm", "gemm_" + _layout(a, b), **config.defines)(
         grid, (config.threads,),
         (a.array, b.array, _NULL if split or bias is None else bias, out,
          numpy.int64(m), numpy.int64(n), numpy.int64(k), numpy.int64(a.ld), numpy.int64(b.ld),
