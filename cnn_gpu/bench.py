@@ -10,9 +10,12 @@ benchmarks/); this module is the method (../shared/guide/benchmarking.md, benchm
   PyTorch through DLPack, both libraries on the same (legacy default) stream. 'numpy': the NumPy path
   beside PyTorch CPU when torch imports, beside nothing otherwise. Without a GPU the full suite
   would take hours, so a full run there falls back to the quick one (and says so).
-- Correct first: each case runs once on ours and on its check target (its first reference, or the
-  NumPy path where no reference computes the same function, e.g. dropout's hash mask); a relative
-  error over the case's tolerance, or any NaN, is a FAIL row with no time.
+- Correct first: each case runs once on ours, on its truth and on each reference, on the same
+  inputs. The truth is the reference evaluated in float64 on the same device (cnn_gpu.bench_cases:
+  an FP32 cuDNN result is no truth, its own error can exceed ours), or, where none computes the same
+  function, our NumPy path (dropout's hash mask). Each row reports err_ours and err_ref, the relative
+  errors of ours and of that FP32 reference against the truth. err_ours over the case's tolerance,
+  or a NaN, makes FAIL rows with no time; a reference over it is only noted.
 - Ceilings first, in the same run: device-to-device copy bandwidth (bytes read + written) and SGEMM
   at 8192³ through cuBLAS (NumPy matmul at 512³ on the CPU).
 - Timing: CUDA events around each call (wall clock on the CPU), warm-up first, median of at least
@@ -210,7 +213,7 @@ class Row:
     op: str
     variant: str
     shape: str
-    status: str                       # OK | FAIL | ERROR | UNCHECKED (nothing to check against) | SKIPPED
+    status: str                       # OK | FAIL (ours over tol) | ERROR | UNCHECKED (no truth) | SKIPPED
     ours_ms: float | None = None
     ref_ms: float | None = None
     ref_name: str | None = None
@@ -220,32 +223,40 @@ class Row:
     ceiling_fraction: float | None = None
     flops: float | None = None
     bytes: float | None = None
-    checked_against: str | None = None
-    rel_error: float | None = None
+    checked_against: str | None = None  # the truth: a float64 evaluation, or the NumPy path (dropout)
+    err_ours: float | None = None     # ‖ours − truth‖ / ‖truth‖
+    err_ref: float | None = None      # ‖reference − truth‖ / ‖truth‖ (None: it is the truth, or differs)
+    tol: float | None = None          # the bound on err_ours
     input_sets: int | None = None
     repeats: int | None = None
     message: str | None = None
 
 
 def run_case(case: Case, side: Side, ceilings: dict) -> list:
-    """The rows of one case: a FAIL / ERROR row without times, or one timed row per reference."""
+    """The rows of one case, one per reference (or one without): FAIL rows without times when ours
+    misses the truth by more than case.tol, else timed rows; an ERROR row when anything raises."""
     base = dict(op=case.op, variant=case.variant, shape=case.shape, flops=case.flops or None)
     sets = []
     try:
         sets.append(case.prepare(side))
-        checked_against, error, nbytes = _check(sets[0], side)
-        if checked_against is not None and not error <= case.tol:
-            return [Row(**base, status="FAIL", checked_against=checked_against, rel_error=error,
-                        message=f"relative error {error:.3g} > tolerance {case.tol:g}")]
-        sets += [case.prepare(side) for _ in range(_extra_sets(case, side, nbytes))]
+        check = _check(sets[0], side)
+        side.release()  # the truth's float64 arrays go back before the timed input sets are made
+        names = list(sets[0].refs) or [None]
+
+        def checked(name):
+            err_ref = check.err_refs.get(name)
+            return dict(ref_name=name, checked_against=check.truth, err_ours=check.err_ours, err_ref=err_ref,
+                        tol=case.tol, bytes=check.nbytes, message=_check_message(case.tol, check.err_ours, err_ref))
+        if check.truth is not None and not check.err_ours <= case.tol:  # NaN fails too
+            return [Row(**base, status="FAIL", **checked(name)) for name in names]
+        sets += [case.prepare(side) for _ in range(_extra_sets(case, side, check.nbytes))]
         ours_ms, repeats = _time_side(side, [s.ours for s in sets])
         rows = []
-        for name in list(sets[0].refs) or [None]:
+        for name in names:
             ref_ms = _time_side(side, [s.refs[name] for s in sets])[0] if name else None
-            rows.append(Row(**base, status="OK" if checked_against else "UNCHECKED", ours_ms=ours_ms,
-                            ref_ms=ref_ms, ref_name=name, speedup=ref_ms / ours_ms if ref_ms else None,
-                            bytes=nbytes, checked_against=checked_against, rel_error=error,
-                            input_sets=len(sets), repeats=repeats, **_rate(case.flops, nbytes, ours_ms, ceilings)))
+            rows.append(Row(**base, status="OK" if check.truth else "UNCHECKED", ours_ms=ours_ms, ref_ms=ref_ms,
+                            speedup=ref_ms / ours_ms if ref_ms else None, input_sets=len(sets), repeats=repeats,
+                            **checked(name), **_rate(case.flops, check.nbytes, ours_ms, ceilings)))
         return rows
     except Exception as exc:  # a missing op, a bad launch, out of memory: reported, and the run goes on
         return [Row(**base, status="ERROR", message=f"{type(exc).__name__}: {exc}"[:500])]
@@ -254,17 +265,43 @@ def run_case(case: Case, side: Side, ceilings: dict) -> list:
         side.release()
 
 
-def _check(bound, side: Side) -> tuple:
-    """(name of the check target or None, relative error or None, minimum bytes of one call).
+@dataclass
+class Check:
+    """What the check of one input set found."""
 
-    Ours runs first, then its target, on the same inputs, inside the bound's check_context if it has
-    one (the training step turns dropout off there: the two sides draw different masks)."""
+    truth: str | None      # name of what ours was checked against (None: nothing to check against)
+    err_ours: float | None
+    err_refs: dict         # reference name -> its error against the truth (only references measured)
+    nbytes: float          # minimum bytes of one call of ours
+
+
+def _check(bound, side: Side) -> Check:
+    """Run ours, the truth and each reference once on the same inputs, inside the bound's check_context
+    if it has one (the training step turns dropout off there: the two sides draw different masks).
+
+    The truth runs once per case; a reference is measured against it unless it is the truth itself
+    (an FP32 fallback, e.g. no float64 reference) or computes another function (torch's dropout)."""
     with bound.check_context() if bound.check_context is not None else contextlib.nullcontext():
         ours = bound.ours()
         target = bound.check_target()
-        name, error = (target[0], relative_error(side, ours, target[1]())) if target is not None else (None, None)
+        truth_name, err_ours, err_refs = None, None, {}
+        if target is not None:
+            truth_name, truth = target[0], target[1]()
+            err_ours = relative_error(side, ours, truth)
+            if bound.refs_match:
+                err_refs = {name: relative_error(side, ref(), truth)
+                            for name, ref in bound.refs.items() if name != truth_name}
     nbytes = bound.bytes if bound.bytes is not None else _nbytes(bound.inputs) + _nbytes(_outputs(ours))
-    return name, error, nbytes
+    return Check(truth_name, err_ours, err_refs, nbytes)
+
+
+def _check_message(tol: float, err_ours: float | None, err_ref: float | None) -> str | None:
+    """What a reader must know about a row's check: ours over the tolerance, or the reference over it."""
+    if err_ours is not None and not err_ours <= tol:
+        return f"ours: relative error {err_ours:.3g} > tolerance {tol:g}"
+    if err_ref is not None and not err_ref <= tol:
+        return f"the reference's own relative error {err_ref:.3g} > tolerance {tol:g} (ours within it)"
+    return None
 
 
 def _time_side(side: Side, calls) -> tuple[float, int]:
@@ -301,19 +338,19 @@ def _nbytes(arrays) -> int:
     return sum(int(getattr(a, "nbytes", 0)) for a in arrays if a is not None)
 
 
-def relative_error(side: Side, ours, expected) -> float:
-    """max over compared outputs of ‖ours − expected‖ / ‖expected‖ (float64 sums; NaN anywhere -> nan)."""
+def relative_error(side: Side, result, truth) -> float:
+    """max over compared outputs of ‖result − truth‖ / ‖truth‖ (float64 sums; NaN anywhere -> nan)."""
     xp = side.xp
-    ours, expected = _outputs(ours), _outputs(expected)
-    if len(ours) != len(expected):
-        raise ValueError(f"ours gave {len(ours)} outputs, the check target {len(expected)}")
+    result, truth = _outputs(result), _outputs(truth)
+    if len(result) != len(truth):
+        raise ValueError(f"a call gave {len(result)} outputs, the truth {len(truth)}")
     worst = 0.0
-    for a, b in zip(ours, expected):
+    for a, b in zip(result, truth):
         if b is None or a is None:
             continue
         a, b = _on_side(side, a), _on_side(side, b)
         if tuple(a.shape) != tuple(b.shape):
-            raise ValueError(f"output shape {tuple(a.shape)} differs from the check target's {tuple(b.shape)}")
+            raise ValueError(f"output shape {tuple(a.shape)} differs from the truth's {tuple(b.shape)}")
         a, b = a.reshape(-1), b.reshape(-1)
         diff_sq = ref_sq = 0.0
         for i in range(0, a.size, CHECK_CHUNK):
@@ -516,7 +553,9 @@ def _method(side: Side, quick: bool) -> dict:
                      if side.cache_bytes else "one input set (CPU)"),
         "threads": "GPU run" if side.device == "cuda" else "one thread each for NumPy's BLAS, numba and torch",
         "precision": "FP32 on both sides; TF32 off in cuDNN, torch.matmul and cupy.matmul",
-        "check": "ours vs its check target on the same inputs before timing; over tolerance = FAIL, no time",
+        "check": ("before timing, ours and each FP32 reference against the truth (the reference in float64 on the "
+                  "same device and inputs, once per case) as err_ours / err_ref = ||x - truth|| / ||truth||; "
+                  "err_ours over the case's tolerance = FAIL, no time; a reference over it is noted"),
         "speedup": "ref_ms / ours_ms (> 1: ours is faster)",
         "bytes": "inputs read once + outputs written once (the minimum a call must move)",
         "quick": quick,
@@ -546,16 +585,23 @@ def format_table(report: dict) -> str:
     ]
     if report.get("note"):
         lines.append(f"note: {report['note']}")
-    header = f"{'op':<12} {'variant':<14} {'shape':<30} {'ours ms':>9} {'ref ms':>9} {'speed-up':>8} {'rate':>14} {'of ceil':>7}  {'status':<9} reference"
+    header = (f"{'op':<12} {'variant':<14} {'shape':<30} {'ours ms':>9} {'ref ms':>9} {'speed-up':>8} {'rate':>14} "
+              f"{'of ceil':>7}  {'status':<9} {'err ours':>8} {'err ref':>8}  reference")
     lines += [header, "-" * len(header)]
     for r in report["rows"]:
         rate = f"{r['rate']:.2f} {r['rate_unit']}" if r["rate"] is not None else ""
         lines.append(
             f"{r['op']:<12} {r['variant']:<14} {r['shape']:<30} {_fmt(r['ours_ms'], '.3f'):>9} "
             f"{_fmt(r['ref_ms'], '.3f'):>9} {_fmt(r['speedup'], '.2f'):>8} {rate:>14} "
-            f"{_fmt(r['ceiling_fraction'], '.0%'):>7}  {r['status']:<9} {r['ref_name'] or ''}"
+            f"{_fmt(r['ceiling_fraction'], '.0%'):>7}  {r['status']:<9} {_fmt(r['err_ours'], '.1e'):>8} "
+            f"{_fmt(r['err_ref'], '.1e'):>8}  {r['ref_name'] or ''}"
             + (f"  [{r['message']}]" if r["message"] else "")
         )
+    lines.append("err ours / err ref = ||x - truth|| / ||truth|| of ours / of the row's FP32 reference; "
+                 "the truth is the row's reference in float64, except:")
+    exceptions = dict.fromkeys(f"  {r['op']} {r['variant']}: {r['checked_against']}" for r in report["rows"]
+                               if r["checked_against"] and r["checked_against"] != f"{r['ref_name']} in float64")
+    lines += list(exceptions) or ["  (none)"]
     return "\n".join(lines)
 
 

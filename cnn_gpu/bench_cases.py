@@ -13,6 +13,14 @@ optimizer kernels; the training step against a PyTorch eager step of the same ne
 same weights. A reference returns its results in ours' order; None marks an output it does not
 compute (not compared).
 
+The check's truth (Bound.truth) is the first PyTorch reference evaluated in float64 on the same
+device and inputs (cuDNN / cuBLAS in float64 where the reference is theirs, cuDNN choosing by its
+heuristics), once per case. An FP32 reference is no independent truth: its own error may be the
+larger one (autotuned cuDNN may pick FFT or Winograd algorithms), so the report measures ours AND
+each FP32 reference against the truth. The exceptions: dropout's forward (torch draws another mask;
+our NumPy path draws the same one bit for bit), the optimizers (torch.optim's step repeated on
+float64 copies) and the training step (its PyTorch twin in float64; see _train_step).
+
 Shapes (full suite): the seed networks' layers (seed 001 at batch 32, 128 and 1024; seed 002 at 32
 and 128: its first conv's output is 20 GB at batch 1024), the 3×3 layers of ResNet-50 / VGG-16 at
 batch 32 and 128, a 1×1 256→64 at 56², square GEMMs 1024..8192 and the dense layers' skinny GEMMs.
@@ -21,6 +29,7 @@ The quick suite (CI, no GPU) takes small shapes of the same layers.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,15 +46,16 @@ class Bound:
     ours: Callable[[], object]
     refs: dict = field(default_factory=dict)     # reference name -> call returning ours' outputs, in order
     inputs: tuple = ()                           # arrays ours reads (with its outputs: the minimum bytes)
-    expected: tuple | None = None                # (name, call): the check target, when not the first reference
+    truth: tuple | None = None                   # (name, call): what ours and the references are checked against
     refs_match: bool = True                      # False: the references compute another function (another RNG)
     bytes: float | None = None                   # minimum bytes, when inputs + outputs do not count them (in place)
     check_context: Callable[[], object] | None = None  # a context manager the check runs in
 
     def check_target(self):
-        """(name, call) that ours is checked against: `expected`, else the first matching reference, else None."""
-        if self.expected is not None or not self.refs_match:
-            return self.expected
+        """(name, call) that ours is checked against: the truth, else the first reference when it computes
+        the same function (an FP32 check, e.g. without PyTorch on the GPU), else None (nothing to check)."""
+        if self.truth is not None or not self.refs_match:
+            return self.truth
         return next(iter(self.refs.items()), None)
 
 
@@ -96,6 +106,42 @@ def _ref_name(side, library: str, call: str) -> str:
     return f"{library} ({call})" if side.device == "cuda" else f"{call} (CPU)"
 
 
+def _torch_reference(bound: Bound, side, library: str, call: str, function, *operands):
+    """Add the reference `function(*operands)` (FP32, what is timed), operands as torch tensors (arrays
+    of the side are viewed through DLPack / from_numpy). The first reference added this way also
+    gives the bound its truth: the same function on float64 copies of the operands, made when the
+    check runs (once per case, never in a timed call)."""
+    T = side.torch
+    tensors = [o if o is None or isinstance(o, T.Tensor) else side.to_torch(o) for o in operands]
+    name = _ref_name(side, library, call)
+    bound.refs[name] = lambda: function(*tensors)
+    if bound.truth is None:
+        def in_float64():
+            with _cudnn_heuristics(T):
+                return function(*(_float64_copy(t) for t in tensors))
+        bound.truth = (f"{name} in float64", in_float64)
+
+
+def _float64_copy(tensor):
+    """A float64 copy of a floating tensor (a leaf that requires grad where the original does); an
+    integer or boolean tensor (labels, indices, masks) or None as it is."""
+    if tensor is None or not tensor.is_floating_point():
+        return tensor
+    return tensor.detach().double().requires_grad_(tensor.requires_grad)
+
+
+@contextlib.contextmanager
+def _cudnn_heuristics(T):
+    """cuDNN choosing by its heuristics, not by autotuning: for a float64 truth, which runs once per
+    shape, autotuning would time every float64 algorithm first (seconds on the large layers)."""
+    saved = T.backends.cudnn.benchmark
+    T.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        T.backends.cudnn.benchmark = saved
+
+
 # ---- convolution ---------------------------------------------------------------------------------
 # (label, C, K, H=W, kernel, padding, full-suite batches); quick: (label, C, K, H, kernel, padding, batch)
 CONV_LAYERS = (
@@ -130,7 +176,8 @@ def _conv_cases(quick):
         flops = conv_flops(N, C, K, k, k, OH, OH)
         yield Case("conv2d", "fwd", shape, _conv_forward(N, C, K, H, k, pad, fused=False), flops, tol=1e-4)
         yield Case("conv2d", "fwd+bias+relu", shape, _conv_forward(N, C, K, H, k, pad, fused=True), flops, tol=1e-4)
-        yield Case("conv2d", "bwd", shape, _conv_backward(N, C, K, H, k, pad), 2 * flops, tol=1e-4)
+        for part in ("data", "filter"):
+            yield Case("conv2d", f"bwd {part}", shape, _conv_backward(N, C, K, H, k, pad, part), flops, tol=1e-4)
 
 
 def _conv_forward(N, C, K, H, k, pad, fused):
@@ -143,30 +190,37 @@ def _conv_forward(N, C, K, H, k, pad, fused):
         bound = Bound(lambda: F.conv2d(x, w, b, stride=1, padding=pad, activation=activation), inputs=(x, w, b))
         T = side.torch
         if T is not None:
-            tx, tw, tb = side.to_torch(x), side.to_torch(w), side.to_torch(b) if fused else None
             conv = T.nn.functional.conv2d
             if fused:
-                bound.refs[_ref_name(side, "cuDNN", "torch conv2d+bias, relu")] = lambda: T.relu(conv(tx, tw, tb, 1, pad))
+                _torch_reference(bound, side, "cuDNN", "torch conv2d+bias, relu",
+                                 lambda x, w, b: T.relu(conv(x, w, b, 1, pad)), x, w, b)
             else:
-                bound.refs[_ref_name(side, "cuDNN", "torch conv2d")] = lambda: conv(tx, tw, None, 1, pad)
+                _torch_reference(bound, side, "cuDNN", "torch conv2d", lambda x, w: conv(x, w, None, 1, pad), x, w)
         return bound
     return prepare
 
 
-def _conv_backward(N, C, K, H, k, pad):
-    """(dx, dw, db) in one call against aten.convolution_backward (cuDNN backward-data + backward-filter + bias)."""
+def _conv_backward(N, C, K, H, k, pad, part):
+    """Backward-data (dx, db) or backward-filter (dw, db) against aten.convolution_backward with the same
+    output mask (cuDNN backward-data or backward-filter, and its bias reduction). db is in both: ours
+    computes it on every backward call, and PyTorch's autograd asks for it with either gradient (a
+    network's first layer needs dw and db, every other layer all three)."""
+    data = part == "data"
+
     def prepare(side):
         OH = H + 2 * pad - k + 1
         x = side.normal(N, C, H, H)
         w = side.normal(K, C, k, k, scale=(C * k * k) ** -0.5)
         dy = side.normal(N, K, OH, OH)
-        bound = Bound(lambda: F.conv2d_backward(dy, x, w, stride=1, padding=pad), inputs=(dy, x, w))
+        # backward-data reads x's shape only, backward-filter w's shape only
+        bound = Bound(lambda: F.conv2d_backward(dy, x, w, stride=1, padding=pad, compute_dx=data, compute_dw=not data),
+                      inputs=(dy, w) if data else (dy, x))
         T = side.torch
         if T is not None:
-            tx, tw, tdy = side.to_torch(x), side.to_torch(w), side.to_torch(dy)
             backward = T.ops.aten.convolution_backward
-            bound.refs[_ref_name(side, "cuDNN", "aten convolution_backward")] = lambda: backward(
-                tdy, tx, tw, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])
+            _torch_reference(bound, side, "cuDNN", f"aten convolution_backward, {'dx' if data else 'dw'} + db",
+                             lambda dy, x, w: backward(dy, x, w, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+                                                       [data, not data, True]), dy, x, w)
         return bound
     return prepare
 
@@ -191,8 +245,7 @@ def _matmul(M, K, N):
             bound.refs["cuBLAS (cupy.matmul)"] = lambda: side.xp.matmul(a, b)
         T = side.torch
         if T is not None:
-            ta, tb = side.to_torch(a), side.to_torch(b)
-            bound.refs[_ref_name(side, "cuBLAS", "torch.matmul")] = lambda: T.matmul(ta, tb)
+            _torch_reference(bound, side, "cuBLAS", "torch.matmul", T.matmul, a, b)
         return bound
     return prepare
 
@@ -224,13 +277,13 @@ def _linear_forward(N, n_in, n_out, activation):
         bound = Bound(lambda: F.linear(x, w, b, activation=activation), inputs=(x, w, b))
         T = side.torch
         if T is not None:
-            tx, tw, tb = side.to_torch(x), side.to_torch(w), side.to_torch(b)
             linear = T.nn.functional.linear
             if activation:
                 act = getattr(T, activation)
-                bound.refs[_ref_name(side, "cuBLAS", f"torch linear, {activation}")] = lambda: act(linear(tx, tw, tb))
+                _torch_reference(bound, side, "cuBLAS", f"torch linear, {activation}",
+                                 lambda x, w, b: act(linear(x, w, b)), x, w, b)
             else:
-                bound.refs[_ref_name(side, "cuBLAS", "torch linear")] = lambda: linear(tx, tw, tb)
+                _torch_reference(bound, side, "cuBLAS", "torch linear", linear, x, w, b)
         return bound
     return prepare
 
@@ -242,8 +295,8 @@ def _linear_backward(N, n_in, n_out):
         bound = Bound(lambda: F.linear_backward(dy, x, w), inputs=(dy, x, w))
         T = side.torch
         if T is not None:
-            tx, tw, tdy = side.to_torch(x), side.to_torch(w), side.to_torch(dy)
-            bound.refs[_ref_name(side, "cuBLAS", "torch mm ×2 + sum")] = lambda: (T.mm(tdy, tw), T.mm(tdy.t(), tx), tdy.sum(0))
+            _torch_reference(bound, side, "cuBLAS", "torch mm ×2 + sum",
+                             lambda dy, x, w: (T.mm(dy, w), T.mm(dy.t(), x), dy.sum(0)), dy, x, w)
         return bound
     return prepare
 
@@ -321,11 +374,17 @@ def torch_adam_epsilon(keras_epsilon=KERAS_ADAM_EPSILON, beta_2=ADAM_BETA_2) -> 
     return keras_epsilon / (1 - beta_2) ** 0.5
 
 
+TRAIN_STEP_CHECK = "loss + first and last kernels' gradients of step 1 (before the update), dropout off"
+
+
 def _train_step(net: SeedNetwork, N):
     """Forward (training mode), fused loss + gradient, backward, Adam on every parameter.
 
-    Check: the first step with dropout off on both sides: the loss and the gradients of the first
-    and last kernels. Timed: steps with dropout on, the weights moving as in training.
+    Check: the first step with dropout off on both sides (their masks differ): the loss and the
+    gradients of the first and last kernels, taken before the Adam update (after it, m / sqrt(v) is
+    ±1 wherever a gradient is tiny, and rounding noise would decide the sign). Truth: the PyTorch
+    twin in float64 from the same weights, forward and backward only. Timed: steps with dropout on,
+    Adam included, the weights moving as in training.
     """
     def prepare(side):
         from cnn_gpu.layers import Dropout
@@ -360,8 +419,10 @@ def _train_step(net: SeedNetwork, N):
         twin_dropouts = []
         T = side.torch
         if T is not None:
-            step, twin = _torch_step(side, net, layers, x, labels)
-            bound.refs[_ref_name(side, "cuDNN", "torch eager step")] = step
+            step, twin, gradients_in_float64 = _torch_step(side, net, layers, x, labels)
+            name = _ref_name(side, "cuDNN", "torch eager step")
+            bound.refs[name] = step
+            bound.truth = (f"{name} in float64: {TRAIN_STEP_CHECK}", gradients_in_float64)
             twin_dropouts = [module for module in twin if isinstance(module, T.nn.Dropout)]
 
         @contextlib.contextmanager
@@ -386,7 +447,9 @@ def _train_step(net: SeedNetwork, N):
 
 
 def _torch_step(side, net: SeedNetwork, layers, x, labels):
-    """(step, twin): the PyTorch eager step of the same network, starting from our weights."""
+    """(step, twin, gradients_in_float64): the PyTorch eager step of the same network, starting from
+    our weights, and the check's truth: a float64 copy of the twin made now (before any step), without
+    dropout, giving the loss and the first and last kernels' gradients of step 1."""
     T = side.torch
     twin = net.twin(T).to("cuda" if side.device == "cuda" else "cpu")
     weighted = [m for m in twin if hasattr(m, "weight")]
@@ -400,17 +463,37 @@ def _torch_step(side, net: SeedNetwork, layers, x, labels):
                 module.running_mean.copy_(side.to_torch(layer.state["moving_mean"]))
                 module.running_var.copy_(side.to_torch(layer.state["moving_variance"]))
     twin.train()
+    twin64 = copy.deepcopy(twin).double()
+    for module in twin64:
+        if isinstance(module, T.nn.Dropout):
+            module.p = 0.0
     optimizer = T.optim.Adam(twin.parameters(), lr=1e-3, betas=(0.9, ADAM_BETA_2), eps=torch_adam_epsilon())
     tx, tlabels = side.to_torch(x), side.to_torch(labels)
     loss_fn = T.nn.BCEWithLogitsLoss() if net.classes == 1 else T.nn.CrossEntropyLoss()
 
+    def gradients_of(model):
+        """A call (x, labels) -> (loss, first kernel's gradient, last kernel's) of `model`: forward and
+        backward from zeroed gradients."""
+        kernels = [m.weight for m in model if hasattr(m, "weight")]
+
+        def forward_backward(x, labels):
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), labels)
+            loss.backward()
+            return loss.detach(), kernels[0].grad, kernels[-1].grad
+        return forward_backward
+
+    gradients, gradients64 = gradients_of(twin), gradients_of(twin64)
+
     def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(twin(tx), tlabels)
-        loss.backward()
+        outputs = gradients(tx, tlabels)
         optimizer.step()
-        return loss.detach(), weighted[0].weight.grad, weighted[-1].weight.grad
-    return step, twin
+        return outputs
+
+    def gradients_in_float64():
+        with _cudnn_heuristics(T):
+            return gradients64(_float64_copy(tx), _float64_copy(tlabels))
+    return step, twin, gradients_in_float64
 
 
 # ---- pooling -------------------------------------------------------------------------------------
@@ -445,9 +528,8 @@ def _maxpool_forward(N, C, H, k, s, p):
         bound = Bound(lambda: F.max_pool2d(x, k, s, p), inputs=(x,))
         T = side.torch
         if T is not None:
-            tx = side.to_torch(x)
-            bound.refs[_ref_name(side, "PyTorch CUDA", "torch max_pool2d")] = lambda: T.nn.functional.max_pool2d(
-                tx, k, s, p, return_indices=True)
+            _torch_reference(bound, side, "PyTorch CUDA", "torch max_pool2d",
+                             lambda x: T.nn.functional.max_pool2d(x, k, s, p, return_indices=True), x)
         return bound
     return prepare
 
@@ -460,11 +542,11 @@ def _maxpool_backward(N, C, H, k, s, p):
         bound = Bound(lambda: F.max_pool2d_backward(dy, indices, x.shape, k, s, p), inputs=(dy, indices))
         T = side.torch
         if T is not None:
-            tx, tdy = side.to_torch(x), side.to_torch(dy)
-            _, t_indices = T.nn.functional.max_pool2d(tx, k, s, p, return_indices=True)
+            _, t_indices = T.nn.functional.max_pool2d(side.to_torch(x), k, s, p, return_indices=True)
             backward = T.ops.aten.max_pool2d_with_indices_backward
-            bound.refs[_ref_name(side, "PyTorch CUDA", "aten max_pool2d_with_indices_backward")] = lambda: backward(
-                tdy, tx, [k, k], [s, s], [p, p], [1, 1], False, t_indices)
+            _torch_reference(bound, side, "PyTorch CUDA", "aten max_pool2d_with_indices_backward",
+                             lambda dy, x, indices: backward(dy, x, [k, k], [s, s], [p, p], [1, 1], False, indices),
+                             dy, x, t_indices)
         return bound
     return prepare
 
@@ -479,10 +561,9 @@ def _sumpool_forward(op, N, C, H, k, s, p):
         bound = Bound(lambda: ours(x, k, s, p), inputs=(x,))
         T = side.torch
         if T is not None:
-            tx = side.to_torch(x)
             name = "torch avg_pool2d" + ("" if divisor is None else ", divisor_override=1")
-            bound.refs[_ref_name(side, "PyTorch CUDA", name)] = lambda: T.nn.functional.avg_pool2d(
-                tx, k, s, p, divisor_override=divisor)
+            _torch_reference(bound, side, "PyTorch CUDA", name,
+                             lambda x: T.nn.functional.avg_pool2d(x, k, s, p, divisor_override=divisor), x)
         return bound
     return prepare
 
@@ -499,11 +580,11 @@ def _sumpool_backward(op, N, C, H, k, s, p):
         T = side.torch
         if T is not None:
             tdy = side.to_torch(dy)
-            tx = T.empty(x_shape, device=tdy.device)  # avg_pool2d_backward reads only its shape
+            tx = T.empty(x_shape, device=tdy.device)  # avg_pool2d_backward reads only its shape (and dtype)
             backward = T.ops.aten.avg_pool2d_backward
             name = "aten avg_pool2d_backward" + ("" if divisor is None else ", divisor_override=1")
-            bound.refs[_ref_name(side, "PyTorch CUDA", name)] = lambda: backward(
-                tdy, tx, [k, k], [s, s], [p, p], False, True, divisor)
+            _torch_reference(bound, side, "PyTorch CUDA", name,
+                             lambda dy, x: backward(dy, x, [k, k], [s, s], [p, p], False, True, divisor), tdy, tx)
         return bound
     return prepare
 
@@ -540,9 +621,8 @@ def _activation_forward(name, shape):
         bound = Bound(lambda: ours(x), inputs=(x,))
         T = side.torch
         if T is not None:
-            tx = side.to_torch(x)
             torch_forward = getattr(T.nn.functional, TORCH_ACTIVATIONS[name][0])
-            bound.refs[_ref_name(side, "PyTorch CUDA", f"torch {name}")] = lambda: torch_forward(tx)
+            _torch_reference(bound, side, "PyTorch CUDA", f"torch {name}", torch_forward, x)
         return bound
     return prepare
 
@@ -555,9 +635,9 @@ def _activation_backward(name, shape):
         bound = Bound(lambda: backward(dy, y), inputs=(dy, y))
         T = side.torch
         if T is not None:
-            ty, tdy = side.to_torch(y), side.to_torch(dy)
             torch_backward = TORCH_ACTIVATIONS[name][1]
-            bound.refs[_ref_name(side, "PyTorch CUDA", f"aten {name}_backward")] = lambda: torch_backward(T, tdy, ty)
+            _torch_reference(bound, side, "PyTorch CUDA", f"aten {name}_backward",
+                             lambda dy, y: torch_backward(T, dy, y), dy, y)
         return bound
     return prepare
 
@@ -584,9 +664,8 @@ def _softmax_forward(op, N, K):
         bound = Bound(lambda: getattr(F, op)(x), inputs=(x,))
         T = side.torch
         if T is not None:
-            tx = side.to_torch(x)
             torch_op = getattr(T, op)
-            bound.refs[_ref_name(side, "PyTorch CUDA", f"torch {op}")] = lambda: torch_op(tx, -1)
+            _torch_reference(bound, side, "PyTorch CUDA", f"torch {op}", lambda x: torch_op(x, -1), x)
         return bound
     return prepare
 
@@ -599,9 +678,9 @@ def _softmax_xent(N, K):
         T = side.torch
         if T is not None:
             tl = side.to_torch(logits).detach().requires_grad_()
-            tlabels = side.to_torch(labels)
-            bound.refs[_ref_name(side, "PyTorch CUDA", "torch cross_entropy fwd+bwd")] = lambda: _loss_and_grad(
-                T, T.nn.functional.cross_entropy, tl, tlabels)
+            _torch_reference(bound, side, "PyTorch CUDA", "torch cross_entropy fwd+bwd",
+                             lambda logits, labels: _loss_and_grad(T, T.nn.functional.cross_entropy, logits, labels),
+                             tl, labels)
         return bound
     return prepare
 
@@ -612,9 +691,10 @@ def _sigmoid_bce(N):
         bound = Bound(lambda: F.sigmoid_binary_cross_entropy(logits, labels), inputs=(logits, labels))
         T = side.torch
         if T is not None:
-            tl, tlabels = side.to_torch(logits).detach().requires_grad_(), side.to_torch(labels)
-            bound.refs[_ref_name(side, "PyTorch CUDA", "torch bce_with_logits fwd+bwd")] = lambda: _loss_and_grad(
-                T, T.nn.functional.binary_cross_entropy_with_logits, tl, tlabels)
+            tl = side.to_torch(logits).detach().requires_grad_()
+            bce = T.nn.functional.binary_cross_entropy_with_logits
+            _torch_reference(bound, side, "PyTorch CUDA", "torch bce_with_logits fwd+bwd",
+                             lambda logits, labels: _loss_and_grad(T, bce, logits, labels), tl, labels)
         return bound
     return prepare
 
@@ -655,10 +735,11 @@ def _batchnorm_forward(N, C, H, training):
                                            eps=BN_EPS)[0], inputs=(x, gamma, beta, mean, var))
         T = side.torch
         if T is not None:
-            tx, tg, tb = side.to_torch(x), side.to_torch(gamma), side.to_torch(beta)
-            tm, tv = side.to_torch(mean.copy()), side.to_torch(var.copy())  # torch updates its own running stats
-            bound.refs[_ref_name(side, "PyTorch CUDA", "torch batch_norm")] = lambda: T.nn.functional.batch_norm(
-                tx, tm, tv, tg, tb, training=training, momentum=BN_MOMENTUM, eps=BN_EPS)
+            # torch updates the running statistics it is given: copies of ours (the truth: float64 copies of those)
+            _torch_reference(bound, side, "PyTorch CUDA", "torch batch_norm",
+                             lambda x, mean, var, gamma, beta: T.nn.functional.batch_norm(
+                                 x, mean, var, gamma, beta, training=training, momentum=BN_MOMENTUM, eps=BN_EPS),
+                             x, mean.copy(), var.copy(), gamma, beta)
         return bound
     return prepare
 
@@ -672,12 +753,14 @@ def _batchnorm_backward(N, C, H):
                       inputs=(dy, x, gamma, saved_mean, saved_invstd))
         T = side.torch
         if T is not None:
-            tx, tdy, tg = side.to_torch(x), side.to_torch(dy), side.to_torch(gamma)
+            tx, tg = side.to_torch(x), side.to_torch(gamma)
             _, t_mean, t_invstd = T.ops.aten.native_batch_norm(tx, tg, side.to_torch(beta), None, None, True,
                                                                 BN_MOMENTUM, BN_EPS)
             backward = T.ops.aten.native_batch_norm_backward
-            bound.refs[_ref_name(side, "PyTorch CUDA", "aten native_batch_norm_backward")] = lambda: backward(
-                tdy, tx, tg, None, None, t_mean, t_invstd, True, BN_EPS, [True, True, True])
+            _torch_reference(bound, side, "PyTorch CUDA", "aten native_batch_norm_backward",
+                             lambda dy, x, gamma, mean, invstd: backward(
+                                 dy, x, gamma, None, None, mean, invstd, True, BN_EPS, [True, True, True]),
+                             dy, tx, tg, t_mean, t_invstd)
         return bound
     return prepare
 
@@ -701,9 +784,9 @@ def _dropout_forward(shape, rate, seed=12345):
         x = side.normal(*shape)
         bound = Bound(lambda: F.dropout(x, rate, seed), inputs=(x,), refs_match=False)
         if side.device == "cuda":
-            bound.expected = ("NumPy path", lambda: F.dropout(to_numpy(x), rate, seed))
+            bound.truth = ("NumPy path", lambda: F.dropout(to_numpy(x), rate, seed))
         T = side.torch
-        if T is not None:
+        if T is not None:  # timed only: not _torch_reference, whose float64 run would be a truth
             tx = side.to_torch(x)
             bound.refs[_ref_name(side, "PyTorch CUDA", "torch native_dropout")] = lambda: T.native_dropout(tx, rate, True)
         return bound
@@ -717,10 +800,9 @@ def _dropout_backward(shape, rate, seed=12345):
         bound = Bound(lambda: F.dropout_backward(dy, mask, rate), inputs=(dy, mask))
         T = side.torch
         if T is not None:
-            tdy, tmask = side.to_torch(dy), side.to_torch(mask).bool()
             backward = T.ops.aten.native_dropout_backward
-            bound.refs[_ref_name(side, "PyTorch CUDA", "aten native_dropout_backward")] = lambda: backward(
-                tdy, tmask, 1.0 / (1.0 - rate))
+            _torch_reference(bound, side, "PyTorch CUDA", "aten native_dropout_backward",
+                             lambda dy, mask: backward(dy, mask, 1.0 / (1.0 - rate)), dy, side.to_torch(mask).bool())
         return bound
     return prepare
 
@@ -739,11 +821,12 @@ def _optimizer_cases(quick):
 
 def _optimizer_step(kind, shape):
     """One in-place update from zero state; compared on the updated parameter (torch.optim's default
-    implementation on the other side). Bytes: param, state and grad read, param and state written."""
+    implementation on the other side; the truth: the same step on float64 copies of the starting
+    parameter and the gradient). Bytes: param, state and grad read, param and state written."""
     def prepare(side):
         param, grad = side.normal(*shape), side.normal(*shape)
         state = [side.xp.zeros(shape, dtype=numpy.float32) for _ in range(1 if kind == "sgd" else 2)]
-        ref_param = param.copy()
+        ref_param, start = param.copy(), param.copy()  # ours steps param, torch ref_param; start stays
 
         def ours():
             if kind == "sgd":
@@ -754,16 +837,25 @@ def _optimizer_step(kind, shape):
         bound = Bound(ours, bytes=float(param.nbytes) * (3 + 2 * len(state)))
         T = side.torch
         if T is not None:
-            weight = T.nn.Parameter(side.to_torch(ref_param))
-            weight.grad = side.to_torch(grad)
-            if kind == "sgd":
-                optimizer = T.optim.SGD([weight], lr=OPTIM_LR, momentum=OPTIM_MOMENTUM)
-            else:
-                optimizer = T.optim.Adam([weight], lr=OPTIM_LR, betas=(0.9, ADAM_BETA_2), eps=torch_adam_epsilon())
+            def torch_optimizer(weight, weight_grad):
+                weight = T.nn.Parameter(weight)
+                weight.grad = weight_grad
+                if kind == "sgd":
+                    return weight, T.optim.SGD([weight], lr=OPTIM_LR, momentum=OPTIM_MOMENTUM)
+                return weight, T.optim.Adam([weight], lr=OPTIM_LR, betas=(0.9, ADAM_BETA_2), eps=torch_adam_epsilon())
+
+            weight, optimizer = torch_optimizer(side.to_torch(ref_param), side.to_torch(grad))
 
             def ref():
                 optimizer.step()
                 return weight.detach()
-            bound.refs[_ref_name(side, "PyTorch CUDA", f"torch.optim.{'SGD' if kind == 'sgd' else 'Adam'}.step")] = ref
+
+            def truth():
+                weight64, optimizer64 = torch_optimizer(side.to_torch(start).double(), side.to_torch(grad).double())
+                optimizer64.step()
+                return weight64.detach()
+            name = _ref_name(side, "PyTorch CUDA", f"torch.optim.{'SGD' if kind == 'sgd' else 'Adam'}.step")
+            bound.refs[name] = ref
+            bound.truth = (f"{name} in float64", truth)
         return bound
     return prepare

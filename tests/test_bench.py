@@ -1,8 +1,12 @@
 """The benchmark report (cnn_gpu.bench): its quick run writes results.json and speedup.png with the
-fields the issue names, a wrong result is a FAIL row without a time, unknown op names are refused."""
+fields the issue names, ours and each reference are checked against a float64 truth, a wrong result
+(ours, not the reference) is a FAIL row without a time, unknown op names are refused; and
+benchmarks/render_readme_table.py renders a results.json as markdown."""
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy
 import pytest
@@ -58,8 +62,9 @@ def test_quick_run_reports_speedup_against_a_reference_when_one_ran(quick_report
         pytest.skip("torch is not installed: no reference ran, so no speed-up to check")
     assert with_ref
     for row in with_ref:
-        assert row["status"] == "OK" and row["checked_against"] and row["rel_error"] is not None
-        assert row["speedup"] == pytest.approx(row["ref_ms"] / row["ours_ms"])
+        assert row["status"] == "OK" and row["speedup"] == pytest.approx(row["ref_ms"] / row["ours_ms"])
+        assert row["checked_against"].endswith(" in float64")  # these ops' truth: their (torch) reference in float64
+        assert row["err_ours"] <= row["tol"] and row["err_ref"] is not None
 
 
 def test_quick_run_writes_a_png(quick_report):
@@ -67,11 +72,13 @@ def test_quick_run_writes_a_png(quick_report):
     assert (out / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_printed_table_has_the_ceilings_and_a_line_per_row(quick_report):
+def test_the_printed_table_has_the_ceilings_a_line_per_row_and_the_truths(quick_report):
     _, report = quick_report
     lines = bench.format_table(report).splitlines()
-    assert lines[1].startswith("ceilings:") and "speed-up" in lines[2]
-    assert len(lines) == 4 + len(report["rows"])
+    assert lines[1].startswith("ceilings:") and "speed-up" in lines[2] and "err ours" in lines[2]
+    rows = lines[4:4 + len(report["rows"])]
+    assert [line.split()[0] for line in rows] == [row["op"] for row in report["rows"]]
+    assert lines[4 + len(report["rows"])].startswith("err ours / err ref")
 
 
 def test_unknown_op_names_are_a_value_error_naming_them(tmp_path):
@@ -93,15 +100,78 @@ def _tiny_case(ours_offset, prepare=None):
     return Case("relu", "test", "5×7", prepare or default_prepare)
 
 
+def _case_with_truth(ours_scale, ref_scale):
+    """x scaled, checked against x in float64: ours and the reference each off by their scale − 1."""
+    def prepare(side):
+        x = side.normal(5, 7)
+        return Bound(lambda: x * numpy.float32(ours_scale), refs={"scaled": lambda: x * numpy.float32(ref_scale)},
+                     truth=("x in float64", lambda: x.astype(numpy.float64)), inputs=(x,))
+    return Case("relu", "test", "5×7", prepare, tol=1e-4)
+
+
 def test_a_wrong_result_is_a_fail_row_without_a_time():
     side = bench.Side("cpu", seed=1)
     ceilings = {"copy_gbps": 1.0, "sgemm_tflops": 1.0}
     (row,) = bench.run_case(_tiny_case(ours_offset=1.0), side, ceilings)
-    assert row.status == "FAIL" and row.ours_ms is None and row.ref_ms is None and row.rel_error > 1e-5
+    assert row.status == "FAIL" and row.ours_ms is None and row.ref_ms is None and row.err_ours > 1e-5
+    assert row.checked_against == "identity" and row.err_ref is None  # no truth: the FP32 reference is the yardstick
     (row,) = bench.run_case(_tiny_case(ours_offset=float("nan")), side, ceilings)
     assert row.status == "FAIL" and row.ours_ms is None
     (row,) = bench.run_case(_tiny_case(ours_offset=0.0), side, ceilings)
     assert row.status == "OK" and row.ours_ms > 0 and row.repeats >= bench.MIN_REPEATS
+
+
+def test_only_ours_over_the_tolerance_fails_and_both_errors_are_reported():
+    side, ceilings = bench.Side("cpu", seed=1), {"copy_gbps": 1.0, "sgemm_tflops": 1.0}
+    (row,) = bench.run_case(_case_with_truth(ours_scale=1.0, ref_scale=1.001), side, ceilings)
+    assert row.status == "OK" and row.ours_ms > 0 and row.checked_against == "x in float64"
+    assert row.err_ours == 0 and row.err_ref == pytest.approx(1e-3, rel=1e-3)
+    assert "reference" in row.message and "> tolerance" in row.message
+    (row,) = bench.run_case(_case_with_truth(ours_scale=1.001, ref_scale=1.0), side, ceilings)
+    assert row.status == "FAIL" and row.ours_ms is None and row.ref_name == "scaled"
+    assert row.err_ours == pytest.approx(1e-3, rel=1e-3) and row.err_ref == 0 and row.message.startswith("ours")
+
+
+def test_torch_references_bring_a_float64_truth_of_the_same_call():
+    pytest.importorskip("torch")
+    from cnn_gpu.bench_cases import cases
+
+    side = bench.Side("cpu", seed=1)
+    conv_backward = next(case for case in cases(quick=True) if case.variant == "bwd filter")
+    bound = conv_backward.prepare(side)
+    name, truth = bound.truth
+    assert name == f"{next(iter(bound.refs))} in float64"
+    dx, dw, db = truth()
+    assert dx is None and str(dw.dtype) == str(db.dtype) == "torch.float64"
+    assert bench.relative_error(side, bound.ours(), (dx, dw, db)) < conv_backward.tol
+
+
+def _render_module():
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "render_readme_table.py"
+    spec = importlib.util.spec_from_file_location("render_readme_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_table_renders_the_quick_results_json(quick_report):
+    out, _ = quick_report
+    saved = json.loads((out / "results.json").read_text())
+    text = _render_module().render(saved)
+    env = saved["environment"]
+    assert env["date"] in text and f"commit {env['commit']}" in text and f"PyTorch {env['torch'] or '–'}" in text
+    assert f"{saved['ceilings']['sgemm_tflops']:.2f} TFLOP/s" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    cases = {(row["op"], row["variant"], row["shape"]) for row in saved["rows"]}
+    assert table[0].startswith("| op | variant | shape | ours ms") and len(table) == 2 + len(cases)
+    first = saved["rows"][0]
+
+    def number(value, spec):
+        return "–" if value is None else format(value, spec)
+    assert table[2] == (f"| {first['op']} | {first['variant']} | {first['shape']} | "
+                        f"{number(first['ours_ms'], '.3f')} | {number(first['ref_ms'], '.3f')} | {number(first['speedup'], '.2f')} | "
+                        f"{first['rate']:.2f} {first['rate_unit']} | {first['ceiling_fraction']:.0%} | "
+                        f"{first['status']} | {first['ref_name'] or '–'} |")
 
 
 def test_an_exception_is_an_error_row_and_the_run_goes_on():

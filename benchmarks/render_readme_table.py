@@ -1,0 +1,89 @@
+"""Print a `cnn-gpu bench` results.json as a markdown section for the README.
+
+    python benchmarks/render_readme_table.py benchmarks/results/<gpu>-<date>.json > section.md
+
+Everything printed comes from the file: a header line (date, device, driver, CUDA, CuPy / PyTorch /
+cuDNN versions, commit), the two ceilings measured in the same run, then one table line per case
+(op, variant, shape) with its first reference, the one the case lists first (cuDNN, cuBLAS or
+PyTorch; for matmul cupy.matmul, cuBLAS too): ours ms, ref ms, speed-up, rate, fraction of the
+ceiling, status. A case that failed its check, raised or was skipped keeps its line, without times.
+Standard library only: it runs wherever the file is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MISSING = "–"
+COLUMNS = ("op", "variant", "shape", "ours ms", "ref ms", "speed-up", "rate", "of ceiling", "status", "reference")
+
+
+def render(report: dict) -> str:
+    """The markdown section for one report (the dict that results.json holds)."""
+    env, ceilings = report["environment"], report["ceilings"]
+    device = env.get("gpu") or env.get("cpu") or MISSING
+    lines = [
+        f"### cnn_gpu vs reference libraries: {device}, {env['date']} ({report['mode']} run)",
+        "",
+        _versions_line(env),
+        "",
+        f"Ceilings measured in the same run: copy {ceilings['copy_gbps']:.0f} GB/s ({ceilings['copy_method']}); "
+        f"SGEMM {ceilings['sgemm_tflops']:.2f} TFLOP/s ({ceilings['sgemm_method']}).",
+    ]
+    if report.get("note"):
+        lines += ["", f"Note: {report['note']}"]
+    lines += ["", _table_row(COLUMNS), _table_row("---" for _ in COLUMNS)]
+    lines += [_table_row(_cells(row)) for row in first_row_per_case(report["rows"])]
+    lines += ["", "speed-up = ref ms / ours ms (> 1: ours is faster); rate: TFLOP/s or GB/s, whichever floor "
+                  "dominates, and its fraction of the measured ceiling (benchmarks/NOTES.md); every row, "
+                  "every reference and the check's errors are in results.json."]
+    return "\n".join(lines)
+
+
+def first_row_per_case(rows: list) -> list:
+    """The first row of each (op, variant, shape), in report order."""
+    chosen = {}
+    for row in rows:
+        chosen.setdefault((row["op"], row["variant"], row["shape"]), row)
+    return list(chosen.values())
+
+
+def _versions_line(env: dict) -> str:
+    smi = env.get("nvidia_smi") or {}
+    parts = [
+        f"driver {smi.get('driver_version') or MISSING}",
+        f"CUDA runtime {env.get('cuda_runtime') or MISSING} (driver API {env.get('cuda_driver') or MISSING})",
+        f"CuPy {env.get('cupy') or MISSING}",
+        f"PyTorch {env.get('torch') or MISSING}",
+        f"cuDNN {env.get('cudnn') or MISSING}",
+        f"commit {env.get('commit') or MISSING}",
+    ]
+    return " · ".join(parts)
+
+
+def _cells(row: dict) -> list:
+    rate = f"{row['rate']:.2f} {row['rate_unit']}" if row.get("rate") is not None else MISSING
+    return [row["op"], row["variant"], row["shape"], _number(row.get("ours_ms"), ".3f"),
+            _number(row.get("ref_ms"), ".3f"), _number(row.get("speedup"), ".2f"), rate,
+            _number(row.get("ceiling_fraction"), ".0%"), row["status"], row.get("ref_name") or MISSING]
+
+
+def _number(value, spec: str) -> str:
+    return MISSING if value is None else format(value, spec)
+
+
+def _table_row(cells) -> str:
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a results.json written by `cnn-gpu bench`")
+    args = parser.parse_args(argv)
+    print(render(json.loads(args.results.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
