@@ -8,6 +8,8 @@ whose last layer does not end in it is refused at compile time. With ``from_logi
 outputs are the logits already. Mean squared error takes the outputs as they are.
 
     loss(outputs, targets) -> (mean loss as a 0-d device array, d loss / d outputs)
+    loss(outputs, targets, check_labels=False): the same without checking class labels on the device
+        (a wait for it): for targets that loss.targets() has checked, as the model's are
     loss.targets(y, output_shape) -> y checked and converted on the host, ready to upload per batch
     loss.count_correct(outputs, targets) -> 0-d device array: the batch's correct predictions
 """
@@ -27,7 +29,7 @@ class Loss:
     def __init__(self, from_logits=False):
         self.from_logits = bool(from_logits)
 
-    def __call__(self, outputs, targets):
+    def __call__(self, outputs, targets, check_labels=True):
         raise NotImplementedError
 
     def targets(self, y, output_shape) -> numpy.ndarray:
@@ -53,8 +55,8 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     name = "sparse_categorical_crossentropy"
     fuses = "softmax"
 
-    def __call__(self, outputs, targets):
-        return F.softmax_cross_entropy(outputs, targets)
+    def __call__(self, outputs, targets, check_labels=True):
+        return F.softmax_cross_entropy(outputs, targets, check_labels=check_labels)
 
     def targets(self, y, output_shape):
         classes = _class_count(self.name, output_shape)
@@ -82,9 +84,9 @@ class CategoricalCrossentropy(SparseCategoricalCrossentropy):
 
     name = "categorical_crossentropy"
 
-    def __call__(self, outputs, targets):
+    def __call__(self, outputs, targets, check_labels=True):
         if targets.ndim == 1:
-            return super().__call__(outputs, targets)
+            return super().__call__(outputs, targets, check_labels)
         n = outputs.shape[0]
         loss = -(targets * F.log_softmax(outputs)).sum() / n
         return loss, (F.softmax(outputs) * targets.sum(axis=1, keepdims=True) - targets) / n
@@ -110,7 +112,7 @@ class BinaryCrossentropy(_CrossEntropy):
     name = "binary_crossentropy"
     fuses = "sigmoid"
 
-    def __call__(self, outputs, targets):
+    def __call__(self, outputs, targets, check_labels=True):  # 0/1 targets are never checked on the device
         return F.sigmoid_binary_cross_entropy(outputs, targets)
 
     def targets(self, y, output_shape):
@@ -132,7 +134,7 @@ class MeanSquaredError(Loss):
     def __init__(self):
         super().__init__(from_logits=False)
 
-    def __call__(self, outputs, targets):
+    def __call__(self, outputs, targets, check_labels=True):  # no labels
         return F.mean_squared_error(outputs, targets)
 
     def targets(self, y, output_shape):

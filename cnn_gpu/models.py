@@ -8,7 +8,9 @@ A training step: one upload of the batch → forward through the layers → the 
 last activation where it can be (the last layer is asked for its logits) → backward in reverse →
 the optimizer updates each parameter in place. The loss and the correct-prediction count stay on
 the device as running sums; the host reads them once every SYNC_EVERY batches (progress bar) and at
-the end of the epoch.
+the end of the epoch. Nothing in a step waits for the device (the labels are checked once, on the
+host, before the fit), so on the cuda backend the step can be captured as a CUDA graph and replayed:
+compile(..., cuda_graph=True), see _GraphedTrainSteps.
 
 save(path) writes ONE .npz file: the config as JSON (layers, input shape, compile settings) and
 every layer's weights and state; load_model(path) rebuilds the model on the current backend.
@@ -16,7 +18,9 @@ The optimizer's state (moments, velocity) is not saved: a loaded model starts it
 """
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 
 from cnn_gpu import layers as layer_classes
 from cnn_gpu import losses, optimizers
-from cnn_gpu.backend import asarray, to_numpy
+from cnn_gpu.backend import asarray, get_backend, to_numpy
 from cnn_gpu.layers.base import Layer
 
 FILE_FORMAT = "cnn_gpu.models.Sequential/1"
@@ -68,6 +72,7 @@ class Sequential:
         self.data_format = None  # from the layers; None means channels_last
         self.optimizer = self.loss = None
         self.metrics: list = []
+        self.cuda_graph = False
         self.history = None
         self._built = False
         for layer in layers or ():
@@ -184,17 +189,29 @@ class Sequential:
         return sum(sum(layer.count_params()) for layer in self.layers)
 
     # ---- training set-up -------------------------------------------------------------------------
-    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
-        """optimizer: 'adam' | 'sgd' | an Optimizer; loss: a Keras loss name or a Loss; metrics: ['accuracy'] or None."""
+    def compile(self, optimizer="adam", loss=None, metrics=None, cuda_graph=False) -> None:
+        """optimizer: 'adam' | 'sgd' | an Optimizer; loss: a Keras loss name or a Loss; metrics: ['accuracy'] or None.
+
+        cuda_graph=True: on the cuda backend, fit captures its training step once as a CUDA graph and
+        replays it for every full batch: one graph launch a step instead of a launch (and its Python)
+        per kernel, which is what bounds a small network. The replays compute what eager steps compute
+        (the same kernels, mask seeds and Adam step sizes); the last partial batch, validation,
+        evaluate and predict run eagerly. Where the step cannot be captured, fit warns and trains
+        eagerly. On the numpy backend the flag does nothing. One fit with it at a time per device
+        (their graphs share a memory pool).
+        """
         if loss is None:
             raise ValueError("loss is required: one of " + ", ".join(repr(n) for n in [*losses.LOSSES, *losses.ALIASES]))
         metrics = list(metrics or [])
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"metrics may only hold 'accuracy', got {metrics!r}")
+        if not isinstance(cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be True or False, got {cuda_graph!r}")
         self.optimizer = optimizers.get(optimizer)
         self.loss = losses.get(loss)
         self.metrics = ["accuracy"] if metrics else []
+        self.cuda_graph = cuda_graph
         self._check_loss_fits_last_layer()
 
     def _check_loss_fits_last_layer(self) -> None:
@@ -240,12 +257,9 @@ class Sequential:
         targets = self.loss.targets(y, self.output_shape)
         return self.to_layer_layout(targets)
 
-    def _upload_inputs(self, x, index):
-        return asarray(self.to_layer_layout(x[index]))
-
-    def _upload_targets(self, targets, index):
-        batch = targets[index]
-        return asarray(batch, dtype=self.dtype if batch.dtype.kind == "f" else None)
+    def _host_targets(self, batch) -> numpy.ndarray:
+        """A batch of targets as they are uploaded: class labels as they are, real values in the model's dtype."""
+        return batch.astype(self.dtype, copy=False) if batch.dtype.kind == "f" else batch
 
     # ---- the steps -------------------------------------------------------------------------------
     def _forward(self, x, training: bool, logits: bool):
@@ -263,27 +277,44 @@ class Sequential:
         grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
         self.optimizer.apply(params, grads)
 
-    def _run(self, x, targets, order, batch_size: int, training: bool, bar) -> dict:
-        """One pass over x[order] in batches: trains when training, else only measures. Returns the means
-        (loss, accuracy). The running sums are read every SYNC_EVERY batches while the bar shows, and at the end."""
-        totals = _RunningTotals(with_accuracy=bool(self.metrics))
-        logits = self.loss.fuses is not None
-        starts = range(0, len(order), batch_size)
-        for step, start in enumerate(starts, 1):
+    def _step(self, inputs, targets, training: bool, totals) -> None:
+        """One batch on the device: forward, the loss and its gradient, when training backward and the
+        optimizer's update, and the loss and correct count added to totals. Nothing here waits for the
+        device or reads host data (targets come from loss.targets(), checked on the host, so the loss
+        skips its device check), which is what lets _GraphedTrainSteps capture it."""
+        outputs = self._forward(inputs, training, logits=self.loss.fuses is not None)
+        loss, doutputs = self.loss(outputs, targets, check_labels=False)
+        if training:
+            self._backward(doutputs)
+            self._apply_gradients()
+        totals.add(loss, self.loss.count_correct(outputs, targets) if self.metrics else None, len(inputs))
+
+    def _run(self, x, targets, order, batch_size: int, runner, bar) -> dict:
+        """One pass over x[order] in batches through runner (an _EagerSteps or _GraphedTrainSteps). Returns
+        the means (loss, accuracy). The running sums are read every SYNC_EVERY batches while the bar
+        shows, and at the end."""
+        runner.totals.reset()
+        for step, start in enumerate(range(0, len(order), batch_size), 1):
             index = order[start:start + batch_size]
-            outputs = self._forward(self._upload_inputs(x, index), training, logits)
-            batch_targets = self._upload_targets(targets, index)
-            loss, doutputs = self.loss(outputs, batch_targets)
-            if training:
-                self._backward(doutputs)
-                self._apply_gradients()
-            totals.add(loss, self.loss.count_correct(outputs, batch_targets) if self.metrics else None, len(index))
+            runner.run(self.to_layer_layout(x[index]), self._host_targets(targets[index]))
             bar.update(1)
             if not bar.disable and step % SYNC_EVERY == 0:
-                bar.set_postfix(totals.means(), refresh=False)
-        logs = totals.means()
+                bar.set_postfix(runner.totals.means(), refresh=False)
+        logs = runner.totals.means()
         bar.set_postfix(logs, refresh=False)
         return logs
+
+    def _training_steps(self, batch_size: int):
+        """fit's runner: graph replays when compiled with cuda_graph on the cuda backend, else eager steps."""
+        if not self.cuda_graph or get_backend() != "cuda":
+            return _EagerSteps(self, training=True)
+        import cupy
+
+        if cupy.cuda.runtime.is_hip:
+            warnings.warn("cuda_graph: CuPy cannot capture CUDA graphs on ROCm/HIP; fit trains eagerly",
+                          RuntimeWarning, stacklevel=3)
+            return _EagerSteps(self, training=True)
+        return _GraphedTrainSteps(self, batch_size)
 
     # ---- the Keras API ---------------------------------------------------------------------------
     def fit(self, x, y, batch_size=32, epochs=1, verbose=1, *, validation_split=0.0, validation_data=None,
@@ -314,18 +345,21 @@ class Sequential:
 
         steps = -(-len(x) // batch_size)
         self.history = history = History({"epochs": epochs, "steps": steps, "verbose": verbose})
+        training = self._training_steps(batch_size)
         for epoch in range(epochs):
             order = self._shuffle_rng.permutation(len(x)) if shuffle else numpy.arange(len(x))
             with tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", disable=verbose != 1,
                       dynamic_ncols=True) as bar:
-                logs = self._run(x, targets, order, batch_size, training=True, bar=bar)
+                logs = self._run(x, targets, order, batch_size, training, bar)
                 if validation is not None:
-                    val = self._run(*validation, numpy.arange(len(validation[0])), batch_size, False, tqdm(disable=True))
+                    val = self._run(*validation, numpy.arange(len(validation[0])), batch_size,
+                                    _EagerSteps(self, training=False), tqdm(disable=True))
                     logs.update({f"val_{k}": v for k, v in val.items()})
                     bar.set_postfix(logs)
             if verbose == 2:
                 print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
             history.append(epoch, logs)
+        history.params["cuda_graph"] = training.replayed  # whether full batches ran as graph replays
         return history
 
     def evaluate(self, x, y, batch_size=32, verbose=1):
@@ -336,7 +370,7 @@ class Sequential:
         targets = self._targets(y, len(x))
         with tqdm(total=-(-len(x) // batch_size), desc="evaluate", unit="batch", disable=verbose != 1,
                   dynamic_ncols=True) as bar:
-            logs = self._run(x, targets, numpy.arange(len(x)), batch_size, training=False, bar=bar)
+            logs = self._run(x, targets, numpy.arange(len(x)), batch_size, _EagerSteps(self, training=False), bar)
         return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
 
     def predict(self, x, batch_size=32, verbose=0) -> numpy.ndarray:
@@ -345,7 +379,7 @@ class Sequential:
         x = self._inputs(x)
         outputs = []
         for start in tqdm(range(0, len(x), batch_size), desc="predict", unit="batch", disable=verbose != 1):
-            y = self._forward(self._upload_inputs(x, slice(start, start + batch_size)), training=False, logits=False)
+            y = self._forward(asarray(self.to_layer_layout(x[start:start + batch_size])), training=False, logits=False)
             outputs.append(to_numpy(y))
         return self.to_user_layout(numpy.concatenate(outputs))
 
@@ -359,7 +393,7 @@ class Sequential:
             config["compile"] = {"optimizer": {"class_name": type(self.optimizer).__name__,
                                                "config": self.optimizer.get_config()},
                                  "loss": {"name": self.loss.name, "config": self.loss.get_config()},
-                                 "metrics": self.metrics}
+                                 "metrics": self.metrics, "cuda_graph": self.cuda_graph}
         return config
 
     def save(self, path) -> Path:
@@ -408,29 +442,194 @@ def load_model(path) -> Sequential:
         settings = config["compile"]
         model.compile(optimizer=optimizers.from_config(settings["optimizer"]["class_name"], settings["optimizer"]["config"]),
                       loss=losses.from_config(settings["loss"]["name"], settings["loss"]["config"]),
-                      metrics=settings["metrics"])
+                      metrics=settings["metrics"], cuda_graph=settings.get("cuda_graph", False))
     return model
 
 
 class _RunningTotals:
-    """Σ loss·n and Σ correct over the batches so far, kept on the device until means() reads them."""
+    """Σ loss·n and Σ correct over the batches so far, summed in place on the device (a captured step
+    adds to the same arrays at every replay), and the count of samples, kept by the host. means()
+    reads the sums: one wait for the device."""
 
     def __init__(self, with_accuracy: bool):
         self.with_accuracy = with_accuracy
-        self.loss_sum = self.correct = 0
+        self.loss_sum = asarray(numpy.zeros((), numpy.float64))
+        self.correct = asarray(numpy.zeros((), numpy.float64))
+        self.count = 0
+
+    def reset(self) -> None:
+        self.loss_sum.fill(0)
+        self.correct.fill(0)
         self.count = 0
 
     def add(self, loss, correct, n: int) -> None:
-        self.loss_sum = self.loss_sum + loss.astype(numpy.float64) * n
+        """Device work only (the runner counts the samples)."""
+        self.loss_sum += loss.astype(numpy.float64) * n
         if correct is not None:
-            self.correct = self.correct + correct
-        self.count += n
+            self.correct += correct
 
     def means(self) -> dict:
         logs = {"loss": float(self.loss_sum) / self.count}
         if self.with_accuracy:
             logs["accuracy"] = float(self.correct) / self.count
         return logs
+
+
+# ---- runners: how a pass gets its batches through Sequential._step ------------------------------------
+class _EagerSteps:
+    """Each batch uploaded and run through Sequential._step as it comes (training, or measuring only)."""
+
+    replayed = False  # no graph
+
+    def __init__(self, model: Sequential, training: bool):
+        self.model = model
+        self.training = training
+        self.totals = _RunningTotals(with_accuracy=bool(model.metrics))
+
+    def run(self, inputs: numpy.ndarray, targets: numpy.ndarray) -> None:
+        """One batch in the layers' layout: NumPy arrays (uploaded here) or arrays already on the device."""
+        self.model._step(asarray(inputs), asarray(targets), self.training, self.totals)
+        self.totals.count += len(inputs)
+
+
+class _GraphedTrainSteps(_EagerSteps):
+    """fit's training steps on the cuda backend, the full batches replayed from one captured CUDA graph.
+
+    The first full batch runs eagerly: it compiles (and tunes) every kernel the step uses and creates the
+    optimizer's slots. The second is captured, on a stream of its own: Sequential._step on static device
+    buffers holding the batch and the step scalars (Dropout's mask seeds, Adam's step size: see
+    cnn_gpu.layers.base), with every layer and the optimizer reading those scalars from the buffers, and
+    every allocation from the graphs' own memory pool. Capturing runs nothing. That batch and every
+    later full one is then replayed on the current stream, in order with the eager work around it: the
+    host draws the step scalars exactly as an eager step would, writes them and the batch into the
+    static buffers (uploads queued without waiting) and launches the graph. A partial last batch runs
+    eagerly. Where the capture fails (the platform, or something in the step that waits for the
+    device), a RuntimeWarning says why and the fit goes on eagerly, starting with that batch.
+    """
+
+    def __init__(self, model: Sequential, batch_size: int):
+        super().__init__(model, training=True)
+        self.batch_size = batch_size
+        self.replayed = False
+        self._graph = None
+        self._warmed_up = self._given_up = False
+        # Everything with step scalars, or (the optimizer's iteration count) host state a step advances.
+        self._sources = [*model.layers, model.optimizer]
+        self._buffers = self._feed = None
+
+    def run(self, inputs, targets) -> None:
+        full = len(inputs) == self.batch_size
+        if full and self._warmed_up and not self._given_up and self._graph is None:
+            self._capture(inputs, targets)
+        if full and self._graph is not None:
+            self._replay(inputs, targets)
+            return
+        super().run(inputs, targets)
+        self._warmed_up = self._warmed_up or full
+
+    def _capture(self, inputs, targets) -> None:
+        import cupy
+
+        self._buffers = (cupy.empty(inputs.shape, inputs.dtype), cupy.empty(targets.shape, targets.dtype))
+        self._feed = _StepScalarFeed(self._sources)
+        for source, arrays in zip(self._sources, self._feed.arrays, strict=True):
+            source.read_step_scalars_from(arrays)
+        stream = _capture_stream(cupy.cuda.Device().id)
+        try:
+            with stream, cupy.cuda.using_allocator(_graph_memory_pool().malloc):
+                stream.begin_capture()
+                try:
+                    self.model._step(*self._buffers, True, self.totals)
+                finally:
+                    graph = stream.end_capture()
+        except Exception as exc:  # a real error in the step would also have stopped the eager warm-up step
+            self._given_up = True
+            warnings.warn(f"cuda_graph: the training step could not be captured as a CUDA graph "
+                          f"({type(exc).__name__}: {exc}); fit trains eagerly", RuntimeWarning, stacklevel=2)
+            return
+        finally:
+            for source in self._sources:
+                source.read_step_scalars_from(None)
+        self._graph = graph
+
+    def _replay(self, inputs, targets) -> None:
+        self._feed.write_next_step()
+        for static, batch in zip(self._buffers, (inputs, targets)):
+            _copy_without_waiting(static, batch)
+        self._graph.launch()  # on the current stream
+        self.totals.count += len(inputs)
+        self.replayed = True
+
+
+class _StepScalarFeed:
+    """The step scalars of some sources (layers, an optimizer) in one device buffer, 8 bytes a value.
+
+    ``arrays`` holds, per source, the one-element device arrays (views into the buffer) it reads its
+    scalars from; write_next_step() asks every source for its next step's values (advancing its host
+    state, as an eager step would) and uploads them all in one copy, queued without waiting.
+    """
+
+    SLOT_BYTES = 8  # room for any scalar dtype, and the alignment of the largest
+
+    def __init__(self, sources):
+        import cupy
+
+        self._sources = list(sources)
+        self._slots = []  # per source: [(byte offset, dtype)]
+        offset = 0
+        for source in self._sources:
+            slots = []
+            for dtype in map(numpy.dtype, source.step_scalar_dtypes):
+                assert dtype.itemsize <= self.SLOT_BYTES, dtype
+                slots.append((offset, dtype))
+                offset += self.SLOT_BYTES
+            self._slots.append(slots)
+        self._host = numpy.zeros(offset, numpy.uint8)
+        self._device = cupy.zeros(offset, numpy.uint8)
+        self.arrays = [tuple(self._device[o:o + dtype.itemsize].view(dtype) for o, dtype in slots)
+                       for slots in self._slots]
+
+    def write_next_step(self) -> None:
+        for source, slots in zip(self._sources, self._slots):
+            for (offset, dtype), value in zip(slots, source.next_step_scalars(), strict=True):
+                self._host[offset:offset + dtype.itemsize].view(dtype)[0] = value
+        if self._host.size:
+            _copy_without_waiting(self._device, self._host)
+
+
+def _copy_without_waiting(device, host: numpy.ndarray) -> None:
+    """host into the device array of its shape and dtype, queued on the current stream: staged through
+    pinned memory as cupy.asarray stages it, so the host neither waits nor may change what is sent."""
+    import cupy
+
+    staged = cupy.asarray(host)
+    if staged.shape != device.shape or staged.dtype != device.dtype:
+        raise ValueError(f"a batch of shape {staged.shape} and dtype {staged.dtype} does not fit the captured "
+                         f"step's buffer of shape {device.shape} and dtype {device.dtype}")
+    device.data.copy_from_device_async(staged.data, staged.nbytes)
+
+
+@functools.lru_cache(maxsize=None)
+def _capture_stream(device_id: int):
+    """The stream training steps are captured on, one per device (capture cannot use the legacy default
+    stream; a non-blocking one is not disturbed by work other code queues there meanwhile)."""
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return cupy.cuda.Stream(non_blocking=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _graph_memory_pool():
+    """The memory captures allocate from, kept for the life of the process. A graph reads and writes its
+    capture's allocations at every replay, also those whose arrays Python has since dropped: from the
+    default pool they could be handed to other work or freed (on an out-of-memory retry, or by
+    free_all_blocks()); this pool serves nothing but captures, and never frees. Graphs replayed one
+    after another may share its blocks (each replay writes its scratch before reading it); replays
+    overlapping on two streams may not, hence one cuda_graph fit at a time per device."""
+    import cupy
+
+    return cupy.cuda.MemoryPool()
 
 
 def _positive_int(name, value) -> int:

@@ -5,6 +5,14 @@ An optimizer keeps its state per parameter key (a model uses 'layer_name/param_n
 
     opt = Adam(learning_rate=1e-3)
     opt.apply({"w": w}, {"w": dw})      # w updated in place
+
+Step scalars, for a training step captured as a CUDA graph (Sequential.compile's cuda_graph): the
+values an update takes from the host at each step (Adam: its step size alpha) have the dtypes
+``step_scalar_dtypes``; ``next_step_scalars()`` counts the next iteration and returns them. After
+``read_step_scalars_from(arrays)`` (one-element device arrays, one per dtype) apply() launches
+updates that read them from those arrays as they run, and leaves the counting to next_step_scalars;
+``read_step_scalars_from(None)`` goes back. The replayed graph then gets each step's values from the
+host through those arrays, bit for bit the values an eager step uses.
 """
 from __future__ import annotations
 
@@ -12,10 +20,13 @@ import numpy
 
 from cnn_gpu import functional as F
 from cnn_gpu.backend import asarray
+from cnn_gpu.ops.optim import adam_step_size
 
 
 class Optimizer:
-    """Base: learning_rate, iterations, per-parameter slots, config for saving."""
+    """Base: learning_rate, iterations, per-parameter slots, step scalars, config for saving."""
+
+    step_scalar_dtypes = ()  # none: plain SGD and momentum take nothing from the host that changes per step
 
     def __init__(self, learning_rate):
         if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
@@ -23,15 +34,26 @@ class Optimizer:
         self.learning_rate = float(learning_rate)
         self.iterations = 0
         self._slots: dict = {}
+        self._step_scalars = None  # one-element device arrays the updates read, or None (see the module docstring)
 
     def apply(self, params: dict, grads: dict) -> None:
         """One step: every params[key] updated in place from grads[key]."""
         missing = sorted(set(params) - set(grads))
         if missing:
             raise ValueError(f"grads has no entry for {', '.join(missing)}")
-        self.iterations += 1
+        if self._step_scalars is None:
+            self.iterations += 1
         for key, param in params.items():
             self.update(key, param, grads[key])
+
+    def next_step_scalars(self) -> tuple:
+        """Count the next iteration; the values (of step_scalar_dtypes) its updates take from the host."""
+        self.iterations += 1
+        return ()
+
+    def read_step_scalars_from(self, arrays) -> None:
+        """arrays: one-element device arrays (one per step_scalar_dtypes) that apply()'s updates read, or None."""
+        self._step_scalars = None if arrays is None else tuple(arrays)
 
     def update(self, key, param, grad) -> None:
         raise NotImplementedError
@@ -77,9 +99,19 @@ class Adam(Optimizer):
             raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
+    step_scalar_dtypes = (numpy.dtype(numpy.float32),)  # alpha, the step size with the bias corrections
+
+    def next_step_scalars(self):
+        super().next_step_scalars()
+        return (adam_step_size(self.learning_rate, self.beta_1, self.beta_2, self.iterations),)
+
     def update(self, key, param, grad):
         m, v = self.slots(key, param, ["m", "v"])
-        F.adam_update(param, grad, m, v, self.iterations, self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
+        if self._step_scalars is None:
+            F.adam_update(param, grad, m, v, self.iterations, self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
+        else:
+            F.adam_update(param, grad, m, v, None, self.learning_rate, self.beta_1, self.beta_2, self.epsilon,
+                          step_size=self._step_scalars[0])
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}

@@ -7,6 +7,8 @@
 // i is the flat C-order index, so the mask is a function of (seed, i) alone: independent of the launch
 // shape, and reproduced bit for bit by the NumPy path (cnn_gpu/ops/dropout.py). mask * scale is 0 or
 // scale exactly, so y is one rounding of x * scale, as on the host.
+// seed comes by value, or from device memory when seed_from is not NULL (*seed_from, read as the kernel
+// runs): a captured CUDA graph replays the same launch with the seed its host writes there each step.
 // Launch: 1-D grid-stride, 256 threads a block, blocks = min(cdiv(n/4, 256), SMs * 8). When the float
 // pointers are 16-byte aligned and mask is 4-byte aligned (vec4 = 1), each thread moves 4 consecutive
 // elements (float4 data, uchar4 mask); the last n % 4 go as scalars.
@@ -24,8 +26,10 @@ __device__ __forceinline__ uint8 keep_element(uint64 seed, int64 i, uint32 thres
 __device__ __forceinline__ float kept_scale(uint8 kept, float scale) { return (float)kept * scale; }
 
 extern "C" __global__ void dropout_fwd(const float* __restrict__ x, float* __restrict__ y,
-                                       uint8* __restrict__ mask, int64 n, uint64 seed, uint32 threshold,
-                                       float scale, int vec4) {
+                                       uint8* __restrict__ mask, int64 n, uint64 seed,
+                                       const uint64* __restrict__ seed_from, uint32 threshold, float scale,
+                                       int vec4) {
+    if (seed_from != nullptr) seed = *seed_from;
     const int64 n4 = vec4 ? n / 4 : 0;
     GRID_STRIDE_LOOP(i, n4) {
         const int64 e = 4 * i;

@@ -7,7 +7,9 @@
 //   adam_update:          m[i] += (g[i] - m[i]) * (1 - beta_1)
 //                         v[i] += (g[i]^2 - v[i]) * (1 - beta_2)
 //                         p[i] -= (m[i] * alpha) / (sqrt(v[i]) + epsilon)
-//                         alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t): computed on the host in float64
+//                         alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t): computed on the host in float64,
+//                         passed by value, or from device memory when alpha_from is not NULL (*alpha_from,
+//                         read as the kernel runs: a captured CUDA graph gets each step's alpha there)
 //
 // Launch: 1-D grid-stride, 256 threads a block, blocks = min(cdiv(n/4, 256), SMs * 8). When every
 // pointer is 16-byte aligned (vec4 = 1) each thread updates 4 consecutive elements with float4 loads
@@ -53,7 +55,9 @@ extern "C" __global__ void sgd_momentum_update(float* __restrict__ param, const 
 
 extern "C" __global__ void adam_update(float* __restrict__ param, const float* __restrict__ grad,
                                        float* __restrict__ m, float* __restrict__ v, int64 n, float alpha,
-                                       float one_minus_beta_1, float one_minus_beta_2, float epsilon, int vec4) {
+                                       const float* __restrict__ alpha_from, float one_minus_beta_1,
+                                       float one_minus_beta_2, float epsilon, int vec4) {
+    if (alpha_from != nullptr) alpha = *alpha_from;
     const int64 n4 = vec4 ? n / 4 : 0;
     GRID_STRIDE_LOOP(i, n4) {
         float4 p = load_float4(param + 4 * i);

@@ -10,6 +10,15 @@ Each layer, usable on its own:
     layer.forward(x, training=False) -> y       builds on first use from x.shape[1:]
     layer.backward(dy) -> dx                    fills layer.grads (same names as layer.params)
     layer.params / layer.grads / layer.state    name -> array (state: non-trainable, e.g. moving mean)
+
+Step scalars, for a training step captured as a CUDA graph (Sequential.compile's cuda_graph): a layer
+whose training forward takes a value from the host that changes every step (Dropout: its mask seed)
+lists the dtypes in ``step_scalar_dtypes`` and makes the values in ``next_step_scalars()``, which
+advances its host state (the seed generator) by one step. After ``read_step_scalars_from(arrays)``
+(one-element device arrays, one per dtype) its forward launches kernels that read the values from
+those arrays as they run, and leaves advancing the host state to next_step_scalars;
+``read_step_scalars_from(None)`` goes back. So a replayed graph gets each step's values from the host,
+bit for bit those an eager step would draw.
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ class Layer:
     """Base of every layer; subclasses define build_params, output_shape_for, forward and backward."""
 
     activation = None  # the activation a layer applies last, by name (Dense, Conv2D and Activation set it)
+    step_scalar_dtypes = ()  # most layers take nothing from the host that changes per step (module docstring)
 
     def __init__(self, *, input_shape=None, data_format=None, name=None, dtype="float32"):
         if data_format not in (None, *DATA_FORMATS):
@@ -89,6 +99,13 @@ class Layer:
 
     def backward(self, dy):
         raise NotImplementedError
+
+    def next_step_scalars(self) -> tuple:
+        """Advance the host state one training step; the values (of step_scalar_dtypes) that step reads."""
+        return ()
+
+    def read_step_scalars_from(self, arrays) -> None:
+        """arrays: one-element device arrays (one per step_scalar_dtypes) the training forward reads, or None."""
 
     def saved(self, value, what="forward(x, training=True)"):
         """A value forward kept for backward, or a clear error when backward comes first."""

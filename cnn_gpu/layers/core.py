@@ -87,7 +87,11 @@ class Dropout(Layer):
 
     Each training call draws a fresh mask seed from the layer's own generator, seeded by ``seed``
     (or, when None, from the rng the layer is built with: a model's seed makes it reproducible).
+    That seed is the layer's step scalar (see cnn_gpu.layers.base): a captured CUDA-graph step reads
+    it from a device array, written by the host from the same generator before each replay.
     """
+
+    step_scalar_dtypes = (numpy.dtype(numpy.uint64),)
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -96,6 +100,7 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
         self._mask_seeds = None
+        self._seed_source = None  # a one-element device array the seed is read from, or None: draw it
         self._mask = None
         self._training = None  # the mode of the last forward
 
@@ -108,8 +113,18 @@ class Dropout(Layer):
         if not training:
             self._mask = None
             return x
-        y, self._mask = F.dropout(x, self.rate, int(self._mask_seeds.integers(2**63)))
+        seed = self._draw_seed() if self._seed_source is None else self._seed_source
+        y, self._mask = F.dropout(x, self.rate, seed)
         return y
+
+    def _draw_seed(self) -> int:
+        return int(self._mask_seeds.integers(2**63))
+
+    def next_step_scalars(self):
+        return (self._draw_seed(),)
+
+    def read_step_scalars_from(self, arrays):
+        self._seed_source = None if arrays is None else arrays[0]
 
     def backward(self, dy):
         if not self.saved(self._training, "forward(x)"):

@@ -3,7 +3,9 @@
 Contract: dropout(x, rate, seed) -> (y, mask): mask is uint8 of x's shape (1 = kept) and
 y = x * mask / (1 - rate), so the expected value of y is x. dropout_backward(dy, mask, rate) ->
 dx = dy * mask / (1 - rate). rate is in [0, 1) (rate 0 keeps everything and y == x); seed is an int in
-[0, 2**64).
+[0, 2**64), or a one-element uint64 array on x's backend holding it, read when the mask is drawn: on
+CUDA the kernel reads it from device memory as it runs, so a captured CUDA graph replays one launch
+with a new seed each step (written there by the host before the replay), with no host sync.
 
 The keep decision for element i (flat C-order index) is integer arithmetic on a counter-based hash,
 keep iff (hash_seed_index(seed, i) >> 8) >= round(rate * 2**24), with hash_seed_index from
@@ -19,6 +21,7 @@ import operator
 import numba
 import numpy
 
+from cnn_gpu.backend import is_cuda_array
 from cnn_gpu.ops.arrays import array_module, check_float, check_same_shape, contiguous, float_operands, nan_filled
 
 # The hash's top 24 bits against a 24-bit threshold: rate resolves to 2**-24 on both backends.
@@ -80,6 +83,11 @@ def _launch_blocks(n):
     return grid_stride_blocks(max(n // 4, 1), 256)
 
 
+# A seed given as an int goes by value with a NULL seed_from pointer (8 zero bytes); one in a device
+# array goes as that pointer.
+_NULL_POINTER = numpy.uint64(0)
+
+
 def _cuda_dropout(x, rate, seed):
     import cupy
 
@@ -92,9 +100,10 @@ def _cuda_dropout(x, rate, seed):
     n = x.size
     if n:
         vec4 = is_aligned(16, x, y) and is_aligned(4, mask)
+        seed_value, seed_from = (numpy.uint64(0), seed) if is_cuda_array(seed) else (numpy.uint64(seed), _NULL_POINTER)
         load_kernel("dropout", "dropout_fwd")(
             (_launch_blocks(n),), (256,),
-            (x, y, mask, numpy.int64(n), numpy.uint64(seed), numpy.uint32(keep_threshold(rate)),
+            (x, y, mask, numpy.int64(n), seed_value, seed_from, numpy.uint32(keep_threshold(rate)),
              numpy.float32(1.0 / (1.0 - rate)), numpy.int32(vec4)),
         )
     return y, mask
@@ -124,22 +133,31 @@ def _check_rate(rate):
         raise ValueError(f"rate must be in [0, 1), got {rate!r}")
 
 
-def _check_seed(seed) -> int:
+def _check_seed(seed, x):
+    """An int seed in [0, 2**64), or a one-element uint64 array on x's backend (returned as they are)."""
+    if isinstance(seed, numpy.ndarray) or is_cuda_array(seed):
+        array_module(x=x, seed=seed)  # one backend
+        if seed.dtype != numpy.uint64 or seed.size != 1:
+            raise TypeError(f"seed given as an array must hold one uint64, got {seed.dtype} of shape {tuple(seed.shape)}")
+        return seed
     try:
         seed = operator.index(seed)
     except TypeError:
-        raise TypeError(f"seed must be an int in [0, 2**64), got {type(seed).__name__} {seed!r}") from None
+        raise TypeError(f"seed must be an int in [0, 2**64) or a one-element uint64 array, got "
+                        f"{type(seed).__name__} {seed!r}") from None
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     return seed
 
 
 def dropout(x, rate, seed):
-    """(y, mask): y = x * mask / (1 - rate), mask uint8 (1 = kept), drawn from (seed, flat index)."""
+    """(y, mask): y = x * mask / (1 - rate), mask uint8 (1 = kept), drawn from (seed, flat index).
+    seed: an int, or a one-element uint64 array on x's backend holding it (read when the mask is drawn)."""
     _check_rate(rate)
-    seed = _check_seed(seed)
     xp = float_operands({}, x=x)
+    seed = _check_seed(seed, x)
     if xp is numpy:
+        seed = int(seed.reshape(-1)[0]) if isinstance(seed, numpy.ndarray) else seed
         mask = numpy_keep_mask(seed, rate, x.shape)
         return _numpy_scaled_by_mask(x, mask, rate), mask
     return _cuda_dropout(x, rate, seed)

@@ -13,7 +13,11 @@ adam_update).
     Adam: m += (grad - m) * (1 - beta_1);  v += (grad^2 - v) * (1 - beta_2)
           param -= (m * alpha) / (sqrt(v) + epsilon),  alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
 
-alpha is computed on the host in float64 and rounded once to the parameter's dtype.
+alpha is computed on the host in float64 (adam_step_size) and rounded once to the parameter's dtype.
+Or it is given ready-made: adam_update(..., step=None, ..., step_size=a) with a a one-element float32
+array on param's backend holding alpha, read when the update runs (on CUDA the kernel reads it from
+device memory, so a captured CUDA graph replays one launch with each step's alpha, written there by
+the host before the replay).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import operator
 
 import numpy
 
-from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands
+from cnn_gpu.ops.arrays import array_module, check_same_shape, contiguous, float_operands
 
 
 def adam_step_size(learning_rate: float, beta_1: float, beta_2: float, step: int) -> float:
@@ -77,10 +81,12 @@ def _cuda_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov):
 
 
 def _cuda_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
+    """alpha: a float (passed by value) or a one-element device array (the kernel reads it as it runs)."""
     import cupy
 
+    alpha_value, alpha_from = (numpy.float32(0), alpha) if isinstance(alpha, cupy.ndarray) else (numpy.float32(alpha), _NULL_POINTER)
     _cuda_launch("adam_update", (param, contiguous(cupy, grad), m, v),
-                 (numpy.float32(alpha), numpy.float32(1.0 - beta_1), numpy.float32(1.0 - beta_2), numpy.float32(epsilon)))
+                 (alpha_value, alpha_from, numpy.float32(1.0 - beta_1), numpy.float32(1.0 - beta_2), numpy.float32(epsilon)))
 
 
 # ---- public functions ----------------------------------------------------------------------------
@@ -120,14 +126,27 @@ def sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=Fals
         _cuda_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov)
 
 
-def adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-    """One Adam step in place (param, m, v); step is the 1-based step count t. Returns None."""
+def _check_step(step, step_size, param):
+    """step an int >= 1 and step_size None, or step None and step_size a one-element float32 array."""
+    if step_size is not None:
+        if step is not None:
+            raise ValueError(f"step must be None when step_size is given (step_size holds the step's alpha), got step={step!r}")
+        array_module(param=param, step_size=step_size)  # one backend
+        if step_size.dtype != numpy.float32 or step_size.size != 1:
+            raise TypeError(f"step_size must be a one-element float32 array, got {step_size.dtype} of shape {tuple(step_size.shape)}")
+        return
     try:
         step = operator.index(step)
     except TypeError:
         raise TypeError(f"step must be an int (the 1-based step count), got {type(step).__name__} {step!r}") from None
     if step < 1:
         raise ValueError(f"step must be >= 1 (the 1-based step count), got {step}")
+
+
+def adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, *, step_size=None):
+    """One Adam step in place (param, m, v); step is the 1-based step count t. Returns None.
+    step_size: instead of step (then None), a one-element float32 array holding alpha, read as the update runs."""
+    _check_step(step, step_size, param)
     _check_learning_rate(learning_rate)
     _check_unit_interval("beta_1", beta_1)
     _check_unit_interval("beta_2", beta_2)
@@ -135,7 +154,10 @@ def adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2
         raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
     xp = float_operands({}, param=param, grad=grad, m=m, v=v)
     _check_in_place_operands(param, grad, m=m, v=v)
-    alpha = adam_step_size(learning_rate, beta_1, beta_2, step)
+    if step_size is None:
+        alpha = adam_step_size(learning_rate, beta_1, beta_2, step)
+    else:
+        alpha = step_size.reshape(-1)[0] if xp is numpy else step_size
     if xp is numpy:
         _numpy_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon)
     else:

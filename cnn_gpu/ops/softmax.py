@@ -4,9 +4,12 @@ Contract:
 - ``softmax(x)``, ``log_softmax(x)``: x of any ndim >= 1 with a non-empty last axis; computed over
   the last axis with the row maximum subtracted first, so ±1e4 logits stay finite. A NaN in a row
   makes that row NaN.
-- ``softmax_cross_entropy(logits, labels) -> (loss, dlogits)``: logits (N, K) float, labels (N,)
-  integer class indices in [0, K) (checked before any work; on CUDA that check is the one device->
-  host copy: the labels' min and max). loss = mean_r -log softmax(logits)[r, labels[r]];
+- ``softmax_cross_entropy(logits, labels, check_labels=True) -> (loss, dlogits)``: logits (N, K)
+  float, labels (N,) integer class indices in [0, K), checked before any work. On CUDA that check is a
+  device->host copy (the labels' min and max) and so a wait for the device: ``check_labels=False``
+  skips it, for labels already checked on the host (as Sequential.fit checks its y once), which keeps
+  a training step free of host syncs and capturable in a CUDA graph. Unchecked labels out of range
+  make the kernel read outside the row. loss = mean_r -log softmax(logits)[r, labels[r]];
   dlogits = (softmax(logits) - onehot(labels)) / N.
 - ``sigmoid_binary_cross_entropy(logits, labels) -> (loss, dlogits)``: logits any shape, labels the
   same shape: 0/1 (bool, int or float; soft targets in [0, 1] work too and are not checked).
@@ -143,7 +146,7 @@ def _check_last_axis(x):
     return xp
 
 
-def _check_class_labels(logits, labels):
+def _check_class_labels(logits, labels, check_range):
     xp = array_module(logits=logits, labels=labels)
     float_operands({"logits": (2, "N, K")}, logits=logits)
     n, k = logits.shape
@@ -153,6 +156,8 @@ def _check_class_labels(logits, labels):
         raise TypeError(f"labels must be an integer array of class indices, got {labels.dtype} (shape {labels.shape})")
     if tuple(labels.shape) != (n,):
         raise ValueError(f"labels shape {tuple(labels.shape)} must be (N,) = ({n},) for logits shape {tuple(logits.shape)}")
+    if not check_range:
+        return xp
     lo, hi = to_numpy(xp.stack((labels.min(), labels.max()))).tolist()  # one small copy to the host
     if lo < 0 or hi >= k:
         raise ValueError(f"labels must lie in [0, {k}) (K = logits.shape[1]), got values from {lo} to {hi}")
@@ -177,9 +182,10 @@ def log_softmax(x):
     return _numpy_softmax(x, log=True) if xp is numpy else _cuda_softmax(x, log=True)
 
 
-def softmax_cross_entropy(logits, labels):
-    """(mean cross-entropy as a 0-d array, dlogits) for logits (N, K) and integer labels (N,)."""
-    xp = _check_class_labels(logits, labels)
+def softmax_cross_entropy(logits, labels, check_labels=True):
+    """(mean cross-entropy as a 0-d array, dlogits) for logits (N, K) and integer labels (N,).
+    check_labels=False skips checking that the labels lie in [0, K) (on CUDA, a wait for the device)."""
+    xp = _check_class_labels(logits, labels, check_labels)
     if xp is numpy:
         return _numpy_softmax_cross_entropy(logits, labels)
     return _cuda_softmax_cross_entropy(logits, labels)
