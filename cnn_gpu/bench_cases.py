@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy
 
 from cnn_gpu import functional as F
-from cnn_gpu.backend import to_numpy
+from cnn_gpu.backend import asarray, to_numpy
 
 
 @dataclass
@@ -306,6 +307,39 @@ def _train_step_cases(quick):
     for net, N in (((SEED001, 32),) if quick else ((SEED001, 128), (SEED002, 128))):
         yield Case("train_step", "fwd+bwd+adam", f"{net.label} N{N}", _train_step(net, N),
                    3 * net.forward_flops(N), tol=1e-4, rotate=False)
+    if not quick:
+        N = 128
+        yield Case("train_step", "fit step, CUDA graph", f"{SEED001.label} N{N}", _graphed_fit_step(SEED001, N),
+                   3 * SEED001.forward_flops(N), tol=1e-4, rotate=False)
+
+
+def _graphed_fit_step(net: "SeedNetwork", N):
+    """The step Sequential.fit runs with compile(cuda_graph=True): captured on its second call, replayed
+    from then on (the timing's warm-up covers both). Its correctness is not checked here: it is
+    tests/test_graph_capture.py's job (graph fit == eager fit, bit for bit); the eager step above is
+    the one checked against the float64 truth. Reference: the same PyTorch eager step as above."""
+    def prepare(side):
+        from cnn_gpu.losses import SparseCategoricalCrossentropy
+        from cnn_gpu.models import Sequential
+        from cnn_gpu.optimizers import Adam
+
+        C, H, W = net.input_shape
+        model = Sequential(net.ours(), seed=0)
+        model.build((H, W, C))  # the user's channels-last layout
+        model.compile(optimizer=Adam(learning_rate=1e-3, beta_2=ADAM_BETA_2, epsilon=KERAS_ADAM_EPSILON),
+                      loss=SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+                      cuda_graph=True)
+        x = side.normal(N, C, H, W)  # the layers' NCHW layout, as the runner takes it
+        labels = side.labels(N, net.classes)
+        targets = asarray(model._targets(to_numpy(labels), N))  # as fit hands them to its runner
+        steps = model._training_steps(N)
+        bound = Bound(lambda: steps.run(x, targets), inputs=(x, labels), bytes=0.0, refs_match=False)
+        if side.torch is not None:
+            layers = model.layers
+            step, _, _ = _torch_step(side, net, layers, x, labels)
+            bound.refs[_ref_name(side, "cuDNN", "torch eager step")] = step
+        return bound
+    return prepare
 
 
 @dataclass(frozen=True)
@@ -397,7 +431,7 @@ def _train_step(net: SeedNetwork, N):
             loss_fn = F.sigmoid_binary_cross_entropy
         else:
             labels = side.labels(N, net.classes)
-            loss_fn = F.softmax_cross_entropy
+            loss_fn = functools.partial(F.softmax_cross_entropy, check_labels=False)  # labels are ours, in range
         h = x
         for layer in layers:  # builds every layer for this input shape
             h = layer.forward(h, training=False)

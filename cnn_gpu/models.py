@@ -122,6 +122,7 @@ class Sequential:
         layer_shape = self._layer_shape(self.input_shape)
         for layer in self.layers:
             layer_shape = layer.build(layer_shape, self._init_rng)
+        self.layers[0].needs_input_gradient = False  # no one takes dL/dx of the data: the first conv skips it
         self._built = True
 
     @property

@@ -53,6 +53,8 @@ class Layer:
         self.state: dict = {}
         self.built_shape = None  # per-sample input shape in the layers' layout, once built
         self.output_shape = None
+        # False where nothing upstream needs dL/dx (a model's first layer): backward may skip it and return None
+        self.needs_input_gradient = True
 
     # ---- building --------------------------------------------------------------------------------
     def build(self, input_shape, rng=None) -> tuple:

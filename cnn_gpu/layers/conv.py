@@ -76,7 +76,8 @@ class Conv2D(Layer):
     def backward(self, dy):
         y = self.saved(self._y)
         dz = self._applied.grad(dy, y)
-        dx, dw, db = F.conv2d_backward(dz, self._x, self.params["kernel"], self.strides, self.padding)
+        dx, dw, db = F.conv2d_backward(dz, self._x, self.params["kernel"], self.strides, self.padding,
+                                       compute_dx=self.needs_input_gradient)
         self.grads = {"kernel": dw}
         if self.use_bias:
             self.grads["bias"] = db
