@@ -72,7 +72,7 @@ PY
     echo "# stages"
 } > "$summary" 2>&1
 
-stage pytest 180 env CNN_GPU_BACKEND=cuda python3 -m pytest -q -rs --durations=15 -p no:cacheprovider tests/
+stage pytest 220 env CNN_GPU_BACKEND=cuda python3 -m pytest -q -rs --durations=15 -p no:cacheprovider tests/
 for tool in memcheck racecheck synccheck; do
     if [[ -n "$sanitizer" ]]; then
         stage "$tool" 60 "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 100 \
