@@ -14,8 +14,9 @@ benchmarks/); this module is the method (../shared/guide/benchmarking.md, benchm
   inputs. The truth is the reference evaluated in float64 on the same device (cnn_gpu.bench_cases:
   an FP32 cuDNN result is no truth, its own error can exceed ours), or, where none computes the same
   function, our NumPy path (dropout's hash mask). Each row reports err_ours and err_ref, the relative
-  errors of ours and of that FP32 reference against the truth. err_ours over the case's tolerance,
-  or a NaN, makes FAIL rows with no time; a reference over it is only noted.
+  errors of ours and of that FP32 reference against the truth. err_ours over the bound (the case's
+  tolerance, or twice the best reference's own FP32 error where that is larger: error_bound), or a
+  NaN, makes FAIL rows with no time; a reference over the tolerance is only noted.
 - Ceilings first, in the same run: device-to-device copy bandwidth (bytes read + written) and SGEMM
   at 8192³ through cuBLAS (NumPy matmul at 512³ on the CPU).
 - Timing: CUDA events around each call (wall clock on the CPU), warm-up first, median of at least
@@ -243,11 +244,13 @@ def run_case(case: Case, side: Side, ceilings: dict) -> list:
         side.release()  # the truth's float64 arrays go back before the timed input sets are made
         names = list(sets[0].refs) or [None]
 
+        tol = error_bound(case.tol, check.err_refs)
+
         def checked(name):
             err_ref = check.err_refs.get(name)
             return dict(ref_name=name, checked_against=check.truth, err_ours=check.err_ours, err_ref=err_ref,
-                        tol=case.tol, bytes=check.nbytes, message=_check_message(case.tol, check.err_ours, err_ref))
-        if check.truth is not None and not check.err_ours <= case.tol:  # NaN fails too
+                        tol=tol, bytes=check.nbytes, message=_check_message(tol, check.err_ours, err_ref))
+        if check.truth is not None and not check.err_ours <= tol:  # NaN fails too
             return [Row(**base, status="FAIL", **checked(name)) for name in names]
         sets += [case.prepare(side) for _ in range(_extra_sets(case, side, check.nbytes))]
         ours_ms, repeats = _time_side(side, [s.ours for s in sets])
@@ -293,6 +296,19 @@ def _check(bound, side: Side) -> Check:
                             for name, ref in bound.refs.items() if name != truth_name}
     nbytes = bound.bytes if bound.bytes is not None else _nbytes(bound.inputs) + _nbytes(_outputs(ours))
     return Check(truth_name, err_ours, err_refs, nbytes)
+
+
+# A problem whose FP32 answer is ill-conditioned (deep nets with batch-norm: the seed 002 training step)
+# puts every FP32 implementation far from the float64 truth; there ours must be no worse than the vendor
+# library's own FP32 error times this slack, rather than within a tolerance nobody's FP32 meets.
+REFERENCE_ERROR_SLACK = 2.0
+
+
+def error_bound(tol: float, err_refs: dict) -> float:
+    """The bound on err_ours: the case's tolerance, or REFERENCE_ERROR_SLACK times the best FP32
+    reference's own error against the truth where that is larger."""
+    measured = [e for e in err_refs.values() if e is not None and e == e]
+    return max(tol, REFERENCE_ERROR_SLACK * min(measured)) if measured else tol
 
 
 def _check_message(tol: float, err_ours: float | None, err_ref: float | None) -> str | None:
@@ -555,7 +571,7 @@ def _method(side: Side, quick: bool) -> dict:
         "precision": "FP32 on both sides; TF32 off in cuDNN, torch.matmul and cupy.matmul",
         "check": ("before timing, ours and each FP32 reference against the truth (the reference in float64 on the "
                   "same device and inputs, once per case) as err_ours / err_ref = ||x - truth|| / ||truth||; "
-                  "err_ours over the case's tolerance = FAIL, no time; a reference over it is noted"),
+                  "err_ours over max(tolerance, 2 x the best reference's own error) = FAIL, no time; a reference over the tolerance is noted"),
         "speedup": "ref_ms / ours_ms (> 1: ours is faster)",
         "bytes": "inputs read once + outputs written once (the minimum a call must move)",
         "quick": quick,

@@ -58,6 +58,7 @@ def compile_variant_without_spills(family, arch, defines):
     except compile_check.NVRTCUnavailable as exc:
         pytest.skip(str(exc))
     assert result.ok and not result.diagnostics, result.log
+    assert result.report, f"no ptxas -v report for {family}.cu {defines} on {arch}:\n{result.log}"
     spills = {name: r for name, r in result.report.items() if r["spill_stores"] or r["spill_loads"]}
     assert not spills, f"{family}.cu with {defines} spills registers on {arch}: {spills}"
     return result.report

@@ -180,3 +180,12 @@ def test_an_exception_is_an_error_row_and_the_run_goes_on():
 
     (row,) = bench.run_case(_tiny_case(0.0, prepare=broken), bench.Side("cpu", seed=1), {"copy_gbps": 1.0, "sgemm_tflops": 1.0})
     assert row.status == "ERROR" and "NotImplementedError: no kernel yet" in row.message and row.ours_ms is None
+
+
+def test_error_bound_follows_the_reference_only_when_it_is_worse():
+    from cnn_gpu.bench import error_bound
+
+    assert error_bound(1e-4, {}) == 1e-4
+    assert error_bound(1e-4, {"ref": 1e-6}) == 1e-4
+    assert error_bound(1e-4, {"a": 3e-3, "b": 1e-3}) == 2e-3  # twice the best reference's own error
+    assert error_bound(1e-4, {"a": None, "b": float("nan")}) == 1e-4

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from cnn_gpu.cuda import loader
+from cnn_gpu.cuda import compile_check, loader
 
 NO_SPILL_FAMILIES = ("conv2d", "gemm")
 ARCHS = ("sm_80", "sm_90")
@@ -17,53 +17,17 @@ ARCHS = ("sm_80", "sm_90")
 
 def _nvrtc():
     try:
-        from cupy_backends.cuda.libs import nvrtc
-
-        nvrtc.getVersion()
-        return nvrtc
-    except Exception as exc:  # no CuPy, or CuPy without libnvrtc
-        pytest.skip(f"NVRTC not available ({type(exc).__name__}: {exc})")
+        return compile_check.nvrtc_module()
+    except compile_check.NVRTCUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def compile_family(family, arch, defines=None):
     """(log, per-kernel resource report) for one family compiled like run time does."""
-    nvrtc = _nvrtc()
-    source = loader.assemble_source(family)
-    options = list(loader.COMPILE_OPTIONS) + list(loader.define_options(defines or {})) + [f"-arch={arch}", "-Xptxas=-v"]
-    program = nvrtc.createProgram(source, f"{family}.cu", [], [])
-    try:
-        nvrtc.compileProgram(program, options)
-        ok = True
-    except Exception:
-        ok = False
-    log = nvrtc.getProgramLog(program).rstrip("\x00")
-    nvrtc.destroyProgram(program)
-    assert ok, f"kernels/{family}.cu failed to compile for {arch}:\n{log}"
-    return log, parse_ptxas_report(log)
-
-
-def parse_ptxas_report(log):
-    """{kernel: {'registers': int, 'spill_stores': int, 'spill_loads': int, 'smem': int}} from ptxas -v."""
-    report, current = {}, None
-    for line in log.splitlines():
-        m = re.search(r"Function properties for (\S+)", line) or re.search(r"Compiling entry function '(\S+)'", line)
-        if m:
-            current = m.group(1)
-            report.setdefault(current, {"registers": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0})
-            continue
-        if current is None:
-            continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            report[current]["spill_stores"] = int(m.group(1))
-            report[current]["spill_loads"] = int(m.group(2))
-        m = re.search(r"Used (\d+) registers", line)
-        if m:
-            report[current]["registers"] = int(m.group(1))
-        m = re.search(r"(\d+) bytes smem", line)
-        if m:
-            report[current]["smem"] = int(m.group(1))
-    return report
+    _nvrtc()
+    result = compile_check.compile_family(family, arch, defines)
+    assert result.ok, f"kernels/{family}.cu failed to compile for {arch}:\n{result.log}"
+    return result.log, result.report
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -1,0 +1,100 @@
+"""The `cnn-gpu` command: train end to end on a tiny budget, info, and one-line errors for bad input.
+
+Each command runs as a user runs it, `python -m cnn_gpu ...` in a subprocess, so that exit codes and
+stderr (no traceback) are what is checked.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cnn_gpu
+from cnn_gpu import cli
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "CNN_GPU_BACKEND": "numpy"}
+    return subprocess.run([sys.executable, "-m", "cnn_gpu", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnn-gpu: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_train_end_to_end_saves_model_and_pictures(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--limit", "64", "--epochs", "1", "--batch-size", "32", "--backend", "numpy",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("backend: numpy")
+    assert "Total params: 192,202" in result.stdout  # seed 001's network
+    last = lines[-1]
+    assert last.startswith("test accuracy: ") and 0.0 <= float(last.split(": ")[1]) <= 1.0
+    assert len(last.split(": ")[1]) == 6, last  # 0.xxxx
+    for name in ("model.npz", "training_curves.png", "filters.png", "feature_maps.png"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+        assert f"saved {path}" in result.stdout
+    assert (out / "filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from cnn_gpu.models import load_model
+
+    model = load_model(out / "model.npz")
+    assert model.count_params() == 192_202
+
+
+def test_info_prints_backend_and_kernel_check():
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    assert "backend: numpy" in result.stdout
+    assert "device: " in result.stdout
+    assert "kernels/conv2d.cu" in result.stdout or "NVRTC unavailable" in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--data", "mnist"], ["--path"]),
+    (["train", "--data", "mnist", "--path", "/nonexistent/mnist"], ["/nonexistent/mnist"]),
+    (["train", "--backend", "tpu"], ["--backend", "tpu"]),
+    (["train", "--epochs", "0"], ["--epochs"]),
+    (["frobnicate"], ["frobnicate"]),
+])
+def test_bad_input_is_one_line_error(args, words):
+    assert_one_line_error(run_cli(*args), *words)
+
+
+def test_mnist_with_malformed_file_is_one_line_error(tmp_path):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")  # declares 5 bytes, holds 3
+    assert_one_line_error(run_cli("train", "--data", "mnist", "--path", str(tmp_path)), "train-images-idx3-ubyte")
+
+
+@pytest.mark.skipif(cnn_gpu.cuda_status()[0], reason="a GPU is usable here, so --backend cuda is not an error")
+def test_backend_cuda_without_gpu_is_one_line_error():
+    assert_one_line_error(run_cli("train", "--backend", "cuda"), "cuda")
+
+
+def test_bench_arguments_reach_bench_run(monkeypatch, tmp_path):
+    import cnn_gpu.bench
+
+    calls = []
+    monkeypatch.setattr(cnn_gpu.bench, "run", lambda **kwargs: calls.append(kwargs))
+    assert cli.main(["bench", "--ops", "conv2d, matmul", "--quick", "--out", str(tmp_path)]) == 0
+    assert calls == [{"ops": ["conv2d", "matmul"], "quick": True, "out": str(tmp_path)}]
+
+
+def test_expected_error_in_process_is_one_line(monkeypatch, capsys):
+    def fail(args):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "run_info", fail)
+    assert cli.main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err == "cnn-gpu: error: first line (--debug shows the rest)\n"
+
