@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 MISSING = "–"
 COLUMNS = ("op", "variant", "shape", "ours ms", "ref ms", "speed-up", "rate", "of ceiling", "status", "reference")
 
 
-def render(report: dict) -> str:
-    """The markdown section for one report (the dict that results.json holds)."""
+def render(report: dict, match: str | None = None) -> str:
+    """The markdown section for one report (the dict that results.json holds); match: a regular
+    expression over "op variant shape" that keeps only the cases it finds (a summary)."""
     env, ceilings = report["environment"], report["ceilings"]
     device = env.get("gpu") or env.get("cpu") or MISSING
     lines = [
@@ -34,7 +36,10 @@ def render(report: dict) -> str:
     if report.get("note"):
         lines += ["", f"Note: {report['note']}"]
     lines += ["", _table_row(COLUMNS), _table_row("---" for _ in COLUMNS)]
-    lines += [_table_row(_cells(row)) for row in first_row_per_case(report["rows"])]
+    rows = first_row_per_case(report["rows"])
+    if match:
+        rows = [row for row in rows if re.search(match, f"{row['op']} {row['variant']} {row['shape']}")]
+    lines += [_table_row(_cells(row)) for row in rows]
     lines += ["", "speed-up = ref ms / ours ms (> 1: ours is faster); rate: TFLOP/s or GB/s, whichever floor "
                   "dominates, and its fraction of the measured ceiling (benchmarks/NOTES.md); every row, "
                   "every reference and the check's errors are in results.json."]
@@ -80,8 +85,9 @@ def _table_row(cells) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results.json written by `cnn-gpu bench`")
+    parser.add_argument("--match", help='keep the cases whose "op variant shape" this regular expression finds')
     args = parser.parse_args(argv)
-    print(render(json.loads(args.results.read_text())))
+    print(render(json.loads(args.results.read_text()), args.match))
     return 0
 
 
