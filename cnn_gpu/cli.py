@@ -26,28 +26,6 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 # ---- train ---------------------------------------------------------------------------------------
-def mnist_cnn(num_classes: int = 10, dropout: float = 0.3, seed: int | None = None):
-    """Seed 001's network for 28×28×1 digits, in Keras layers.
-
-    conv 5×5 valid 32 + ReLU → max-pool 2 → conv 5×5 valid 64 + ReLU → max-pool 2 → flatten (4·4·64)
-    → dense 128 ReLU → dense 64 ReLU → dropout → dense 10 softmax.
-    """
-    from cnn_gpu.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
-    from cnn_gpu.models import Sequential
-
-    model = Sequential(seed=seed)
-    model.add(Conv2D(32, 5, activation="relu", input_shape=(28, 28, 1)))
-    model.add(MaxPooling2D(2))
-    model.add(Conv2D(64, 5, activation="relu"))
-    model.add(MaxPooling2D(2))
-    model.add(Flatten())
-    model.add(Dense(128, activation="relu"))
-    model.add(Dense(64, activation="relu"))
-    model.add(Dropout(dropout))
-    model.add(Dense(num_classes, activation="softmax"))
-    return model
-
-
 def _load_data(args):
     from cnn_gpu import datasets
 
@@ -66,6 +44,7 @@ def _load_data(args):
 
 def run_train(args) -> int:
     from cnn_gpu import viz
+    from cnn_gpu.models import mnist_cnn
     from cnn_gpu.optimizers import Adam
 
     name = backends.set_backend(args.backend)

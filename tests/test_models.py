@@ -7,7 +7,7 @@ import pytest
 import cnn_gpu
 from cnn_gpu import losses, optimizers
 from cnn_gpu.layers import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D)
-from cnn_gpu.models import Sequential, load_model
+from cnn_gpu.models import Sequential, load_model, mnist_cnn
 from checks import rel_error
 
 # The Keras program at the end of seed 002, with only its import lines changed (keras.models ->
@@ -91,18 +91,7 @@ def test_summary_table():
 
 # ---- learning ------------------------------------------------------------------------------------
 def seed_001_network(seed=None, dropout=0.3):
-    """Seed 001's MNIST network: conv 5x5 32 -> pool 2 -> conv 5x5 64 -> pool 2 -> dense 128 -> 64 -> 10."""
-    model = Sequential(seed=seed)
-    model.add(Conv2D(32, 5, activation="relu", input_shape=(28, 28, 1)))
-    model.add(MaxPooling2D(2))
-    model.add(Conv2D(64, 5, activation="relu"))
-    model.add(MaxPooling2D(2))
-    model.add(Flatten())
-    model.add(Dense(128, activation="relu"))
-    model.add(Dense(64, activation="relu"))
-    model.add(Dropout(dropout))
-    model.add(Dense(10, activation="softmax"))
-    return model
+    return mnist_cnn(seed=seed, dropout=dropout)
 
 
 def blob_digits(rng, count, size=28, classes=10):
