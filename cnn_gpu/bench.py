@@ -249,7 +249,7 @@ def run_case(case: Case, side: Side, ceilings: dict) -> list:
         def checked(name):
             err_ref = check.err_refs.get(name)
             return dict(ref_name=name, checked_against=check.truth, err_ours=check.err_ours, err_ref=err_ref,
-                        tol=tol, bytes=check.nbytes, message=_check_message(tol, check.err_ours, err_ref))
+                        tol=tol, bytes=check.nbytes, message=_check_message(case.tol, tol, check.err_ours, err_ref))
         if check.truth is not None and not check.err_ours <= tol:  # NaN fails too
             return [Row(**base, status="FAIL", **checked(name)) for name in names]
         sets += [case.prepare(side) for _ in range(_extra_sets(case, side, check.nbytes))]
@@ -311,13 +311,13 @@ def error_bound(tol: float, err_refs: dict) -> float:
     return max(tol, REFERENCE_ERROR_SLACK * min(measured)) if measured else tol
 
 
-def _check_message(tol: float, err_ours: float | None, err_ref: float | None) -> str | None:
-    """What a reader must know about a row's check: ours over the tolerance, or the reference over it."""
-    if err_ours is not None and not err_ours <= tol:
-        return f"ours: relative error {err_ours:.3g} > tolerance {tol:g}"
+def _check_message(tol: float, bound: float, err_ours: float | None, err_ref: float | None) -> str | None:
+    """What a reader must know about a row's check: ours over its bound, or the reference over the
+    case's tolerance (which then widens the bound: error_bound)."""
+    if err_ours is not None and not err_ours <= bound:
+        return f"ours: relative error {err_ours:.3g} > bound {bound:.3g} (tolerance {tol:g})"
     if err_ref is not None and not err_ref <= tol:
-        return f"the reference's own relative error {err_ref:.3g} > tolerance {tol:g} (ours within it)"
-    return None
+        return f"the reference's own relative error {err_ref:.3g} > tolerance {tol:g} (ours within {bound:.3g})"
 
 
 def _time_side(side: Side, calls) -> tuple[float, int]:
