@@ -118,9 +118,11 @@ def test_backward_finite_differences(rng, shape):
     dy = rng.standard_normal(shape)
     _, saved_mean, saved_invstd = F.batch_norm(x, gamma, beta)
     dx, dgamma, dbeta = F.batch_norm_backward(dy, x, gamma, saved_mean, saved_invstd)
-    assert rel_error(dx, numeric_grad(lambda v: F.batch_norm(v, gamma, beta)[0], x, dy)) < 1e-6
-    assert rel_error(dgamma, numeric_grad(lambda g: F.batch_norm(x, g, beta)[0], gamma, dy)) < 1e-6
-    assert rel_error(dbeta, numeric_grad(lambda b: F.batch_norm(x, gamma, b)[0], beta, dy)) < 1e-6
+    # central differences at h = 1e-6 in float64 are good to ~1e-9; 1e-5 leaves room for an unlucky
+    # draw (a nearly-zero dgamma entry) and still catches any wrong term, which is off by O(1)
+    assert rel_error(dx, numeric_grad(lambda v: F.batch_norm(v, gamma, beta)[0], x, dy)) < 1e-5
+    assert rel_error(dgamma, numeric_grad(lambda g: F.batch_norm(x, g, beta)[0], gamma, dy)) < 1e-5
+    assert rel_error(dbeta, numeric_grad(lambda b: F.batch_norm(x, gamma, b)[0], beta, dy)) < 1e-5
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -132,8 +134,16 @@ def test_backward_matches_float64(backend, xp, rng, shape):
     x64, gamma64, dy64 = x.astype(numpy.float64), gamma.astype(numpy.float64), dy.astype(numpy.float64)
     _, mean64, invstd64 = F.batch_norm(x64, gamma64, beta.astype(numpy.float64))
     ref = F.batch_norm_backward(dy64, x64, gamma64, mean64, invstd64)
-    for name, a, b in zip(("dx", "dgamma", "dbeta"), ours, ref):
-        assert a.dtype == numpy.float32 and rel_error(a, b) < 1e-5, name
+    assert all(a.dtype == numpy.float32 for a in ours)
+    assert rel_error(ours[0], ref[0]) < 1e-5, "dx"
+    # dgamma = Σ dy·x̂ and dbeta = Σ dy per channel are sums of random-signed terms that can cancel to
+    # nearly zero, so their error is measured against the size of the terms, Σ|dy·x̂| and Σ|dy|,
+    # which is what a float32 reduction's rounding scales with.
+    axes = (0,) + tuple(range(2, len(shape)))
+    xhat = (x64 - mean64.reshape((1, -1) + (1,) * (len(shape) - 2))) * invstd64.reshape((1, -1) + (1,) * (len(shape) - 2))
+    for name, a, b, terms in (("dgamma", ours[1], ref[1], numpy.abs(dy64 * xhat)), ("dbeta", ours[2], ref[2], numpy.abs(dy64))):
+        scale = numpy.linalg.norm(terms.sum(axis=axes))
+        assert numpy.linalg.norm(cnn_gpu.to_numpy(a).astype(numpy.float64) - b) / scale < 1e-5, name
 
 
 def test_backward_without_gamma(backend, xp, rng):

@@ -162,7 +162,7 @@ def test_sigmoid_bce_gradient_finite_differences(rng):
     t = rng.uniform(0, 1, size=(3, 5))
     _, dz = F.sigmoid_binary_cross_entropy(z, t)
     numeric = numeric_grad(lambda v: F.sigmoid_binary_cross_entropy(v, t)[0], z, numpy.float64(1.0))
-    assert rel_error(dz, numeric) < 1e-7
+    assert rel_error(dz, numeric) < 1e-6  # central differences in float64; a wrong term is off by O(1)
 
 
 def test_sigmoid_bce_large_logits_stay_finite(backend, xp, rng):
