@@ -72,3 +72,11 @@ def numpy_unless_backend_requested(request):
         cnn_gpu.set_backend("numpy")
     yield
     cnn_gpu.set_backend(previous)
+
+
+@pytest.fixture
+def on_backend(backend):
+    """`backend` made current, so the layers and models a test builds put their arrays there (the
+    autouse fixture above restores the previous backend afterwards)."""
+    cnn_gpu.set_backend(backend)
+    return backend

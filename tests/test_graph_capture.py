@@ -22,15 +22,6 @@ from cnn_gpu.ops.optim import adam_step_size
 from test_models import blob_digits, seed_001_network
 
 
-@pytest.fixture
-def on_backend(backend):
-    """The backend made current for the test's models (their weights and batches go there)."""
-    previous = cnn_gpu.get_backend()
-    cnn_gpu.set_backend(backend)
-    yield backend
-    cnn_gpu.set_backend(previous)
-
-
 def needs_cuda(backend):
     if backend != "cuda":
         pytest.skip("CUDA graphs exist on the cuda backend only (the numpy case is test_flag_changes_nothing_on_numpy)")

@@ -272,15 +272,6 @@ def test_batch_normalization_inference_uses_moving_statistics(rng):
 
 
 # ---- CUDA against NumPy, same weights ------------------------------------------------------------
-@pytest.fixture
-def on_backend(backend):
-    """Layers built inside the test put their parameters on `backend`."""
-    previous = cnn_gpu.get_backend()
-    cnn_gpu.set_backend(backend)
-    yield backend
-    cnn_gpu.set_backend(previous)
-
-
 LAYER_CASES = {
     "conv_same_relu": (lambda: Conv2D(5, 3, padding="same", activation="relu"), (3, 3, 17, 31)),
     "conv_valid_stride2": (lambda: Conv2D(7, (5, 3), strides=2), (2, 5, 33, 17)),

@@ -6,7 +6,6 @@ tensors (our kernels, through DLPack) where a GPU is usable.
 import os
 import socket
 
-import numpy
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (optional extra: pip install torch)")
