@@ -1,13 +1,15 @@
 """Compile kernel families through NVRTC for a given architecture, with no GPU needed.
 
 The one place that does it: the CI compile check (tests/test_kernels_compile.py) and `cnn-gpu info`
-both call ``compile_family``. Same source assembly and options as run time (cnn_gpu.cuda.loader),
-plus ``-arch`` and ``-Xptxas=-v`` so the log carries each kernel's registers, shared memory and spills.
+both call ``compile_family``, and benchmarks/sass_report.py asks it for the CUBIN to read the SASS.
+Same source assembly and options as run time (cnn_gpu.cuda.loader), plus ``-arch`` and ``-Xptxas=-v``
+so the log carries each kernel's registers, shared memory and spills.
 """
 from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 
 from cnn_gpu.cuda import loader
@@ -24,6 +26,7 @@ class CompileResult:
     ok: bool
     log: str
     report: dict = field(default_factory=dict)  # {kernel: {'registers', 'smem', 'spill_stores', 'spill_loads'}}
+    cubin: bytes | None = None  # the compiled ELF, when asked for (want_cubin) and the compile succeeded
 
     @property
     def diagnostics(self) -> list:
@@ -50,8 +53,9 @@ def nvrtc_version() -> str:
 _compile_count = 0
 
 
-def compile_family(family: str, arch: str, defines: dict | None = None) -> CompileResult:
-    """Compile kernels/<family>.cu for ``arch`` (e.g. 'sm_90') like run time does; never raises on a compile error."""
+def compile_family(family: str, arch: str, defines: dict | None = None, want_cubin: bool = False) -> CompileResult:
+    """Compile kernels/<family>.cu for ``arch`` (e.g. 'sm_90') like run time does; never raises on a compile error.
+    ``want_cubin`` keeps the CUBIN (for SASS inspection with cuobjdump)."""
     nvrtc = nvrtc_module()
     # With a driver present, NVRTC's ptxas goes through CUDA's compute cache: a repeat of a compile it
     # has cached (e.g. one CuPy did at run time, or an earlier test) prints no -v report (seen on the
@@ -70,8 +74,19 @@ def compile_family(family: str, arch: str, defines: dict | None = None) -> Compi
     except Exception:  # NVRTCError; the log says why
         ok = False
     log = nvrtc.getProgramLog(program).rstrip("\x00")
+    cubin = _whole_elf(nvrtc.getCUBIN(program)) if ok and want_cubin else None
     nvrtc.destroyProgram(program)
-    return CompileResult(family, arch, ok, log, parse_ptxas_report(log))
+    return CompileResult(family, arch, ok, log, parse_ptxas_report(log), cubin)
+
+
+def _whole_elf(cubin: bytes) -> bytes:
+    """The CUBIN padded back to the size its ELF header gives. CuPy's getCUBIN drops the last byte, taking it
+    for a string's NUL as in getPTX; the ELF's last bytes (program header alignment) are zeros, and
+    cuobjdump refuses the file one byte short."""
+    ph_offset, sh_offset = struct.unpack_from("<QQ", cubin, 0x20)
+    ph_size, ph_count, sh_size, sh_count = struct.unpack_from("<HHHH", cubin, 0x36)
+    end = max(ph_offset + ph_size * ph_count, sh_offset + sh_size * sh_count)
+    return cubin + bytes(max(0, end - len(cubin)))
 
 
 def parse_ptxas_report(log: str) -> dict:
