@@ -29,14 +29,15 @@ class Loss:
     def __init__(self, from_logits=False):
         self.from_logits = bool(from_logits)
 
+    # Abstract: each loss below defines these three.
     def __call__(self, outputs, targets, check_labels=True):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define __call__")
 
     def targets(self, y, output_shape) -> numpy.ndarray:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define targets")
 
     def count_correct(self, outputs, targets):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define count_correct")
 
     def get_config(self) -> dict:
         return {"from_logits": self.from_logits}

@@ -55,8 +55,8 @@ class Optimizer:
         """arrays: one-element device arrays (one per step_scalar_dtypes) that apply()'s updates read, or None."""
         self._step_scalars = None if arrays is None else tuple(arrays)
 
-    def update(self, key, param, grad) -> None:
-        raise NotImplementedError
+    def update(self, key, param, grad) -> None:  # abstract: SGD and Adam define it
+        raise NotImplementedError(f"{type(self).__name__} does not define update")
 
     def slots(self, key, param, names) -> list:
         """This parameter's state arrays (zeros of its shape on its first step)."""

@@ -62,3 +62,15 @@ def compile_variant_without_spills(family, arch, defines):
     spills = {name: r for name, r in result.report.items() if r["spill_stores"] or r["spill_loads"]}
     assert not spills, f"{family}.cu with {defines} spills registers on {arch}: {spills}"
     return result.report
+
+
+def load_benchmark_script(name):
+    """Import benchmarks/<name>.py (a script folder, not a package) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,15 +4,14 @@ fields the issue names, ours and each reference are checked against a float64 tr
 benchmarks/render_readme_table.py renders a results.json as markdown."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy
 import pytest
 
 from cnn_gpu import bench
 from cnn_gpu.bench_cases import Bound, Case, op_names
+from checks import load_benchmark_script
 
 QUICK_OPS = ["matmul", "relu", "softmax_xent"]  # a few fast ops: the full quick suite is the CLI's job
 ROW_STATUSES = {"OK", "FAIL", "ERROR", "UNCHECKED", "SKIPPED"}
@@ -147,11 +146,7 @@ def test_torch_references_bring_a_float64_truth_of_the_same_call():
 
 
 def _render_module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "render_readme_table.py"
-    spec = importlib.util.spec_from_file_location("render_readme_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("render_readme_table")
 
 
 def test_the_readme_table_renders_the_quick_results_json(quick_report):

@@ -8,12 +8,10 @@ reason, where NVRTC or cuobjdump / nvdisasm is missing: `pip install -e ".[nvrtc
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from cnn_gpu.cuda import compile_check
+from checks import load_benchmark_script
 
 ARCH = "sm_90"
 IMPLICIT_GEMMS = ("conv2d_fwd_bias_act", "conv2d_bwd_data", "conv2d_bwd_filter")
@@ -21,11 +19,7 @@ GEMMS = ("gemm_nn", "gemm_nt", "gemm_tn", "gemm_tt")
 
 
 def _sass_report():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sass_report.py"
-    spec = importlib.util.spec_from_file_location("sass_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("sass_report")
 
 
 sass_report = _sass_report()

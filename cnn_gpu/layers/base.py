@@ -96,11 +96,12 @@ class Layer:
         return asarray(numpy.asarray(values, dtype=self.dtype))
 
     # ---- the computation -------------------------------------------------------------------------
+    # Abstract: every layer class defines both (Layer itself is never used as a layer).
     def forward(self, x, training=False):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     def backward(self, dy):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
     def next_step_scalars(self) -> tuple:
         """Advance the host state one training step; the values (of step_scalar_dtypes) that step reads."""
