@@ -16,7 +16,7 @@ def _device_attributes(device_id: int) -> dict:
 def sm_count() -> int:
     import cupy
 
-    return _device_attributes(cupy.cuda.Device().id)["MultiProcessorCount"]
+    return _device_attributes(cupy.cuda.runtime.getDevice())["MultiProcessorCount"]
 
 
 def grid_stride_blocks(n: int, threads: int = 256, waves: int = 8) -> int:

@@ -78,6 +78,10 @@ def _load_module(family: str, defines: tuple):
     return module
 
 
+@functools.lru_cache(maxsize=None)
 def load_kernel(family: str, name: str, **defines):
-    """The compiled kernel ``name`` from kernels/<family>.cu (compiled once per process and define set)."""
+    """The compiled kernel ``name`` from kernels/<family>.cu (compiled once per process and define set).
+
+    Cached: an op's launch path pays one dictionary lookup here, not a module lookup (the returned
+    RawKernel loads itself on each device it is launched on)."""
     return _load_module(family, tuple(sorted(defines.items()))).get_function(name)
