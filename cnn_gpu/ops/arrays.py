@@ -4,6 +4,9 @@ Every error names the argument and its shape, and is raised before any work is d
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import numpy
 
 from cnn_gpu.backend import is_cuda_array
@@ -91,7 +94,7 @@ def nan_filled(xp, shape, dtype=numpy.float32):
     return xp.empty(shape, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _debug_fill() -> bool:
-    import os
-
+    """CNN_GPU_DEBUG_FILL, read once (at the first kernel output: tests set it before any op runs)."""
     return os.environ.get("CNN_GPU_DEBUG_FILL", "0") == "1"

@@ -30,6 +30,9 @@ from typing import NamedTuple
 import numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cnn_gpu.cuda import autotune
+from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, require_int32_indexable, sm_count
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
@@ -139,17 +142,14 @@ def _numpy_col2im(dcols, g: WindowGeometry, dtype):
 _BIAS_THREADS = 256  # conv2d_bwd_bias's block size (its shared buffer is sized for it)
 
 
+@functools.lru_cache(maxsize=None)
 def _kernel(name, tile: ConvTile = DEFAULT_TILE):
     """A kernel of conv2d.cu compiled with tile's sizes (the reductions ignore them: any variant serves)."""
-    from cnn_gpu.cuda.loader import load_kernel
-
     return load_kernel("conv2d", name, **tile.defines)
 
 
 def _require_int32_geometry(g: WindowGeometry, K: int) -> None:
     """The kernels index within one image (and the GEMM extents) in 32 bits, across images in 64."""
-    from cnn_gpu.cuda.launch import require_int32_indexable
-
     require_int32_indexable("one image of x", (g.C, g.H, g.W))
     require_int32_indexable("one image of y", (K, g.OH, g.OW))
     require_int32_indexable("w", (K, g.C, g.R, g.S))
@@ -162,45 +162,57 @@ def _geometry_ints(g: WindowGeometry, K: int) -> tuple:
     return tuple(int(v) for v in (g.N, g.C, g.H, g.W, K, g.R, g.S, g.OH, g.OW, g.stride_h, g.stride_w, g.pad_top, g.pad_left))
 
 
-def _geometry_args(g: WindowGeometry, K: int):
-    return tuple(numpy.int32(v) for v in _geometry_ints(g, K))
+class _Problem(NamedTuple):
+    """What every launch for one (geometry, K) needs, checked and converted once: the 32-bit indexing
+    checks passed, the autotuner's key and the kernels' geometry arguments (numpy.int32s, in order)."""
+    g: WindowGeometry
+    K: int
+    key: tuple
+    args: tuple
 
 
-def _tuned(kernel: str, g: WindowGeometry, K: int, candidates, launch):
+@functools.lru_cache(maxsize=1024)
+def _problem(g: WindowGeometry, K: int) -> _Problem:
+    _require_int32_geometry(g, K)
+    ints = _geometry_ints(g, K)
+    return _Problem(g, K, ints, tuple(numpy.int32(v) for v in ints))
+
+
+def _tuned(kernel: str, problem: _Problem, candidates, launch):
     """The autotuner's choice among candidates() for one implicit-GEMM kernel on this geometry."""
-    from cnn_gpu.cuda import autotune
-
-    return autotune.pick("conv2d", (kernel,) + _geometry_ints(g, K), candidates, launch)
+    return autotune.pick("conv2d", (kernel,) + problem.key, candidates, launch)
 
 
 def _cuda_conv2d(x, w, b, g: WindowGeometry, activation, slope):
     import cupy
 
     x, w, b = contiguous(cupy, x), contiguous(cupy, w), contiguous(cupy, b)
-    K = w.shape[0]
-    _require_int32_geometry(g, K)
-    launch = functools.partial(_launch_conv2d_fwd, x, w, b, g, activation_code(activation), slope)
-    return launch(_tuned("conv2d_fwd_bias_act", g, K, lambda: CONV_TILES, launch))
+    problem = _problem(g, w.shape[0])
+    launch = functools.partial(_launch_conv2d_fwd, x, w, b, problem, activation_code(activation), slope)
+    return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: CONV_TILES, launch))
 
 
-def _launch_conv2d_fwd(x, w, b, g: WindowGeometry, act: int, slope: float, tile: ConvTile):
+@functools.lru_cache(maxsize=1024)
+def _gemm_grid(gemm_m: int, gemm_n: int, tile: ConvTile, splits: int = 1) -> tuple:
+    """Grid of an implicit GEMM whose C is gemm_m x gemm_n: x over BN-wide columns, y over BM-tall rows."""
+    return (cdiv(gemm_n, tile.bn), cdiv(gemm_m, tile.bm), splits)
+
+
+def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, tile: ConvTile):
     import cupy
 
-    from cnn_gpu.cuda.launch import cdiv
-
-    K = w.shape[0]
+    g, K = problem.g, problem.K
     y = nan_filled(cupy, _output_shape(g, K))
-    grid = (cdiv(g.N * g.OH * g.OW, tile.bn), cdiv(K, tile.bm))
     _kernel("conv2d_fwd_bias_act", tile)(
-        grid, (tile.threads,), (x, w, b, y) + _geometry_args(g, K) + (numpy.int32(act), numpy.float32(slope)))
+        _gemm_grid(K, g.N * g.OH * g.OW, tile), (tile.threads,),
+        (x, w, b, y) + problem.args + (numpy.int32(act), numpy.float32(slope)))
     return y
 
 
+@functools.lru_cache(maxsize=1024)
 def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: int = 2) -> tuple[int, int]:
     """(splits, chunk) for a reduction of `work` items shared by `parallel_units` independent outputs:
     enough splits to give every SM blocks_per_sm blocks, no chunk under min_chunk items, no empty split."""
-    from cnn_gpu.cuda.launch import cdiv, sm_count
-
     splits = max(1, min(cdiv(blocks_per_sm * sm_count(), parallel_units), work // min_chunk))
     chunk = cdiv(cdiv(work, splits), min_chunk) * min_chunk
     return cdiv(work, chunk), chunk
@@ -208,39 +220,32 @@ def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: 
 
 def _sum_partials(partials, out):
     """out = partials.sum(axis=0) in a fixed order (the deterministic second pass)."""
-    from cnn_gpu.cuda.launch import grid_stride_blocks
-
     n = out.size
     _kernel("conv2d_sum_partials")((grid_stride_blocks(n),), (256,), (partials, out, numpy.int64(n), numpy.int32(partials.shape[0])))
     return out
 
 
-def _launch_conv2d_bwd_data(dy, w, g: WindowGeometry, tile: ConvTile):
+def _launch_conv2d_bwd_data(dy, w, problem: _Problem, tile: ConvTile):
     import cupy
 
-    from cnn_gpu.cuda.launch import cdiv
-
-    dx = nan_filled(cupy, (g.N, g.C, g.H, g.W))
-    grid = (cdiv(g.N * g.H * g.W, tile.bn), cdiv(g.C, tile.bm))
-    _kernel("conv2d_bwd_data", tile)(grid, (tile.threads,), (dy, w, dx) + _geometry_args(g, w.shape[0]))
+    g = problem.g
+    dx = nan_filled(cupy, g.input_shape)
+    _kernel("conv2d_bwd_data", tile)(_gemm_grid(g.C, g.N * g.H * g.W, tile), (tile.threads,), (dy, w, dx) + problem.args)
     return dx
 
 
-def _launch_conv2d_bwd_filter(dy, x, w_shape, g: WindowGeometry, plan: FilterPlan):
+def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: FilterPlan):
     """dw, its N*OH*OW reduction split so that small filters still fill the GPU: partials, then a fixed-order sum."""
     import cupy
 
-    from cnn_gpu.cuda.launch import cdiv
-
-    K, tile = w_shape[0], plan.tile
+    g, K, tile = problem.g, problem.K, plan.tile
     crs = g.C * g.R * g.S
     tiles = cdiv(K, tile.bm) * cdiv(crs, tile.bn)
     splits, chunk = _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, plan.blocks_per_sm)
     dw = nan_filled(cupy, w_shape)
     partials = dw if splits == 1 else nan_filled(cupy, (splits,) + tuple(w_shape))
     _kernel("conv2d_bwd_filter", tile)(
-        (cdiv(crs, tile.bn), cdiv(K, tile.bm), splits), (tile.threads,),
-        (dy, x, partials) + _geometry_args(g, K) + (numpy.int32(chunk),))
+        _gemm_grid(K, crs, tile, splits), (tile.threads,), (dy, x, partials) + problem.args + (numpy.int32(chunk),))
     if splits > 1:
         _sum_partials(partials, dw)
     return dw
@@ -250,28 +255,31 @@ def _filter_plans():
     return [FilterPlan(tile, blocks) for blocks in FILTER_BLOCKS_PER_SM for tile in CONV_TILES]
 
 
+@functools.lru_cache(maxsize=1024)
+def _bias_launch(K: int, pixels_per_image: int, pixels: int) -> tuple:
+    """(splits, the grid, the kernel's scalar arguments) of db's split reduction."""
+    splits, chunk = _split_count(pixels, 16 * _BIAS_THREADS, K)
+    return splits, (K, splits), tuple(numpy.int32(v) for v in (K, pixels_per_image, pixels, chunk))
+
+
 def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute_dw: bool):
     import cupy
 
     dy, x, w = contiguous(cupy, dy), contiguous(cupy, x), contiguous(cupy, w)
     K = w.shape[0]
-    _require_int32_geometry(g, K)
+    problem = _problem(g, K)
     dx = dw = None
     if compute_dx:
-        launch = functools.partial(_launch_conv2d_bwd_data, dy, w, g)
-        dx = launch(_tuned("conv2d_bwd_data", g, K, lambda: CONV_TILES, launch))
+        launch = functools.partial(_launch_conv2d_bwd_data, dy, w, problem)
+        dx = launch(_tuned("conv2d_bwd_data", problem, lambda: CONV_TILES, launch))
     if compute_dw:
-        launch = functools.partial(_launch_conv2d_bwd_filter, dy, x, w.shape, g)
-        dw = launch(_tuned("conv2d_bwd_filter", g, K, _filter_plans, launch))
+        launch = functools.partial(_launch_conv2d_bwd_filter, dy, x, w.shape, problem)
+        dw = launch(_tuned("conv2d_bwd_filter", problem, _filter_plans, launch))
 
-    pixels = g.N * g.OH * g.OW
+    splits, grid, args = _bias_launch(K, g.OH * g.OW, g.N * g.OH * g.OW)
     db = nan_filled(cupy, (K,))
-    splits, chunk = _split_count(pixels, 16 * _BIAS_THREADS, K)
     partials = db if splits == 1 else nan_filled(cupy, (splits, K))
-    _kernel("conv2d_bwd_bias")(
-        (K, splits), (_BIAS_THREADS,),
-        (dy, partials, numpy.int32(K), numpy.int32(g.OH * g.OW), numpy.int32(pixels), numpy.int32(chunk)),
-    )
+    _kernel("conv2d_bwd_bias")(grid, (_BIAS_THREADS,), (dy, partials) + args)
     if splits > 1:
         _sum_partials(partials, db)
     return dx, dw, db

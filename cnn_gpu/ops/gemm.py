@@ -25,7 +25,9 @@ from typing import NamedTuple
 
 import numpy
 
-from cnn_gpu.cuda.launch import cdiv
+from cnn_gpu.cuda import autotune
+from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, sm_count
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
 
@@ -163,9 +165,6 @@ def _cuda_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float):
     """act(op(A) @ op(B) + bias) into a new dense (M, N) float32 array, with the autotuner's plan."""
     import cupy
 
-    from cnn_gpu.cuda import autotune
-    from cnn_gpu.cuda.launch import sm_count
-
     m, k, n = a.rows, a.cols, b.cols
     if m == 0 or n == 0:
         return nan_filled(cupy, (m, n))
@@ -180,44 +179,50 @@ def _layout(a: _Operand, b: _Operand) -> str:
     return ("t" if a.transposed else "n") + ("t" if b.transposed else "n")
 
 
-def _launch_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float, plan: GemmPlan):
-    import cupy
-
-    from cnn_gpu.cuda.loader import load_kernel
-
-    m, k, n = a.rows, a.cols, b.cols
+@functools.lru_cache(maxsize=1024)
+def _gemm_launch(layout: str, m: int, n: int, k: int, lda: int, ldb: int, vec_a: bool, vec_b: bool,
+                 act: int, slope: float, plan: GemmPlan) -> tuple:
+    """(kernel, grid, block, scalar arguments) of one gemm launch, worked out once per problem and plan."""
     config = plan.config
     grid = (cdiv(m, config.tile_m), cdiv(n, config.tile_n), plan.splits)
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"the product has {n} columns, more than the gemm kernels' grid allows ({MAX_GRID_Y * config.tile_n})")
+    split = plan.splits > 1
+    scalars = (numpy.int64(m), numpy.int64(n), numpy.int64(k), numpy.int64(lda), numpy.int64(ldb),
+               numpy.int64(plan.k_per_split), numpy.int32(0 if split else act), numpy.float32(slope),
+               numpy.int32(vec_a), numpy.int32(vec_b), numpy.int32(n % 4 == 0))
+    return load_kernel("gemm", "gemm_" + layout, **config.defines), grid, (config.threads,), scalars
+
+
+def _launch_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float, plan: GemmPlan):
+    import cupy
+
+    m, k, n = a.rows, a.cols, b.cols
+    kernel, grid, block, scalars = _gemm_launch(_layout(a, b), m, n, k, a.ld, b.ld, a.vec4, b.vec4, act, slope, plan)
     c = nan_filled(cupy, (m, n))
     split = plan.splits > 1
     out = nan_filled(cupy, (plan.splits, m, n)) if split else c
-    load_kernel("gemm", "gemm_" + _layout(a, b), **config.defines)(
-        grid, (config.threads,),
-        (a.array, b.array, _NULL if split or bias is None else bias, out,
-         numpy.int64(m), numpy.int64(n), numpy.int64(k), numpy.int64(a.ld), numpy.int64(b.ld),
-         numpy.int64(plan.k_per_split), numpy.int32(0 if split else act), numpy.float32(slope),
-         numpy.int32(a.vec4), numpy.int32(b.vec4), numpy.int32(n % 4 == 0)),
-    )
+    kernel(grid, block, (a.array, b.array, _NULL if split or bias is None else bias, out) + scalars)
     if split:  # slices summed in order, then bias and activation
         _cuda_sum_rows(out.reshape(plan.splits, m * n), bias, act, slope, c.reshape(m * n))
     return c
 
 
+@functools.lru_cache(maxsize=1024)
+def _sum_rows_launch(rows: int, cols: int, bias_period: int, act: int, slope: float) -> tuple:
+    """(grid, scalar arguments) of sum_rows_bias_act over a rows x cols matrix."""
+    scalars = (numpy.int64(rows), numpy.int64(cols), numpy.int64(bias_period), numpy.int32(act), numpy.float32(slope))
+    return (grid_stride_blocks(cols, threads=32),), scalars
+
+
 def _cuda_sum_rows(x, bias, act: int, slope: float, out):
     """out[c] = act(sum over rows of x[:, c] + bias[c % len(bias)]), in a fixed order. x dense 2-D."""
-    from cnn_gpu.cuda.launch import grid_stride_blocks
-    from cnn_gpu.cuda.loader import load_kernel
-
     rows, cols = x.shape
     if cols == 0:
         return out
+    grid, (rows_, cols_, period, act_, slope_) = _sum_rows_launch(rows, cols, 1 if bias is None else bias.size, act, slope)
     load_kernel("gemm", "sum_rows_bias_act")(
-        (grid_stride_blocks(cols, threads=32),), (32, SUM_ROW_GROUPS),
-        (x, out, numpy.int64(rows), numpy.int64(cols), _NULL if bias is None else bias,
-         numpy.int64(1 if bias is None else bias.size), numpy.int32(act), numpy.float32(slope)),
-    )
+        grid, (32, SUM_ROW_GROUPS), (x, out, rows_, cols_, _NULL if bias is None else bias, period, act_, slope_))
     return out
 
 

@@ -6,6 +6,7 @@ bottom/right).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -57,7 +58,38 @@ def _same_pads(size: int, window: int, stride: int) -> tuple[int, int, int]:
 
 
 def window_geometry(x_shape, window, stride, padding, *, x_name="x", window_name="kernel_size") -> WindowGeometry:
-    """Validate and compute the geometry of a window of size ``window`` (R, S) sliding over ``x_shape``."""
+    """Validate and compute the geometry of a window of size ``window`` (R, S) sliding over ``x_shape``.
+
+    Remembered per distinct arguments (an op is called with the same few shapes over and over, and its
+    host time is part of every small call's latency); invalid arguments are never remembered, so they
+    raise every time."""
+    try:
+        key = (_frozen(x_shape), _frozen(window), _frozen(stride), _frozen(padding), x_name, window_name)
+        hash(key)
+    except TypeError:  # an unhashable argument is invalid anyway: let the checks say why
+        return _window_geometry(x_shape, window, stride, padding, x_name, window_name)
+    return _remembered_geometry(key)
+
+
+def _frozen(value):
+    """value as a hashable key that keeps its types (stride True must not hit the entry of stride 1)."""
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple((type(v), v) for v in value))
+    return (type(value), value)
+
+
+def _thawed(key):
+    kind, value = key
+    return kind(v for _, v in value) if kind in (tuple, list) else value
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_geometry(key) -> WindowGeometry:
+    x_shape, window, stride, padding, x_name, window_name = key
+    return _window_geometry(_thawed(x_shape), _thawed(window), _thawed(stride), _thawed(padding), x_name, window_name)
+
+
+def _window_geometry(x_shape, window, stride, padding, x_name, window_name) -> WindowGeometry:
     N, C, H, W = (int(v) for v in x_shape)
     R, S = window
     stride_h, stride_w = as_pair("stride", stride, 1)
