@@ -308,9 +308,9 @@ def _train_step_cases(quick):
         yield Case("train_step", "fwd+bwd+adam", f"{net.label} N{N}", _train_step(net, N),
                    3 * net.forward_flops(N), tol=1e-4, rotate=False)
     if not quick:
-        N = 128
-        yield Case("train_step", "fit step, CUDA graph", f"{SEED001.label} N{N}", _graphed_fit_step(SEED001, N),
-                   3 * SEED001.forward_flops(N), tol=1e-4, rotate=False)
+        for net, N in ((SEED001, 128), (SEED002, 128)):
+            yield Case("train_step", "fit step, CUDA graph", f"{net.label} N{N}", _graphed_fit_step(net, N),
+                       3 * net.forward_flops(N), tol=1e-4, rotate=False)
 
 
 def _graphed_fit_step(net: "SeedNetwork", N):
@@ -319,18 +319,19 @@ def _graphed_fit_step(net: "SeedNetwork", N):
     tests/test_graph_capture.py's job (graph fit == eager fit, bit for bit); the eager step above is
     the one checked against the float64 truth. Reference: the same PyTorch eager step as above."""
     def prepare(side):
-        from cnn_gpu.losses import SparseCategoricalCrossentropy
+        from cnn_gpu.losses import BinaryCrossentropy, SparseCategoricalCrossentropy
         from cnn_gpu.models import Sequential
         from cnn_gpu.optimizers import Adam
 
         C, H, W = net.input_shape
         model = Sequential(net.ours(), seed=0)
         model.build((H, W, C))  # the user's channels-last layout
+        binary = net.classes == 1
+        loss = BinaryCrossentropy(from_logits=True) if binary else SparseCategoricalCrossentropy(from_logits=True)
         model.compile(optimizer=Adam(learning_rate=1e-3, beta_2=ADAM_BETA_2, epsilon=KERAS_ADAM_EPSILON),
-                      loss=SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-                      cuda_graph=True)
+                      loss=loss, metrics=["accuracy"], cuda_graph=True)
         x = side.normal(N, C, H, W)  # the layers' NCHW layout, as the runner takes it
-        labels = side.labels(N, net.classes)
+        labels = _step_labels(side, net, N)
         targets = asarray(model._targets(to_numpy(labels), N))  # as fit hands them to its runner
         steps = model._training_steps(N)
         bound = Bound(lambda: steps.run(x, targets), inputs=(x, labels), bytes=0.0, refs_match=False)
@@ -411,6 +412,13 @@ def torch_adam_epsilon(keras_epsilon=KERAS_ADAM_EPSILON, beta_2=ADAM_BETA_2) -> 
 TRAIN_STEP_CHECK = "loss + first and last kernels' gradients of step 1 (before the update), dropout off"
 
 
+def _step_labels(side, net: SeedNetwork, N):
+    """Random targets for a step of net: (N, 1) floats in {0, 1} for a binary net, else N class indices."""
+    if net.classes == 1:
+        return (side.uniform(N, 1) > 0.5).astype(numpy.float32)
+    return side.labels(N, net.classes)
+
+
 def _train_step(net: SeedNetwork, N):
     """Forward (training mode), fused loss + gradient, backward, Adam on every parameter.
 
@@ -426,11 +434,10 @@ def _train_step(net: SeedNetwork, N):
 
         layers = net.ours()
         x = side.normal(N, *net.input_shape)
+        labels = _step_labels(side, net, N)
         if net.classes == 1:
-            labels = (side.uniform(N, 1) > 0.5).astype(numpy.float32)
             loss_fn = F.sigmoid_binary_cross_entropy
         else:
-            labels = side.labels(N, net.classes)
             loss_fn = functools.partial(F.softmax_cross_entropy, check_labels=False)  # labels are ours, in range
         h = x
         for layer in layers:  # builds every layer for this input shape
