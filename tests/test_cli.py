@@ -98,3 +98,15 @@ def test_expected_error_in_process_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == "cnn-gpu: error: first line (--debug shows the rest)\n"
 
+
+
+def test_train_replays_cuda_graphs_unless_told_not_to(monkeypatch, tmp_path):
+    """--cuda-graph (the default) reaches Sequential.compile; --no-cuda-graph turns it off."""
+    from cnn_gpu.models import Sequential
+
+    seen = []
+    original = Sequential.compile
+    monkeypatch.setattr(Sequential, "compile", lambda self, *a, **k: (seen.append(k.get("cuda_graph")), original(self, *a, **k))[1])
+    for flag, expected in (([], True), (["--no-cuda-graph"], False)):
+        assert cli.main(["train", "--backend", "numpy", "--epochs", "1", "--limit", "40", "--out", str(tmp_path), *flag]) == 0
+        assert seen.pop() is expected
