@@ -6,14 +6,18 @@
 # (on the device machine the tree is a copy without .git: pass the commit in CNN_GPU_COMMIT, written
 # into env.txt and results.json). Stages, the most important evidence first, each under its own
 # timeout so that one hang cannot eat the rest, none able to stop the script:
-#   1. pytest -q -rs tests/ with CNN_GPU_BACKEND=cuda            (<= 180 s)
+#   1. pytest -q -rs tests/ with CNN_GPU_BACKEND=cuda            (<= 220 s)
 #   2-4. compute-sanitizer memcheck, racecheck, synccheck over
-#        benchmarks/sanitize_all_kernels.py                      (<= 60 s each)
-#   5. python3 -m cnn_gpu bench (the full suite)                 (<= 300 s, the rest of the budget)
+#        benchmarks/sanitize_all_kernels.py                      (<= 60 s each, one log)
+#   5. host time per small op (benchmarks/host_overhead.py) and
+#      `cnn-gpu train` with its default CUDA-graph steps         (<= 90 s, one log)
+#   6. Nsight Compute on the default conv forward and SGEMM       (<= 60 s)
+#   7. python3 -m cnn_gpu bench (the full suite)                 (<= 300 s, the rest of the budget)
 # The whole script keeps within GPU_RUN_BUDGET_S (default 570 s; the device tool allows 600 s a
 # command): a later stage gets what is left, the bench is told its budget so that it ends cleanly.
-# Writes 8 files to $OUT: env.txt (versions, nvidia-smi, each stage's exit code and seconds),
-# pytest.log, memcheck.log, racecheck.log, synccheck.log, bench.log, results.json, speedup.png.
+# Writes 8 files to $OUT (the device tool returns at most 8): env.txt (versions, nvidia-smi, each
+# stage's exit code and seconds), pytest.log, sanitize.log, host.log, ncu.log, bench.log, results.json,
+# speedup.png.
 set -u
 OUT=${OUT:?set OUT to the folder for the result files}
 BUDGET_S=${GPU_RUN_BUDGET_S:-570}
@@ -77,10 +81,31 @@ for tool in memcheck racecheck synccheck; do
     if [[ -n "$sanitizer" ]]; then
         stage "$tool" 60 "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 100 \
             python3 benchmarks/sanitize_all_kernels.py
+        { echo "===== compute-sanitizer --tool $tool ====="; cat "$OUT/$tool.log"; } >> "$OUT/sanitize.log"
+        rm -f "$OUT/$tool.log"
     else
         echo "stage $tool: not run, compute-sanitizer not found" >> "$summary"
     fi
 done
+
+stage host 90 bash -c 'python3 benchmarks/host_overhead.py
+    echo "===== python3 -m cnn_gpu train (defaults: CUDA-graph steps) ====="
+    python3 -m cnn_gpu train --out "$(mktemp -d)"'
+
+ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)
+if [[ -n "$ncu" ]]; then
+    # one launch each of the default-tile conv forward (ResNet 3x3 128->128 28², N128) and SGEMM 4096³
+    stage ncu 60 env CNN_GPU_AUTOTUNE=0 "$ncu" --kernel-name regex:'conv2d_fwd_bias_act|gemm_nn' --launch-count 2 \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+        --section WarpStateStats --section Occupancy --section LaunchStats \
+        python3 -c 'import cupy; from cnn_gpu import functional as F
+r = cupy.random.RandomState(0)
+F.conv2d(r.standard_normal((128, 128, 28, 28), dtype="float32"), r.standard_normal((128, 128, 3, 3), dtype="float32"), padding=1)
+F.matmul(r.standard_normal((4096, 4096), dtype="float32"), r.standard_normal((4096, 4096), dtype="float32"))
+cupy.cuda.Device().synchronize()'
+else
+    echo "stage ncu: not run, ncu not found" >> "$summary"
+fi
 
 bench_dir=$(mktemp -d)
 bench_limit=$(seconds_left)
