@@ -109,7 +109,10 @@ LARGE_TILES = TileConfig(128, 128, 8, 8, 8, 2)   # the kernel file's defaults: b
 SKINNY_TILES = TileConfig(64, 64, 8, 8, 4, 4)    # M or N <= 64 (dense layers at small batch, class scores)
 DEEP_TILES = TileConfig(128, 64, 16, 8, 4, 2)    # half the tiles' area, twice the slab: mid-sized products
 SMALL_TILES = TileConfig(32, 32, 8, 4, 4, 8)     # 64 threads: more blocks for M or N <= 64
-TILE_CONFIGS = (LARGE_TILES, SKINNY_TILES, DEEP_TILES, SMALL_TILES)  # all autotuner candidates, all tested
+# 128 x 128 with a 16-deep slab: half the barriers and slab switches of LARGE_TILES for one block an SM
+# (218 registers a thread on sm_90; at two blocks an SM it would spill)
+WIDE_SLAB_TILES = TileConfig(128, 128, 16, 8, 8, 1)
+TILE_CONFIGS = (LARGE_TILES, SKINNY_TILES, DEEP_TILES, SMALL_TILES, WIDE_SLAB_TILES)  # the autotuner's candidates, all tested
 MIN_SLABS_PER_SPLIT = 16  # split-K slices keep at least 16·tile_k of K each, so the extra pass stays cheap
 MIN_SLABS_PER_SPLIT_TUNED = 4  # the autotuner also tries slices this short (more blocks, a longer extra pass)
 MAX_SPLITS = 16
