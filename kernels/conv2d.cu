@@ -12,19 +12,25 @@
 // the fly) and one shared main loop (implicit_gemm) does the tiled multiply:
 //
 //   block tile BM × BN of C, reduction in steps of BK; THREADS = (BM/TM)·(BN/TN) threads (256 by default);
-//   shared memory As[2][BK][BM+4], Bs[2][BK][BN+4] (double-buffered: tile t+1 is loaded from global
-//   memory into registers while tile t is multiplied, then stored to the other buffer; one barrier a step);
-//   thread (row, col) = (tid / (BN/TN), tid % (BN/TN)) accumulates C rows row·TM .. row·TM+TM−1 (read as
-//   float4 from As) × columns col + j·(BN/TN), j < TN (consecutive threads, consecutive columns: the
-//   epilogue's stores coalesce and the Bs reads hit distinct banks).
-//   Tile loads: thread tid loads A elements (m = tid/BK + i·THREADS/BK, q = tid%BK) and B elements
-//   (q = tid/BN + i·THREADS/BN, n = tid%BN), so the tensor position a thread's B column stands for is
-//   decoded once, and its reduction indices are stepped by BK with mixed-radix counters (no division).
+//   shared memory As[2][BK][BM+4], Bs[2][BK][BN+4] (k-major; double-buffered: tile t+1 is loaded from
+//   global memory into registers while tile t is multiplied, then stored to the other buffer; one barrier
+//   a step). Rows of BM+4 / BN+4 floats keep every float4 of them 16-byte aligned.
+//   Thread mapping as gemm.cu: a warp is 8 (n) × 4 (m) threads; thread (tx, ty) owns TM×TN outputs as
+//   (TM/4)×(TN/4) 4×4 blocks, rows q·4·THREADS_Y + 4·ty + i and columns q·4·THREADS_X + 4·tx + j, so both
+//   fragments are float4 reads (per k, TM/4 + TN/4 LDS.128 for TM·TN FMAs; a warp's 8 tx read 128
+//   consecutive bytes of Bs, its 4 ty 4 float4 of As: no bank conflict).
+//   A tile loads: thread tid loads A elements (m = tid/BK + i·THREADS/BK, q = tid%BK), stored transposed.
+//   B tile loads: chunks of 4 CONSECUTIVE columns of one reduction row (b_chunk_row / b_chunk_col), stored
+//   with one float4: the row's reduction index is decoded once per chunk (mixed-radix counters stepped by
+//   BK, no division) and only the per-column parts, decoded once per block, differ between its 4 loads.
+//   B columns past the GEMM's edge are clamped onto its last column: they only feed outputs the epilogue
+//   does not write, and every load they make is in bounds. Reduction rows past the end load zeros.
 //
 // Tile sizes are the CONV_* defines below (cnn_gpu/ops/conv.py's DEFAULT_TILE; its other CONV_TILES are
 // compiled with -DCONV_BM=... and cnn_gpu/cuda/autotune.py picks one per kernel and shape).
-// Indices inside one image are 32-bit, image offsets 64-bit; the Python side checks with
-// require_int32_indexable that one image, w, and the GEMM extents fit in 32 bits.
+// Indices inside one image are 32-bit, image offsets 64-bit: one ZERO-PADDED image of x
+// (C·(H+pt+pb)·(W+pl+pr)), one image of y, w and the GEMM extents must fit in 32 bits (a gather's offset
+// (c·H + r)·W + s is bounded by the padded image, since R ≤ H+pt+pb and S ≤ W+pl+pr).
 // No float atomics: dw and db are reduced in per-block partials and summed in a fixed order by
 // conv2d_sum_partials, so backward is bit-reproducible.
 #include "common.cuh"
@@ -46,18 +52,22 @@
 #endif
 
 constexpr int BM = CONV_BM, BN = CONV_BN, BK = CONV_BK, TM = CONV_TM, TN = CONV_TN;
-constexpr int THREAD_COLS = BN / TN;               // threads along a row of the block tile
-constexpr int THREADS = (BM / TM) * THREAD_COLS;
+constexpr int THREADS_X = BN / TN;                 // threads along n (a row of the block tile)
+constexpr int THREADS_Y = BM / TM;                 // threads along m
+constexpr int THREADS = THREADS_X * THREADS_Y;
 constexpr int SMEM_PAD = 4;                        // breaks the power-of-two row stride, keeps float4 alignment
 constexpr int A_LOADS = BM * BK / THREADS;         // A-tile elements each thread loads per step
-constexpr int B_LOADS = BK * BN / THREADS;
 constexpr int A_ROW_STEP = THREADS / BK;           // rows between one thread's A elements
-constexpr int B_ROW_STEP = THREADS / BN;           // reduction rows between one thread's B elements
+constexpr int B_CHUNKS_PER_ROW = BN / 4;           // float4 chunks in one reduction row of the B tile
+constexpr int B_CHUNKS = BK * BN / 4 / THREADS;    // B-tile chunks each thread loads per step
+constexpr int B_ROW_STEP = THREADS / B_CHUNKS_PER_ROW;  // reduction rows between one thread's B chunks
 
+static_assert(TM % 4 == 0 && TN % 4 == 0, "a thread's outputs are 4x4 blocks (float4 fragments)");
 static_assert(BM % TM == 0 && BN % TN == 0, "the block tile must split into thread tiles");
-static_assert(TM % 4 == 0, "A fragments are read as float4");
+static_assert(THREADS_X % 8 == 0 && THREADS_Y % 4 == 0, "warps are 8 (n) x 4 (m) threads");
 static_assert(THREADS % BK == 0 && (BM * BK) % THREADS == 0, "each thread loads whole A columns");
-static_assert(THREADS % BN == 0 && (BK * BN) % THREADS == 0, "each thread loads whole B columns");
+static_assert(THREADS % B_CHUNKS_PER_ROW == 0 && B_CHUNKS * THREADS * 4 == BK * BN,
+              "each thread loads the same number of whole B chunks, all in the same 4 columns");
 
 // ---- geometry and index helpers -----------------------------------------------------------------
 struct ConvShape {
@@ -95,39 +105,64 @@ struct DigitCounter {
     }
 };
 
-// t / d when d divides t >= 0 exactly, else -1. Stride 1 (the common case) skips the division.
-__device__ __forceinline__ int exact_quotient(int t, int d) {
-    if (t < 0) return -1;
-    if (d == 1) return t;
-    const int q = t / d;
-    return q * d == t ? q : -1;
+// quotient = floor(v / d), remainder = v − d·quotient, for v >= 0, d >= 1. Stride 1 (the common case)
+// skips the division.
+__device__ __forceinline__ void divide(int v, int d, int& quotient, int& remainder) {
+    quotient = d == 1 ? v : v / d;
+    remainder = v - quotient * d;
 }
 
 __device__ __forceinline__ bool inside(int i, int n) { return (unsigned)i < (unsigned)n; }
 
+__device__ __forceinline__ bool aligned16(const void* p) { return reinterpret_cast<unsigned long long>(p) % 16 == 0; }
+
+// A gather's base address, kept as a plain 64-bit integer: the compiler then forms each load's address
+// base + 4·offset with one wide multiply-add, where from a tensor pointer it re-derives the address with a
+// 64-bit add and shift per load. Only called for in-bounds elements.
+typedef unsigned long long Address;
+__device__ __forceinline__ Address address_of(const float* p) { return reinterpret_cast<Address>(p); }
+__device__ __forceinline__ float gather(Address base, int offset) {
+    return __ldg(reinterpret_cast<const float*>(base + (int64)offset * 4));
+}
+
+// This thread's coordinates in the block tile (gemm.cu's mapping): a warp is 8 (tx) × 4 (ty) threads.
+__device__ __forceinline__ int thread_x() { return (threadIdx.x / 32 % (THREADS_X / 8)) * 8 + threadIdx.x % 8; }
+__device__ __forceinline__ int thread_y() { return (threadIdx.x / 32 / (THREADS_X / 8)) * 4 + threadIdx.x % 32 / 8; }
+
+// The C element a thread's acc[i][j] holds, relative to the block tile's corner.
+__device__ __forceinline__ int tile_row(int i) { return (i / 4) * 4 * THREADS_Y + 4 * thread_y() + i % 4; }
+__device__ __forceinline__ int tile_col(int j) { return (j / 4) * 4 * THREADS_X + 4 * thread_x() + j % 4; }
+
+// The B-tile chunks a thread loads each step: chunk i is reduction row b_chunk_row(i), columns
+// b_chunk_col() .. +3 (the same 4 columns for all of a thread's chunks).
+__device__ __forceinline__ int b_chunk_row(int i) { return threadIdx.x / B_CHUNKS_PER_ROW + i * B_ROW_STEP; }
+__device__ __forceinline__ int b_chunk_col() { return 4 * (threadIdx.x % B_CHUNKS_PER_ROW); }
+
 // ---- the shared GEMM main loop ------------------------------------------------------------------
-// acc[i][j] = Σ_q A[row·TM + i][q] · B[q][col + j·THREAD_COLS] over num_tiles steps of BK, where the
-// loaders' load() fill a thread's A_LOADS / B_LOADS elements of the current step (zero outside the
-// problem) and next() moves them to the following step. Every thread of the block must call it.
+// acc[i][j] = Σ_q A[tile_row(i)][q] · B[q][tile_col(j)] over num_tiles steps of BK, where the loaders'
+// load() fill a thread's A_LOADS elements / B_CHUNKS chunks of the current step (zero past the reduction's
+// end) and next() moves them to the following step. Every thread of the block must call it.
 template <class ALoader, class BLoader>
 __device__ __forceinline__ void implicit_gemm(ALoader& a, BLoader& b, int num_tiles, float (&acc)[TM][TN]) {
     __shared__ __align__(16) float As[2][BK][BM + SMEM_PAD];
     __shared__ __align__(16) float Bs[2][BK][BN + SMEM_PAD];
     const int a_row = threadIdx.x / BK, a_col = threadIdx.x % BK;
-    const int b_row = threadIdx.x / BN, b_col = threadIdx.x % BN;
-    const int row = threadIdx.x / THREAD_COLS, col = threadIdx.x % THREAD_COLS;
+    const int tx = thread_x(), ty = thread_y();
 
 #pragma unroll
     for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
 
-    float a_regs[A_LOADS], b_regs[B_LOADS];
+    float a_regs[A_LOADS];
+    float4 b_regs[B_CHUNKS];
+    // A: 16 threads of a warp store 16 k-rows of one column (2-way bank conflict at most, A_LOADS stores a
+    // step); B: a quarter-warp stores 8 consecutive chunks of one row, 128 contiguous bytes.
     auto store_tile = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i) As[buf][a_col][a_row + i * A_ROW_STEP] = a_regs[i];
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) Bs[buf][b_row + i * B_ROW_STEP][b_col] = b_regs[i];
+        for (int i = 0; i < B_CHUNKS; ++i) store_float4(&Bs[buf][b_chunk_row(i)][b_chunk_col()], b_regs[i]);
     };
 
     a.load(a_regs);
@@ -147,12 +182,15 @@ __device__ __forceinline__ void implicit_gemm(ALoader& a, BLoader& b, int num_ti
         for (int kk = 0; kk < BK; ++kk) {
             float af[TM], bf[TN];
 #pragma unroll
-            for (int i = 0; i < TM; i += 4) {
-                const float4 v = *reinterpret_cast<const float4*>(&As[cur][kk][row * TM + i]);
-                af[i] = v.x; af[i + 1] = v.y; af[i + 2] = v.z; af[i + 3] = v.w;
+            for (int q = 0; q < TM / 4; ++q) {
+                const float4 v = load_float4(&As[cur][kk][q * 4 * THREADS_Y + 4 * ty]);
+                af[4 * q] = v.x; af[4 * q + 1] = v.y; af[4 * q + 2] = v.z; af[4 * q + 3] = v.w;
             }
 #pragma unroll
-            for (int j = 0; j < TN; ++j) bf[j] = Bs[cur][kk][col + j * THREAD_COLS];
+            for (int q = 0; q < TN / 4; ++q) {
+                const float4 v = load_float4(&Bs[cur][kk][q * 4 * THREADS_X + 4 * tx]);
+                bf[4 * q] = v.x; bf[4 * q + 1] = v.y; bf[4 * q + 2] = v.z; bf[4 * q + 3] = v.w;
+            }
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -163,58 +201,146 @@ __device__ __forceinline__ void implicit_gemm(ALoader& a, BLoader& b, int num_ti
     }
 }
 
-// The C element a thread's acc[i][j] holds, relative to the block tile's corner.
-__device__ __forceinline__ int tile_row(int i) { return (threadIdx.x / THREAD_COLS) * TM + i; }
-__device__ __forceinline__ int tile_col(int j) { return threadIdx.x % THREAD_COLS + j * THREAD_COLS; }
-
-// ---- loaders: forward ---------------------------------------------------------------------------
-// A[k][q] = w[k][q]: w as the row-major (K, C·R·S) matrix. Thread: rows k0 + tid/BK + i·A_ROW_STEP, column q.
-struct FilterRows {
-    const float* w;
-    int rows, cols, first_row, q;
-    __device__ FilterRows(const float* w, int rows, int cols, int row0)
-        : w(w), rows(rows), cols(cols), first_row(row0 + threadIdx.x / BK), q(threadIdx.x % BK) {}
-    __device__ void load(float (&v)[A_LOADS]) const {
+// ---- epilogues ----------------------------------------------------------------------------------
+// out[n][m][pixel] = acc (an NCHW tensor of M channels and PIX pixels an image) for the block's C rows
+// m = m0 + tile_row(i) < M and columns p = n·PIX + pixel = p0 + tile_col(j) < N·PIX. A thread's 4
+// consecutive columns are 4 consecutive pixels (p0 and 4·tx are multiples of 4): one float4 store when
+// PIX % 4 == 0 (then they are in one image and 16-byte aligned), else up to 4 scalar stores that may
+// cross into the next images. A warp's 8 tx store 32 consecutive pixels of one channel.
+__device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const float (&acc)[TM][TN], int m0, int p0,
+                                                 int M, int N, int PIX) {
+    const int npix = N * PIX;
+    const bool vec = PIX % 4 == 0 && aligned16(out);
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int row = first_row + i * A_ROW_STEP;
-            v[i] = (row < rows && q < cols) ? __ldg(w + row * cols + q) : 0.f;
+    for (int g = 0; g < TN / 4; ++g) {
+        const int p = p0 + tile_col(4 * g);
+        if (p >= npix) continue;
+        int n = p / PIX, pixel = p - n * PIX;
+        if (vec) {
+#pragma unroll
+            for (int i = 0; i < TM; ++i) {
+                const int m = m0 + tile_row(i);
+                if (m < M)
+                    store_float4(out + ((int64)n * M + m) * PIX + pixel,
+                                 make_float4(acc[i][4 * g], acc[i][4 * g + 1], acc[i][4 * g + 2], acc[i][4 * g + 3]));
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                if (p + j < npix) {
+#pragma unroll
+                    for (int i = 0; i < TM; ++i) {
+                        const int m = m0 + tile_row(i);
+                        if (m < M) out[((int64)n * M + m) * PIX + pixel] = acc[i][4 * g + j];
+                    }
+                }
+                if (++pixel == PIX) {  // the next column is the next image's first pixel
+                    pixel = 0;
+                    ++n;
+                }
+            }
         }
     }
-    __device__ void next() { q += BK; }
+}
+
+// out[m][col] = acc (row-major, cols wide) for the block's C rows m0 + tile_row(i) < M and columns
+// col0 + tile_col(j) < cols; float4 stores when cols % 4 == 0.
+__device__ __forceinline__ void store_row_major_tile(float* __restrict__ out, const float (&acc)[TM][TN], int m0, int col0,
+                                                     int M, int cols) {
+    const bool vec = cols % 4 == 0 && aligned16(out);
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + tile_row(i);
+        if (m >= M) continue;
+        float* row = out + (int64)m * cols;
+#pragma unroll
+        for (int g = 0; g < TN / 4; ++g) {
+            const int col = col0 + tile_col(4 * g);
+            if (vec && col < cols) {
+                store_float4(row + col, make_float4(acc[i][4 * g], acc[i][4 * g + 1], acc[i][4 * g + 2], acc[i][4 * g + 3]));
+            } else if (!vec) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (col + j < cols) row[col + j] = acc[i][4 * g + j];
+            }
+        }
+    }
+}
+
+// acc[i][j] = act(acc[i][j] + bias[k0 + tile_row(i)]) (no bias where bias is null or the row is past K).
+// One activation branch per tile, not per element (as gemm.cu): keeps the epilogue's registers low.
+template <int ACT>
+__device__ __forceinline__ void bias_act_tile(float (&acc)[TM][TN], const float* __restrict__ bias, int k0, int K, float slope) {
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int k = k0 + tile_row(i);
+        const float b = bias != nullptr && k < K ? __ldg(bias + k) : 0.f;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = apply_activation(acc[i][j] + b, ACT, slope);
+    }
+}
+
+// ---- loaders: forward ---------------------------------------------------------------------------
+// A[k][q] = w[k][q]: w as the row-major (K, C·R·S) matrix. Thread: rows k0 + tid/BK + i·A_ROW_STEP, column q
+// (16 consecutive threads read 16 consecutive q of one row); one pointer walks the first row, the others
+// are fixed offsets from it.
+struct FilterRows {
+    const float* first;  // &w[first_row][q]
+    int cols, q, rows_left;  // rows_left: rows from first_row to the end of w
+    __device__ FilterRows(const float* w, int rows, int cols, int row0)
+        : first(w + (int64)(row0 + threadIdx.x / BK) * cols + threadIdx.x % BK), cols(cols), q(threadIdx.x % BK),
+          rows_left(rows - row0 - threadIdx.x / BK) {}
+    __device__ void load(float (&v)[A_LOADS]) const {
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i)
+            v[i] = (i * A_ROW_STEP < rows_left && q < cols) ? __ldg(first + i * A_ROW_STEP * cols) : 0.f;
+    }
+    __device__ void next() {
+        q += BK;
+        first += BK;
+    }
 };
 
 // B[q][p] = x[n, c, oh·sh − pt + r, ow·sw − pl + s] (the im2col matrix), q = (c, r, s), p = (n, oh, ow).
-// Thread: column p = p0 + tid%BN (decoded once), rows q = tid/BN + i·B_ROW_STEP stepped by BK.
+// Thread: columns p0 + b_chunk_col() + j, j < 4 (each pixel's window corner decoded once), rows
+// q = b_chunk_row(i) stepped by BK; a chunk's (c, r, s) and its offset (c·H + r)·W + s serve its 4 pixels.
 struct Im2colColumns {
-    const float* image;  // x[n] of this thread's output pixel
-    int C, H, W, ih0, iw0;
-    bool pixel_ok;
-    DigitCounter walk;   // q -> (c, r, s)
-    Digits q[B_LOADS];
+    Address corner[4];       // &x[n, 0, ih0, iw0] (as if x were unbounded): x[n, c, ih0 + r, iw0 + s] = corner[(c·H + r)·W + s]
+    int ih0[4], iw0[4];      // oh·sh − pt, ow·sw − pl of each column's pixel
+    int C, H, W;
+    DigitCounter walk;       // q -> (c, r, s)
+    Digits q[B_CHUNKS];
     __device__ Im2colColumns(const float* x, const ConvShape& g, int p0) : C(g.C), H(g.H), W(g.W), walk(g.R, g.S, BK) {
-        const int ohw = g.OH * g.OW;
-        const int p = p0 + threadIdx.x % BN;
-        pixel_ok = p < g.N * ohw;
-        const int n = pixel_ok ? p / ohw : 0;
-        const int pix = pixel_ok ? p - n * ohw : 0;
-        const int oh = pix / g.OW;
-        ih0 = oh * g.sh - g.pt;
-        iw0 = (pix - oh * g.OW) * g.sw - g.pl;
-        image = x + (int64)n * g.C * g.H * g.W;
+        const int npix = g.N * g.OH * g.OW;
+        const DigitCounter pixels(g.OH, g.OW, 1);  // p -> (n, oh, ow), stepped one pixel at a time
+        const int p = p0 + b_chunk_col();
+        Digits d = pixels.at(min(p, npix - 1));
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) q[i] = walk.at(threadIdx.x / BN + i * B_ROW_STEP);
+        for (int j = 0; j < 4; ++j) {
+            ih0[j] = d.mid * g.sh - g.pt;
+            iw0[j] = d.lo * g.sw - g.pl;
+            corner[j] = address_of(x + (int64)d.hi * g.C * g.H * g.W + (int64)ih0[j] * g.W + iw0[j]);
+            if (p + j + 1 < npix) pixels.advance(d);  // else the next columns repeat the last pixel
+        }
+#pragma unroll
+        for (int i = 0; i < B_CHUNKS; ++i) q[i] = walk.at(b_chunk_row(i));
     }
-    __device__ void load(float (&v)[B_LOADS]) const {
+    __device__ void load(float4 (&v)[B_CHUNKS]) const {
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) {
-            const int c = q[i].hi, ih = ih0 + q[i].mid, iw = iw0 + q[i].lo;
-            v[i] = (pixel_ok && c < C && inside(ih, H) && inside(iw, W)) ? __ldg(image + (c * H + ih) * W + iw) : 0.f;
+        for (int i = 0; i < B_CHUNKS; ++i) {
+            const int r = q[i].mid, s = q[i].lo;
+            const bool row_ok = q[i].hi < C;
+            const int offset = (q[i].hi * H + r) * W + s;
+            float e[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                e[j] = (row_ok && inside(ih0[j] + r, H) && inside(iw0[j] + s, W)) ? gather(corner[j], offset) : 0.f;
+            v[i] = make_float4(e[0], e[1], e[2], e[3]);
         }
     }
     __device__ void next() {
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) walk.advance(q[i]);
+        for (int i = 0; i < B_CHUNKS; ++i) walk.advance(q[i]);
     }
 };
 
@@ -222,79 +348,100 @@ struct Im2colColumns {
 // A[c][q] = w[k, c, r, s], q = (k, r·S + s): w read across its first two axes.
 // Thread: rows c0 + tid/BK + i·A_ROW_STEP, column q = (k, rs) stepped by BK.
 struct FilterColumns {
-    const float* w;
-    int C, K, RS, first_c;
+    Address first;       // &w[0, c0 + tid/BK, 0, 0]
+    int K, CRS, RS, c_left;  // c_left: channels from the thread's first to the end of w
     DigitCounter walk;   // q -> (k, 0, rs)
     Digits q;
     __device__ FilterColumns(const float* w, const ConvShape& g, int c0)
-        : w(w), C(g.C), K(g.K), RS(g.R * g.S), first_c(c0 + threadIdx.x / BK), walk(1, g.R * g.S, BK) {
+        : first(address_of(w + (int64)(c0 + threadIdx.x / BK) * g.R * g.S)), K(g.K), CRS(g.C * g.R * g.S),
+          RS(g.R * g.S), c_left(g.C - c0 - threadIdx.x / BK), walk(1, g.R * g.S, BK) {
         q = walk.at(threadIdx.x % BK);
     }
     __device__ void load(float (&v)[A_LOADS]) const {
+        const Address column = first + (int64)(q.hi * CRS + q.lo) * 4;  // &w[k, first c, rs]
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int c = first_c + i * A_ROW_STEP;
-            v[i] = (c < C && q.hi < K) ? __ldg(w + (q.hi * C + c) * RS + q.lo) : 0.f;
-        }
+        for (int i = 0; i < A_LOADS; ++i)
+            v[i] = (i * A_ROW_STEP < c_left && q.hi < K) ? gather(column, i * A_ROW_STEP * RS) : 0.f;
     }
     __device__ void next() { walk.advance(q); }
 };
 
 // B[q][p] = dy[n, k, (h + pt − r)/sh, (w + pl − s)/sw], q = (k, r, s), p = (n, h, w); zero unless both
-// divisions are exact and inside dy. Thread: column p = p0 + tid%BN, rows q = tid/BN + i·B_ROW_STEP.
+// divisions are exact and inside dy. Thread: columns p0 + b_chunk_col() + j, j < 4, rows q = b_chunk_row(i)
+// stepped by BK. Without a division per element: write h + pt = a·sh + ra and r = rq·sh + rr (0 <= ra, rr < sh);
+// then h + pt − r = (a − rq)·sh + (ra − rr) with |ra − rr| < sh, so the division is exact iff rr == ra, and
+// its quotient is a − rq (negative, so outside dy, exactly when h + pt − r < 0). Likewise along w. A
+// column's (a, ra) are decoded once; a chunk's (rq, rr) once per step, shared by its 4 pixels.
 struct OutputGradGather {
-    const float* image;  // dy[n] of this thread's input pixel
-    int K, OH, OW, sh, sw, th0, tw0;
-    bool pixel_ok;
-    DigitCounter walk;   // q -> (k, r, s)
-    Digits q[B_LOADS];
+    Address corner[4];       // &dy[n, 0, a, b] (as if dy were unbounded) of each column's pixel
+    int oh_max[4], ow_max[4];  // a, b: tap (r, s) reads dy row a − rq, column b − sq
+    int phase[4];            // ra·sw + rb: tap (r, s) is exact iff rr·sw + sr equals it
+    int K, OH, OW, sh, sw;
+    DigitCounter walk;       // q -> (k, r, s)
+    Digits q[B_CHUNKS];
     __device__ OutputGradGather(const float* dy, const ConvShape& g, int p0)
         : K(g.K), OH(g.OH), OW(g.OW), sh(g.sh), sw(g.sw), walk(g.R, g.S, BK) {
-        const int hw = g.H * g.W;
-        const int p = p0 + threadIdx.x % BN;
-        pixel_ok = p < g.N * hw;
-        const int n = pixel_ok ? p / hw : 0;
-        const int pix = pixel_ok ? p - n * hw : 0;
-        const int h = pix / g.W;
-        th0 = h + g.pt;
-        tw0 = pix - h * g.W + g.pl;
-        image = dy + (int64)n * g.K * g.OH * g.OW;
+        const int npix = g.N * g.H * g.W;
+        const DigitCounter pixels(g.H, g.W, 1);  // p -> (n, h, w), stepped one pixel at a time
+        const int p = p0 + b_chunk_col();
+        Digits d = pixels.at(min(p, npix - 1));
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) q[i] = walk.at(threadIdx.x / BN + i * B_ROW_STEP);
+        for (int j = 0; j < 4; ++j) {
+            int ra, rb;
+            divide(d.mid + g.pt, g.sh, oh_max[j], ra);
+            divide(d.lo + g.pl, g.sw, ow_max[j], rb);
+            phase[j] = ra * g.sw + rb;
+            corner[j] = address_of(dy + (int64)d.hi * g.K * g.OH * g.OW + (int64)oh_max[j] * g.OW + ow_max[j]);
+            if (p + j + 1 < npix) pixels.advance(d);  // else the next columns repeat the last pixel
+        }
+#pragma unroll
+        for (int i = 0; i < B_CHUNKS; ++i) q[i] = walk.at(b_chunk_row(i));
     }
-    __device__ void load(float (&v)[B_LOADS]) const {
+    __device__ void load(float4 (&v)[B_CHUNKS]) const {
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) {
-            const int k = q[i].hi;
-            const int oh = exact_quotient(th0 - q[i].mid, sh), ow = exact_quotient(tw0 - q[i].lo, sw);
-            v[i] = (pixel_ok && k < K && inside(oh, OH) && inside(ow, OW)) ? __ldg(image + (k * OH + oh) * OW + ow) : 0.f;
+        for (int i = 0; i < B_CHUNKS; ++i) {
+            int rq, rr, sq, sr;
+            divide(q[i].mid, sh, rq, rr);
+            divide(q[i].lo, sw, sq, sr);
+            const bool row_ok = q[i].hi < K;
+            const int tap_phase = rr * sw + sr;
+            const int offset = (q[i].hi * OH - rq) * OW - sq;
+            float e[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                e[j] = (row_ok && tap_phase == phase[j] && inside(oh_max[j] - rq, OH) && inside(ow_max[j] - sq, OW))
+                           ? gather(corner[j], offset) : 0.f;
+            v[i] = make_float4(e[0], e[1], e[2], e[3]);
         }
     }
     __device__ void next() {
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) walk.advance(q[i]);
+        for (int i = 0; i < B_CHUNKS; ++i) walk.advance(q[i]);
     }
 };
 
 // ---- loaders: backward filter (the reduction runs over output pixels p in [p_begin, p_end)) --------
 // A[k][p] = dy[n, k, oh·OW + ow], p = (n, oh·OW + ow). Thread: rows k0 + tid/BK + i·A_ROW_STEP, column p.
+// (Kept per element: 16 consecutive threads read 16 consecutive p of one dy row, and the row's image
+// pointer is decoded once a step, so an element costs one address add; 4-p chunks would need a scalar
+// path for images whose OH·OW is not a multiple of 4.)
 struct OutputGradRows {
-    const float* dy;
-    int K, OHW, first_k, p, p_end;
+    Address first;       // &dy[0, k0 + tid/BK, 0]
+    int64 image_size;    // K·OH·OW
+    int OHW, k_left, p, p_end;  // k_left: filters from the thread's first to the end of dy
     DigitCounter walk;   // p -> (n, 0, pixel)
     Digits d;
     __device__ OutputGradRows(const float* dy, const ConvShape& g, int k0, int p_begin, int p_end)
-        : dy(dy), K(g.K), OHW(g.OH * g.OW), first_k(k0 + threadIdx.x / BK), p(p_begin + threadIdx.x % BK),
-          p_end(p_end), walk(1, g.OH * g.OW, BK) {
+        : first(address_of(dy + (int64)(k0 + threadIdx.x / BK) * g.OH * g.OW)), image_size((int64)g.K * g.OH * g.OW),
+          OHW(g.OH * g.OW), k_left(g.K - k0 - threadIdx.x / BK), p(p_begin + threadIdx.x % BK), p_end(p_end),
+          walk(1, g.OH * g.OW, BK) {
         d = walk.at(p);
     }
     __device__ void load(float (&v)[A_LOADS]) const {
-        const float* image = dy + (int64)d.hi * K * OHW + d.lo;
+        const Address column = first + (d.hi * image_size + d.lo) * 4;  // &dy[n, first k, pixel]
 #pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int k = first_k + i * A_ROW_STEP;
-            v[i] = (p < p_end && k < K) ? __ldg(image + k * OHW) : 0.f;
-        }
+        for (int i = 0; i < A_LOADS; ++i)
+            v[i] = (p < p_end && i * A_ROW_STEP < k_left) ? gather(column, i * A_ROW_STEP * OHW) : 0.f;
     }
     __device__ void next() {
         p += BK;
@@ -302,40 +449,51 @@ struct OutputGradRows {
     }
 };
 
-// B[p][q] = x[n, c, oh·sh − pt + r, ow·sw − pl + s]: the im2col matrix transposed. Thread: column
-// q = q0 + tid%BN = (c, r, s) (decoded once), rows p = p_begin + tid/BN + i·B_ROW_STEP stepped by BK.
+// B[p][q] = x[n, c, oh·sh − pt + r, ow·sw − pl + s]: the im2col matrix transposed. Thread: columns
+// q = q0 + b_chunk_col() + j = (c, r, s), j < 4 (decoded once), rows p = p_begin + b_chunk_row(i) stepped
+// by BK; a chunk's pixel (n, oh, ow) and its window corner serve its 4 columns.
 struct Im2colRows {
     const float* x;
-    int C, H, W, sh, sw, c, ih_off, iw_off, p_end;
-    bool column_ok;
+    int tap_r[4], tap_s[4], tap_offset[4];  // r, s and (c·H + r)·W + s of each column
+    int64 image_size;                       // C·H·W
+    int H, W, sh, sw, pt, pl, p_end;
     DigitCounter walk;   // p -> (n, oh, ow)
-    Digits d[B_LOADS];
-    int p[B_LOADS];
+    Digits d[B_CHUNKS];
+    int p[B_CHUNKS];
     __device__ Im2colRows(const float* x, const ConvShape& g, int q0, int p_begin, int p_end)
-        : x(x), C(g.C), H(g.H), W(g.W), sh(g.sh), sw(g.sw), p_end(p_end), walk(g.OH, g.OW, BK) {
-        const int q = q0 + threadIdx.x % BN;
-        column_ok = q < g.C * g.R * g.S;
-        const Digits crs = DigitCounter(g.R, g.S, 0).at(column_ok ? q : 0);
-        c = crs.hi;
-        ih_off = crs.mid - g.pt;
-        iw_off = crs.lo - g.pl;
+        : x(x), image_size((int64)g.C * g.H * g.W), H(g.H), W(g.W), sh(g.sh), sw(g.sw), pt(g.pt), pl(g.pl),
+          p_end(p_end), walk(g.OH, g.OW, BK) {
+        const int crs = g.C * g.R * g.S;
+        const DigitCounter taps(g.R, g.S, 0);   // q -> (c, r, s)
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) {
-            p[i] = p_begin + threadIdx.x / BN + i * B_ROW_STEP;
+        for (int j = 0; j < 4; ++j) {
+            const Digits t = taps.at(min(q0 + b_chunk_col() + j, crs - 1));
+            tap_r[j] = t.mid;
+            tap_s[j] = t.lo;
+            tap_offset[j] = (t.hi * g.H + t.mid) * g.W + t.lo;
+        }
+#pragma unroll
+        for (int i = 0; i < B_CHUNKS; ++i) {
+            p[i] = p_begin + b_chunk_row(i);
             d[i] = walk.at(p[i]);
         }
     }
-    __device__ void load(float (&v)[B_LOADS]) const {
+    __device__ void load(float4 (&v)[B_CHUNKS]) const {
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) {
-            const int ih = d[i].mid * sh + ih_off, iw = d[i].lo * sw + iw_off;
-            v[i] = (column_ok && p[i] < p_end && inside(ih, H) && inside(iw, W))
-                       ? __ldg(x + ((int64)d[i].hi * C + c) * H * W + ih * W + iw) : 0.f;
+        for (int i = 0; i < B_CHUNKS; ++i) {
+            const int ih = d[i].mid * sh - pt, iw = d[i].lo * sw - pl;
+            const bool row_ok = p[i] < p_end;
+            const Address corner = address_of(x + d[i].hi * image_size + (ih * W + iw));  // as if x were unbounded
+            float e[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                e[j] = (row_ok && inside(ih + tap_r[j], H) && inside(iw + tap_s[j], W)) ? gather(corner, tap_offset[j]) : 0.f;
+            v[i] = make_float4(e[0], e[1], e[2], e[3]);
         }
     }
     __device__ void next() {
 #pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) {
+        for (int i = 0; i < B_CHUNKS; ++i) {
             p[i] += BK;
             walk.advance(d[i]);
         }
@@ -345,60 +503,43 @@ struct Im2colRows {
 // ---- kernels ------------------------------------------------------------------------------------
 // conv2d_fwd_bias_act: y = act(conv(x, w) + b); b may be null (no bias).
 // GEMM M = K, N = N·OH·OW, reduction C·R·S. Grid (cdiv(N·OH·OW, BN), cdiv(K, BM)), block THREADS,
-// static smem 2·BK·(BM+BN+8)·4 bytes. Thread writes y[n, k, oh, ow] for its TM filters × TN pixels.
-// Floor: 2·N·K·OH·OW·C·R·S FLOPs; 4·(N·C·H·W + K·C·R·S + N·K·OH·OW) bytes.
+// static smem 2·BK·(BM+BN+8)·4 bytes. Thread writes y[n, k, oh, ow] for its TM filters × TN pixels
+// (store_pixel_tile). Floor: 2·N·K·OH·OW·C·R·S FLOPs; 4·(N·C·H·W + K·C·R·S + N·K·OH·OW) bytes.
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                     float* __restrict__ y, CONV_SHAPE_PARAMS, int act, float slope) {
     const ConvShape g = CONV_SHAPE;
     const int k0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
-    const int ohw = OH * OW, crs = C * R * S;
+    const int crs = C * R * S;
     FilterRows a(w, K, crs, k0);
     Im2colColumns b(x, g, p0);
     float acc[TM][TN];
     implicit_gemm(a, b, cdiv(crs, BK), acc);
 
-#pragma unroll
-    for (int j = 0; j < TN; ++j) {
-        const int p = p0 + tile_col(j);
-        if (p >= N * ohw) continue;
-        const int n = p / ohw;
-        float* out = y + (int64)n * K * ohw + (p - n * ohw);
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            const int k = k0 + tile_row(i);
-            if (k < K) out[k * ohw] = apply_activation(acc[i][j] + (bias ? __ldg(bias + k) : 0.f), act, slope);
-        }
+    switch (act) {
+        case ACT_RELU: bias_act_tile<ACT_RELU>(acc, bias, k0, K, slope); break;
+        case ACT_LEAKY_RELU: bias_act_tile<ACT_LEAKY_RELU>(acc, bias, k0, K, slope); break;
+        case ACT_SIGMOID: bias_act_tile<ACT_SIGMOID>(acc, bias, k0, K, slope); break;
+        case ACT_TANH: bias_act_tile<ACT_TANH>(acc, bias, k0, K, slope); break;
+        default: bias_act_tile<ACT_NONE>(acc, bias, k0, K, slope);
     }
+    store_pixel_tile(y, acc, k0, p0, K, N, OH * OW);
 }
 
 // conv2d_bwd_data: dx = the gather form above (every dx element written, zero where no window covers it).
 // GEMM M = C, N = N·H·W, reduction K·R·S. Grid (cdiv(N·H·W, BN), cdiv(C, BM)), block THREADS, smem as
-// forward. Thread writes dx[n, c, h, w] for its TM channels × TN pixels. Strides > 1 mask out all but
-// 1/(sh·sw) of the reduction terms (the work is not skipped). Floor: 2·N·K·OH·OW·C·R·S FLOPs;
-// 4·(N·K·OH·OW + K·C·R·S + N·C·H·W) bytes.
+// forward. Thread writes dx[n, c, h, w] for its TM channels × TN pixels (store_pixel_tile). Strides > 1
+// mask out all but 1/(sh·sw) of the reduction terms (the work is not skipped). Floor: 2·N·K·OH·OW·C·R·S
+// FLOPs; 4·(N·K·OH·OW + K·C·R·S + N·C·H·W) bytes.
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_bwd_data(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, CONV_SHAPE_PARAMS) {
     const ConvShape g = CONV_SHAPE;
     const int c0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
-    const int hw = H * W;
     FilterColumns a(w, g, c0);
     OutputGradGather b(dy, g, p0);
     float acc[TM][TN];
     implicit_gemm(a, b, cdiv(K * R * S, BK), acc);
-
-#pragma unroll
-    for (int j = 0; j < TN; ++j) {
-        const int p = p0 + tile_col(j);
-        if (p >= N * hw) continue;
-        const int n = p / hw;
-        float* out = dx + (int64)n * C * hw + (p - n * hw);
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            const int c = c0 + tile_row(i);
-            if (c < C) out[c * hw] = acc[i][j];
-        }
-    }
+    store_pixel_tile(dx, acc, c0, p0, C, N, H * W);
 }
 
 // conv2d_bwd_filter: partials[z][k][q] = Σ over output pixels p in [z·chunk, min(z·chunk + chunk, N·OH·OW))
@@ -418,18 +559,7 @@ conv2d_bwd_filter(const float* __restrict__ dy, const float* __restrict__ x, flo
     Im2colRows b(x, g, q0, p_begin, p_end);
     float acc[TM][TN];
     implicit_gemm(a, b, max(cdiv(p_end - p_begin, BK), 0), acc);
-
-    float* out = partials + (int64)blockIdx.z * K * crs;
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int k = k0 + tile_row(i);
-        if (k >= K) continue;
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const int q = q0 + tile_col(j);
-            if (q < crs) out[k * crs + q] = acc[i][j];
-        }
-    }
+    store_row_major_tile(partials + (int64)blockIdx.z * K * crs, acc, k0, q0, K, crs);
 }
 
 #define BIAS_THREADS 256

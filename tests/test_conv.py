@@ -180,11 +180,18 @@ def test_backward_matches_numpy_float64(backend, xp, rng, case):
 
 # ---- every autotuner candidate, pinned ----------------------------------------------------------------
 # More than 128 filters and pixels (several tiles of the widest variant), C·R·S and K·R·S past one BK
-# step, strides and 'same' padding; backward-filter also at each of its split targets.
+# step, strides and 'same' padding; backward-filter also at each of its split targets. The B loaders
+# gather 4 consecutive GEMM columns per chunk and the epilogues store 4 consecutive pixels, so also:
+# images of 1 and 3 pixels (image boundaries inside a chunk, several per chunk), odd pixel counts
+# (OH·OW = 225, 15; H·W = 63), pixel and C·R·S counts not multiples of 4 nor of any BN / BK (C·R·S = 5,
+# 18, 279, 425), strides 2 and 3 with padding (backward-data's exact-quotient phases), 1×1 kernels, N = 1.
 PINNED_CASES = [
     ((1, 64, 15, 15), (130, 64, 3, 3), 1, 1),
     ((3, 17, 33, 31), (3, 17, 5, 5), 2, "same"),
     ((5, 31, 11, 9), (127, 31, 3, 3), 3, 2),
+    ((7, 5, 3, 1), (9, 5, 1, 1), 1, 0),
+    ((2, 3, 9, 7), (33, 3, 2, 3), (2, 3), (1, 2)),
+    ((1, 2, 1, 1), (5, 2, 3, 3), 1, 1),
 ]
 
 

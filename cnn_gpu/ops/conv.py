@@ -151,6 +151,7 @@ def _kernel(name, tile: ConvTile = DEFAULT_TILE):
 def _require_int32_geometry(g: WindowGeometry, K: int) -> None:
     """The kernels index within one image (and the GEMM extents) in 32 bits, across images in 64."""
     require_int32_indexable("one image of x", (g.C, g.H, g.W))
+    require_int32_indexable("one zero-padded image of x", (g.C,) + g.padded_hw)  # gather offsets span the padding
     require_int32_indexable("one image of y", (K, g.OH, g.OW))
     require_int32_indexable("w", (K, g.C, g.R, g.S))
     require_int32_indexable("the output pixels N*OH*OW", (g.N, g.OH, g.OW))
