@@ -2,7 +2,8 @@
 //   - activation codes and apply_activation / activation_grad_from_output, used by the element-wise
 //     kernels and by the fused epilogues of conv2d and gemm (codes match cnn_gpu/ops/activation.py);
 //   - the counter-based hash behind dropout (mirrored bit for bit in cnn_gpu/ops/dropout.py);
-//   - 16-byte vector load/store helpers;
+//   - 16-byte vector load/store helpers and the unrolled 1-D item layout of the element-wise kernels;
+//   - FastDivmod: division by a runtime-invariant int as a multiply-high and a shift;
 //   - deterministic warp and block sums (softmax losses, batch-norm statistics).
 #pragma once
 
@@ -63,6 +64,36 @@ __device__ __forceinline__ void store_float4(float* p, float4 v) { *reinterpret_
 // Grid-stride loop over [0, n) with 64-bit indices: correct for tensors past 2^31 elements.
 #define GRID_STRIDE_LOOP(i, n) \
     for (int64 i = (int64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64)gridDim.x * blockDim.x)
+
+// Element-wise kernels: each thread handles ELEMENTWISE_UNROLL items, issuing all their loads before
+// the first use, so that ELEMENTWISE_UNROLL float4s an input are in flight a thread. Item k of a thread
+// is (blockIdx.x * ELEMENTWISE_UNROLL + k) * blockDim.x + threadIdx.x: at each k a warp touches 32
+// consecutive items (coalesced), and cdiv(n, blockDim.x * ELEMENTWISE_UNROLL) blocks cover [0, n) once,
+// with no loop (gridDim.x reaches 2^31 - 1: n up to 2^41 float4s).
+#define ELEMENTWISE_UNROLL 4
+__device__ __forceinline__ int64 unrolled_item(int k) {
+    return ((int64)blockIdx.x * ELEMENTWISE_UNROLL + k) * blockDim.x + threadIdx.x;
+}
+
+// ---- fast division by a runtime-invariant divisor (as CUTLASS's FastDivmod) ---------------------
+// For 0 <= n < 2^31 and divisor d >= 1: n / d == __umulhi(n, multiplier) >> shift, with
+// l = ceil(log2 d), multiplier = ceil(2^(31 + l) / d) < 2^32 and shift = l - 1 (Granlund & Montgomery:
+// exact because multiplier * d - 2^(31 + l) < d <= 2^l). d == 1 (l = 0) would need shift -1: it is
+// special-cased. The host computes multiplier and shift (cnn_gpu.cuda.launch.fast_divmod_params, whose
+// tests check this formula against // and % for every d <= 4096) and passes the three as kernel
+// arguments. Cost: one IMAD.HI, a shift and a select instead of a ~20-instruction 32-bit division.
+struct FastDivmod {
+    int divisor;
+    uint32 multiplier, shift;
+
+    __device__ __forceinline__ int div(int n) const {
+        return divisor != 1 ? (int)(__umulhi((uint32)n, multiplier) >> shift) : n;
+    }
+    __device__ __forceinline__ void divmod(int n, int& quotient, int& remainder) const {
+        quotient = div(n);
+        remainder = n - quotient * divisor;
+    }
+};
 
 // ---- deterministic reductions (no atomics: the same inputs give the same bits, run after run) -----
 // Sum over the 32 lanes by a fixed xor butterfly; every lane ends with the same total.

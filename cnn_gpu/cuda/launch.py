@@ -28,6 +28,17 @@ def cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+# Items each thread of an element-wise kernel takes: kernels/common.cuh's ELEMENTWISE_UNROLL.
+ELEMENTWISE_UNROLL = 4
+
+
+def elementwise_blocks(n: int, vec4: bool, threads: int = 256) -> int:
+    """Blocks of an element-wise kernel over n elements (common.cuh's unrolled_item layout):
+    ELEMENTWISE_UNROLL items a thread, an item being a float4 when vec4 (the n % 4 tail goes as
+    scalars), else one element."""
+    return max(1, cdiv(n // 4 if vec4 else n, threads * ELEMENTWISE_UNROLL))
+
+
 def is_aligned(alignment: int, *arrays) -> bool:
     """True when every array's data pointer is a multiple of alignment bytes (what vector loads need)."""
     return all(a.data.ptr % alignment == 0 for a in arrays)
@@ -40,3 +51,16 @@ def require_int32_indexable(name: str, shape) -> None:
         size *= int(extent)
     if size > INT32_MAX:
         raise ValueError(f"{name} of shape {tuple(shape)} has {size} elements, more than this kernel's 32-bit indexing allows (2**31 - 1)")
+
+
+def fast_divmod_params(divisor: int) -> tuple[int, int]:
+    """(multiplier, shift) of kernels/common.cuh's FastDivmod: for 0 <= n < 2**31,
+    n // divisor == (n * multiplier >> 32) >> shift (divisor 1 is special-cased on the device; its
+    pair is (0, 0)). l = ceil(log2 divisor), multiplier = ceil(2**(31 + l) / divisor), shift = l - 1."""
+    if not 1 <= divisor <= INT32_MAX:
+        raise ValueError(f"divisor must be in [1, 2**31 - 1], got {divisor}")
+    if divisor == 1:
+        return 0, 0
+    log2_ceil = (divisor - 1).bit_length()
+    return -(-(1 << (31 + log2_ceil)) // divisor), log2_ceil - 1
+
