@@ -238,6 +238,74 @@ def test_max_matches_numpy(backend, xp, rng, case):
         assert numpy.array_equal(to_numpy(dx), ref_dx)
 
 
+# Disjoint windows (stride >= kernel_size): the CUDA backward writes each window's cell of dx. Strides
+# equal to and past the window, padding, sizes no stride divides (trailing rows / columns in the last
+# cell), gaps between windows, a single window along an axis.
+DISJOINT_CASES = [
+    ((2, 3, 17, 19), 2, 2, 0),
+    ((2, 3, 17, 20), 3, 3, 0),
+    ((1, 2, 16, 17), 3, 3, 1),
+    ((2, 2, 13, 11), 2, 3, 0),
+    ((1, 2, 13, 11), 2, 3, 1),
+    ((1, 1, 9, 10), (2, 3), (3, 4), (1, 1)),
+    ((1, 2, 7, 7), 1, 3, 0),
+    ((2, 1, 11, 9), 3, 3, "same"),
+    ((1, 1, 5, 5), 2, 7, 0),
+    ((3, 5, 33, 31), 3, (3, 5), 0),
+]
+
+
+@pytest.mark.parametrize("case", DISJOINT_CASES, ids=case_id)
+def test_max_backward_disjoint_windows_matches_numpy_bits(backend, xp, rng, case):
+    shape, kernel, stride, padding = case
+    assert not overlapping(kernel, stride)
+    x = rng.standard_normal(shape).astype(numpy.float32)
+    ref_y, ref_indices = F.max_pool2d(x, kernel, stride, padding)
+    dy = rng.standard_normal(ref_y.shape).astype(numpy.float32)
+    dy.reshape(-1)[::7] = -0.0  # routed as +0 (0 + dy), as the NumPy path's scatter into zeros
+    ref_dx = F.max_pool2d_backward(dy, ref_indices, shape, kernel, stride, padding)
+    dx = F.max_pool2d_backward(xp.asarray(dy), xp.asarray(ref_indices), shape, kernel, stride, padding)
+    assert numpy.array_equal(to_numpy(dx).view(numpy.uint32), ref_dx.view(numpy.uint32))
+
+
+@pytest.mark.parametrize("case", [ODD_CASES[1], DISJOINT_CASES[-1]], ids=case_id)
+def test_launches_split_by_planes_match_one_launch(backend, xp, rng, monkeypatch, case):
+    """A tensor past 2**31 elements takes several plane-aligned launches: forced here with a small limit."""
+    from cnn_gpu.ops import pool as pool_module
+
+    shape, kernel, stride, padding = case
+    g = pool_module.pool_geometry(shape, kernel, stride, padding)
+    monkeypatch.setattr(pool_module, "INT32_MAX", 2 * max(g.H * g.W, g.OH * g.OW) + 1)  # 2 planes a launch
+    pool_module._launches.cache_clear()
+    try:
+        assert len(pool_module._launches(g, g.OH * g.OW)) > 1
+        x = rng.standard_normal(shape).astype(numpy.float32)
+        ref_y, ref_indices = F.max_pool2d(x, kernel, stride, padding)
+        y, indices = F.max_pool2d(xp.asarray(x), kernel, stride, padding)
+        assert numpy.array_equal(to_numpy(y), ref_y) and numpy.array_equal(to_numpy(indices), ref_indices)
+        dy = rng.standard_normal(ref_y.shape).astype(numpy.float32)
+        for kind in ("max", "avg"):
+            ref_dx = pool_backward(kind, dy, x, kernel, stride, padding)
+            assert rel_error(pool_backward(kind, xp.asarray(dy), xp.asarray(x), kernel, stride, padding), ref_dx) < 1e-6
+    finally:
+        pool_module._launches.cache_clear()
+
+
+def test_launch_plan_covers_every_plane_in_int32_pieces():
+    """Host side of the CUDA path: 1024 x 1024 planes of 98 x 98 (10**10 elements) in plane-aligned
+    launches of fewer than 2**31 elements of each array, every plane once."""
+    from cnn_gpu.ops import pool as pool_module
+
+    g = pool_module.pool_geometry((1024, 1024, 98, 98), 3, 3, 0)
+    for items_per_plane in (g.OH * g.OW, g.H * g.W):
+        launches = pool_module._launches(g, items_per_plane)
+        assert len(launches) > 1 and launches[0][0] == 0
+        for (first, planes, grid, items), following in zip(launches, launches[1:] + ((g.N * g.C, 0, None, None),)):
+            assert following[0] == first + planes
+            assert planes * g.H * g.W < 2**31 and planes * g.OH * g.OW < 2**31
+            assert items == planes * items_per_plane and grid == ((items + 255) // 256,)
+
+
 @pytest.mark.parametrize("kind", AVERAGING_KINDS)
 @pytest.mark.parametrize("case", ODD_CASES, ids=case_id)
 def test_averaging_matches_numpy(backend, xp, rng, kind, case):

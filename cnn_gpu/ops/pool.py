@@ -18,16 +18,22 @@ Contract, shared by every function here:
 - Bad arguments raise ValueError / TypeError naming the argument and shapes before any work.
 
 NumPy path: vectorised over (N, C, OH, OW) with a loop over the R*S window offsets. CUDA path:
-kernels/pool.cu (maxpool2d_fwd_argmax, maxpool2d_bwd, sumpool2d_fwd, sumpool2d_bwd), one thread per
-output element forward and one per input element backward (gather form).
+kernels/pool.cu, one thread per output element forward (maxpool2d_fwd_argmax, sumpool2d_fwd); backward
+one thread per input element gathering from the windows that contain it (maxpool2d_bwd, sumpool2d_bwd),
+or, for max pooling with disjoint windows (stride >= kernel_size: the common 2/2, 3/3), one thread per
+window writing the cell of dx around it (maxpool2d_bwd_disjoint). Same bits as the NumPy path either way
+where each dx element takes at most one dy.
 """
 from __future__ import annotations
 
+import functools
 import operator
 
 import numba
 import numpy
 
+from cnn_gpu.cuda.launch import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
 from cnn_gpu.ops.geometry import WindowGeometry, as_pair, window_geometry
 
@@ -175,25 +181,66 @@ def _numpy_max_pool2d_backward(dy, indices, g: WindowGeometry):
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
-def _geometry_args(g: WindowGeometry):
-    """The geometry arguments every pool kernel takes, in kernels/pool.cu's POOL_GEOMETRY order."""
+# Launch arguments are pure functions of the geometry: built once per geometry (host time is most of a
+# small call's latency). Every launch covers whole planes and fewer than 2**31 elements of each array,
+# so the kernels index in 32 bits; a bigger tensor takes several launches (one in practice).
+THREADS = 256
+
+
+def _pool_geometry_args(g: WindowGeometry):
+    """kernels/pool.cu's POOL_GEOMETRY arguments."""
     return tuple(numpy.int32(v) for v in (g.H, g.W, g.OH, g.OW, g.R, g.S, g.stride_h, g.stride_w, g.pad_top, g.pad_left))
 
 
-def _launch(name: str, n: int, args):
-    """One thread per item of a grid-stride loop over n items."""
-    from cnn_gpu.cuda.launch import grid_stride_blocks
-    from cnn_gpu.cuda.loader import load_kernel
-
-    threads = 256
-    load_kernel("pool", name)((grid_stride_blocks(n, threads),), (threads,), args)
+def _divmod_magic(*divisors):
+    """The (multiplier, shift) pairs of the kernels' DIVMOD_MAGIC arguments, in order."""
+    return tuple(numpy.uint32(v) for d in divisors for v in fast_divmod_params(d))
 
 
-def _check_plane_fits_int32(g: WindowGeometry):
-    from cnn_gpu.cuda.launch import require_int32_indexable
+@functools.lru_cache(maxsize=1024)
+def _output_item_args(g: WindowGeometry):
+    """POOL_GEOMETRY + DIVMOD_MAGIC(OH), DIVMOD_MAGIC(OW): the kernels with one thread per output element."""
+    return _pool_geometry_args(g) + _divmod_magic(g.OH, g.OW)
 
-    # in-plane coordinates are 32-bit in the kernels; plane offsets and flat indices are 64-bit
+
+@functools.lru_cache(maxsize=1024)
+def _input_item_args(g: WindowGeometry):
+    """POOL_GEOMETRY + DIVMOD_MAGIC of H, W, stride_h, stride_w: the gathers, one thread per input element."""
+    return _pool_geometry_args(g) + _divmod_magic(g.H, g.W, g.stride_h, g.stride_w)
+
+
+@functools.lru_cache(maxsize=1024)
+def _launches(g: WindowGeometry, items_per_plane: int):
+    """(first plane, planes, grid, int32 items) of each launch over g's N*C planes."""
+    total = g.N * g.C
+    per_launch = INT32_MAX // max(g.H * g.W, g.OH * g.OW)
+    launches = []
+    for first in range(0, total, per_launch):
+        planes = min(per_launch, total - first)
+        items = planes * items_per_plane
+        launches.append((first, planes, (cdiv(items, THREADS),), numpy.int32(items)))
+    return tuple(launches)
+
+
+def _launch(name: str, g: WindowGeometry, items_per_plane: int, arrays, scalars):
+    """Launch kernels/pool.cu's `name` over every plane: one thread per item, `arrays` (N, C, ...) offset
+    to each launch's first plane, then the item count and `scalars`."""
+    kernel = load_kernel("pool", name)
+    total = g.N * g.C
+    for first, planes, grid, items in _launches(g, items_per_plane):
+        views = arrays if planes == total else [a.reshape(total, -1)[first:first + planes] for a in arrays]
+        kernel(grid, (THREADS,), (*views, items, *scalars))
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_plane_fits_int32(g: WindowGeometry) -> None:
+    """In-plane coordinates are 32-bit in the kernels, and a launch holds at least one plane: checked
+    before any output is allocated (a failed check is not remembered, so it raises every time)."""
     require_int32_indexable("padded x plane", g.padded_hw)
+
+
+def _disjoint_windows(g: WindowGeometry) -> bool:
+    return g.stride_h >= g.R and g.stride_w >= g.S
 
 
 def _cuda_max_pool2d(x, g: WindowGeometry):
@@ -203,7 +250,7 @@ def _cuda_max_pool2d(x, g: WindowGeometry):
     x = contiguous(cupy, x)
     y = nan_filled(cupy, _output_shape(g))
     indices = nan_filled(cupy, _output_shape(g), dtype=numpy.int64)
-    _launch("maxpool2d_fwd_argmax", y.size, (x, y, indices, numpy.int64(y.size)) + _geometry_args(g))
+    _launch("maxpool2d_fwd_argmax", g, g.OH * g.OW, (x, y, indices), _output_item_args(g))
     return y, indices
 
 
@@ -213,7 +260,10 @@ def _cuda_max_pool2d_backward(dy, indices, g: WindowGeometry):
     _check_plane_fits_int32(g)
     dy, indices = contiguous(cupy, dy), contiguous(cupy, indices)
     dx = nan_filled(cupy, g.input_shape)
-    _launch("maxpool2d_bwd", dx.size, (dy, indices, dx, numpy.int64(dx.size)) + _geometry_args(g))
+    if _disjoint_windows(g):  # each thread writes its window's cell of dx
+        _launch("maxpool2d_bwd_disjoint", g, g.OH * g.OW, (dy, indices, dx), _output_item_args(g))
+    else:  # each thread gathers its dx element from the windows containing it
+        _launch("maxpool2d_bwd", g, g.H * g.W, (dy, indices, dx), _input_item_args(g))
     return dx
 
 
@@ -223,7 +273,7 @@ def _cuda_sum_pool2d(x, g: WindowGeometry, mode: int):
     _check_plane_fits_int32(g)
     x = contiguous(cupy, x)
     y = nan_filled(cupy, _output_shape(g))
-    _launch("sumpool2d_fwd", y.size, (x, y, numpy.int64(y.size)) + _geometry_args(g) + (numpy.int32(mode),))
+    _launch("sumpool2d_fwd", g, g.OH * g.OW, (x, y), _output_item_args(g) + (numpy.int32(mode),))
     return y
 
 
@@ -233,7 +283,7 @@ def _cuda_sum_pool2d_backward(dy, g: WindowGeometry, mode: int):
     _check_plane_fits_int32(g)
     dy = contiguous(cupy, dy)
     dx = nan_filled(cupy, g.input_shape)
-    _launch("sumpool2d_bwd", dx.size, (dy, dx, numpy.int64(dx.size)) + _geometry_args(g) + (numpy.int32(mode),))
+    _launch("sumpool2d_bwd", g, g.H * g.W, (dy, dx), _input_item_args(g) + (numpy.int32(mode),))
     return dx
 
 
