@@ -9,11 +9,14 @@
 // scale exactly, so y is one rounding of x * scale, as on the host.
 // seed comes by value, or from device memory when seed_from is not NULL (*seed_from, read as the kernel
 // runs): a captured CUDA graph replays the same launch with the seed its host writes there each step.
-// Launch: 1-D grid-stride, 256 threads a block, blocks = min(cdiv(n/4, 256), SMs * 8). When the float
-// pointers are 16-byte aligned and mask is 4-byte aligned (vec4 = 1), each thread moves 4 consecutive
-// elements (float4 data, uchar4 mask); the last n % 4 go as scalars.
+// Launch: 1-D, 256 threads a block, blocks = cdiv(items, 256 * ELEMENTWISE_UNROLL), no loop: each
+// thread takes ELEMENTWISE_UNROLL = 4 items (unrolled_item, common.cuh), loading all of them before
+// computing. When the float
+// pointers are 16-byte aligned and mask is 4-byte aligned (vec4 = 1), an item is 4 consecutive
+// elements (float4 data, uchar4 mask; items = n/4) and the last n % 4 go as scalars; otherwise
+// (vec4 = 0) every element is a scalar (items = n), in the same tail loop.
 // Memory bound: floor = 9 bytes an element / bandwidth, both ways. The hash costs ~20 integer ops an
-// element (its seed half is loop-invariant and hoisted).
+// element (its seed half is computed once a thread).
 #include "common.cuh"
 
 typedef unsigned char uint8;
@@ -25,20 +28,36 @@ __device__ __forceinline__ uint8 keep_element(uint64 seed, int64 i, uint32 thres
 // The factor an element is multiplied by: scale if kept, 0 if dropped.
 __device__ __forceinline__ float kept_scale(uint8 kept, float scale) { return (float)kept * scale; }
 
+// The 4 keep flags of the elements e .. e + 3.
+__device__ __forceinline__ uchar4 keep_elements4(uint64 seed, int64 e, uint32 threshold) {
+    return make_uchar4(keep_element(seed, e, threshold), keep_element(seed, e + 1, threshold),
+                       keep_element(seed, e + 2, threshold), keep_element(seed, e + 3, threshold));
+}
+
+__device__ __forceinline__ float4 scaled_by_mask4(float4 v, uchar4 k, float scale) {
+    return make_float4(v.x * kept_scale(k.x, scale), v.y * kept_scale(k.y, scale), v.z * kept_scale(k.z, scale),
+                       v.w * kept_scale(k.w, scale));
+}
+
 extern "C" __global__ void dropout_fwd(const float* __restrict__ x, float* __restrict__ y,
                                        uint8* __restrict__ mask, int64 n, uint64 seed,
                                        const uint64* __restrict__ seed_from, uint32 threshold, float scale,
                                        int vec4) {
     if (seed_from != nullptr) seed = *seed_from;
     const int64 n4 = vec4 ? n / 4 : 0;
-    GRID_STRIDE_LOOP(i, n4) {
-        const int64 e = 4 * i;
-        const float4 v = load_float4(x + e);
-        const uchar4 k = make_uchar4(keep_element(seed, e, threshold), keep_element(seed, e + 1, threshold),
-                                     keep_element(seed, e + 2, threshold), keep_element(seed, e + 3, threshold));
-        store_float4(y + e, make_float4(v.x * kept_scale(k.x, scale), v.y * kept_scale(k.y, scale),
-                                        v.z * kept_scale(k.z, scale), v.w * kept_scale(k.w, scale)));
-        *reinterpret_cast<uchar4*>(mask + e) = k;
+    float4 v[ELEMENTWISE_UNROLL];
+#pragma unroll
+    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
+        if (unrolled_item(k) < n4) v[k] = load_float4(x + 4 * unrolled_item(k));
+    }
+#pragma unroll
+    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
+        const int64 e = 4 * unrolled_item(k);
+        if (unrolled_item(k) < n4) {
+            const uchar4 kept = keep_elements4(seed, e, threshold);
+            store_float4(y + e, scaled_by_mask4(v[k], kept, scale));
+            *reinterpret_cast<uchar4*>(mask + e) = kept;
+        }
     }
     GRID_STRIDE_LOOP(j, n - 4 * n4) {
         const int64 i = 4 * n4 + j;
@@ -51,11 +70,18 @@ extern "C" __global__ void dropout_fwd(const float* __restrict__ x, float* __res
 extern "C" __global__ void dropout_bwd(const float* __restrict__ dy, const uint8* __restrict__ mask,
                                        float* __restrict__ dx, int64 n, float scale, int vec4) {
     const int64 n4 = vec4 ? n / 4 : 0;
-    GRID_STRIDE_LOOP(i, n4) {
-        const float4 g = load_float4(dy + 4 * i);
-        const uchar4 k = *reinterpret_cast<const uchar4*>(mask + 4 * i);
-        store_float4(dx + 4 * i, make_float4(g.x * kept_scale(k.x, scale), g.y * kept_scale(k.y, scale),
-                                             g.z * kept_scale(k.z, scale), g.w * kept_scale(k.w, scale)));
+    float4 g[ELEMENTWISE_UNROLL];
+    uchar4 kept[ELEMENTWISE_UNROLL];
+#pragma unroll
+    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
+        if (unrolled_item(k) < n4) {
+            g[k] = load_float4(dy + 4 * unrolled_item(k));
+            kept[k] = *reinterpret_cast<const uchar4*>(mask + 4 * unrolled_item(k));
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
+        if (unrolled_item(k) < n4) store_float4(dx + 4 * unrolled_item(k), scaled_by_mask4(g[k], kept[k], scale));
     }
     GRID_STRIDE_LOOP(j, n - 4 * n4) {
         const int64 i = 4 * n4 + j;

@@ -85,6 +85,25 @@ def test_non_contiguous_input_accepted(backend, xp, rng):
     assert rel_error(F.relu(view), naive("relu", x[:, ::2])) == 0
 
 
+# The kernels take 4 float4s a thread (ELEMENTWISE_UNROLL; 1024 a 256-thread block) and the n % 4 tail
+# as scalars; a view one element into its buffer is unaligned and goes all scalar.
+TAIL_SIZES = [1, 3, 4, 5, 4 * 256 * 4 - 1, 4 * 256 * 4, 4 * 256 * 4 + 1, 3 * 4 * 256 * 4 + 7]
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("n", TAIL_SIZES)
+def test_unroll_tails_and_unaligned_views_match_numpy(backend, xp, rng, n, offset):
+    buffers = [(rng.standard_normal(n + offset) * 3).astype(numpy.float32) for _ in range(2)]
+    x, dy = (xp.asarray(b)[offset:] for b in buffers)
+    x_host, dy_host = (b[offset:] for b in buffers)
+    for name in NAMES:
+        y = forward(name, x)
+        ref_y = forward(name, x_host)
+        assert rel_error(y, ref_y) < 1e-6, name
+        y_view = xp.concatenate([xp.zeros(offset, dtype=numpy.float32), y])[offset:]  # same alignment as x
+        assert rel_error(backward(name, dy, y_view), backward(name, dy_host, ref_y)) < 1e-6, name
+
+
 def test_rejects_integer_input():
     with pytest.raises(TypeError, match="x must be float"):
         F.relu(numpy.arange(4))

@@ -75,9 +75,27 @@ def test_forward_matches_naive_and_numpy_bits(backend, xp, rng, shape):
     assert rel_error(y, naive_scaled(x, ref_m, rate)) < 1e-6
 
 
-def test_unaligned_input_view(backend, xp, rng):
+# 4 float4s a thread (ELEMENTWISE_UNROLL), 1024 a 256-thread block, the n % 4 tail as scalars.
+TAIL_SIZES = [1, 3, 4, 5, 4 * 256 * 4 - 1, 4 * 256 * 4 + 1, 3 * 4 * 256 * 4 + 7]
+
+
+@pytest.mark.parametrize("n", TAIL_SIZES)
+def test_unroll_tails_match_numpy_bits(backend, xp, rng, n):
+    x = rng.standard_normal(n).astype(numpy.float32)
+    dy = rng.standard_normal(n).astype(numpy.float32)
+    seed = int(rng.integers(0, 2**63))
+    y, mask = F.dropout(xp.asarray(x), 0.3, seed)
+    ref_y, ref_m = F.dropout(x, 0.3, seed)
+    numpy.testing.assert_array_equal(cnn_gpu.to_numpy(mask), ref_m)
+    numpy.testing.assert_array_equal(cnn_gpu.to_numpy(y), ref_y)
+    dx = F.dropout_backward(xp.asarray(dy), mask, 0.3)
+    numpy.testing.assert_array_equal(cnn_gpu.to_numpy(dx), F.dropout_backward(dy, ref_m, 0.3))
+
+
+@pytest.mark.parametrize("n", [5, 4097])
+def test_unaligned_input_view(backend, xp, rng, n):
     """Arrays starting one element past an allocation: the kernels' scalar path (vec4 = 0)."""
-    buffer = rng.standard_normal(1 + 4097).astype(numpy.float32)
+    buffer = rng.standard_normal(1 + n).astype(numpy.float32)
     x = xp.asarray(buffer)[1:]
     y, mask = F.dropout(x, 0.25, 11)
     ref_y, ref_m = F.dropout(buffer[1:], 0.25, 11)

@@ -7,8 +7,12 @@ activation_bwd); the same functions are the epilogues of conv2d and gemm (kernel
 """
 from __future__ import annotations
 
+import functools
+
 import numpy
 
+from cnn_gpu.cuda.launch import elementwise_blocks, is_aligned
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands, nan_filled
 
 # Codes shared with kernels/common.cuh (ACT_*).
@@ -57,23 +61,27 @@ def numpy_activation_grad(dy, y, name, slope=0.01):
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
+THREADS = 256
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_scalars(name, slope):
+    """(act, slope) as the kernels take them."""
+    return numpy.int32(activation_code(name)), numpy.float32(slope)
+
+
 def _cuda_elementwise(kernel_name, inputs, name, slope):
     """Launch activation_fwd (inputs = x) or activation_bwd (inputs = dy, y); returns the output."""
     import cupy
-
-    from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
-    from cnn_gpu.cuda.loader import load_kernel
 
     inputs = [contiguous(cupy, a) for a in inputs]
     out = nan_filled(cupy, inputs[0].shape)
     n = out.size
     if n:
-        threads = 256
-        blocks = grid_stride_blocks(max(n // 4, 1), threads)
         vec4 = is_aligned(16, out, *inputs)
         load_kernel("activation", kernel_name)(
-            (blocks,), (threads,),
-            (*inputs, out, numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(vec4)),
+            (elementwise_blocks(n, vec4, THREADS),), (THREADS,),
+            (*inputs, out, numpy.int64(n), *_kernel_scalars(name, slope), numpy.int32(vec4)),
         )
     return out
 

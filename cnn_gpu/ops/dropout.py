@@ -16,12 +16,15 @@ as in PyTorch). Kernels: kernels/dropout.cu (dropout_fwd, dropout_bwd).
 """
 from __future__ import annotations
 
+import functools
 import operator
 
 import numba
 import numpy
 
 from cnn_gpu.backend import is_cuda_array
+from cnn_gpu.cuda.launch import elementwise_blocks, is_aligned
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import array_module, check_float, check_same_shape, contiguous, float_operands, nan_filled
 
 # The hash's top 24 bits against a 24-bit threshold: rate resolves to 2**-24 on both backends.
@@ -77,22 +80,21 @@ def _numpy_scaled_by_mask(v, mask, rate):
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
-def _launch_blocks(n):
-    from cnn_gpu.cuda.launch import grid_stride_blocks
-
-    return grid_stride_blocks(max(n // 4, 1), 256)
-
+THREADS = 256
 
 # A seed given as an int goes by value with a NULL seed_from pointer (8 zero bytes); one in a device
 # array goes as that pointer.
 _NULL_POINTER = numpy.uint64(0)
 
 
+@functools.lru_cache(maxsize=64)
+def _scale(rate):
+    """1 / (1 - rate) rounded once to float32, as the kernels take it."""
+    return numpy.float32(1.0 / (1.0 - rate))
+
+
 def _cuda_dropout(x, rate, seed):
     import cupy
-
-    from cnn_gpu.cuda.launch import is_aligned
-    from cnn_gpu.cuda.loader import load_kernel
 
     x = contiguous(cupy, x)
     y = nan_filled(cupy, x.shape)
@@ -102,9 +104,9 @@ def _cuda_dropout(x, rate, seed):
         vec4 = is_aligned(16, x, y) and is_aligned(4, mask)
         seed_value, seed_from = (numpy.uint64(0), seed) if is_cuda_array(seed) else (numpy.uint64(seed), _NULL_POINTER)
         load_kernel("dropout", "dropout_fwd")(
-            (_launch_blocks(n),), (256,),
-            (x, y, mask, numpy.int64(n), seed_value, seed_from, numpy.uint32(keep_threshold(rate)),
-             numpy.float32(1.0 / (1.0 - rate)), numpy.int32(vec4)),
+            (elementwise_blocks(n, vec4, THREADS),), (THREADS,),
+            (x, y, mask, numpy.int64(n), seed_value, seed_from, numpy.uint32(keep_threshold(rate)), _scale(rate),
+             numpy.int32(vec4)),
         )
     return y, mask
 
@@ -112,17 +114,14 @@ def _cuda_dropout(x, rate, seed):
 def _cuda_dropout_backward(dy, mask, rate):
     import cupy
 
-    from cnn_gpu.cuda.launch import is_aligned
-    from cnn_gpu.cuda.loader import load_kernel
-
     dy, mask = contiguous(cupy, dy), contiguous(cupy, mask)
     dx = nan_filled(cupy, dy.shape)
     n = dy.size
     if n:
         vec4 = is_aligned(16, dy, dx) and is_aligned(4, mask)
         load_kernel("dropout", "dropout_bwd")(
-            (_launch_blocks(n),), (256,),
-            (dy, mask, dx, numpy.int64(n), numpy.float32(1.0 / (1.0 - rate)), numpy.int32(vec4)),
+            (elementwise_blocks(n, vec4, THREADS),), (THREADS,),
+            (dy, mask, dx, numpy.int64(n), _scale(rate), numpy.int32(vec4)),
         )
     return dx
 
