@@ -1,6 +1,7 @@
 """batch_norm and batch_norm_backward: forward (training and inference, running-stat update, 2-D and
-4-D) against plain float64 loops, backward against finite differences, CUDA on odd shapes,
-reproducible bits, bad inputs, and PyTorch where it is installed."""
+4-D) against plain float64 loops, backward against finite differences, CUDA on odd shapes, split
+reductions (uneven chunks, C = 1, HW = 1), the variance of large-offset data, reproducible bits, bad
+inputs, and PyTorch where it is installed."""
 import math
 
 import numpy
@@ -8,6 +9,7 @@ import pytest
 
 import cnn_gpu
 from cnn_gpu import functional as F
+from cnn_gpu.ops import batchnorm
 from checks import numeric_grad, rel_error
 
 # (N, C) and (N, C, H, W) with channels 1, 3, 17 and H, W in 1..31; every one has N*H*W >= 3.
@@ -53,8 +55,7 @@ def bits(a):
 
 
 # ---- forward ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", SHAPES)
-def test_training_forward_matches_naive(backend, xp, rng, shape):
+def check_training_forward(xp, rng, shape):
     x, gamma, beta, running_mean, running_var = make_inputs(rng, shape)
     rm, rv = xp.asarray(running_mean.copy()), xp.asarray(running_var.copy())
     y, saved_mean, saved_invstd = F.batch_norm(xp.asarray(x), xp.asarray(gamma), xp.asarray(beta), rm, rv,
@@ -66,6 +67,11 @@ def test_training_forward_matches_naive(backend, xp, rng, shape):
     assert rel_error(saved_invstd, 1 / numpy.sqrt(var + EPS)) < 1e-5
     assert rel_error(rm, 0.7 * running_mean + 0.3 * mean) < 1e-5  # updated in place
     assert rel_error(rv, 0.7 * running_var + 0.3 * unbiased) < 1e-5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_training_forward_matches_naive(backend, xp, rng, shape):
+    check_training_forward(xp, rng, shape)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -125,8 +131,7 @@ def test_backward_finite_differences(rng, shape):
     assert rel_error(dbeta, numeric_grad(lambda b: F.batch_norm(x, gamma, b)[0], beta, dy)) < 1e-5
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_backward_matches_float64(backend, xp, rng, shape):
+def check_backward(xp, rng, shape):
     x, gamma, beta, _, _ = make_inputs(rng, shape)
     dy = rng.standard_normal(shape).astype(numpy.float32)
     _, saved_mean, saved_invstd = F.batch_norm(xp.asarray(x), xp.asarray(gamma), xp.asarray(beta))
@@ -146,6 +151,11 @@ def test_backward_matches_float64(backend, xp, rng, shape):
         assert numpy.linalg.norm(cnn_gpu.to_numpy(a).astype(numpy.float64) - b) / scale < 1e-5, name
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_matches_float64(backend, xp, rng, shape):
+    check_backward(xp, rng, shape)
+
+
 def test_backward_without_gamma(backend, xp, rng):
     x, _, _, _, _ = make_inputs(rng, (17, 3))
     dy = rng.standard_normal(x.shape).astype(numpy.float32)
@@ -156,7 +166,54 @@ def test_backward_without_gamma(backend, xp, rng):
         assert rel_error(a, b) < 1e-5
 
 
-def test_forward_and_backward_are_bitwise_reproducible(backend, xp, rng):
+# ---- split reductions (CUDA: statistics and parameter gradients over grid (C, splits)) -------------
+# Lowering MIN_CHUNK splits small channels into several chunks on the GPU, the last one shorter
+# (M = N*H*W is no multiple of the chunk); on NumPy it changes nothing.
+SPLIT_CASES = [((5, 1, 17, 31), 1000),  # C = 1, M = 2635: 2 chunks of 1318 and 1317
+               ((1001, 3), 256),        # 2-D (HW = 1), M = 1001: 3 chunks, 334 / 334 / 333
+               ((7, 5, 9, 11), 100),    # M = 693: 6 chunks of 116, the last 113
+               ((3, 2, 1, 1), 1)]       # M = 3: one value a chunk
+
+
+@pytest.mark.parametrize("shape, min_chunk", SPLIT_CASES)
+def test_split_reductions_match_references(backend, xp, rng, monkeypatch, shape, min_chunk):
+    monkeypatch.setattr(batchnorm, "MIN_CHUNK", min_chunk)
+    check_training_forward(xp, rng, shape)
+    check_backward(xp, rng, shape)
+
+
+def test_split_plan_covers_every_value_once():
+    """Chunks fill [0, M) with no empty split, shrink the last one, respect min_chunk, and aim at
+    BLOCKS_PER_SM blocks an SM; M below two chunks stays in one split."""
+    for channels, m, sms, min_chunk in [(64, 401408, 132, 16384), (1, 2635, 132, 1000), (3, 1001, 132, 256),
+                                        (512, 1229312, 132, 16384), (128, 2048, 132, 16384), (2, 3, 108, 1)]:
+        splits, chunk = batchnorm._split_plan(channels, m, sms, min_chunk)
+        assert (splits - 1) * chunk < m <= splits * chunk
+        assert splits == 1 or chunk >= min_chunk
+        assert splits <= max(1, -(-batchnorm.BLOCKS_PER_SM * sms // channels))
+    assert batchnorm._split_plan(128, 2048, 132, 16384) == (1, 2048)
+    assert batchnorm._split_plan(64, 401408, 132, 16384) == (9, 44601)  # 4 * 132 blocks / 64 channels
+
+
+def test_variance_of_large_offset_data(backend, xp, rng):
+    """x = 1000 + unit noise over M = 66495 values a channel (4 uneven chunks on the GPU): the
+    variance needs centring (a float32 sum of squares would cancel ~1e6 against ~1e6). saved_mean
+    and saved_invstd are held to float32 accuracy; y only to 5e-4, because a float32 mean of 66495
+    values near 1000 is off by an ulp or two of 1000 (6e-5 each), a shift of that size in unit-variance x̂."""
+    shape = (65, 2, 33, 31)
+    x = (1000 + rng.standard_normal(shape)).astype(numpy.float32)
+    rm, rv = xp.zeros(2, numpy.float32), xp.ones(2, numpy.float32)
+    y, saved_mean, saved_invstd = F.batch_norm(xp.asarray(x), None, None, rm, rv, momentum=1.0, eps=EPS)
+    mean, var, unbiased = (numpy.array(column) for column in zip(*naive_channel_stats(x)))
+    assert rel_error(saved_mean, mean) < 1e-6
+    assert rel_error(saved_invstd, 1 / numpy.sqrt(var + EPS)) < 1e-5
+    assert rel_error(rm, mean) < 1e-6 and rel_error(rv, unbiased) < 1e-5
+    assert rel_error(y, naive_normalise(x, mean, var, numpy.ones(2), numpy.zeros(2))) < 5e-4
+
+
+@pytest.mark.parametrize("min_chunk", [batchnorm.MIN_CHUNK, 500])  # one split; 4 uneven ones on the GPU
+def test_forward_and_backward_are_bitwise_reproducible(backend, xp, rng, monkeypatch, min_chunk):
+    monkeypatch.setattr(batchnorm, "MIN_CHUNK", min_chunk)
     x, gamma, beta, running_mean, running_var = (xp.asarray(a) for a in make_inputs(rng, (33, 17, 7, 9)))
     dy = xp.asarray(rng.standard_normal(x.shape).astype(numpy.float32))
     runs = []

@@ -16,16 +16,21 @@ Contract:
   dbeta = sum dy, dgamma = sum dy xhat, dx = gamma invstd (dy - dbeta/M - xhat dgamma/M), M = N*H*W.
 - momentum in [0, 1], eps > 0. Errors name the argument, before any work.
 
-Kernels: kernels/batchnorm.cu (batchnorm_stats, batchnorm_normalize, batchnorm_bwd_reduce,
-batchnorm_bwd_data): per-channel sums in a fixed order (reproducible bits), two-pass variance.
+Kernels: kernels/batchnorm.cu. Training statistics: batchnorm_stats over grid (C, splits), then
+batchnorm_stats_finalize merging the splits (skipped with one split); inference: batchnorm_inference_stats;
+then batchnorm_normalize. Backward: batchnorm_bwd_reduce, batchnorm_sum_splits (skipped with one split),
+batchnorm_bwd_data. Fixed-order reductions (reproducible bits on a given GPU), centred variance.
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy
 
+from cnn_gpu.cuda.launch import cdiv, fast_divmod_params, grid_stride_blocks, require_int32_indexable, sm_count
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands, nan_filled
-
-REDUCE_THREADS_MAX = 512  # threads of a per-channel reduction block (fewer for small channels)
 
 
 def _values_per_channel(x) -> int:
@@ -72,74 +77,108 @@ def _numpy_batch_norm_backward(dy, x, gamma, mean, invstd):
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
+REDUCE_THREADS = 256  # a reduction block: 8 warps, each reducing tiles of 256 values
+ELEMENTWISE_THREADS = 256
+BLOCKS_PER_SM = 4  # reduction blocks the split aims for per SM: enough loads in flight to stream from memory
+MIN_CHUNK = 16384  # values a split reduces at least (64 KB); a smaller one gains less than its finalize launch costs
+
+
+@functools.lru_cache(maxsize=None)
+def _split_plan(channels: int, values_per_channel: int, sms: int, min_chunk: int) -> tuple[int, int]:
+    """(splits, chunk) for the per-channel reductions: C * splits near BLOCKS_PER_SM blocks an SM, no chunk
+    under min_chunk values, no empty split (the last one may be shorter)."""
+    splits = max(1, min(cdiv(BLOCKS_PER_SM * sms, channels), values_per_channel // min_chunk))
+    chunk = cdiv(values_per_channel, splits)
+    return cdiv(values_per_channel, chunk), chunk
+
+
 def _sizes(x):
     """(N, C, HW) as the kernels take them."""
     n, c = x.shape[:2]
-    return n, c, int(numpy.prod(x.shape[2:], dtype=numpy.int64))
+    return n, c, math.prod(x.shape[2:])
 
 
-def _reduce_threads(values_per_channel: int) -> int:
-    """A multiple of 32, enough for the channel's values and at most REDUCE_THREADS_MAX."""
-    return min(REDUCE_THREADS_MAX, max(32, -(-values_per_channel // 32) * 32))
+@functools.lru_cache(maxsize=None)
+def _channel_of_args(hw: int, channels: int) -> tuple:
+    """The element-wise kernels' CHANNEL_OF_PARAMS: (divisor, multiplier, shift) of hw, then of C."""
+    return tuple(arg for d in (hw, channels)
+                 for arg in (numpy.int32(d), *(numpy.uint32(p) for p in fast_divmod_params(d))))
 
 
 def _cuda_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):
     import cupy
 
-    from cnn_gpu.cuda.launch import grid_stride_blocks, require_int32_indexable
-    from cnn_gpu.cuda.loader import load_kernel
-
     require_int32_indexable("x", x.shape)
     x, gamma, beta = contiguous(cupy, x), contiguous(cupy, gamma), contiguous(cupy, beta)
     n, c, hw = _sizes(x)
+    stats = nan_filled(cupy, (2, c))  # rows: the mean and invstd used (returned, saved for backward)
+    mean, invstd = stats[0], stats[1]
     if training:
-        mean, invstd = nan_filled(cupy, (c,)), nan_filled(cupy, (c,))
-        update = running_mean is not None
-        # The kernel updates contiguous buffers; a strided running stat gets its values copied back.
-        rm = contiguous(cupy, running_mean) if update else mean  # unused by the kernel when not update
-        rv = contiguous(cupy, running_var) if update else invstd
-        load_kernel("batchnorm", "batchnorm_stats")(
-            (c,), (_reduce_threads(n * hw),),
-            (x, mean, invstd, rm, rv, numpy.int32(n), numpy.int32(c), numpy.int32(hw),
-             numpy.float32(eps), numpy.float32(momentum), numpy.int32(update)),
+        _cuda_batch_statistics(x, n, c, hw, mean, invstd, running_mean, running_var, momentum, eps)
+    else:
+        load_kernel("batchnorm", "batchnorm_inference_stats")(
+            (grid_stride_blocks(c, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
+            (contiguous(cupy, running_mean), contiguous(cupy, running_var), mean, invstd, numpy.int32(c),
+             numpy.float32(eps)),
         )
-        if update and rm is not running_mean:
-            running_mean[...] = rm
-        if update and rv is not running_var:
-            running_var[...] = rv
-    else:  # (C,) values: plain CuPy arithmetic
-        mean = running_mean.copy()
-        invstd = 1 / cupy.sqrt(running_var + numpy.float32(eps))
     y = nan_filled(cupy, x.shape)
-    threads = 256
-    load_kernel("batchnorm", "batchnorm_normalize")(
-        (grid_stride_blocks(x.size, threads),), (threads,),
-        (x, mean, invstd, gamma, beta, y, numpy.int32(x.size), numpy.int32(c), numpy.int32(hw)),
-    )
+    if x.size:  # an empty x in inference (N or H*W zero): nothing to normalise, and no FastDivmod of 0
+        load_kernel("batchnorm", "batchnorm_normalize")(
+            (grid_stride_blocks(x.size, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
+            (x, mean, invstd, gamma, beta, y, numpy.int32(x.size), *_channel_of_args(hw, c)),
+        )
     return y, mean, invstd
+
+
+def _cuda_batch_statistics(x, n, c, hw, mean, invstd, running_mean, running_var, momentum, eps):
+    """Writes the batch mean and invstd into mean / invstd, updates the running statistics when given."""
+    import cupy
+
+    splits, chunk = _split_plan(c, n * hw, sm_count(), MIN_CHUNK)
+    update = running_mean is not None
+    # The kernels update contiguous buffers; a strided running stat gets its values copied back.
+    rm = contiguous(cupy, running_mean) if update else mean  # not touched by the kernels when not update
+    rv = contiguous(cupy, running_var) if update else invstd
+    partials = nan_filled(cupy, (splits, 2, c)) if splits > 1 else mean  # unused with one split
+    shape = (numpy.int32(n), numpy.int32(c), numpy.int32(hw), numpy.int32(chunk))
+    finish = (numpy.float32(eps), numpy.float32(momentum), numpy.int32(update))
+    load_kernel("batchnorm", "batchnorm_stats")(
+        (c, splits), (REDUCE_THREADS,), (x, partials, mean, invstd, rm, rv, *shape, *finish))
+    if splits > 1:
+        load_kernel("batchnorm", "batchnorm_stats_finalize")(
+            (grid_stride_blocks(c, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
+            (partials, mean, invstd, rm, rv, *shape, numpy.int32(splits), *finish))
+    if update and rm is not running_mean:
+        running_mean[...] = rm
+    if update and rv is not running_var:
+        running_var[...] = rv
 
 
 def _cuda_batch_norm_backward(dy, x, gamma, mean, invstd):
     import cupy
 
-    from cnn_gpu.cuda.launch import grid_stride_blocks, require_int32_indexable
-    from cnn_gpu.cuda.loader import load_kernel
-
     require_int32_indexable("x", x.shape)
     dy, x, gamma = contiguous(cupy, dy), contiguous(cupy, x), contiguous(cupy, gamma)
     mean, invstd = contiguous(cupy, mean), contiguous(cupy, invstd)
     n, c, hw = _sizes(x)
-    dgamma, dbeta = nan_filled(cupy, (c,)), nan_filled(cupy, (c,))
+    splits, chunk = _split_plan(c, n * hw, sm_count(), MIN_CHUNK)
+    param_grads = nan_filled(cupy, (2, c))  # rows: dgamma, dbeta
+    partials = nan_filled(cupy, (splits, 2, c)) if splits > 1 else param_grads
     load_kernel("batchnorm", "batchnorm_bwd_reduce")(
-        (c,), (_reduce_threads(n * hw),),
-        (dy, x, mean, invstd, dgamma, dbeta, numpy.int32(n), numpy.int32(c), numpy.int32(hw)),
+        (c, splits), (REDUCE_THREADS,),
+        (dy, x, mean, invstd, partials, numpy.int32(n), numpy.int32(c), numpy.int32(hw), numpy.int32(chunk)),
     )
+    if splits > 1:
+        load_kernel("batchnorm", "batchnorm_sum_splits")(
+            (grid_stride_blocks(2 * c, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
+            (partials, param_grads, numpy.int32(2 * c), numpy.int32(splits)),
+        )
+    dgamma, dbeta = param_grads[0], param_grads[1]
     dx = nan_filled(cupy, x.shape)
-    threads = 256
     load_kernel("batchnorm", "batchnorm_bwd_data")(
-        (grid_stride_blocks(x.size, threads),), (threads,),
-        (dy, x, mean, invstd, gamma, dgamma, dbeta, dx, numpy.int32(x.size), numpy.int32(c), numpy.int32(hw),
-         numpy.float32(1.0 / (n * hw))),
+        (grid_stride_blocks(x.size, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
+        (dy, x, mean, invstd, gamma, dgamma, dbeta, dx, numpy.float32(1.0 / (n * hw)), numpy.int32(x.size),
+         *_channel_of_args(hw, c)),
     )
     return dx, dgamma, dbeta
 
