@@ -85,7 +85,8 @@ def activations():
 
 
 def pooling():
-    for (N, C, H, W, k, stride, padding) in ((3, 5, 17, 13, 2, None, 0), (2, 3, 31, 33, 3, 2, 1), (1, 7, 9, 11, (3, 2), 1, "same")):
+    for (N, C, H, W, k, stride, padding) in ((3, 5, 17, 13, 2, None, 0), (2, 3, 31, 33, 3, 2, 1), (1, 7, 9, 11, (3, 2), 1, "same"),
+                                              (2, 3, 19, 20, 2, 3, 1)):  # disjoint windows with gaps and padding
         x = arr(N, C, H, W)
         pooled = call(f"max_pool2d fwd {x.shape} k{k} s{stride} p{padding}", F.max_pool2d, x, k, stride, padding)
         if pooled is None:
@@ -121,7 +122,7 @@ def dropout():
 
 
 def batchnorm():
-    for shape in ((3, 5, 17, 13), (33, 7), (1, 3, 1, 2), (2, 65, 9, 11)):
+    for shape in ((3, 5, 17, 13), (33, 7), (1, 3, 1, 2), (2, 65, 9, 11), (6, 3, 97, 101)):  # the last: split reductions
         C = shape[1]
         x, gamma, beta = arr(*shape), arr(C), arr(C)
         mean, var = arr(C), cupy.abs(arr(C)) + 0.5
