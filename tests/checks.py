@@ -16,6 +16,16 @@ def rel_error(ours, ref) -> float:
     return float(diff / denom) if denom > 0 else float(diff)
 
 
+def error_relative_to(ours, ref, scale) -> float:
+    """‖ours − ref‖ / ‖scale‖ in float64: the error measured against the size of the terms that formed
+    ref, for results that cancel (1 − y² near |y| = 1, sigmoid(z) − t near t). rel_error would divide
+    a rounding error of the terms by a small difference and fail on an unlucky draw."""
+    ours = numpy.asarray(cnn_gpu.to_numpy(ours), dtype=numpy.float64)
+    ref = numpy.asarray(cnn_gpu.to_numpy(ref), dtype=numpy.float64)
+    assert ours.shape == ref.shape, f"shape {ours.shape} != reference shape {ref.shape}"
+    return float(numpy.linalg.norm(ours - ref) / numpy.linalg.norm(numpy.asarray(scale, dtype=numpy.float64)))
+
+
 def to_backend(xp, *arrays):
     """Host float arrays -> the test's backend (float32 there for cuda)."""
     out = tuple(xp.asarray(a) for a in arrays)
