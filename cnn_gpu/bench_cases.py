@@ -433,6 +433,7 @@ def _train_step(net: SeedNetwork, N):
         from cnn_gpu.optimizers import Adam
 
         layers = net.ours()
+        layers[0].needs_input_gradient = False  # as Sequential does, and as torch does for an input without grad
         x = side.normal(N, *net.input_shape)
         labels = _step_labels(side, net, N)
         if net.classes == 1:
