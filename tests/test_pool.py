@@ -8,7 +8,8 @@ import pytest
 
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
-from checks import numeric_grad, rel_error
+from cnn_gpu.ops import pool as pool_ops
+from checks import numeric_grad, pin_autotune, rel_error
 
 # (x shape, kernel_size, stride, padding): odd sizes, non-square windows, strides 1-3, gaps, 'same'.
 CASES = [
@@ -238,7 +239,8 @@ def test_max_matches_numpy(backend, xp, rng, case):
         assert numpy.array_equal(to_numpy(dx), ref_dx)
 
 
-# Disjoint windows (stride >= kernel_size): the CUDA backward writes each window's cell of dx. Strides
+# Disjoint windows (stride >= kernel_size): the CUDA backward has two ways, each window writing its
+# cell of dx ("cells") or each dx element reading its window ("gather"), both tested here. Strides
 # equal to and past the window, padding, sizes no stride divides (trailing rows / columns in the last
 # cell), gaps between windows, a single window along an axis.
 DISJOINT_CASES = [
@@ -255,8 +257,10 @@ DISJOINT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("way", pool_ops.MAX_BACKWARD_WAYS)
 @pytest.mark.parametrize("case", DISJOINT_CASES, ids=case_id)
-def test_max_backward_disjoint_windows_matches_numpy_bits(backend, xp, rng, case):
+def test_max_backward_disjoint_windows_matches_numpy_bits(backend, xp, rng, monkeypatch, case, way):
+    pin_autotune(monkeypatch, lambda family, key, candidates: way)
     shape, kernel, stride, padding = case
     assert not overlapping(kernel, stride)
     x = rng.standard_normal(shape).astype(numpy.float32)

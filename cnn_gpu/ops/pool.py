@@ -20,9 +20,10 @@ Contract, shared by every function here:
 NumPy path: vectorised over (N, C, OH, OW) with a loop over the R*S window offsets. CUDA path:
 kernels/pool.cu, one thread per output element forward (maxpool2d_fwd_argmax, sumpool2d_fwd); backward
 one thread per input element gathering from the windows that contain it (maxpool2d_bwd, sumpool2d_bwd),
-or, for max pooling with disjoint windows (stride >= kernel_size: the common 2/2, 3/3), one thread per
-window writing the cell of dx around it (maxpool2d_bwd_disjoint). Same bits as the NumPy path either way
-where each dx element takes at most one dy.
+or, for max pooling with disjoint windows (stride >= kernel_size: the common 2/2, 3/3), either that or
+one thread per window writing the cell of dx around it (maxpool2d_bwd_disjoint), whichever
+cnn_gpu.cuda.autotune times faster for the shape. Same bits as the NumPy path either way where each dx
+element takes at most one dy.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import operator
 import numba
 import numpy
 
+from cnn_gpu.cuda import autotune
 from cnn_gpu.cuda.launch import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
@@ -259,10 +261,31 @@ def _cuda_max_pool2d_backward(dy, indices, g: WindowGeometry):
 
     _check_plane_fits_int32(g)
     dy, indices = contiguous(cupy, dy), contiguous(cupy, indices)
+    launch = functools.partial(_launch_max_pool2d_backward, dy, indices, g)
+    # Disjoint windows have two ways (which is faster depends on the shape, so the autotuner times them);
+    # overlapping windows only the gather.
+    way = autotune.pick("pool", ("maxpool2d_bwd",) + _geometry_key(g), lambda: MAX_BACKWARD_WAYS, launch) \
+        if _disjoint_windows(g) else "gather"
+    return launch(way)
+
+
+# "cells": a thread an output window writes its cell of dx (scattered 4-byte stores, no index math per
+# element); "gather": a thread a dx element reads the window holding it (coalesced stores, per-element
+# division by FastDivmod). The first is the default (CNN_GPU_AUTOTUNE=0).
+MAX_BACKWARD_WAYS = ("cells", "gather")
+
+
+def _geometry_key(g: WindowGeometry) -> tuple:
+    return (g.N, g.C, g.H, g.W, g.R, g.S, g.stride_h, g.stride_w, g.pad_top, g.pad_left)
+
+
+def _launch_max_pool2d_backward(dy, indices, g: WindowGeometry, way: str):
+    import cupy
+
     dx = nan_filled(cupy, g.input_shape)
-    if _disjoint_windows(g):  # each thread writes its window's cell of dx
+    if way == "cells":
         _launch("maxpool2d_bwd_disjoint", g, g.OH * g.OW, (dy, indices, dx), _output_item_args(g))
-    else:  # each thread gathers its dx element from the windows containing it
+    else:
         _launch("maxpool2d_bwd", g, g.H * g.W, (dy, indices, dx), _input_item_args(g))
     return dx
 
