@@ -28,10 +28,7 @@ extern "C" __global__ void activation_fwd(const float* __restrict__ x, float* __
                                           int64 n, int act, float slope, int vec4) {
     const int64 n4 = vec4 ? n / 4 : 0;
     float4 v[ELEMENTWISE_UNROLL];
-#pragma unroll
-    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
-        if (unrolled_item(k) < n4) v[k] = load_float4(x + 4 * unrolled_item(k));
-    }
+    load_items(x, n4, v);
 #pragma unroll
     for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
         if (unrolled_item(k) < n4) store_float4(y + 4 * unrolled_item(k), activate4(v[k], act, slope));
@@ -46,13 +43,8 @@ extern "C" __global__ void activation_bwd(const float* __restrict__ dy, const fl
                                           float* __restrict__ dx, int64 n, int act, float slope, int vec4) {
     const int64 n4 = vec4 ? n / 4 : 0;
     float4 g[ELEMENTWISE_UNROLL], o[ELEMENTWISE_UNROLL];
-#pragma unroll
-    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
-        if (unrolled_item(k) < n4) {
-            g[k] = load_float4(dy + 4 * unrolled_item(k));
-            o[k] = load_float4(y + 4 * unrolled_item(k));
-        }
-    }
+    load_items(dy, n4, g);
+    load_items(y, n4, o);
 #pragma unroll
     for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
         if (unrolled_item(k) < n4) store_float4(dx + 4 * unrolled_item(k), activation_grad4(g[k], o[k], act, slope));

@@ -75,6 +75,15 @@ __device__ __forceinline__ int64 unrolled_item(int k) {
     return ((int64)blockIdx.x * ELEMENTWISE_UNROLL + k) * blockDim.x + threadIdx.x;
 }
 
+// v[k] = the unrolled_item(k)-th 4-vector (float4, uchar4) of p, for the items below n4 (the others are
+// left alone). Call it for every input before the first use: the loads then go out together.
+template <typename Vec, typename Scalar>
+__device__ __forceinline__ void load_items(const Scalar* __restrict__ p, int64 n4, Vec (&v)[ELEMENTWISE_UNROLL]) {
+#pragma unroll
+    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k)
+        if (unrolled_item(k) < n4) v[k] = reinterpret_cast<const Vec*>(p)[unrolled_item(k)];
+}
+
 // ---- fast division by a runtime-invariant divisor (as CUTLASS's FastDivmod) ---------------------
 // For 0 <= n < 2^31 and divisor d >= 1: n / d == __umulhi(n, multiplier) >> shift, with
 // l = ceil(log2 d), multiplier = ceil(2^(31 + l) / d) < 2^32 and shift = l - 1 (Granlund & Montgomery:

@@ -46,10 +46,7 @@ extern "C" __global__ void dropout_fwd(const float* __restrict__ x, float* __res
     if (seed_from != nullptr) seed = *seed_from;
     const int64 n4 = vec4 ? n / 4 : 0;
     float4 v[ELEMENTWISE_UNROLL];
-#pragma unroll
-    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
-        if (unrolled_item(k) < n4) v[k] = load_float4(x + 4 * unrolled_item(k));
-    }
+    load_items(x, n4, v);
 #pragma unroll
     for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
         const int64 e = 4 * unrolled_item(k);
@@ -72,13 +69,8 @@ extern "C" __global__ void dropout_bwd(const float* __restrict__ dy, const uint8
     const int64 n4 = vec4 ? n / 4 : 0;
     float4 g[ELEMENTWISE_UNROLL];
     uchar4 kept[ELEMENTWISE_UNROLL];
-#pragma unroll
-    for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
-        if (unrolled_item(k) < n4) {
-            g[k] = load_float4(dy + 4 * unrolled_item(k));
-            kept[k] = *reinterpret_cast<const uchar4*>(mask + 4 * unrolled_item(k));
-        }
-    }
+    load_items(dy, n4, g);
+    load_items(mask, n4, kept);
 #pragma unroll
     for (int k = 0; k < ELEMENTWISE_UNROLL; ++k) {
         if (unrolled_item(k) < n4) store_float4(dx + 4 * unrolled_item(k), scaled_by_mask4(g[k], kept[k], scale));
