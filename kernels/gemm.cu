@@ -19,7 +19,9 @@
 // of nn/tn) are read as float4 and stored as float4; operands contiguous along k are read as float4 along k
 // and stored transposed (SMEM_PAD = 4 puts the two k-halves of a warp's stores in different banks).
 // float4 global reads need a 16-byte aligned base and ld % 4 == 0 (host flags vec_a/vec_b); a float4 that
-// would cross the matrix edge is read as masked scalars, so any M, N, K works and edges read zeros.
+// would cross the matrix edge is read as masked scalars, so any M, N, K works and edges read zeros. A block
+// whose tile lies inside C, with both operands float4-readable and its split a whole number of slabs
+// (most blocks of a large product) runs the same loop without any of these checks (multiply_slabs<true>).
 // Who writes what: thread (tx, ty) owns THREAD_M×THREAD_N outputs as (THREAD_M/4)×(THREAD_N/4) 4×4 blocks,
 // rows q·4·THREADS_Y + 4·ty + i and columns q·4·THREADS_X + 4·tx + j, so its smem reads are float4 and a
 // warp (8 tx × 4 ty) reads 4 distinct As and 8 distinct Bs float4 per k. Stores are float4 when vec_c
@@ -104,6 +106,8 @@ struct SlabLoader {
     }
 
     // Fetch the next slab, of which the first k_valid (1..TILE_K) k lie inside this split, and step past it.
+    // INTERIOR: the caller knows every chunk is in bounds and float4-readable (no checks at all).
+    template <bool INTERIOR>
     __device__ __forceinline__ void fetch(int k_valid) {
 #pragma unroll
         for (int i = 0; i < CHUNKS; ++i) {
@@ -112,7 +116,7 @@ struct SlabLoader {
             const int n_ok = K_CONTIGUOUS ? (mn_valid[i] ? max(0, min(4, k_valid - pos)) : 0)
                                           : (line < k_valid ? mn_valid[i] : 0);
             const float* p = next[i];
-            if (vec && n_ok == 4) {
+            if (INTERIOR || (vec && n_ok == 4)) {
                 staged[i] = load_float4(p);
             } else {
                 staged[i].x = n_ok > 0 ? p[0] : 0.f;
@@ -148,6 +152,55 @@ __device__ __forceinline__ void bias_act_tile(float (&acc)[THREAD_M][THREAD_N], 
         for (int j = 0; j < THREAD_N; ++j) acc[i][j] = apply_activation(acc[i][j] + col_bias[j], ACT, slope);
 }
 
+// acc += op(A) · op(B) over this split's k_left values of k: the double-buffered slab loop described in
+// the file header. INTERIOR: every slab is whole and in bounds (see gemm_bias_act), so the loaders skip
+// all edge logic: in the main loop that leaves the FFMAs, the LDS.128s and a handful of instructions a slab.
+template <bool INTERIOR, class ALoader, class BLoader>
+__device__ __forceinline__ void multiply_slabs(ALoader& a_slab, BLoader& b_slab, float (*As)[TILE_K][TILE_M + SMEM_PAD],
+                                               float (*Bs)[TILE_K][TILE_N + SMEM_PAD], int64 k_left, int tx, int ty,
+                                               float (&acc)[THREAD_M][THREAD_N]) {
+    // k_left: how much of this split remains from the first k of the slab in As[cur] / Bs[cur].
+    if (k_left > 0) {
+        const int k_valid = (int)min(k_left, (int64)TILE_K);
+        a_slab.template fetch<INTERIOR>(k_valid);
+        b_slab.template fetch<INTERIOR>(k_valid);
+        a_slab.store(As[0]);
+        b_slab.store(Bs[0]);
+        __syncthreads();
+    }
+    for (int cur = 0; k_left > 0; k_left -= TILE_K, cur ^= 1) {
+        const bool has_next = k_left > TILE_K;
+        if (has_next) {  // global loads in flight during the FMAs below
+            const int k_valid = (int)min(k_left - TILE_K, (int64)TILE_K);
+            a_slab.template fetch<INTERIOR>(k_valid);
+            b_slab.template fetch<INTERIOR>(k_valid);
+        }
+#pragma unroll
+        for (int k = 0; k < TILE_K; ++k) {
+            float a[THREAD_M], b[THREAD_N];
+#pragma unroll
+            for (int q = 0; q < THREAD_M / 4; ++q) {
+                const float4 v = *reinterpret_cast<const float4*>(&As[cur][k][q * 4 * THREADS_Y + 4 * ty]);
+                a[4 * q + 0] = v.x; a[4 * q + 1] = v.y; a[4 * q + 2] = v.z; a[4 * q + 3] = v.w;
+            }
+#pragma unroll
+            for (int q = 0; q < THREAD_N / 4; ++q) {
+                const float4 v = *reinterpret_cast<const float4*>(&Bs[cur][k][q * 4 * THREADS_X + 4 * tx]);
+                b[4 * q + 0] = v.x; b[4 * q + 1] = v.y; b[4 * q + 2] = v.z; b[4 * q + 3] = v.w;
+            }
+#pragma unroll
+            for (int i = 0; i < THREAD_M; ++i)
+#pragma unroll
+                for (int j = 0; j < THREAD_N; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        if (has_next) {  // the other buffer was last read before the previous barrier
+            a_slab.store(As[cur ^ 1]);
+            b_slab.store(Bs[cur ^ 1]);
+        }
+        __syncthreads();
+    }
+}
+
 template <bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void gemm_bias_act(const float* __restrict__ A, const float* __restrict__ B,
                                               const float* __restrict__ bias, float* __restrict__ C,
@@ -174,47 +227,14 @@ __device__ __forceinline__ void gemm_bias_act(const float* __restrict__ A, const
 #pragma unroll
         for (int j = 0; j < THREAD_N; ++j) acc[i][j] = 0.f;
 
-    // k_left: how much of this split remains from the first k of the slab in As[cur] / Bs[cur].
-    int64 k_left = k_end - k_begin;
-    if (k_left > 0) {
-        const int k_valid = (int)min(k_left, (int64)TILE_K);
-        a_slab.fetch(k_valid);
-        b_slab.fetch(k_valid);
-        a_slab.store(As[0]);
-        b_slab.store(Bs[0]);
-        __syncthreads();
-    }
-    for (int cur = 0; k_left > 0; k_left -= TILE_K, cur ^= 1) {
-        const bool has_next = k_left > TILE_K;
-        if (has_next) {  // global loads in flight during the FMAs below
-            const int k_valid = (int)min(k_left - TILE_K, (int64)TILE_K);
-            a_slab.fetch(k_valid);
-            b_slab.fetch(k_valid);
-        }
-#pragma unroll
-        for (int k = 0; k < TILE_K; ++k) {
-            float a[THREAD_M], b[THREAD_N];
-#pragma unroll
-            for (int q = 0; q < THREAD_M / 4; ++q) {
-                const float4 v = *reinterpret_cast<const float4*>(&As[cur][k][q * 4 * THREADS_Y + 4 * ty]);
-                a[4 * q + 0] = v.x; a[4 * q + 1] = v.y; a[4 * q + 2] = v.z; a[4 * q + 3] = v.w;
-            }
-#pragma unroll
-            for (int q = 0; q < THREAD_N / 4; ++q) {
-                const float4 v = *reinterpret_cast<const float4*>(&Bs[cur][k][q * 4 * THREADS_X + 4 * tx]);
-                b[4 * q + 0] = v.x; b[4 * q + 1] = v.y; b[4 * q + 2] = v.z; b[4 * q + 3] = v.w;
-            }
-#pragma unroll
-            for (int i = 0; i < THREAD_M; ++i)
-#pragma unroll
-                for (int j = 0; j < THREAD_N; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
-        if (has_next) {  // the other buffer was last read before the previous barrier
-            a_slab.store(As[cur ^ 1]);
-            b_slab.store(Bs[cur ^ 1]);
-        }
-        __syncthreads();
-    }
+    // A block whose tile lies inside C, whose operands are float4-readable and whose split is whole
+    // slabs (most blocks of a large product) takes the loop without edge checks; the others the general one.
+    const int64 k_span = k_end - k_begin;
+    const bool interior = vec_a && vec_b && m0 + TILE_M <= M && n0 + TILE_N <= N && k_span % TILE_K == 0;
+    if (interior)
+        multiply_slabs<true>(a_slab, b_slab, As, Bs, k_span, tx, ty, acc);
+    else
+        multiply_slabs<false>(a_slab, b_slab, As, Bs, k_span, tx, ty, acc);
 
     // Epilogue: bias + activation in registers, then float4 or masked scalar stores.
     float col_bias[THREAD_N];

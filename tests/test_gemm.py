@@ -226,6 +226,30 @@ def test_every_tile_config_matches_float64_reference(backend, xp, rng, monkeypat
     assert not most_splits or any(p.splits > 1 for p in used), "no split-K plan was exercised"
 
 
+# Blocks whose tile lies inside C with float4-readable operands and whole slabs take the kernel's
+# check-free loop; the rest the general one. Shapes with both kinds of block in one launch, in every
+# transpose combination (the transposed operands are column-major views, read in place), per config.
+@pytest.mark.parametrize("most_splits", [False, True], ids=["no-split", "most-splits"])
+@pytest.mark.parametrize("config", gemm.TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
+def test_interior_and_edge_blocks_match_float64_reference(backend, xp, rng, monkeypatch, config, most_splits):
+    if backend != "cuda":
+        pytest.skip("the interior loop is a CUDA-path choice")
+    m, n, k = 2 * config.tile_m + 36, 2 * config.tile_n + 20, 24 * config.tile_k  # multiples of 4: float4 rows
+
+    def choose(family, key, plans):
+        plans = [p for p in plans if p.config == config]
+        return max(plans, key=lambda p: p.splits) if most_splits else min(plans, key=lambda p: p.splits)
+
+    pin_autotune(monkeypatch, choose)
+    a, b = host_array(rng, m, k), host_array(rng, k, n)
+    reference = a.astype(numpy.float64) @ b.astype(numpy.float64)
+    for a_transposed in (False, True):
+        for b_transposed in (False, True):
+            a_dev = xp.asarray(numpy.ascontiguousarray(a.T)).T if a_transposed else xp.asarray(a)
+            b_dev = xp.asarray(numpy.ascontiguousarray(b.T)).T if b_transposed else xp.asarray(b)
+            assert rel_error(F.matmul(a_dev, b_dev), reference) < 1e-5, (a_transposed, b_transposed)
+
+
 # ---- launch planning and the compiled variants (no GPU needed) ----------------------------------
 @pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (64, 1000, 4096), (256, 10, 512), (129, 3, 4096), (5, 7, 0), (64, 64, 8)])
 def test_plan_gemm_covers_k_in_whole_slabs(m, n, k):
