@@ -6,10 +6,10 @@ Every functional op forward and backward, reaching every kernel and launch path:
 transposes, both GEMM tile configurations and split-K (with its fixed-order sum), every fused
 activation of the conv and GEMM epilogues, aligned (float4) and misaligned element-wise paths,
 max / average / sum pooling with padding, dropout, batch-norm training / inference / backward, the
-losses, SGD (plain, momentum, Nesterov) and Adam. Shapes divide no tile size. CuPy's memory pool is
-off, so each array is its own cudaMalloc and an access past its end is seen. Each call is
-synchronised on its own, so an error names its op. Prints one line per call and OK at the end;
-exits 1 if any call raised.
+losses, SGD (plain, momentum, Nesterov) and Adam; the Winograd convolution forward, forced. Shapes
+divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
+its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
+call and OK at the end; exits 1 if any call raised.
 """
 from __future__ import annotations
 
@@ -57,6 +57,23 @@ def conv2d():
         y = call(f"conv2d fwd no bias {x.shape}", F.conv2d, x, w, None, stride, padding)
         if y is not None:
             call(f"conv2d bwd {x.shape} {w.shape} s{stride} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, stride, padding)
+
+
+def winograd_conv2d():
+    """conv2d's forward through the Winograd candidate (only ever chosen by timing, so forced here): its three
+    transforms and its sliced GEMM (whose tile configuration is tuned as usual)."""
+    from cnn_gpu.cuda import autotune
+    from cnn_gpu.ops.conv import WINOGRAD
+
+    pick = autotune.pick
+    autotune.pick = lambda family, key, candidates, launch: WINOGRAD if family == "conv2d" else pick(family, key, candidates, launch)
+    try:
+        for (N, C, H, W, K, padding, activation) in ((3, 17, 31, 33, 5, "same", "relu"), (1, 3, 4, 5, 33, 0, None)):
+            x, w = arr(N, C, H, W), arr(K, C, 3, 3)
+            call(f"conv2d fwd winograd {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding, activation)
+            call(f"conv2d fwd winograd no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
+    finally:
+        autotune.pick = pick
 
 
 def gemm():
@@ -149,7 +166,7 @@ def optimizers():
 
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, gemm, activations, pooling, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, gemm, activations, pooling, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

@@ -19,7 +19,7 @@ from pathlib import Path
 # tested against the NumPy reference at 1e-5 relative error, and __expf & co. would miss it.
 COMPILE_OPTIONS = ("--std=c++17",)
 
-FAMILIES = ("activation", "conv2d", "gemm", "pool", "softmax", "batchnorm", "dropout", "optim")
+FAMILIES = ("activation", "conv2d", "gemm", "pool", "softmax", "batchnorm", "dropout", "optim", "winograd")
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 

@@ -21,6 +21,9 @@ conv2d_bwd_filter) and deterministic split reductions (conv2d_bwd_bias, conv2d_s
 float atomics, so backward is bit-reproducible. Each of the three implicit GEMMs takes its tile sizes
 (ConvTile, and for backward-filter also how far its reduction is split) from cnn_gpu.cuda.autotune, which
 times the candidates on the first call of a shape; DEFAULT_TILE is used as is with CNN_GPU_AUTOTUNE=0.
+For 3×3, stride-1 layers the forward's candidates also include WINOGRAD (kernels/winograd.cu, F(2×2, 3×3):
+2.25× fewer FLOPs through three transform passes and 16 products in one launch of kernels/gemm.cu), chosen
+only when timing finds it faster.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, require_int32_indexabl
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
+from cnn_gpu.ops.gemm import cuda_gemm_k_slices
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
 _LAYOUTS = {"x": (4, "N, C, H, W"), "w": (4, "K, C, R, S"), "b": (1, "K"), "dy": (4, "N, K, OH, OW")}
@@ -70,6 +74,12 @@ CONV_TILES = (DEFAULT_TILE, ConvTile(128, 64, 16, 8, 4), ConvTile(64, 128, 16, 4
 # Backward-filter splits its reduction until the grid has this many blocks per SM (the first is the default):
 # 2 fills the GPU once; 6 also trims the last wave's idle SMs, at the cost of more partials to sum.
 FILTER_BLOCKS_PER_SM = (2, 6)
+
+
+# The forward's Winograd F(2×2, 3×3) variant (kernels/winograd.cu), a candidate beside CONV_TILES for 3×3,
+# stride-1 layers only; never the default. Its buffers U, V, M hold 16·(C·K + C·T + K·T) floats (T: 2×2 output
+# tiles), 1.4 GB on seed002's conv2; its rounding error is a few times the direct conv's (still within 1e-5).
+WINOGRAD = "winograd F(2x2, 3x3)"
 
 
 class FilterPlan(NamedTuple):
@@ -190,7 +200,13 @@ def _cuda_conv2d(x, w, b, g: WindowGeometry, activation, slope):
     x, w, b = contiguous(cupy, x), contiguous(cupy, w), contiguous(cupy, b)
     problem = _problem(g, w.shape[0])
     launch = functools.partial(_launch_conv2d_fwd, x, w, b, problem, activation_code(activation), slope)
-    return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: CONV_TILES, launch))
+    return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: _forward_candidates(problem.g), launch))
+
+
+def _forward_candidates(g: WindowGeometry) -> tuple:
+    """The forward's autotuner candidates: CONV_TILES (the default first), and WINOGRAD for 3×3 stride-1 windows."""
+    winograd = (g.R, g.S, g.stride_h, g.stride_w) == (3, 3, 1, 1)
+    return CONV_TILES + (WINOGRAD,) if winograd else CONV_TILES
 
 
 @functools.lru_cache(maxsize=1024)
@@ -199,14 +215,69 @@ def _gemm_grid(gemm_m: int, gemm_n: int, tile: ConvTile, splits: int = 1) -> tup
     return (cdiv(gemm_n, tile.bn), cdiv(gemm_m, tile.bm), splits)
 
 
-def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, tile: ConvTile):
+def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, tile):
     import cupy
 
+    if tile == WINOGRAD:
+        return _launch_conv2d_fwd_winograd(x, w, b, problem, act, slope)
     g, K = problem.g, problem.K
     y = nan_filled(cupy, _output_shape(g, K))
     _kernel("conv2d_fwd_bias_act", tile)(
         _gemm_grid(K, g.N * g.OH * g.OW, tile), (tile.threads,),
         (x, w, b, y) + problem.args + (numpy.int32(act), numpy.float32(slope)))
+    return y
+
+
+_WINOGRAD_THREADS = 256  # kernels/winograd.cu's WINOGRAD_THREADS
+_WINOGRAD_POINTS = 16    # the 4×4 transformed tile: 16 products
+
+
+class _WinogradPlan(NamedTuple):
+    """The Winograd forward's buffer shapes and its transforms' grids and size arguments (numpy.int32s, in the
+    kernels' order) for one _Problem, with the 32-bit checks on U, V and M passed."""
+    u_shape: tuple  # (16, C, K)
+    v_shape: tuple  # (16, C, T)
+    m_shape: tuple  # (16, K, T)
+    filter_launch: tuple  # (grid, size arguments)
+    input_launch: tuple
+    output_launch: tuple  # without act and slope
+
+
+@functools.lru_cache(maxsize=1024)
+def _winograd_plan(problem: _Problem) -> _WinogradPlan:
+    g, K = problem.g, problem.K
+    TH, TW = cdiv(g.OH, 2), cdiv(g.OW, 2)  # 2×2 output tiles of an image
+    T = g.N * TH * TW
+    shapes = {"U": (_WINOGRAD_POINTS, g.C, K), "V": (_WINOGRAD_POINTS, g.C, T), "M": (_WINOGRAD_POINTS, K, T)}
+    for name, shape in shapes.items():
+        require_int32_indexable(f"the Winograd buffer {name}", shape)
+
+    def launch(items, *sizes):
+        return (cdiv(items, _WINOGRAD_THREADS),), tuple(numpy.int32(v) for v in sizes)
+
+    return _WinogradPlan(shapes["U"], shapes["V"], shapes["M"], launch(g.C * K, g.C, K),
+                         launch(g.C * T, g.C, g.H, g.W, TH, TW, T, g.pad_top, g.pad_left),
+                         launch(K * T, K, g.OH, g.OW, TH, TW, T))
+
+
+def _launch_conv2d_fwd_winograd(x, w, b, problem: _Problem, act: int, slope: float):
+    """y by Winograd F(2×2, 3×3): filter and input transforms, the 16 products M[ξ] = U[ξ]ᵀ·V[ξ] as one sliced
+    GEMM (U read as the K × 16·C matrix Uᵀ, V as 16·C × T), the output transform with bias and activation."""
+    import cupy
+
+    plan = _winograd_plan(problem)  # the 32-bit checks, before any allocation
+    K, T = problem.K, plan.v_shape[2]
+    block = (_WINOGRAD_THREADS,)
+    u = nan_filled(cupy, plan.u_shape)
+    grid, sizes = plan.filter_launch
+    load_kernel("winograd", "winograd_filter_transform")(grid, block, (w, u) + sizes)
+    v = nan_filled(cupy, plan.v_shape)
+    grid, sizes = plan.input_launch
+    load_kernel("winograd", "winograd_input_transform")(grid, block, (x, v) + sizes)
+    m = cuda_gemm_k_slices(u.reshape(-1, K).T, v.reshape(-1, T), _WINOGRAD_POINTS, nan_filled(cupy, plan.m_shape))
+    y = nan_filled(cupy, _output_shape(problem.g, K))
+    grid, sizes = plan.output_launch
+    load_kernel("winograd", "winograd_output_transform")(grid, block, (m, b, y) + sizes + (numpy.int32(act), numpy.float32(slope)))
     return y
 
 

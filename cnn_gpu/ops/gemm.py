@@ -127,7 +127,7 @@ _NULL = numpy.uint64(0)
 class GemmPlan(NamedTuple):
     config: TileConfig
     splits: int
-    k_per_split: int  # a multiple of config.tile_k
+    k_per_split: int  # a multiple of config.tile_k (except cuda_gemm_k_slices' slices, which may end mid-slab)
 
 
 def plan_gemm(m: int, n: int, k: int, sm_count: int, config: TileConfig | None = None,
@@ -209,6 +209,40 @@ def _launch_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float, plan: G
     if split:  # slices summed in order, then bias and activation
         _cuda_sum_rows(out.reshape(plan.splits, m * n), bias, act, slope, c.reshape(m * n))
     return c
+
+
+def cuda_gemm_k_slices(a, b, slices: int, out):
+    """out[z] = a[:, z·s : (z+1)·s] @ b[z·s : (z+1)·s, :] for z < slices, s = a.shape[1] // slices: a batch of
+    equal-shaped products whose operands lie end to end along the inner dimension (the Winograd convolution's
+    16), as ONE launch of the gemm kernels with `slices` split-K slices of s, kept apart instead of summed
+    (gemm.cu: slice z covers k in [z·k_per_split, (z+1)·k_per_split) and writes C + z·M·N; a slice that ends
+    inside a slab reads zeros past its end). a (M, slices·s) and b (slices·s, N) are 2-D CuPy float32 arrays,
+    read in place as matmul reads them; out is a dense (slices, M, N) float32 array, returned. The tile
+    configuration comes from the autotuner (family gemm)."""
+    import cupy
+
+    a, b = _operand(cupy, a), _operand(cupy, b)
+    m, k, n = a.rows, a.cols, b.cols
+    if k != b.rows or k % slices or tuple(out.shape) != (slices, m, n) or not out.flags.c_contiguous:
+        raise ValueError(f"cuda_gemm_k_slices: {slices} slices of a {m}x{k} by {b.rows}x{n} product do not fit "
+                         f"out of shape {tuple(out.shape)} (or out is not contiguous)")
+    launch = functools.partial(_launch_gemm_k_slices, a, b, slices, out)
+    key = ("k_slices", _layout(a, b), m, n, k, slices, a.vec4, b.vec4)
+    return launch(autotune.pick("gemm", key, lambda: _k_slice_configs(m, n, k), launch))
+
+
+def _k_slice_configs(m: int, n: int, k: int) -> list:
+    """cuda_gemm_k_slices' candidates: plan_gemm's tile config first, then the others (SMALL_TILES only when m or
+    n <= 64). A config whose grid would be too tall fails its launch with a ValueError and is dropped."""
+    configs = [plan_gemm(m, n, k, sm_count()).config] + [c for c in TILE_CONFIGS if not (c is SMALL_TILES and min(m, n) > 64)]
+    return list(dict.fromkeys(configs))
+
+
+def _launch_gemm_k_slices(a: _Operand, b: _Operand, slices: int, out, config: TileConfig):
+    plan = GemmPlan(config, slices, a.cols // slices)
+    kernel, grid, block, scalars = _gemm_launch(_layout(a, b), a.rows, b.cols, a.cols, a.ld, b.ld, a.vec4, b.vec4, 0, 0.0, plan)
+    kernel(grid, block, (a.array, b.array, _NULL, out) + scalars)
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
