@@ -81,15 +81,16 @@ struct SlabLoader {
 
     const float* next[CHUNKS];  // chunk addresses in the next slab to load (dereferenced only when in bounds)
     int64 slab_step;            // address step from one slab to the next
-    int line0, pos;             // first line and offset along the line of this thread's chunks
     int mn_valid[CHUNKS];       // K_CONTIGUOUS: 1 if the chunk's mn line is inside X; else in-bounds mn count (0..4)
     bool vec;
     float4 staged[CHUNKS];
 
+    // This thread's first line and its offset along the lines (recomputed where used: fewer live registers).
+    static __device__ __forceinline__ int line0() { return threadIdx.x / CHUNKS_PER_LINE; }
+    static __device__ __forceinline__ int pos() { return (threadIdx.x % CHUNKS_PER_LINE) * 4; }
+
     __device__ SlabLoader(const float* __restrict__ x, int64 ld, int64 extent_mn, int64 mn0, int64 k_begin, bool vec_ok) {
-        const int tid = threadIdx.x;
-        line0 = tid / CHUNKS_PER_LINE;
-        pos = (tid % CHUNKS_PER_LINE) * 4;
+        const int line0 = SlabLoader::line0(), pos = SlabLoader::pos();
         vec = vec_ok;
         slab_step = K_CONTIGUOUS ? (int64)TILE_K : (int64)TILE_K * ld;
 #pragma unroll
@@ -109,6 +110,7 @@ struct SlabLoader {
     // INTERIOR: the caller knows every chunk is in bounds and float4-readable (no checks at all).
     template <bool INTERIOR>
     __device__ __forceinline__ void fetch(int k_valid) {
+        const int line0 = SlabLoader::line0(), pos = SlabLoader::pos();
 #pragma unroll
         for (int i = 0; i < CHUNKS; ++i) {
             const int line = line0 + i * LINES_PER_PASS;
@@ -129,6 +131,7 @@ struct SlabLoader {
     }
 
     __device__ __forceinline__ void store(float (*slab)[EXTENT + SMEM_PAD]) const {
+        const int line0 = SlabLoader::line0(), pos = SlabLoader::pos();
 #pragma unroll
         for (int i = 0; i < CHUNKS; ++i) {
             const int line = line0 + i * LINES_PER_PASS;
@@ -144,6 +147,10 @@ struct SlabLoader {
     }
 };
 
+// This thread's coordinates in the block tile: a warp is 8 (tx, along n) x 4 (ty, along m) threads.
+__device__ __forceinline__ int thread_x() { return (threadIdx.x / 32 % (THREADS_X / 8)) * 8 + threadIdx.x % 8; }
+__device__ __forceinline__ int thread_y() { return (threadIdx.x / 32 / (THREADS_X / 8)) * 4 + threadIdx.x % 32 / 8; }
+
 template <int ACT>
 __device__ __forceinline__ void bias_act_tile(float (&acc)[THREAD_M][THREAD_N], const float (&col_bias)[THREAD_N], float slope) {
 #pragma unroll
@@ -157,11 +164,13 @@ __device__ __forceinline__ void bias_act_tile(float (&acc)[THREAD_M][THREAD_N], 
 // all edge logic: in the main loop that leaves the FFMAs, the LDS.128s and a handful of instructions a slab.
 template <bool INTERIOR, class ALoader, class BLoader>
 __device__ __forceinline__ void multiply_slabs(ALoader& a_slab, BLoader& b_slab, float (*As)[TILE_K][TILE_M + SMEM_PAD],
-                                               float (*Bs)[TILE_K][TILE_N + SMEM_PAD], int64 k_left, int tx, int ty,
+                                               float (*Bs)[TILE_K][TILE_N + SMEM_PAD], int k_left,
                                                float (&acc)[THREAD_M][THREAD_N]) {
-    // k_left: how much of this split remains from the first k of the slab in As[cur] / Bs[cur].
+    const int tx = thread_x(), ty = thread_y();
+    // k_left: how much of this split remains from the first k of the slab in As[cur] / Bs[cur] (32-bit: the
+    // host rejects a split longer than 2^31 - 1).
     if (k_left > 0) {
-        const int k_valid = (int)min(k_left, (int64)TILE_K);
+        const int k_valid = min(k_left, TILE_K);
         a_slab.template fetch<INTERIOR>(k_valid);
         b_slab.template fetch<INTERIOR>(k_valid);
         a_slab.store(As[0]);
@@ -171,7 +180,7 @@ __device__ __forceinline__ void multiply_slabs(ALoader& a_slab, BLoader& b_slab,
     for (int cur = 0; k_left > 0; k_left -= TILE_K, cur ^= 1) {
         const bool has_next = k_left > TILE_K;
         if (has_next) {  // global loads in flight during the FMAs below
-            const int k_valid = (int)min(k_left - TILE_K, (int64)TILE_K);
+            const int k_valid = min(k_left - TILE_K, TILE_K);
             a_slab.template fetch<INTERIOR>(k_valid);
             b_slab.template fetch<INTERIOR>(k_valid);
         }
@@ -217,9 +226,6 @@ __device__ __forceinline__ void gemm_bias_act(const float* __restrict__ A, const
     SlabLoader<!TRANS_A, TILE_M> a_slab(A, lda, M, m0, k_begin, vec_a);
     SlabLoader<TRANS_B, TILE_N> b_slab(B, ldb, N, n0, k_begin, vec_b);
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int tx = (warp % (THREADS_X / 8)) * 8 + lane % 8;
-    const int ty = (warp / (THREADS_X / 8)) * 4 + lane / 8;
 
     float acc[THREAD_M][THREAD_N];
 #pragma unroll
@@ -232,11 +238,12 @@ __device__ __forceinline__ void gemm_bias_act(const float* __restrict__ A, const
     const int64 k_span = k_end - k_begin;
     const bool interior = vec_a && vec_b && m0 + TILE_M <= M && n0 + TILE_N <= N && k_span % TILE_K == 0;
     if (interior)
-        multiply_slabs<true>(a_slab, b_slab, As, Bs, k_span, tx, ty, acc);
+        multiply_slabs<true>(a_slab, b_slab, As, Bs, (int)k_span, acc);
     else
-        multiply_slabs<false>(a_slab, b_slab, As, Bs, k_span, tx, ty, acc);
+        multiply_slabs<false>(a_slab, b_slab, As, Bs, (int)k_span, acc);
 
     // Epilogue: bias + activation in registers, then float4 or masked scalar stores.
+    const int tx = thread_x(), ty = thread_y();
     float col_bias[THREAD_N];
 #pragma unroll
     for (int j = 0; j < THREAD_N; ++j) {

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy
 
 from cnn_gpu.cuda import autotune
-from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, sm_count
+from cnn_gpu.cuda.launch import INT32_MAX, cdiv, grid_stride_blocks, sm_count
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
@@ -190,6 +190,8 @@ def _gemm_launch(layout: str, m: int, n: int, k: int, lda: int, ldb: int, vec_a:
     grid = (cdiv(m, config.tile_m), cdiv(n, config.tile_n), plan.splits)
     if grid[1] > MAX_GRID_Y:
         raise ValueError(f"the product has {n} columns, more than the gemm kernels' grid allows ({MAX_GRID_Y * config.tile_n})")
+    if min(k, plan.k_per_split) > INT32_MAX:
+        raise ValueError(f"the product's inner dimension {k} is more than the gemm kernels' 32-bit slab loop allows per split")
     split = plan.splits > 1
     scalars = (numpy.int64(m), numpy.int64(n), numpy.int64(k), numpy.int64(lda), numpy.int64(ldb),
                numpy.int64(plan.k_per_split), numpy.int32(0 if split else act), numpy.float32(slope),
