@@ -11,7 +11,9 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.ops.conv import CONV_TILES, DEFAULT_TILE, FILTER_BLOCKS_PER_SM, FilterPlan
+from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, FILTER_BLOCKS_PER_SM, FilterPlan, _as_forward_geometry,
+                               _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d)
+from cnn_gpu.ops.geometry import window_geometry
 from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
@@ -215,6 +217,71 @@ def test_every_tile_matches_numpy_float64(backend, xp, rng, monkeypatch, tile):
             refs = F.conv2d_backward(dy.astype(numpy.float64), f64[0], f64[1], stride, padding)
             for name, got, ref in zip(("dx", "dw", "db"), F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), stride, padding), refs):
                 assert rel_error(got, ref) < 1e-5, (x_shape, w_shape, blocks_per_sm, name)
+
+
+# ---- backward-data as a forward convolution (the AS_FORWARD candidate) ----------------------------------
+# (x shape, w shape, padding), stride 1: valid (a full convolution of dy), pads 1 and R−1, 'same' with even
+# windows (asymmetric pads), a rectangular window, pads differing per axis, 1×1, odd sizes, one-pixel-wide x.
+AS_FORWARD_CASES = [
+    ((2, 3, 9, 7), (5, 3, 3, 3), 0),
+    ((1, 17, 15, 15), (33, 17, 3, 3), 1),
+    ((3, 4, 8, 6), (2, 4, 3, 3), 2),
+    ((2, 5, 7, 9), (3, 5, 4, 2), "same"),
+    ((1, 6, 5, 7), (7, 6, 5, 3), (4, 0)),
+    ((3, 2, 3, 1), (4, 2, 1, 1), 0),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", AS_FORWARD_CASES)
+def test_backward_data_as_forward_conv_equals_col2im(rng, x_shape, w_shape, padding):
+    """The candidate's identity, in float64 on the NumPy path: conv2d(dy, flipped w) under the as-forward
+    geometry is the col2im backward's dx (itself checked against finite differences above)."""
+    g = window_geometry(x_shape, w_shape[2:], 1, padding)
+    assert AS_FORWARD in _backward_data_candidates(g)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW))
+    dx, _, _ = F.conv2d_backward(dy, x, w, 1, padding, compute_dw=False)
+    as_forward = _numpy_conv2d(dy, _flipped_filters(numpy, w), None, _as_forward_geometry(g, w_shape[0]), None, 0.0)
+    assert as_forward.shape == x_shape
+    assert rel_error(as_forward, dx) < 1e-12
+
+
+@pytest.mark.parametrize("window, stride, padding, eligible", [
+    ((3, 3), 1, 0, True), ((3, 3), 1, 2, True), ((5, 5), 1, "same", True), ((1, 1), 1, 0, True),
+    ((3, 3), 2, 1, False), ((3, 3), (1, 2), 1, False), ((3, 3), 1, 3, False), ((3, 3), 1, (1, 3), False),
+    ((1, 1), 1, 1, False)])
+def test_backward_data_as_forward_candidate_only_where_exact(window, stride, padding, eligible):
+    candidates = _backward_data_candidates(window_geometry((2, 3, 9, 9), window, stride, padding))
+    assert candidates[0] == DEFAULT_TILE  # what CNN_GPU_AUTOTUNE=0 runs
+    assert candidates == (CONV_TILES + (AS_FORWARD,) if eligible else CONV_TILES)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", AS_FORWARD_CASES)
+def test_backward_data_as_forward_matches_numpy_float64(backend, xp, rng, monkeypatch, x_shape, w_shape, padding):
+    """AS_FORWARD forced, through each of the forward's own candidates (Winograd for the 3×3 cases)."""
+    if backend != "cuda":
+        pytest.skip("AS_FORWARD is a CUDA-path variant")
+    g = window_geometry(x_shape, w_shape[2:], 1, padding)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW))
+    dx_ref, _, db_ref = F.conv2d_backward(dy, x, w, 1, padding, compute_dw=False)
+    x32, w32, dy32 = (xp.asarray(a.astype(numpy.float32)) for a in (x, w, dy))
+    for forward in _forward_candidates(_as_forward_geometry(g, w_shape[0])):
+        def choose(family, key, candidates):
+            if family == "gemm":  # Winograd's sliced GEMM
+                return candidates[0]
+            assert family == "conv2d", (family, key)
+            if key[0] == "conv2d_bwd_data":
+                assert AS_FORWARD in candidates, key
+                return AS_FORWARD
+            assert key[0] == "conv2d_fwd_bias_act" and forward in candidates, (key, forward)
+            return forward
+
+        pin_autotune(monkeypatch, choose)
+        dx, dw, db = F.conv2d_backward(dy32, x32, w32, 1, padding, compute_dw=False)
+        assert dw is None and dx.dtype == numpy.float32 and dx.shape == x_shape
+        assert rel_error(dx, dx_ref) < 1e-5, forward
+        assert rel_error(db, db_ref) < 1e-5, forward
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

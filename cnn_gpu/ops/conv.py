@@ -81,6 +81,10 @@ FILTER_BLOCKS_PER_SM = (2, 6)
 # tiles), 1.4 GB on seed002's conv2; its rounding error is a few times the direct conv's (still within 1e-5).
 WINOGRAD = "winograd F(2x2, 3x3)"
 
+# Backward-data's variant for stride-1 layers with pads narrower than the window: dx is the forward conv of dy
+# with w's channel axes swapped and its taps reversed (_launch_conv2d_bwd_data_as_forward); never the default.
+AS_FORWARD = "backward-data as forward conv"
+
 
 class FilterPlan(NamedTuple):
     """Backward-filter's variant: tile sizes and the grid size its split reduction aims for."""
@@ -297,13 +301,43 @@ def _sum_partials(partials, out):
     return out
 
 
-def _launch_conv2d_bwd_data(dy, w, problem: _Problem, tile: ConvTile):
+def _launch_conv2d_bwd_data(dy, w, problem: _Problem, tile):
     import cupy
 
+    if tile == AS_FORWARD:
+        return _launch_conv2d_bwd_data_as_forward(dy, w, problem)
     g = problem.g
     dx = nan_filled(cupy, g.input_shape)
     _kernel("conv2d_bwd_data", tile)(_gemm_grid(g.C, g.N * g.H * g.W, tile), (tile.threads,), (dy, w, dx) + problem.args)
     return dx
+
+
+def _backward_data_candidates(g: WindowGeometry) -> tuple:
+    """Backward-data's autotuner candidates: CONV_TILES (the default first), and AS_FORWARD when dx is a forward
+    convolution of dy: stride 1 and no pad as wide as the window (the flipped window's pads R−1−p are then ≥ 0)."""
+    as_forward = (g.stride_h, g.stride_w) == (1, 1) and max(g.pad_top, g.pad_bottom) < g.R and max(g.pad_left, g.pad_right) < g.S
+    return CONV_TILES + (AS_FORWARD,) if as_forward else CONV_TILES
+
+
+@functools.lru_cache(maxsize=1024)
+def _as_forward_geometry(g: WindowGeometry, K: int) -> WindowGeometry:
+    """dx's geometry as a forward conv: dy (N, K, OH, OW) under an R × S window padded R−1−p on each side (p this
+    layer's pad on that side) has output H × W, since OH = H + pt + pb − R + 1."""
+    return WindowGeometry(g.N, K, g.OH, g.OW, g.R, g.S, 1, 1, g.R - 1 - g.pad_top, g.R - 1 - g.pad_bottom,
+                          g.S - 1 - g.pad_left, g.S - 1 - g.pad_right, g.H, g.W)
+
+
+def _flipped_filters(xp, w):
+    """w (K, C, R, S) as dx's forward filters: (C, K, R, S) with every tap reversed, w'[c, k, r, s] = w[k, c, R−1−r, S−1−s]."""
+    return contiguous(xp, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+def _launch_conv2d_bwd_data_as_forward(dy, w, problem: _Problem):
+    """dx of a stride-1 layer as conv2d(dy, flipped w) under _as_forward_geometry: the forward's own autotuned
+    candidates (Winograd for 3×3) then serve backward-data, e.g. a valid 3×3 layer's full convolution."""
+    import cupy
+
+    return _cuda_conv2d(dy, _flipped_filters(cupy, w), None, _as_forward_geometry(problem.g, problem.K), None, 0.0)
 
 
 def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: FilterPlan):
@@ -343,7 +377,7 @@ def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute
     dx = dw = None
     if compute_dx:
         launch = functools.partial(_launch_conv2d_bwd_data, dy, w, problem)
-        dx = launch(_tuned("conv2d_bwd_data", problem, lambda: CONV_TILES, launch))
+        dx = launch(_tuned("conv2d_bwd_data", problem, lambda: _backward_data_candidates(problem.g), launch))
     if compute_dw:
         launch = functools.partial(_launch_conv2d_bwd_filter, dy, x, w.shape, problem)
         dw = launch(_tuned("conv2d_bwd_filter", problem, _filter_plans, launch))
