@@ -6,13 +6,15 @@ Every functional op forward and backward, reaching every kernel and launch path:
 transposes, both GEMM tile configurations and split-K (with its fixed-order sum), every fused
 activation of the conv and GEMM epilogues, aligned (float4) and misaligned element-wise paths,
 max / average / sum pooling with padding, dropout, batch-norm training / inference / backward, the
-losses, SGD (plain, momentum, Nesterov) and Adam; the Winograd convolution forward, forced. Shapes
+losses, SGD (plain, momentum, Nesterov) and Adam; forced, the variants only timing picks: the Winograd convolution
+forward and backward-filter, the split forward, backward-data as a forward convolution. Shapes
 divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
 its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
 call and OK at the end; exits 1 if any call raised.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import cupy
@@ -59,21 +61,57 @@ def conv2d():
             call(f"conv2d bwd {x.shape} {w.shape} s{stride} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, stride, padding)
 
 
-def winograd_conv2d():
-    """conv2d's forward through the Winograd candidate (only ever chosen by timing, so forced here): its three
-    transforms and its sliced GEMM (whose tile configuration is tuned as usual)."""
+@contextlib.contextmanager
+def forced_conv2d(choices: dict):
+    """conv2d's autotuner answers choices[kernel] for those of its kernels (variants only ever chosen by timing
+    would otherwise run here only when this GPU's timing or cache happens to pick them)."""
     from cnn_gpu.cuda import autotune
-    from cnn_gpu.ops.conv import WINOGRAD
 
     pick = autotune.pick
-    autotune.pick = lambda family, key, candidates, launch: WINOGRAD if family == "conv2d" else pick(family, key, candidates, launch)
+
+    def forced_pick(family, key, candidates, launch):
+        if family == "conv2d" and key[0] in choices:
+            return choices[key[0]]
+        return pick(family, key, candidates, launch)
+
+    autotune.pick = forced_pick
     try:
+        yield
+    finally:
+        autotune.pick = pick
+
+
+def winograd_conv2d():
+    """conv2d's forward and backward-filter through their Winograd candidates, forced: the five transforms and the
+    sliced GEMMs (whose tile configuration is tuned as usual). The first shape's backward-filter splits its 816
+    tiles into 11 chunks, the last one padded; the second's 2 tiles are one padded chunk."""
+    from cnn_gpu.ops.conv import SPLIT_BLOCKS_PER_SM, WINOGRAD, SplitPlan
+
+    with forced_conv2d({"conv2d_fwd_bias_act": WINOGRAD, "conv2d_bwd_filter": SplitPlan(WINOGRAD, SPLIT_BLOCKS_PER_SM[0])}):
         for (N, C, H, W, K, padding, activation) in ((3, 17, 31, 33, 5, "same", "relu"), (1, 3, 4, 5, 33, 0, None)):
             x, w = arr(N, C, H, W), arr(K, C, 3, 3)
             call(f"conv2d fwd winograd {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding, activation)
-            call(f"conv2d fwd winograd no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
-    finally:
-        autotune.pick = pick
+            y = call(f"conv2d fwd winograd no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
+            if y is not None:
+                call(f"conv2d bwd filter winograd {x.shape} {w.shape} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, 1,
+                     padding, compute_dx=False)
+
+
+def split_forward_and_as_forward_conv2d():
+    """The forward with its C·R·S reduction split (partials, then the sum pass adding bias and activation) and
+    backward-data as the forward conv of dy (whose own forward then also runs split), forced. The first shape
+    splits (576-long reduction, 225 pixels); the second's 40-long reduction is one chunk."""
+    from cnn_gpu.ops.conv import AS_FORWARD, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan
+
+    with forced_conv2d({"conv2d_fwd_bias_act": SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[-1]), "conv2d_bwd_data": AS_FORWARD}):
+        for (N, C, H, W, K, R, S, padding) in ((1, 64, 15, 15, 130, 3, 3, 1), (2, 5, 7, 9, 3, 4, 2, "same")):
+            x, w = arr(N, C, H, W), arr(K, C, R, S)
+            for activation in ACTIVATIONS:
+                call(f"conv2d fwd split {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding, activation)
+            y = call(f"conv2d fwd split no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
+            if y is not None:
+                call(f"conv2d bwd data as forward {x.shape} {w.shape} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, 1,
+                     padding, compute_dw=False)
 
 
 def gemm():
@@ -166,7 +204,7 @@ def optimizers():
 
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, winograd_conv2d, gemm, activations, pooling, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, gemm, activations, pooling, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

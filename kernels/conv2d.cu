@@ -281,15 +281,15 @@ __device__ __forceinline__ void bias_act_tile(float (&acc)[TM][TN], const float*
 }
 
 // ---- loaders: forward ---------------------------------------------------------------------------
-// A[k][q] = w[k][q]: w as the row-major (K, C·R·S) matrix. Thread: rows k0 + tid/BK + i·A_ROW_STEP, column q
-// (16 consecutive threads read 16 consecutive q of one row); one pointer walks the first row, the others
-// are fixed offsets from it.
+// A[k][q] = w[k][q]: w as the row-major (K, C·R·S) matrix, from column q_begin. Thread: rows
+// k0 + tid/BK + i·A_ROW_STEP, column q (16 consecutive threads read 16 consecutive q of one row); one pointer
+// walks the first row, the others are fixed offsets from it.
 struct FilterRows {
     const float* first;  // &w[first_row][q]
     int cols, q, rows_left;  // rows_left: rows from first_row to the end of w
-    __device__ FilterRows(const float* w, int rows, int cols, int row0)
-        : first(w + (int64)(row0 + threadIdx.x / BK) * cols + threadIdx.x % BK), cols(cols), q(threadIdx.x % BK),
-          rows_left(rows - row0 - threadIdx.x / BK) {}
+    __device__ FilterRows(const float* w, int rows, int cols, int row0, int q_begin)
+        : first(w + (int64)(row0 + threadIdx.x / BK) * cols + q_begin + threadIdx.x % BK), cols(cols),
+          q(q_begin + threadIdx.x % BK), rows_left(rows - row0 - threadIdx.x / BK) {}
     __device__ void load(float (&v)[A_LOADS]) const {
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i)
@@ -303,14 +303,15 @@ struct FilterRows {
 
 // B[q][p] = x[n, c, oh·sh − pt + r, ow·sw − pl + s] (the im2col matrix), q = (c, r, s), p = (n, oh, ow).
 // Thread: columns p0 + b_chunk_col() + j, j < 4 (each pixel's window corner decoded once), rows
-// q = b_chunk_row(i) stepped by BK; a chunk's (c, r, s) and its offset (c·H + r)·W + s serve its 4 pixels.
+// q = q_begin + b_chunk_row(i) stepped by BK; a chunk's (c, r, s) and its offset (c·H + r)·W + s serve its 4 pixels.
 struct Im2colColumns {
     Address corner[4];       // &x[n, 0, ih0, iw0] (as if x were unbounded): x[n, c, ih0 + r, iw0 + s] = corner[(c·H + r)·W + s]
     int ih0[4], iw0[4];      // oh·sh − pt, ow·sw − pl of each column's pixel
     int C, H, W;
     DigitCounter walk;       // q -> (c, r, s)
     Digits q[B_CHUNKS];
-    __device__ Im2colColumns(const float* x, const ConvShape& g, int p0) : C(g.C), H(g.H), W(g.W), walk(g.R, g.S, BK) {
+    __device__ Im2colColumns(const float* x, const ConvShape& g, int p0, int q_begin)
+        : C(g.C), H(g.H), W(g.W), walk(g.R, g.S, BK) {
         const int npix = g.N * g.OH * g.OW;
         const DigitCounter pixels(g.OH, g.OW, 1);  // p -> (n, oh, ow), stepped one pixel at a time
         const int p = p0 + b_chunk_col();
@@ -323,7 +324,7 @@ struct Im2colColumns {
             if (p + j + 1 < npix) pixels.advance(d);  // else the next columns repeat the last pixel
         }
 #pragma unroll
-        for (int i = 0; i < B_CHUNKS; ++i) q[i] = walk.at(b_chunk_row(i));
+        for (int i = 0; i < B_CHUNKS; ++i) q[i] = walk.at(q_begin + b_chunk_row(i));
     }
     __device__ void load(float4 (&v)[B_CHUNKS]) const {
 #pragma unroll
@@ -502,19 +503,28 @@ struct Im2colRows {
 
 // ---- kernels ------------------------------------------------------------------------------------
 // conv2d_fwd_bias_act: y = act(conv(x, w) + b); b may be null (no bias).
-// GEMM M = K, N = N·OH·OW, reduction C·R·S. Grid (cdiv(N·OH·OW, BN), cdiv(K, BM)), block THREADS,
+// GEMM M = K, N = N·OH·OW, reduction C·R·S. Grid (cdiv(N·OH·OW, BN), cdiv(K, BM), splits), block THREADS,
 // static smem 2·BK·(BM+BN+8)·4 bytes. Thread writes y[n, k, oh, ow] for its TM filters × TN pixels
 // (store_pixel_tile). Floor: 2·N·K·OH·OW·C·R·S FLOPs; 4·(N·C·H·W + K·C·R·S + N·K·OH·OW) bytes.
+// Split reduction (for layers whose output tiles cannot fill the GPU): block z sums only q in
+// [z·chunk, min(z·chunk + chunk, C·R·S)) (chunk a multiple of BK, no split empty) and, when gridDim.z > 1,
+// writes that partial sum with no epilogue to out + z·N·K·OH·OW; conv2d_sum_partials then adds the
+// splits in order and applies bias and act. With gridDim.z == 1 (chunk >= C·R·S) out is y.
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
-                    float* __restrict__ y, CONV_SHAPE_PARAMS, int act, float slope) {
+                    float* __restrict__ out, CONV_SHAPE_PARAMS, int act, float slope, int chunk) {
     const ConvShape g = CONV_SHAPE;
     const int k0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
     const int crs = C * R * S;
-    FilterRows a(w, K, crs, k0);
-    Im2colColumns b(x, g, p0);
+    const int q_begin = blockIdx.z * chunk;
+    FilterRows a(w, K, crs, k0, q_begin);
+    Im2colColumns b(x, g, p0, q_begin);
     float acc[TM][TN];
-    implicit_gemm(a, b, cdiv(crs, BK), acc);
+    implicit_gemm(a, b, cdiv(min(chunk, crs - q_begin), BK), acc);
+    if (gridDim.z > 1) {
+        store_pixel_tile(out + (int64)blockIdx.z * N * K * OH * OW, acc, k0, p0, K, N, OH * OW);
+        return;
+    }
 
     switch (act) {
         case ACT_RELU: bias_act_tile<ACT_RELU>(acc, bias, k0, K, slope); break;
@@ -523,7 +533,7 @@ conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, co
         case ACT_TANH: bias_act_tile<ACT_TANH>(acc, bias, k0, K, slope); break;
         default: bias_act_tile<ACT_NONE>(acc, bias, k0, K, slope);
     }
-    store_pixel_tile(y, acc, k0, p0, K, N, OH * OW);
+    store_pixel_tile(out, acc, k0, p0, K, N, OH * OW);
 }
 
 // conv2d_bwd_data: dx = the gather form above (every dx element written, zero where no window covers it).
@@ -582,13 +592,17 @@ conv2d_bwd_bias(const float* __restrict__ dy, float* __restrict__ partials, int 
     if (threadIdx.x == 0) partials[blockIdx.y * K + k] = sum;
 }
 
-// conv2d_sum_partials: out[i] = Σ_{z < splits} partials[z·n + i], z in increasing order (the deterministic
-// second pass of conv2d_bwd_filter and conv2d_bwd_bias). 1-D grid-stride, any block size.
+// conv2d_sum_partials: out[i] = act(Σ_{z < splits} partials[z·n + i] + bias[(i / PIX) % K]), z in increasing
+// order (the deterministic second pass of a split conv2d_fwd_bias_act, conv2d_bwd_filter and conv2d_bwd_bias;
+// the last two pass no bias and ACT_NONE). bias may be null. 1-D grid-stride, any block size.
 // Floor: 4·n·(splits + 1) bytes.
-extern "C" __global__ void conv2d_sum_partials(const float* __restrict__ partials, float* __restrict__ out, int64 n, int splits) {
+extern "C" __global__ void conv2d_sum_partials(const float* __restrict__ partials, const float* __restrict__ bias,
+                                               float* __restrict__ out, int64 n, int splits, int K, int PIX, int act,
+                                               float slope) {
     GRID_STRIDE_LOOP(i, n) {
         float sum = 0.f;
         for (int z = 0; z < splits; ++z) sum += partials[z * n + i];
-        out[i] = sum;
+        if (bias != nullptr) sum += __ldg(bias + i / PIX % K);
+        out[i] = apply_activation(sum, act, slope);
     }
 }

@@ -1,34 +1,53 @@
-// winograd.cu: 3×3, stride-1 convolution forward by Winograd's minimal filtering F(2×2, 3×3)
-// (Lavin & Gray 2016), NCHW float32: each 2×2 block of outputs from a 4×4 input patch with 16
-// multiplies a channel instead of 36, so the GEMM below does 2.25× fewer FLOPs than the direct conv.
+// winograd.cu: 3×3, stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016),
+// NCHW float32, forward and backward-filter: each 2×2 block of outputs from a 4×4 input patch with 16
+// multiplies a channel instead of 36, so their GEMMs do 2.25× fewer FLOPs than the direct conv.
 //
+// Forward:
 //   U[ξ][c][k] = (G · w[k,c] · Gᵀ)[ξ]                                  filter transform, w[k,c] 3×3
 //   V[ξ][c][t] = (Bᵀ · d[c,t] · B)[ξ],  d[c,t][a][e] = x[n, c, 2·th − pt + a, 2·tw − pl + e]   (0 outside x)
 //   M[ξ][k][t] = Σ_c U[ξ][c][k] · V[ξ][c][t]                           16 GEMMs, K×C by C×T
 //   y[n, k, 2·th + i, 2·tw + j] = act(b[k] + (Aᵀ · M[·][k][t] · A)[i][j])   for the outputs inside y
+// Backward-filter (from Σ dy·y = Σ_t Σ_ξ (A·dy[k,t]·Aᵀ)[ξ] · U[ξ][c][k] · V[ξ][c][t], differentiated in w):
+//   DY[k][ξ][t] = (A · dy[k,t] · Aᵀ)[ξ],  dy[k,t][i][j] = dy[n, k, 2·th + i, 2·tw + j]      (0 past OH, OW)
+//   V[c][ξ][t]  as the forward's (same patches, same B; another layout)
+//   P[ξ·S + s][k][c] = Σ_{t in chunk s} DY[k][ξ][t] · V[c][ξ][t]     16·S GEMMs, K×Tc by Tc×C
+//   dw[k, c] = Gᵀ · (Σ_s P[ξ·S + s][k][c])[ξ as 4×4] · G                3×3 from 4×4
 //
-//        ⎡1  0 −1  0⎤        ⎡1   0   0⎤
-//   Bᵀ = ⎢0  1  1  0⎥    G = ⎢½   ½   ½⎥    Aᵀ = ⎡1  1  1  0⎤
-//        ⎢0 −1  1  0⎥        ⎢½  −½   ½⎥         ⎣0  1 −1 −1⎦
+//        ⎡1  0 −1  0⎤        ⎡1   0   0⎤                              ⎡1  ½  ½  0⎤
+//   Bᵀ = ⎢0  1  1  0⎥    G = ⎢½   ½   ½⎥    Aᵀ = ⎡1  1  1  0⎤    Gᵀ = ⎢0  ½ −½  0⎥    A = (Aᵀ)ᵀ
+//        ⎢0 −1  1  0⎥        ⎢½  −½   ½⎥         ⎣0  1 −1 −1⎦         ⎣0  ½  ½  1⎦
 //        ⎣0  1  0 −1⎦        ⎣0   0   1⎦
 //
 // ξ = 4·row + col indexes the 4×4 transformed tile. Tile t = (n·TH + th)·TW + tw over TH = ⌈OH/2⌉ by
 // TW = ⌈OW/2⌉ tiles an image, T = N·TH·TW; tile (th, tw) reads input rows 2·th − pt + [0, 4) and columns
-// 2·tw − pl + [0, 4) (neighbouring tiles overlap by 2) and writes outputs 2·th + [0, 2), 2·tw + [0, 2), of
-// which those past an odd OH / OW are dropped. pt / pl are conv2d.cu's pads (any padding, 'same' too).
-// The 16 products are not here: they are one launch of gemm.cu's gemm_tn (cnn_gpu.ops.gemm.cuda_gemm_k_slices)
-// reading U as the K × 16·C matrix op(A) and V as the 16·C × T matrix B, whose split-K slices of C are kept
-// apart (slice ξ writes M[ξ]) instead of summed.
+// 2·tw − pl + [0, 4) (neighbouring tiles overlap by 2) and covers outputs 2·th + [0, 2), 2·tw + [0, 2), of
+// which those past an odd OH / OW are dropped (forward) or read as 0 (backward). pt / pl are conv2d.cu's
+// pads (any padding, 'same' too).
+// The products are not here: each direction's is one launch of gemm.cu (cnn_gpu.ops.gemm.cuda_gemm_k_slices)
+// whose split-K slices are kept apart instead of summed. Forward: gemm_tn reads U as the K × 16·C matrix op(A)
+// and V as the 16·C × T matrix B, slice ξ writes M[ξ]. Backward-filter: the reduction over T is long (25 088
+// tiles for ResNet 28², N 128) and K×C has few GEMM tiles, so it is split into S chunks of Tc tiles for
+// parallelism, deterministically: T is padded to T_padded = S·Tc with zero tiles (written by the two
+// transforms), DY is (K, 16, T_padded), i.e. the K × 16·T_padded matrix A, V is (C, 16, T_padded), read in
+// place as the transposed B (gemm_nt), and slice ξ·S + s (k from (ξ·S + s)·Tc) writes P[ξ·S + s]; Tc is a
+// multiple of 16, so slices start 16-byte aligned on whole slabs. The filter-gradient transform sums the S
+// chunks in a fixed order.
 //
-// Launch (all three): 1-D, one thread per item, WINOGRAD_THREADS a block, cdiv(items, WINOGRAD_THREADS)
-// blocks, no shared memory. The host checks that U, V and M (16·C·K, 16·C·T, 16·K·T floats) have fewer
-// than 2^31 elements, so the items and every offset into them are 32-bit; offsets into x and y are 64-bit.
-// Items run along k (filter) or t (input, output) fastest, so a warp's 16 stores into U / V / M (and the
-// output transform's 16 loads from M) are each 128 contiguous bytes; neighbouring tiles' input patches
-// overlap and meet in L1 / L2. Each thread issues all its loads before the first arithmetic.
-// Floors: FLOPs are the GEMM's 2·16·K·C·T (the direct conv's 2·9·K·C·N·OH·OW, ≈ 2·36·K·C·T); bytes moved
-// 4·(N·C·H·W + 2·16·C·T + 2·16·K·T + N·K·OH·OW) beyond the GEMM's operand reads. Seed002 conv2 (N 128,
-// C 512 → K 256, 32² → 30²): 121 GFLOP, V 0.94 GB, M 0.47 GB.
+// Launch (all five): 1-D, one thread per item, WINOGRAD_THREADS a block, cdiv(items, WINOGRAD_THREADS)
+// blocks, no shared memory. The host checks that U, V, M, DY and P (16·C·K, 16·C·T_padded, 16·K·T,
+// 16·K·T_padded, 16·S·K·C floats) have fewer than 2^31 elements, so the items and every offset into them are
+// 32-bit; offsets into x, y, dy and dw are 64-bit. Items run along k (filter), t (input, output, dy) or c
+// (filter gradient) fastest, so a warp's 16 stores into U / V / M / DY (and the loads of the output and
+// filter-gradient transforms) are each 128 contiguous bytes; neighbouring tiles' input patches overlap and
+// meet in L1 / L2. Each thread issues all its loads before the first arithmetic.
+// Floors. Forward: FLOPs are the GEMM's 2·16·K·C·T (the direct conv's 2·9·K·C·N·OH·OW, ≈ 2·36·K·C·T); bytes
+// moved 4·(N·C·H·W + 2·16·C·T + 2·16·K·T + N·K·OH·OW) beyond the GEMM's operand re-reads. Seed002 conv2
+// (N 128, C 512 → K 256, 32² → 30²): 121 GFLOP, V 0.94 GB, M 0.47 GB.
+// Backward-filter: 2·16·K·C·T_padded FLOPs; bytes 4·(N·C·H·W + N·K·OH·OW + 2·16·(C + K)·T_padded
+// + 2·16·S·K·C + 9·K·C) at least. Seed002 conv2 N 128 (T 28 800; on 132 SMs S 3, Tc 9600): 121 GFLOP,
+// V 0.94 GB, DY 0.47 GB, ≈ 3.3 GB moved: ≥ 2.5 ms of GEMM at 48 TFLOP/s + ≈ 0.45 ms of transforms (1.8 GB).
+// ResNet 128 → 128, 28², pad 1, N 128 (T 25 088; S 17, Tc 1488, T_padded 25 296): 13.3 GFLOP, V and DY
+// 0.21 GB each, ≈ 0.97 GB moved: ≈ 0.28 ms of GEMM + ≈ 0.12 ms of transforms (0.52 GB).
 // Deterministic: no atomics, a fixed order of operations per element.
 #include "common.cuh"
 
@@ -71,6 +90,24 @@ __device__ __forceinline__ void output_axis(float* v) {  // Aᵀ·v: v[0..3] in,
     v[STRIDE] = m1 - m2 - m3;
 }
 
+// Backward-filter's two, the transposes of output_axis and filter_axis.
+template <int STRIDE>
+__device__ __forceinline__ void output_grad_axis(float* v) {  // A·v: v[0..1] in, v[0..3] out
+    const float d0 = v[0], d1 = v[STRIDE];
+    v[0] = d0;
+    v[STRIDE] = d0 + d1;
+    v[2 * STRIDE] = d0 - d1;
+    v[3 * STRIDE] = -d1;
+}
+
+template <int STRIDE>
+__device__ __forceinline__ void filter_grad_axis(float* v) {  // Gᵀ·v: v[0..3] in, v[0..2] out
+    const float m0 = v[0], m1 = v[STRIDE], m2 = v[2 * STRIDE], m3 = v[3 * STRIDE];
+    v[0] = m0 + 0.5f * (m1 + m2);
+    v[STRIDE] = 0.5f * (m1 - m2);
+    v[2 * STRIDE] = 0.5f * (m1 + m2) + m3;
+}
+
 // winograd_filter_transform: U[ξ][c][k] = (G · w[k,c] · Gᵀ)[ξ]. Item c·K + k; reads w[k, c, 0..2, 0..2]
 // (9 floats, strided across the warp: the filter is small), writes 16 floats. Bytes: 4·9·K·C + 4·16·C·K.
 extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)
@@ -93,31 +130,38 @@ winograd_filter_transform(const float* __restrict__ w, float* __restrict__ U, in
     for (int xi = 0; xi < 16; ++xi) U[xi * plane + item] = u[xi];
 }
 
-// winograd_input_transform: V[ξ][c][t] = (Bᵀ · d[c,t] · B)[ξ]. Item c·T + t; reads the tile's 4×4 input
-// patch (zeros outside x), writes 16 floats. Bytes: ≥ 4·N·C·H·W read, 4·16·C·T written.
+// winograd_input_transform: V[c·channel_stride + ξ·point_stride + t] = (Bᵀ · d[c,t] · B)[ξ] for t < T, 0 for
+// T ≤ t < T_padded. Item c·T_padded + t; reads the tile's 4×4 input patch (zeros outside x), writes 16 floats.
+// The forward's V is (16, C, T) (strides C·T, T; T_padded = T), backward-filter's (C, 16, T_padded) (strides
+// 16·T_padded, T_padded). Bytes: ≥ 4·N·C·H·W read, 4·16·C·T_padded written.
 extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)
 winograd_input_transform(const float* __restrict__ x, float* __restrict__ V, int C, int H, int W, int TH, int TW,
-                         int T, int pt, int pl) {
+                         int T, int T_padded, int channel_stride, int point_stride, int pt, int pl) {
     int item;
-    if (!item_of_thread(C * T, item)) return;
-    const int c = item / T, t = item - c * T;
-    const int image_row = t / TW, tw = t - image_row * TW;  // image_row = n·TH + th
-    const int n = image_row / TH, th = image_row - n * TH;
-    const float* plane = x + ((int64)n * C + c) * H * W;
-    const int h0 = 2 * th - pt, w0 = 2 * tw - pl;
+    if (!item_of_thread(C * T_padded, item)) return;
+    const int c = item / T_padded, t = item - c * T_padded;
     float d[16];
+    if (t < T) {
+        const int image_row = t / TW, tw = t - image_row * TW;  // image_row = n·TH + th
+        const int n = image_row / TH, th = image_row - n * TH;
+        const float* plane = x + ((int64)n * C + c) * H * W;
+        const int h0 = 2 * th - pt, w0 = 2 * tw - pl;
 #pragma unroll
-    for (int a = 0; a < 4; ++a)
+        for (int a = 0; a < 4; ++a)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-            d[4 * a + e] = inside(h0 + a, H) && inside(w0 + e, W) ? __ldg(plane + (h0 + a) * W + (w0 + e)) : 0.f;
+            for (int e = 0; e < 4; ++e)
+                d[4 * a + e] = inside(h0 + a, H) && inside(w0 + e, W) ? __ldg(plane + (h0 + a) * W + (w0 + e)) : 0.f;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) input_axis<4>(d + e);  // columns: Bᵀ·d
+        for (int e = 0; e < 4; ++e) input_axis<4>(d + e);  // columns: Bᵀ·d
 #pragma unroll
-    for (int a = 0; a < 4; ++a) input_axis<1>(d + 4 * a);  // rows: (Bᵀ·d)·B
-    const int plane_size = C * T;
+        for (int a = 0; a < 4; ++a) input_axis<1>(d + 4 * a);  // rows: (Bᵀ·d)·B
+    } else {
 #pragma unroll
-    for (int xi = 0; xi < 16; ++xi) V[xi * plane_size + item] = d[xi];
+        for (int xi = 0; xi < 16; ++xi) d[xi] = 0.f;
+    }
+    float* out = V + c * channel_stride + t;
+#pragma unroll
+    for (int xi = 0; xi < 16; ++xi) out[xi * point_stride] = d[xi];
 }
 
 // winograd_output_transform: y[n, k, 2·th + i, 2·tw + j] = act(b[k] + (Aᵀ · M[·][k][t] · A)[i][j]) for the
@@ -148,4 +192,66 @@ winograd_output_transform(const float* __restrict__ M, const float* __restrict__
             const int oh = 2 * th + i, ow = 2 * tw + j;
             if (oh < OH && ow < OW) out[oh * OW + ow] = apply_activation(m[4 * i + j] + b, act, slope);
         }
+}
+
+// winograd_dy_transform: DY[k·16·T_padded + ξ·T_padded + t] = (A · dy[k,t] · Aᵀ)[ξ] for t < T, 0 for
+// T ≤ t < T_padded, dy[k,t][i][j] = dy[n, k, 2·th + i, 2·tw + j] (0 past OH / OW). Item k·T_padded + t;
+// reads up to 4 floats of dy, writes 16. Bytes: 4·N·K·OH·OW read, 4·16·K·T_padded written.
+extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)
+winograd_dy_transform(const float* __restrict__ dy, float* __restrict__ DY, int K, int OH, int OW, int TH, int TW,
+                      int T, int T_padded) {
+    int item;
+    if (!item_of_thread(K * T_padded, item)) return;
+    const int k = item / T_padded, t = item - k * T_padded;
+    float d[16];
+    if (t < T) {
+        const int image_row = t / TW, tw = t - image_row * TW;
+        const int n = image_row / TH, th = image_row - n * TH;
+        const float* plane = dy + ((int64)n * K + k) * OH * OW;
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int oh = 2 * th + i, ow = 2 * tw + j;
+                d[4 * i + j] = oh < OH && ow < OW ? __ldg(plane + oh * OW + ow) : 0.f;
+            }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) output_grad_axis<4>(d + j);  // columns: A·dy, 4×2
+#pragma unroll
+        for (int a = 0; a < 4; ++a) output_grad_axis<1>(d + 4 * a);  // rows: (A·dy)·Aᵀ, 4×4
+    } else {
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) d[xi] = 0.f;
+    }
+    float* out = DY + k * 16 * T_padded + t;
+#pragma unroll
+    for (int xi = 0; xi < 16; ++xi) out[xi * T_padded] = d[xi];
+}
+
+// winograd_filter_grad_transform: dw[k, c] = Gᵀ · M[·][k][c] · G with M[ξ][k][c] = Σ_{s = 0..S−1} P[ξ·S + s][k][c],
+// the S chunk products of point ξ summed in that order. Item k·C + c; reads 16·S floats of P (a warp's 16
+// loads of one s are each 128 contiguous bytes), writes dw[k, c, 0..2, 0..2]. Bytes: 4·16·S·K·C read,
+// 4·9·K·C written.
+extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)
+winograd_filter_grad_transform(const float* __restrict__ P, float* __restrict__ dw, int K, int C, int S) {
+    int item;
+    if (!item_of_thread(K * C, item)) return;
+    const int plane = K * C;
+    float m[16];
+#pragma unroll
+    for (int xi = 0; xi < 16; ++xi) m[xi] = 0.f;
+    for (int s = 0; s < S; ++s) {
+        const float* chunk = P + s * plane + item;
+#pragma unroll
+        for (int xi = 0; xi < 16; ++xi) m[xi] += __ldg(chunk + xi * S * plane);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) filter_grad_axis<4>(m + e);  // columns: Gᵀ·m, rows 0..2
+#pragma unroll
+    for (int r = 0; r < 3; ++r) filter_grad_axis<1>(m + 4 * r);  // rows: (Gᵀ·m)·G, columns 0..2
+    float* out = dw + (int64)item * 9;
+#pragma unroll
+    for (int r = 0; r < 3; ++r)
+#pragma unroll
+        for (int q = 0; q < 3; ++q) out[3 * r + q] = m[4 * r + q];
 }

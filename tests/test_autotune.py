@@ -137,9 +137,9 @@ def test_keeps_what_another_process_wrote_meanwhile(cache_file):
 
 def test_round_trips_nested_named_tuples_and_dicts(cache_file):
     from cnn_gpu.ops import gemm
-    from cnn_gpu.ops.conv import CONV_TILES, FilterPlan
+    from cnn_gpu.ops.conv import CONV_TILES, SplitPlan
 
-    for candidates in (gemm.gemm_plans(33, 65, 515, sm_count=132), [FilterPlan(t, 2) for t in CONV_TILES], [{"b": 1, "a": 2}, {"a": 1}]):
+    for candidates in (gemm.gemm_plans(33, 65, 515, sm_count=132), [SplitPlan(t, 2) for t in CONV_TILES], [{"b": 1, "a": 2}, {"a": 1}]):
         fastest = candidates[-1]
         timed = fake_tuner(cache_file).pick("family", (len(candidates),), lambda: candidates, lambda c: 0.0 if c == fastest else 1.0)
         reloaded = fake_tuner(cache_file).pick("family", (len(candidates),), lambda: candidates, lambda c: pytest.fail("timed again"))

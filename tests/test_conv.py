@@ -11,7 +11,7 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, FILTER_BLOCKS_PER_SM, FilterPlan, _as_forward_geometry,
+from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
                                _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d)
 from cnn_gpu.ops.geometry import window_geometry
 from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
@@ -201,9 +201,15 @@ PINNED_CASES = [
 def test_every_tile_matches_numpy_float64(backend, xp, rng, monkeypatch, tile):
     if backend != "cuda":
         pytest.skip("tile variants are a CUDA-path choice")
-    for blocks_per_sm in FILTER_BLOCKS_PER_SM:
+    for blocks_per_sm in SPLIT_BLOCKS_PER_SM:
+        split_forwards = []
+
         def choose(family, key, candidates):
-            choice = FilterPlan(tile, blocks_per_sm) if key[0] == "conv2d_bwd_filter" else tile
+            plan = SplitPlan(tile, blocks_per_sm)
+            choice = plan if key[0] == "conv2d_bwd_filter" else tile
+            if key[0] == "conv2d_fwd_bias_act" and plan in candidates:  # a grid too small: C·R·S split
+                choice = plan
+                split_forwards.append(key)
             assert family == "conv2d" and choice in candidates, (key, choice)
             return choice
 
@@ -217,6 +223,7 @@ def test_every_tile_matches_numpy_float64(backend, xp, rng, monkeypatch, tile):
             refs = F.conv2d_backward(dy.astype(numpy.float64), f64[0], f64[1], stride, padding)
             for name, got, ref in zip(("dx", "dw", "db"), F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), stride, padding), refs):
                 assert rel_error(got, ref) < 1e-5, (x_shape, w_shape, blocks_per_sm, name)
+        assert split_forwards, "no pinned case ran a split forward"  # PINNED_CASES[0] (C·R·S 576, 225 pixels) does
 
 
 # ---- backward-data as a forward convolution (the AS_FORWARD candidate) ----------------------------------

@@ -1,17 +1,22 @@
-"""conv2d's Winograd F(2×2, 3×3) forward (kernels/winograd.cu, the autotuner's WINOGRAD candidate): a float64
-NumPy transcription of the three transforms, formula for formula as the kernels write them, equals the direct
-convolution (proves the matrices, the tiling, the padding and the odd edges without a GPU); the CUDA path,
-forced through pin_autotune, against NumPy in float64 on odd shapes, every activation, with and without bias,
-each tile configuration of its sliced GEMM, bit for bit run to run; which layers get the candidate; the
-32-bit check before any allocation."""
+"""conv2d's Winograd F(2×2, 3×3) forward and backward-filter (kernels/winograd.cu, the autotuner's WINOGRAD
+candidates): a float64 NumPy transcription of the transforms, formula for formula as the kernels write them
+(and of backward-filter's chunked products, zero-padded tiles included), equals the direct convolution and its
+filter gradient (proves the matrices, the tiling, the padding and the odd edges without a GPU); the CUDA paths,
+forced through pin_autotune, against NumPy in float64 on odd shapes (the forward with every activation, with
+and without bias), each tile configuration of their sliced GEMMs, bit for bit run to run; which layers get the
+candidates, the buffer-size rule; the 32-bit checks before any allocation."""
+import json
+
 import numpy
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
+from cnn_gpu.ops import conv
 from cnn_gpu.ops.activation import numpy_activation
-from cnn_gpu.ops.conv import CONV_TILES, DEFAULT_TILE, WINOGRAD, _forward_candidates, _problem, _winograd_plan
+from cnn_gpu.ops.conv import (CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, WINOGRAD, SplitPlan, _filter_plans,
+                              _forward_candidates, _problem, _winograd_chunks, _winograd_filter_plan, _winograd_plan)
 from cnn_gpu.ops.gemm import TILE_CONFIGS
 from cnn_gpu.ops.geometry import window_geometry
 from checks import pin_autotune, rel_error
@@ -22,6 +27,8 @@ ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
 B_T = numpy.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=numpy.float64)
 G = numpy.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=numpy.float64)
 A_T = numpy.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=numpy.float64)
+G_T = G.T
+A = A_T.T
 
 
 # ---- the kernels' arithmetic, transcribed (float64, along axis -2 for columns, -1 for rows) ----------
@@ -41,6 +48,18 @@ def output_axis(v, axis):
     """winograd.cu's output_axis: Aᵀ·v along axis (4 points in, 2 out)."""
     m0, m1, m2, m3 = numpy.moveaxis(v, axis, 0)
     return numpy.moveaxis(numpy.stack([m0 + m1 + m2, m1 - m2 - m3]), 0, axis)
+
+
+def output_grad_axis(v, axis):
+    """winograd.cu's output_grad_axis: A·v along axis (2 points in, 4 out)."""
+    d0, d1 = numpy.moveaxis(v, axis, 0)
+    return numpy.moveaxis(numpy.stack([d0, d0 + d1, d0 - d1, -d1]), 0, axis)
+
+
+def filter_grad_axis(v, axis):
+    """winograd.cu's filter_grad_axis: Gᵀ·v along axis (4 points in, 3 out)."""
+    m0, m1, m2, m3 = numpy.moveaxis(v, axis, 0)
+    return numpy.moveaxis(numpy.stack([m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3]), 0, axis)
 
 
 def filter_transform(w):
@@ -73,6 +92,45 @@ def output_transform(M, b, N, OH, OW, TH, TW, activation, slope):
     return numpy_activation(y, activation, slope)
 
 
+def pad_tiles(v, T_padded):
+    """v (..., T) with zero tiles appended up to T_padded, as the transforms write them."""
+    return numpy.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, T_padded - v.shape[-1])])
+
+
+def dy_transform(dy, TH, TW, T_padded):
+    """DY[k][ξ][t] = (A · dy[k,t] · Aᵀ)[ξ], dy[k,t] the 2×2 block at rows 2·th, columns 2·tw of dy (zeros past
+    OH, OW), zeros for T ≤ t < T_padded."""
+    N, K, OH, OW = dy.shape
+    padded = numpy.zeros((N, K, 2 * TH, 2 * TW))
+    padded[:, :, :OH, :OW] = dy
+    blocks = padded.reshape(N, K, TH, 2, TW, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, K, TH, TW, 2, 2)
+    v = output_grad_axis(output_grad_axis(blocks, -2), -1)  # (N, K, TH, TW, 4, 4)
+    return pad_tiles(v.reshape(N, K, TH * TW, 16).transpose(1, 3, 0, 2).reshape(K, 16, N * TH * TW), T_padded)
+
+
+def filter_grad_transform(P, S):
+    """dw[k, c] = Gᵀ · (Σ_{s = 0..S−1} P[ξ·S + s][k][c]) · G, the chunks summed in order."""
+    K, C = P.shape[1:]
+    chunks = P.reshape(16, S, K, C)
+    m = chunks[:, 0]
+    for s in range(1, S):
+        m = m + chunks[:, s]
+    m = m.reshape(4, 4, K, C).transpose(2, 3, 0, 1)  # (K, C, 4, 4)
+    return filter_grad_axis(filter_grad_axis(m, -2), -1)
+
+
+def winograd_conv2d_backward_filter(dy, x, padding, wanted_chunks):
+    """dw by the backward-filter's transforms and products, the reduction in conv._winograd_chunks' chunks."""
+    g = window_geometry(x.shape, (3, 3), 1, padding)
+    TH, TW = -(-g.OH // 2), -(-g.OW // 2)
+    S, chunk = _winograd_chunks(g.N * TH * TW, wanted_chunks)
+    K, C = dy.shape[1], g.C
+    DY = dy_transform(dy, TH, TW, S * chunk)  # (K, 16, S·Tc)
+    V = pad_tiles(input_transform(x, TH, TW, g.pad_top, g.pad_left).transpose(1, 0, 2), S * chunk)  # (C, 16, S·Tc)
+    P = numpy.einsum("kxsj,cxsj->xskc", DY.reshape(K, 16, S, chunk), V.reshape(C, 16, S, chunk))  # the 16·S products
+    return filter_grad_transform(P.reshape(16 * S, K, C), S)
+
+
 def winograd_conv2d(x, w, b, padding, activation=None, slope=0.01):
     g = window_geometry(x.shape, w.shape[2:], 1, padding)
     TH, TW = -(-g.OH // 2), -(-g.OW // 2)
@@ -90,6 +148,9 @@ def test_axis_transforms_are_the_header_matrices(rng):
     g = rng.standard_normal((3, 3))
     assert numpy.allclose(filter_axis(filter_axis(g, -2), -1), G @ g @ G.T, rtol=0, atol=1e-15)
     assert numpy.allclose(output_axis(output_axis(v, -2), -1), A_T @ v @ A_T.T, rtol=0, atol=1e-15)
+    assert numpy.allclose(filter_grad_axis(filter_grad_axis(v, -2), -1), G_T @ v @ G_T.T, rtol=0, atol=1e-15)
+    d = rng.standard_normal((2, 2))
+    assert numpy.allclose(output_grad_axis(output_grad_axis(d, -2), -1), A @ d @ A.T, rtol=0, atol=1e-15)
 
 
 # (x shape, K, padding): a 3×3 input (one output), odd and even H, W (odd OH / OW drop a tile's last row or
@@ -117,7 +178,31 @@ def test_transcribed_transforms_equal_direct_conv(rng, x_shape, K, padding, acti
     assert rel_error(y, ref) < 1e-12
 
 
-# ---- which layers get the candidate; the 32-bit check ---------------------------------------------------
+@pytest.mark.parametrize("x_shape, K, padding", TRANSCRIPTION_CASES)
+@pytest.mark.parametrize("wanted_chunks", [1, 3, 5])
+def test_transcribed_backward_filter_equals_direct_dw(rng, x_shape, K, padding, wanted_chunks):
+    # T from 1 to 720 tiles: one chunk padded to a multiple of 16 tiles; T 272 in 3 or 4 chunks, the last padded
+    # (272 = 2·96 + 80 = 3·80 + 32); T 720 in 3 or 5 exact ones
+    x = rng.standard_normal(x_shape)
+    g = window_geometry(x_shape, (3, 3), 1, padding)
+    dy = rng.standard_normal((g.N, K, g.OH, g.OW))
+    w = rng.standard_normal((K, g.C, 3, 3))
+    _, ref, _ = F.conv2d_backward(dy, x, w, 1, padding, compute_dx=False)  # float64 NumPy (test_conv: vs differences)
+    dw = winograd_conv2d_backward_filter(dy, x, padding, wanted_chunks)
+    assert dw.shape == ref.shape
+    assert rel_error(dw, ref) < 1e-12
+
+
+@pytest.mark.parametrize("T", [1, 17, 64, 272, 720, 25088])
+@pytest.mark.parametrize("wanted", [1, 3, 17, 1000])
+def test_winograd_chunks_cover_the_tiles_in_aligned_chunks(T, wanted):
+    S, chunk = _winograd_chunks(T, wanted)
+    assert 1 <= S <= wanted and chunk % 16 == 0  # whole 16-deep slabs: float4-aligned slices
+    assert (S - 1) * chunk < T <= S * chunk  # no empty chunk; the padding lies in the last
+    assert S == 1 or chunk >= 64
+
+
+# ---- which layers get the candidates; the buffer rules -------------------------------------------------
 @pytest.mark.parametrize("window, stride, eligible", [((3, 3), 1, True), ((3, 3), 2, False), ((3, 3), (1, 2), False),
                                                       ((5, 5), 1, False), ((3, 1), 1, False), ((1, 1), 1, False)])
 def test_winograd_is_a_candidate_for_3x3_stride_1_only(window, stride, eligible):
@@ -134,13 +219,55 @@ def test_winograd_buffers_past_32_bits_raise_before_allocation():
         _winograd_plan(problem)
 
 
-# ---- the CUDA path, forced --------------------------------------------------------------------------
-def force_winograd(monkeypatch, gemm_config=None):
-    """conv2d's forward runs WINOGRAD, its sliced GEMM gemm_config (the default candidate when None)."""
+WINOGRAD_FILTER_PLANS = [SplitPlan(WINOGRAD, blocks) for blocks in SPLIT_BLOCKS_PER_SM]
+
+
+@pytest.mark.parametrize("window, stride, eligible", [((3, 3), 1, True), ((3, 3), 2, False), ((5, 5), 1, False),
+                                                      ((1, 1), 1, False)])
+def test_winograd_filter_is_a_candidate_for_3x3_stride_1_only(monkeypatch, window, stride, eligible):
+    monkeypatch.setattr(conv, "sm_count", lambda: 132)
+    plans = _filter_plans(_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
+    assert plans[0] == SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never Winograd
+    direct = [SplitPlan(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES]
+    assert plans == direct + WINOGRAD_FILTER_PLANS if eligible else plans == direct
+    assert len({json.dumps(p) for p in plans}) == len(plans)  # the tuner's cache tells them apart by their JSON
+
+
+# (x shape, K, offered): seed002 conv2 at N 128 (DY, V, P 1.4 GB); its conv1 (a 10 GB DY, past 32 bits too); its
+# conv2 at N 512 (5.7 GB, every buffer within 32 bits: excluded by _WINOGRAD_FILTER_MAX_BYTES alone).
+@pytest.mark.parametrize("x_shape, K, offered", [((128, 512, 32, 32), 256, True), ((128, 1, 100, 100), 512, False),
+                                                 ((512, 512, 32, 32), 256, False)])
+def test_winograd_filter_is_no_candidate_past_its_buffer_budget(monkeypatch, x_shape, K, offered):
+    monkeypatch.setattr(conv, "sm_count", lambda: 132)
+    problem = _problem(window_geometry(x_shape, (3, 3), 1, 0), K)
+    plans = _filter_plans(problem)
+    assert all(p in plans for p in WINOGRAD_FILTER_PLANS) if offered else all(p not in plans for p in WINOGRAD_FILTER_PLANS)
+    if not offered and x_shape[0] == 512:
+        with pytest.raises(ValueError, match="_WINOGRAD_FILTER_MAX_BYTES"):
+            _winograd_filter_plan(problem, SPLIT_BLOCKS_PER_SM[0], 132)
+
+
+def test_winograd_filter_split_of_seed002_conv2():
+    # the header's numbers: 132 SMs, 128 × 128 GEMM tiles (2 × 4 of them): 3 chunks of 9600 tiles, no padding
+    plan = _winograd_filter_plan(_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256), 2, 132)
+    assert plan.dy_shape == (256, 16, 28800) and plan.v_shape == (512, 16, 28800) and plan.p_shape == (48, 256, 512)
+
+
+def test_winograd_filter_buffers_past_32_bits_raise_before_allocation():
+    # V = 16·C·T_padded = 16·4096·256² floats is past 2^31 (DY, one filter's, is not)
+    problem = _problem(window_geometry((1, 4096, 512, 512), (3, 3), 1, 1), 1)
+    with pytest.raises(ValueError, match="Winograd backward-filter buffer V"):
+        _winograd_filter_plan(problem, SPLIT_BLOCKS_PER_SM[0], 132)
+
+
+# ---- the CUDA paths, forced -------------------------------------------------------------------------
+def force_winograd(monkeypatch, gemm_config=None, kernel="conv2d_fwd_bias_act", choice=WINOGRAD):
+    """conv2d's `kernel` (the forward, or conv2d_bwd_filter with a SplitPlan(WINOGRAD, ...)) runs `choice`, its
+    sliced GEMM gemm_config (the default candidate when None)."""
     def choose(family, key, candidates):
         if family == "conv2d":
-            assert key[0] == "conv2d_fwd_bias_act" and WINOGRAD in candidates, key
-            return WINOGRAD
+            assert key[0] == kernel and choice in candidates, (key, choice)
+            return choice
         assert family == "gemm" and key[0] == "k_slices", (family, key)
         if gemm_config is None:
             return candidates[0]
@@ -208,3 +335,54 @@ def test_winograd_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
     b = xp.asarray(rng.standard_normal(33).astype(numpy.float32))
     first = to_numpy(F.conv2d(x, w, b, 1, 1, "relu"))
     assert first.tobytes() == to_numpy(F.conv2d(x, w, b, 1, 1, "relu")).tobytes()
+
+
+def run_filter_case(xp, rng, case):
+    """(dw, float64 reference dw) for one case (its activation unused)."""
+    x_shape, K, padding, _ = case
+    g = window_geometry(x_shape, (3, 3), 1, padding)
+    x = rng.standard_normal(x_shape).astype(numpy.float32)
+    w = rng.standard_normal((K, g.C, 3, 3)).astype(numpy.float32)
+    dy = rng.standard_normal((g.N, K, g.OH, g.OW)).astype(numpy.float32)
+    _, ref, _ = F.conv2d_backward(dy.astype(numpy.float64), x.astype(numpy.float64), w.astype(numpy.float64), 1,
+                                  padding, compute_dx=False)
+    _, dw, _ = F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), 1, padding, compute_dx=False)
+    return dw, ref
+
+
+def force_winograd_filter(monkeypatch, plan=WINOGRAD_FILTER_PLANS[0], gemm_config=None):
+    force_winograd(monkeypatch, gemm_config, kernel="conv2d_bwd_filter", choice=plan)
+
+
+# CUDA_CASES' shapes: T from 1 to 720 tiles in 1 to 9 chunks (132 SMs), padded (272 tiles as 4 × 80) or not.
+@pytest.mark.parametrize("case", CUDA_CASES)
+@pytest.mark.parametrize("plan", WINOGRAD_FILTER_PLANS, ids=lambda p: f"{p.blocks_per_sm}-blocks-per-SM")
+def test_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, case, plan):
+    if backend != "cuda":
+        pytest.skip("Winograd is a CUDA-path variant")
+    force_winograd_filter(monkeypatch, plan)
+    dw, ref = run_filter_case(xp, rng, case)
+    assert dw.dtype == numpy.float32 and dw.shape == ref.shape
+    # a float32 NumPy emulation of these transforms and products stays under 1e-6
+    assert rel_error(dw, ref) < 1e-5
+
+
+@pytest.mark.parametrize("config", TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
+def test_every_sliced_gemm_config_of_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, config):
+    if backend != "cuda":
+        pytest.skip("Winograd is a CUDA-path variant")
+    force_winograd_filter(monkeypatch, WINOGRAD_FILTER_PLANS[-1], config)
+    for case in (CUDA_CASES[2], CUDA_CASES[3], CUDA_CASES[6]):
+        dw, ref = run_filter_case(xp, rng, case)
+        assert rel_error(dw, ref) < 1e-5, case
+
+
+def test_winograd_filter_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
+    if backend != "cuda":
+        pytest.skip("Winograd is a CUDA-path variant")
+    force_winograd_filter(monkeypatch, WINOGRAD_FILTER_PLANS[-1])  # several chunks, summed in order
+    x = xp.asarray(rng.standard_normal((3, 17, 31, 33)).astype(numpy.float32))
+    w = xp.asarray(rng.standard_normal((33, 17, 3, 3)).astype(numpy.float32))
+    dy = xp.asarray(rng.standard_normal((3, 33, 31, 33)).astype(numpy.float32))
+    first = to_numpy(F.conv2d_backward(dy, x, w, 1, 1, compute_dx=False)[1])
+    assert first.tobytes() == to_numpy(F.conv2d_backward(dy, x, w, 1, 1, compute_dx=False)[1]).tobytes()

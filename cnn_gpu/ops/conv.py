@@ -19,11 +19,16 @@ col2im that adds one strided slice per kernel tap (R*S vectorised adds; a numba 
 no faster). CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data,
 conv2d_bwd_filter) and deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no
 float atomics, so backward is bit-reproducible. Each of the three implicit GEMMs takes its tile sizes
-(ConvTile, and for backward-filter also how far its reduction is split) from cnn_gpu.cuda.autotune, which
-times the candidates on the first call of a shape; DEFAULT_TILE is used as is with CNN_GPU_AUTOTUNE=0.
+(ConvTile, or a SplitPlan: tile sizes and how far the reduction is split, for backward-filter and for forwards
+whose output tiles cannot fill the GPU) from cnn_gpu.cuda.autotune, which times the candidates on the first
+call of a shape; DEFAULT_TILE is used as is with CNN_GPU_AUTOTUNE=0. For stride-1 layers backward-data also
+has AS_FORWARD: dx as the forward conv of dy with the filters flipped, which then gets the forward's variants.
 For 3×3, stride-1 layers the forward's candidates also include WINOGRAD (kernels/winograd.cu, F(2×2, 3×3):
-2.25× fewer FLOPs through three transform passes and 16 products in one launch of kernels/gemm.cu), chosen
-only when timing finds it faster.
+2.25× fewer FLOPs through three transform passes and 16 products in one launch of kernels/gemm.cu), and so do
+backward-filter's (SplitPlan(WINOGRAD, blocks_per_sm): dy and input transforms, the 16 products with their
+long reduction over the 2×2 tiles split into chunks, as one launch of kernels/gemm.cu, and a filter-gradient
+transform that sums the chunks in a fixed order) where its buffers fit _WINOGRAD_FILTER_MAX_BYTES; each is
+chosen only when timing finds it faster.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, require_int32_indexabl
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
-from cnn_gpu.ops.gemm import cuda_gemm_k_slices
+from cnn_gpu.ops.gemm import cuda_gemm_k_slices, plan_gemm
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
 _LAYOUTS = {"x": (4, "N, C, H, W"), "w": (4, "K, C, R, S"), "b": (1, "K"), "dy": (4, "N, K, OH, OW")}
@@ -71,14 +76,15 @@ DEFAULT_TILE = ConvTile(64, 64, 16, 4, 4)
 # whose GEMM is only C·R·S wide (9 or 25 for a 1-channel first layer).
 CONV_TILES = (DEFAULT_TILE, ConvTile(128, 64, 16, 8, 4), ConvTile(64, 128, 16, 4, 8), ConvTile(128, 128, 16, 8, 8),
               ConvTile(32, 64, 16, 4, 4), ConvTile(128, 32, 16, 8, 4))
-# Backward-filter splits its reduction until the grid has this many blocks per SM (the first is the default):
-# 2 fills the GPU once; 6 also trims the last wave's idle SMs, at the cost of more partials to sum.
-FILTER_BLOCKS_PER_SM = (2, 6)
+# A SplitPlan splits its reduction until the grid has this many blocks per SM (backward-filter's default is the
+# first): 2 fills the GPU once; 6 also trims the last wave's idle SMs, at the cost of more partials to sum.
+SPLIT_BLOCKS_PER_SM = (2, 6)
 
 
-# The forward's Winograd F(2×2, 3×3) variant (kernels/winograd.cu), a candidate beside CONV_TILES for 3×3,
-# stride-1 layers only; never the default. Its buffers U, V, M hold 16·(C·K + C·T + K·T) floats (T: 2×2 output
-# tiles), 1.4 GB on seed002's conv2; its rounding error is a few times the direct conv's (still within 1e-5).
+# The Winograd F(2×2, 3×3) variant (kernels/winograd.cu) of the forward and of backward-filter, a candidate beside
+# CONV_TILES for 3×3, stride-1 layers only; never the default. The forward's buffers U, V, M hold
+# 16·(C·K + C·T + K·T) floats (T: 2×2 output tiles), 1.4 GB on seed002's conv2, backward-filter's about
+# 16·(K + C)·T; its rounding error is a few times the direct conv's (still within 1e-5).
 WINOGRAD = "winograd F(2x2, 3x3)"
 
 # Backward-data's variant for stride-1 layers with pads narrower than the window: dx is the forward conv of dy
@@ -86,9 +92,10 @@ WINOGRAD = "winograd F(2x2, 3x3)"
 AS_FORWARD = "backward-data as forward conv"
 
 
-class FilterPlan(NamedTuple):
-    """Backward-filter's variant: tile sizes and the grid size its split reduction aims for."""
-    tile: ConvTile
+class SplitPlan(NamedTuple):
+    """A variant whose reduction is split over blocks (backward-filter's N·OH·OW, a small forward's C·R·S): tile
+    sizes (or WINOGRAD, for backward-filter) and the grid size the split aims for, in blocks an SM."""
+    tile: ConvTile | str
     blocks_per_sm: int
 
 
@@ -204,13 +211,47 @@ def _cuda_conv2d(x, w, b, g: WindowGeometry, activation, slope):
     x, w, b = contiguous(cupy, x), contiguous(cupy, w), contiguous(cupy, b)
     problem = _problem(g, w.shape[0])
     launch = functools.partial(_launch_conv2d_fwd, x, w, b, problem, activation_code(activation), slope)
-    return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: _forward_candidates(problem.g), launch))
+    return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: _forward_candidates(problem.g) + _forward_split_plans(problem), launch))
+
+
+def _winograd_applies(g: WindowGeometry) -> bool:
+    """F(2×2, 3×3) computes this layer: a 3×3 window at stride 1 (any padding)."""
+    return (g.R, g.S, g.stride_h, g.stride_w) == (3, 3, 1, 1)
 
 
 def _forward_candidates(g: WindowGeometry) -> tuple:
     """The forward's autotuner candidates: CONV_TILES (the default first), and WINOGRAD for 3×3 stride-1 windows."""
-    winograd = (g.R, g.S, g.stride_h, g.stride_w) == (3, 3, 1, 1)
-    return CONV_TILES + (WINOGRAD,) if winograd else CONV_TILES
+    return CONV_TILES + (WINOGRAD,) if _winograd_applies(g) else CONV_TILES
+
+
+# A split forward keeps at least this many BK-steps of the C·R·S reduction a split.
+FORWARD_MIN_CHUNK_STEPS = 4
+
+
+@functools.lru_cache(maxsize=1024)
+def _forward_split(problem: _Problem, variant) -> tuple:
+    """(tile, splits, chunk) of a direct forward variant: a ConvTile runs unsplit (one chunk of all C·R·S); a
+    SplitPlan splits C·R·S into chunks of at least FORWARD_MIN_CHUNK_STEPS steps until its grid has its blocks an SM."""
+    g, K = problem.g, problem.K
+    crs = g.C * g.R * g.S
+    if isinstance(variant, ConvTile):
+        return variant, 1, crs
+    tile = variant.tile
+    tiles = cdiv(K, tile.bm) * cdiv(g.N * g.OH * g.OW, tile.bn)
+    return (tile,) + _split_count(crs, FORWARD_MIN_CHUNK_STEPS * tile.bk, tiles, variant.blocks_per_sm)
+
+
+def _forward_split_plans(problem: _Problem) -> tuple:
+    """The forward's split-reduction candidates: each CONV_TILES at each SPLIT_BLOCKS_PER_SM whose grid would
+    otherwise leave SMs idle (split at least in two), one per distinct split."""
+    plans = {}
+    for blocks in SPLIT_BLOCKS_PER_SM:
+        for tile in CONV_TILES:
+            plan = SplitPlan(tile, blocks)
+            _, splits, _ = _forward_split(problem, plan)
+            if splits > 1:
+                plans.setdefault((tile, splits), plan)
+    return tuple(plans.values())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -219,16 +260,22 @@ def _gemm_grid(gemm_m: int, gemm_n: int, tile: ConvTile, splits: int = 1) -> tup
     return (cdiv(gemm_n, tile.bn), cdiv(gemm_m, tile.bm), splits)
 
 
-def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, tile):
+def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, variant):
+    """y for one forward candidate: WINOGRAD, a ConvTile, or a SplitPlan (C·R·S split: partials, then a
+    fixed-order sum that adds the bias and applies the activation)."""
     import cupy
 
-    if tile == WINOGRAD:
+    if variant == WINOGRAD:
         return _launch_conv2d_fwd_winograd(x, w, b, problem, act, slope)
     g, K = problem.g, problem.K
+    tile, splits, chunk = _forward_split(problem, variant)
     y = nan_filled(cupy, _output_shape(g, K))
+    out = y if splits == 1 else nan_filled(cupy, (splits,) + _output_shape(g, K))
     _kernel("conv2d_fwd_bias_act", tile)(
-        _gemm_grid(K, g.N * g.OH * g.OW, tile), (tile.threads,),
-        (x, w, b, y) + problem.args + (numpy.int32(act), numpy.float32(slope)))
+        _gemm_grid(K, g.N * g.OH * g.OW, tile, splits), (tile.threads,),
+        (x, w, b, out) + problem.args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)))
+    if splits > 1:
+        _sum_partials(out, y, b, K, g.OH * g.OW, act, slope)
     return y
 
 
@@ -255,13 +302,14 @@ def _winograd_plan(problem: _Problem) -> _WinogradPlan:
     shapes = {"U": (_WINOGRAD_POINTS, g.C, K), "V": (_WINOGRAD_POINTS, g.C, T), "M": (_WINOGRAD_POINTS, K, T)}
     for name, shape in shapes.items():
         require_int32_indexable(f"the Winograd buffer {name}", shape)
+    return _WinogradPlan(shapes["U"], shapes["V"], shapes["M"], _winograd_launch(g.C * K, g.C, K),
+                         _winograd_launch(g.C * T, g.C, g.H, g.W, TH, TW, T, T, T, g.C * T, g.pad_top, g.pad_left),
+                         _winograd_launch(K * T, K, g.OH, g.OW, TH, TW, T))
 
-    def launch(items, *sizes):
-        return (cdiv(items, _WINOGRAD_THREADS),), tuple(numpy.int32(v) for v in sizes)
 
-    return _WinogradPlan(shapes["U"], shapes["V"], shapes["M"], launch(g.C * K, g.C, K),
-                         launch(g.C * T, g.C, g.H, g.W, TH, TW, T, g.pad_top, g.pad_left),
-                         launch(K * T, K, g.OH, g.OW, TH, TW, T))
+def _winograd_launch(items: int, *sizes) -> tuple:
+    """(grid, size arguments as numpy.int32s) of a winograd.cu transform over `items` items."""
+    return (cdiv(items, _WINOGRAD_THREADS),), tuple(numpy.int32(v) for v in sizes)
 
 
 def _launch_conv2d_fwd_winograd(x, w, b, problem: _Problem, act: int, slope: float):
@@ -294,10 +342,13 @@ def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: 
     return cdiv(work, chunk), chunk
 
 
-def _sum_partials(partials, out):
-    """out = partials.sum(axis=0) in a fixed order (the deterministic second pass)."""
+def _sum_partials(partials, out, bias=None, K: int = 1, pixels: int = 1, act: int = 0, slope: float = 0.0):
+    """out = act(partials.sum(axis=0) + bias) in a fixed order (the deterministic second pass); out is NCHW-like
+    with K channels of `pixels` pixels when bias is given (element i takes bias[(i // pixels) % K])."""
     n = out.size
-    _kernel("conv2d_sum_partials")((grid_stride_blocks(n),), (256,), (partials, out, numpy.int64(n), numpy.int32(partials.shape[0])))
+    _kernel("conv2d_sum_partials")((grid_stride_blocks(n),), (256,), (
+        partials, bias, out, numpy.int64(n), numpy.int32(partials.shape[0]), numpy.int32(K), numpy.int32(pixels),
+        numpy.int32(act), numpy.float32(slope)))
     return out
 
 
@@ -340,10 +391,12 @@ def _launch_conv2d_bwd_data_as_forward(dy, w, problem: _Problem):
     return _cuda_conv2d(dy, _flipped_filters(cupy, w), None, _as_forward_geometry(problem.g, problem.K), None, 0.0)
 
 
-def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: FilterPlan):
+def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: SplitPlan):
     """dw, its N*OH*OW reduction split so that small filters still fill the GPU: partials, then a fixed-order sum."""
     import cupy
 
+    if plan.tile == WINOGRAD:
+        return _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem, plan.blocks_per_sm)
     g, K, tile = problem.g, problem.K, plan.tile
     crs = g.C * g.R * g.S
     tiles = cdiv(K, tile.bm) * cdiv(crs, tile.bn)
@@ -357,8 +410,101 @@ def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: FilterPla
     return dw
 
 
-def _filter_plans():
-    return [FilterPlan(tile, blocks) for blocks in FILTER_BLOCKS_PER_SM for tile in CONV_TILES]
+# Backward-filter's Winograd buffers together (DY, V and the chunk products P) take at most this many bytes.
+# They are always about 4× dy and x (16 floats per 2×2 tile), so no ratio to those sizes can exclude a layer
+# whose dy alone is large: seed002's conv1 (C 1 → K 512 on 100², N 128) would need a 10 GB DY; its conv2 at
+# N 128 takes 1.4 GB, at N 256 2.9 GB.
+_WINOGRAD_FILTER_MAX_BYTES = 4 << 30
+_WINOGRAD_MIN_CHUNK = 64    # tiles: no chunk of the reduction is shorter (unless T is)
+_WINOGRAD_CHUNK_ALIGN = 16  # chunks of whole 16-deep gemm slabs: float4-aligned, gemm.cu's interior path
+
+
+def _winograd_chunks(T: int, wanted: int) -> tuple[int, int]:
+    """(S, Tc): T tiles as S chunks of Tc, about `wanted` of them: Tc a multiple of _WINOGRAD_CHUNK_ALIGN, none
+    under _WINOGRAD_MIN_CHUNK tiles (but the one chunk of a shorter T), none empty; the last padded to Tc."""
+    chunks = max(1, min(wanted, T // _WINOGRAD_MIN_CHUNK))
+    chunk = cdiv(cdiv(T, chunks), _WINOGRAD_CHUNK_ALIGN) * _WINOGRAD_CHUNK_ALIGN
+    return cdiv(T, chunk), chunk
+
+
+class _WinogradFilterPlan(NamedTuple):
+    """The Winograd backward-filter's buffer shapes and its transforms' grids and size arguments (numpy.int32s,
+    in the kernels' order) for one _Problem and grid target, with the 32-bit and size checks passed."""
+    dy_shape: tuple  # (K, 16, S·Tc)
+    v_shape: tuple   # (C, 16, S·Tc)
+    p_shape: tuple   # (16·S, K, C)
+    dy_launch: tuple  # (grid, size arguments)
+    input_launch: tuple
+    filter_grad_launch: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def _winograd_filter_plan(problem: _Problem, blocks_per_sm: int, sms: int) -> _WinogradFilterPlan:
+    """The reduction over the T tiles in S chunks, enough that the sliced GEMM (16·S slices of its default tile
+    configuration's K × C tiles) gives each of sms SMs blocks_per_sm blocks; ValueError when a buffer is past
+    32-bit indexing or all of them past _WINOGRAD_FILTER_MAX_BYTES."""
+    g, K = problem.g, problem.K
+    TH, TW = cdiv(g.OH, 2), cdiv(g.OW, 2)
+    T = g.N * TH * TW
+    config = plan_gemm(K, g.C, _WINOGRAD_POINTS * T, sms).config
+    gemm_tiles = cdiv(K, config.tile_m) * cdiv(g.C, config.tile_n)
+    S, chunk = _winograd_chunks(T, cdiv(blocks_per_sm * sms, _WINOGRAD_POINTS * gemm_tiles))
+    T_padded = S * chunk
+    shapes = {"DY": (K, _WINOGRAD_POINTS, T_padded), "V": (g.C, _WINOGRAD_POINTS, T_padded),
+              "P": (_WINOGRAD_POINTS * S, K, g.C)}
+    for name, shape in shapes.items():
+        require_int32_indexable(f"the Winograd backward-filter buffer {name}", shape)
+    nbytes = 4 * sum(int(numpy.prod(shape)) for shape in shapes.values())
+    if nbytes > _WINOGRAD_FILTER_MAX_BYTES:
+        raise ValueError(f"the Winograd backward-filter buffers {shapes} take {nbytes} bytes, more than "
+                         f"_WINOGRAD_FILTER_MAX_BYTES ({_WINOGRAD_FILTER_MAX_BYTES})")
+    return _WinogradFilterPlan(
+        shapes["DY"], shapes["V"], shapes["P"],
+        _winograd_launch(K * T_padded, K, g.OH, g.OW, TH, TW, T, T_padded),
+        _winograd_launch(g.C * T_padded, g.C, g.H, g.W, TH, TW, T, T_padded, _WINOGRAD_POINTS * T_padded, T_padded,
+                         g.pad_top, g.pad_left),
+        _winograd_launch(K * g.C, K, g.C, S))
+
+
+def _winograd_filter_fits(problem: _Problem, blocks_per_sm: int, sms: int) -> bool:
+    """_winograd_filter_plan passes its checks: the candidate is offered only then."""
+    try:
+        _winograd_filter_plan(problem, blocks_per_sm, sms)
+    except ValueError:
+        return False
+    return True
+
+
+def _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem: _Problem, blocks_per_sm: int):
+    """dw by Winograd F(2×2, 3×3): dy and input transforms into (K | C, 16, S·Tc), the 16·S chunk products
+    P[ξ·S + s] = DY[:, ξ, chunk s] · V[:, ξ, chunk s]ᵀ as one sliced GEMM (DY read as the K × 16·S·Tc matrix A,
+    V as the transposed B), the filter-gradient transform summing the chunks in order."""
+    import cupy
+
+    plan = _winograd_filter_plan(problem, blocks_per_sm, sm_count())  # the checks, before any allocation
+    K, C = problem.K, problem.g.C
+    block = (_WINOGRAD_THREADS,)
+    dy_points = nan_filled(cupy, plan.dy_shape)
+    grid, sizes = plan.dy_launch
+    load_kernel("winograd", "winograd_dy_transform")(grid, block, (dy, dy_points) + sizes)
+    v = nan_filled(cupy, plan.v_shape)
+    grid, sizes = plan.input_launch
+    load_kernel("winograd", "winograd_input_transform")(grid, block, (x, v) + sizes)
+    p = cuda_gemm_k_slices(dy_points.reshape(K, -1), v.reshape(C, -1).T, plan.p_shape[0], nan_filled(cupy, plan.p_shape))
+    dw = nan_filled(cupy, w_shape)
+    grid, sizes = plan.filter_grad_launch
+    load_kernel("winograd", "winograd_filter_grad_transform")(grid, block, (p, dw) + sizes)
+    return dw
+
+
+def _filter_plans(problem: _Problem) -> list:
+    """Backward-filter's autotuner candidates: every CONV_TILES at each SPLIT_BLOCKS_PER_SM (the default first),
+    then WINOGRAD at each for 3×3 stride-1 layers whose buffers fit (_winograd_filter_plan)."""
+    plans = [SplitPlan(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES]
+    if _winograd_applies(problem.g):
+        plans += [SplitPlan(WINOGRAD, blocks) for blocks in SPLIT_BLOCKS_PER_SM
+                  if _winograd_filter_fits(problem, blocks, sm_count())]
+    return plans
 
 
 @functools.lru_cache(maxsize=1024)
@@ -380,7 +526,7 @@ def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute
         dx = launch(_tuned("conv2d_bwd_data", problem, lambda: _backward_data_candidates(problem.g), launch))
     if compute_dw:
         launch = functools.partial(_launch_conv2d_bwd_filter, dy, x, w.shape, problem)
-        dw = launch(_tuned("conv2d_bwd_filter", problem, _filter_plans, launch))
+        dw = launch(_tuned("conv2d_bwd_filter", problem, lambda: _filter_plans(problem), launch))
 
     splits, grid, args = _bias_launch(K, g.OH * g.OW, g.N * g.OH * g.OW)
     db = nan_filled(cupy, (K,))
