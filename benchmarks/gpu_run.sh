@@ -11,7 +11,7 @@
 #        benchmarks/sanitize_all_kernels.py                      (<= 60 s each, one log)
 #   5. host time per small op (benchmarks/host_overhead.py) and
 #      `cnn-gpu train` with its default CUDA-graph steps         (<= 90 s, one log)
-#   6. Nsight Compute on the default conv forward and SGEMM       (<= 60 s)
+#   6. Nsight Compute on benchmarks/profile_targets.py's calls    (<= 60 s)
 #   7. python3 -m cnn_gpu bench (the full suite)                 (<= 300 s, the rest of the budget)
 # The whole script keeps within GPU_RUN_BUDGET_S (default 570 s; the device tool allows 600 s a
 # command): a later stage gets what is left, the bench is told its budget so that it ends cleanly.
@@ -94,15 +94,11 @@ stage host 90 bash -c 'python3 benchmarks/host_overhead.py
 
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)
 if [[ -n "$ncu" ]]; then
-    # one launch each of the default-tile conv forward (ResNet 3x3 128->128 28², N128) and SGEMM 4096³
-    stage ncu 60 env CNN_GPU_AUTOTUNE=0 "$ncu" --kernel-name regex:'conv2d_fwd_bias_act|gemm_nn' --launch-count 2 \
-        --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+    # the variants the last run left unexplained, each forced (benchmarks/profile_targets.py says which)
+    stage ncu 60 env CNN_GPU_AUTOTUNE=0 "$ncu" --kernel-name regex:'max_pool|conv2d_fwd|conv2d_sum' --launch-count 8 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section InstructionStats \
         --section WarpStateStats --section Occupancy --section LaunchStats \
-        python3 -c 'import cupy; from cnn_gpu import functional as F
-r = cupy.random.RandomState(0)
-F.conv2d(r.standard_normal((128, 128, 28, 28), dtype="float32"), r.standard_normal((128, 128, 3, 3), dtype="float32"), padding=1)
-F.matmul(r.standard_normal((4096, 4096), dtype="float32"), r.standard_normal((4096, 4096), dtype="float32"))
-cupy.cuda.Device().synchronize()'
+        python3 benchmarks/profile_targets.py
 else
     echo "stage ncu: not run, ncu not found" >> "$summary"
 fi
