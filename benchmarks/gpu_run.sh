@@ -10,7 +10,7 @@
 #   2-4. compute-sanitizer memcheck, racecheck, synccheck over
 #        benchmarks/sanitize_all_kernels.py                      (<= 60 s each, one log)
 #   5. host time per small op (benchmarks/host_overhead.py) and
-#      `cnn-gpu train` with its default CUDA-graph steps         (<= 90 s, one log)
+#      `cnn-gpu train` with its default CUDA-graph steps         (<= 120 s, one log)
 #   6. Nsight Compute on benchmarks/profile_targets.py's calls    (<= 60 s)
 #   7. python3 -m cnn_gpu bench (the full suite)                 (<= 300 s, the rest of the budget)
 # The whole script keeps within GPU_RUN_BUDGET_S (default 570 s; the device tool allows 600 s a
@@ -76,6 +76,20 @@ PY
     echo "# stages"
 } > "$summary" 2>&1
 
+# The default launcher (cnn_gpu/cuda/launcher.py, cuLaunchKernel) must survive a few launches against NumPy;
+# if it does not (a crash would take every later stage with it), the run goes on with CuPy's.
+if timeout 60 python3 -c 'import cupy, numpy; from cnn_gpu import functional as F
+x = numpy.random.default_rng(0).standard_normal((3, 5, 7, 9)).astype(numpy.float32)
+w = numpy.random.default_rng(1).standard_normal((4, 5, 3, 3)).astype(numpy.float32)
+y = F.conv2d(cupy.asarray(x), cupy.asarray(w), None, 1, 1, "relu").get()
+assert numpy.abs(y - F.conv2d(x, w, None, 1, 1, "relu")).max() < 1e-4
+assert (F.relu(cupy.asarray(x)).get() == numpy.maximum(x, 0)).all()' >> "$summary" 2>&1; then
+    echo "launcher: driver (its smoke test passed)" >> "$summary"
+else
+    export CNN_GPU_LAUNCHER=cupy
+    echo "launcher: the driver launcher FAILED its smoke test (above); every stage runs with CNN_GPU_LAUNCHER=cupy" >> "$summary"
+fi
+
 stage pytest 220 env CNN_GPU_BACKEND=cuda python3 -m pytest -q -rs --durations=15 -p no:cacheprovider tests/
 for tool in memcheck racecheck synccheck; do
     if [[ -n "$sanitizer" ]]; then
@@ -88,7 +102,7 @@ for tool in memcheck racecheck synccheck; do
     fi
 done
 
-stage host 90 bash -c 'python3 benchmarks/host_overhead.py
+stage host 120 bash -c 'python3 benchmarks/host_overhead.py
     echo "===== python3 -m cnn_gpu train (defaults: CUDA-graph steps) ====="
     python3 -m cnn_gpu train --out "$(mktemp -d)"'
 

@@ -8,16 +8,27 @@ Tile sizes and other compile-time constants come in as ``-D`` defines: ``load_ke
 "gemm_nn", TILE_M=128)`` compiles (and caches) a separate module for that variant, which is what an
 autotuner needs. The CI compile check (tests/test_kernels_compile.py) uses ``assemble_source`` and
 ``COMPILE_OPTIONS`` from here, so it compiles exactly what run time compiles.
+
+Launching: ``load_kernel`` hands out a callable ``kernel(grid, block, args)`` whose launch path the
+environment variable ``CNN_GPU_LAUNCHER`` picks, read when each kernel is first loaded (so in effect
+once per process: set it before the first launch):
+  ``driver`` (default)  cnn_gpu.cuda.launcher.DriverKernel: cuLaunchKernel with reused argument buffers,
+                        less host time a launch than CuPy (benchmarks/NOTES.md); stricter arguments
+  ``cupy``              CuPy's RawKernel itself, for A/B comparison and as a fallback (also what
+                        ``driver`` gives on ROCm/HIP, where CuPy launches through another path)
 """
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
 # Options for every kernel, at run time and in the compile check. No fast-math: the kernels are
 # tested against the NumPy reference at 1e-5 relative error, and __expf & co. would miss it.
 COMPILE_OPTIONS = ("--std=c++17",)
+
+LAUNCHERS = ("driver", "cupy")
 
 FAMILIES = ("activation", "conv2d", "gemm", "pool", "softmax", "batchnorm", "dropout", "optim", "winograd")
 
@@ -78,10 +89,31 @@ def _load_module(family: str, defines: tuple):
     return module
 
 
+def launcher_choice() -> str:
+    """CNN_GPU_LAUNCHER (default 'driver'), checked: one of LAUNCHERS."""
+    choice = os.environ.get("CNN_GPU_LAUNCHER", "").strip().lower() or "driver"
+    if choice not in LAUNCHERS:
+        raise ValueError(f"CNN_GPU_LAUNCHER must be one of {', '.join(LAUNCHERS)}; got {choice!r}")
+    return choice
+
+
+def kernel_launcher(raw_kernel):
+    """What load_kernel hands out for a CuPy RawKernel: a DriverKernel over it, or (CNN_GPU_LAUNCHER=cupy,
+    or ROCm/HIP) the RawKernel itself."""
+    import cupy
+
+    if launcher_choice() == "cupy" or cupy.cuda.runtime.is_hip:
+        return raw_kernel
+    from cnn_gpu.cuda.launcher import DriverKernel
+
+    return DriverKernel(raw_kernel)
+
+
 @functools.lru_cache(maxsize=None)
 def load_kernel(family: str, name: str, **defines):
-    """The compiled kernel ``name`` from kernels/<family>.cu (compiled once per process and define set).
+    """The compiled kernel ``name`` from kernels/<family>.cu (compiled once per process and define set),
+    called as ``kernel(grid, block, args)`` and launched by the path CNN_GPU_LAUNCHER picks (above).
 
-    Cached: an op's launch path pays one dictionary lookup here, not a module lookup (the returned
-    RawKernel loads itself on each device it is launched on)."""
-    return _load_module(family, tuple(sorted(defines.items()))).get_function(name)
+    Cached: an op's launch path pays one dictionary lookup here, not a module lookup (the kernel loads
+    itself on each device it is launched on)."""
+    return kernel_launcher(_load_module(family, tuple(sorted(defines.items()))).get_function(name))
