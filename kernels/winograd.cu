@@ -1,31 +1,49 @@
-// winograd.cu: 3×3, stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray 2016),
-// NCHW float32, forward and backward-filter: each 2×2 block of outputs from a 4×4 input patch with 16
-// multiplies a channel instead of 36, so their GEMMs do 2.25× fewer FLOPs than the direct conv.
+// winograd.cu: 3×3, stride-1 convolution by Winograd's minimal filtering (Lavin & Gray 2016), NCHW float32:
+// F(2×2, 3×3) forward and backward-filter, F(4×4, 3×3) forward. F(m×m, 3×3) computes each m×m block of outputs
+// from an α×α input patch, α = m + 2, with α² multiplies a channel instead of 9·m²: F(2×2) 16 for 4 outputs
+// (2.25× fewer FLOPs than the direct conv), F(4×4) 36 for 16 (4×).
 //
-// Forward:
+// Forward (either size; tile t over TH = ⌈OH/m⌉ by TW = ⌈OW/m⌉ tiles an image):
 //   U[ξ][c][k] = (G · w[k,c] · Gᵀ)[ξ]                                  filter transform, w[k,c] 3×3
-//   V[ξ][c][t] = (Bᵀ · d[c,t] · B)[ξ],  d[c,t][a][e] = x[n, c, 2·th − pt + a, 2·tw − pl + e]   (0 outside x)
-//   M[ξ][k][t] = Σ_c U[ξ][c][k] · V[ξ][c][t]                           16 GEMMs, K×C by C×T
-//   y[n, k, 2·th + i, 2·tw + j] = act(b[k] + (Aᵀ · M[·][k][t] · A)[i][j])   for the outputs inside y
-// Backward-filter (from Σ dy·y = Σ_t Σ_ξ (A·dy[k,t]·Aᵀ)[ξ] · U[ξ][c][k] · V[ξ][c][t], differentiated in w):
+//   V[ξ][c][t] = (Bᵀ · d[c,t] · B)[ξ],  d[c,t][a][e] = x[n, c, m·th − pt + a, m·tw − pl + e]   (0 outside x)
+//   M[ξ][k][t] = Σ_c U[ξ][c][k] · V[ξ][c][t]                           α² GEMMs, K×C by C×T
+//   y[n, k, m·th + i, m·tw + j] = act(b[k] + (Aᵀ · M[·][k][t] · A)[i][j])   for the outputs inside y
+// Backward-filter, F(2×2) (from Σ dy·y = Σ_t Σ_ξ (A·dy[k,t]·Aᵀ)[ξ] · U[ξ][c][k] · V[ξ][c][t], differentiated in w):
 //   DY[k][ξ][t] = (A · dy[k,t] · Aᵀ)[ξ],  dy[k,t][i][j] = dy[n, k, 2·th + i, 2·tw + j]      (0 past OH, OW)
 //   V[c][ξ][t]  as the forward's (same patches, same B; another layout)
 //   P[ξ·S + s][k][c] = Σ_{t in chunk s} DY[k][ξ][t] · V[c][ξ][t]     16·S GEMMs, K×Tc by Tc×C
 //   dw[k, c] = Gᵀ · (Σ_s P[ξ·S + s][k][c])[ξ as 4×4] · G                3×3 from 4×4
 //
+// F(2×2, 3×3):
 //        ⎡1  0 −1  0⎤        ⎡1   0   0⎤                              ⎡1  ½  ½  0⎤
 //   Bᵀ = ⎢0  1  1  0⎥    G = ⎢½   ½   ½⎥    Aᵀ = ⎡1  1  1  0⎤    Gᵀ = ⎢0  ½ −½  0⎥    A = (Aᵀ)ᵀ
 //        ⎢0 −1  1  0⎥        ⎢½  −½   ½⎥         ⎣0  1 −1 −1⎦         ⎣0  ½  ½  1⎦
 //        ⎣0  1  0 −1⎦        ⎣0   0   1⎦
+// F(4×4, 3×3) (interpolation points 0, ±1, ±2, ∞):
+//        ⎡4  0 −5  0  1  0⎤        ⎡ ¼     0     0 ⎤
+//        ⎢0 −4 −4  1  1  0⎥        ⎢−⅙    −⅙    −⅙ ⎥         ⎡1  1  1  1  1  0⎤
+//   Bᵀ = ⎢0  4 −4 −1  1  0⎥    G = ⎢−⅙     ⅙    −⅙ ⎥    Aᵀ = ⎢0  1 −1  2 −2  0⎥
+//        ⎢0 −2 −1  2  1  0⎥        ⎢1/24  1/12  1/6⎥         ⎢0  1  1  4  4  0⎥
+//        ⎢0  2 −1 −2  1  0⎥        ⎢1/24 −1/12  1/6⎥         ⎣0  1 −1  8 −8  1⎦
+//        ⎣0  4  0 −5  0  1⎦        ⎣ 0     0     1 ⎦
+// Its entries up to 8 and down to 1/24 round worse in float32. Norm-wise error ‖y − y_f64‖ / ‖y_f64‖ of a float32
+// NumPy emulation of these transforms (and of F(2×2)'s, and the direct conv) against the float64 direct conv,
+// standard-normal x and w, the products as one running float32 sum over c (the GEMM's order):
+//   C → K, H² (pad)             direct    F(2×2)   F(4×4)
+//   64 → 64, 56² (1)           2.9e-7    2.7e-7   1.8e-6
+//   128 → 128, 28² (1)         3.0e-7    3.7e-7   2.4e-6
+//   256 → 256, 14² (1)         3.0e-7    5.0e-7   3.0e-6
+//   512 → 512, 7² (1)          3.0e-7    6.9e-7   3.5e-6
+//   512 → 256, 32² (0)         3.2e-7    6.9e-7   4.2e-6
+// so both stay under the tests' 1e-5 (and the bench's 1e-4); F(4×4)'s margin is 2.4× at 512 channels.
 //
-// ξ = 4·row + col indexes the 4×4 transformed tile. Tile t = (n·TH + th)·TW + tw over TH = ⌈OH/2⌉ by
-// TW = ⌈OW/2⌉ tiles an image, T = N·TH·TW; tile (th, tw) reads input rows 2·th − pt + [0, 4) and columns
-// 2·tw − pl + [0, 4) (neighbouring tiles overlap by 2) and covers outputs 2·th + [0, 2), 2·tw + [0, 2), of
-// which those past an odd OH / OW are dropped (forward) or read as 0 (backward). pt / pl are conv2d.cu's
-// pads (any padding, 'same' too).
+// ξ = α·row + col indexes the α×α transformed tile. Tile t = (n·TH + th)·TW + tw, T = N·TH·TW; tile (th, tw)
+// reads input rows m·th − pt + [0, α) and columns m·tw − pl + [0, α) (neighbouring tiles overlap by 2) and
+// covers outputs m·th + [0, m), m·tw + [0, m), of which those past OH / OW are dropped (forward) or read as 0
+// (backward). pt / pl are conv2d.cu's pads (any padding, 'same' too).
 // The products are not here: each direction's is one launch of gemm.cu (cnn_gpu.ops.gemm.cuda_gemm_k_slices)
-// whose split-K slices are kept apart instead of summed. Forward: gemm_tn reads U as the K × 16·C matrix op(A)
-// and V as the 16·C × T matrix B, slice ξ writes M[ξ]. Backward-filter: the reduction over T is long (25 088
+// whose split-K slices are kept apart instead of summed. Forward: gemm_tn reads U as the K × α²·C matrix op(A)
+// and V as the α²·C × T matrix B, slice ξ writes M[ξ]. Backward-filter: the reduction over T is long (25 088
 // tiles for ResNet 28², N 128) and K×C has few GEMM tiles, so it is split into S chunks of Tc tiles for
 // parallelism, deterministically: T is padded to T_padded = S·Tc with zero tiles (written by the two
 // transforms), DY is (K, 16, T_padded), i.e. the K × 16·T_padded matrix A, V is (C, 16, T_padded), read in
@@ -33,16 +51,19 @@
 // multiple of 16, so slices start 16-byte aligned on whole slabs. The filter-gradient transform sums the S
 // chunks in a fixed order.
 //
-// Launch (all five): 1-D, one thread per item, WINOGRAD_THREADS a block, cdiv(items, WINOGRAD_THREADS)
-// blocks, no shared memory. The host checks that U, V, M, DY and P (16·C·K, 16·C·T_padded, 16·K·T,
+// Launch (all eight): 1-D, one thread per item, WINOGRAD_THREADS a block, cdiv(items, WINOGRAD_THREADS)
+// blocks, no shared memory. The host checks that U, V, M, DY and P (α²·C·K, α²·C·T_padded, α²·K·T,
 // 16·K·T_padded, 16·S·K·C floats) have fewer than 2^31 elements, so the items and every offset into them are
 // 32-bit; offsets into x, y, dy and dw are 64-bit. Items run along k (filter), t (input, output, dy) or c
-// (filter gradient) fastest, so a warp's 16 stores into U / V / M / DY (and the loads of the output and
-// filter-gradient transforms) are each 128 contiguous bytes; neighbouring tiles' input patches overlap and
+// (filter gradient) fastest, so each of a warp's α² (or 16) stores into U / V / M / DY (and loads in the output and
+// filter-gradient transforms) is 128 contiguous bytes; neighbouring tiles' input patches overlap and
 // meet in L1 / L2. Each thread issues all its loads before the first arithmetic.
-// Floors. Forward: FLOPs are the GEMM's 2·16·K·C·T (the direct conv's 2·9·K·C·N·OH·OW, ≈ 2·36·K·C·T); bytes
-// moved 4·(N·C·H·W + 2·16·C·T + 2·16·K·T + N·K·OH·OW) beyond the GEMM's operand re-reads. Seed002 conv2
-// (N 128, C 512 → K 256, 32² → 30²): 121 GFLOP, V 0.94 GB, M 0.47 GB.
+// Floors. Forward: FLOPs are the GEMM's 2·α²·K·C·T (the direct conv's 2·9·K·C·N·OH·OW, ≈ 2·9·m²·K·C·T); bytes
+// moved 4·(N·C·H·W + 2·α²·C·T + 2·α²·K·T + N·K·OH·OW) beyond the GEMM's operand re-reads. Seed002 conv2
+// (N 128, C 512 → K 256, 32² → 30²): F(2×2) T 28 800: 121 GFLOP, V 0.94 GB, M 0.47 GB, 1.80 GB through the
+// transforms; F(4×4) T 8192 (8×8 tiles of 4×4 cover 32² of the 30² outputs): 77 GFLOP, V 0.60 GB, M 0.30 GB,
+// 1.29 GB. ResNet 128 → 128, 28², pad 1, N 128: F(2×2) T 25 088: 13.2 GFLOP, 0.51 GB; F(4×4) T 6272:
+// 7.4 GFLOP (1.78× fewer), 0.33 GB.
 // Backward-filter: 2·16·K·C·T_padded FLOPs; bytes 4·(N·C·H·W + N·K·OH·OW + 2·16·(C + K)·T_padded
 // + 2·16·S·K·C + 9·K·C) at least. Seed002 conv2 N 128 (T 28 800; on 132 SMs S 3, Tc 9600): 121 GFLOP,
 // V 0.94 GB, DY 0.47 GB, ≈ 3.3 GB moved: ≥ 2.5 ms of GEMM at 48 TFLOP/s + ≈ 0.45 ms of transforms (1.8 GB).
@@ -62,35 +83,83 @@ __device__ __forceinline__ bool item_of_thread(int n, int& item) {
 
 __device__ __forceinline__ bool inside(int i, int n) { return (unsigned)i < (unsigned)n; }
 
-// The one-axis transforms, in place on v[0], v[stride], v[2·stride], v[3·stride] of a 4×4 row-major tile
-// (stride 4: every column, from the left; stride 1: every row, i.e. multiplying by the matrix's transpose
-// from the right).
-template <int STRIDE>
-__device__ __forceinline__ void input_axis(float* v) {  // Bᵀ·v
-    const float d0 = v[0], d1 = v[STRIDE], d2 = v[2 * STRIDE], d3 = v[3 * STRIDE];
-    v[0] = d0 - d2;
-    v[STRIDE] = d1 + d2;
-    v[2 * STRIDE] = d2 - d1;
-    v[3 * STRIDE] = d1 - d3;
-}
+// Each size's one-axis transforms, in place on v[0], v[stride], ..., v[(α − 1)·stride] of an α×α row-major tile
+// (stride α: every column, from the left; stride 1: every row, i.e. multiplying by the matrix's transpose from
+// the right). M: the output tile's side; ALPHA = M + 2, the input patch's and transformed tile's.
+struct F2x2 {
+    static constexpr int M = 2, ALPHA = 4;
 
-template <int STRIDE>
-__device__ __forceinline__ void filter_axis(float* v) {  // G·v: v[0..2] in, v[0..3] out
-    const float g0 = v[0], g1 = v[STRIDE], g2 = v[2 * STRIDE];
-    v[0] = g0;
-    v[STRIDE] = 0.5f * (g0 + g1 + g2);
-    v[2 * STRIDE] = 0.5f * (g0 - g1 + g2);
-    v[3 * STRIDE] = g2;
-}
+    template <int STRIDE>
+    static __device__ __forceinline__ void input_axis(float* v) {  // Bᵀ·v
+        const float d0 = v[0], d1 = v[STRIDE], d2 = v[2 * STRIDE], d3 = v[3 * STRIDE];
+        v[0] = d0 - d2;
+        v[STRIDE] = d1 + d2;
+        v[2 * STRIDE] = d2 - d1;
+        v[3 * STRIDE] = d1 - d3;
+    }
 
-template <int STRIDE>
-__device__ __forceinline__ void output_axis(float* v) {  // Aᵀ·v: v[0..3] in, v[0..1] out
-    const float m0 = v[0], m1 = v[STRIDE], m2 = v[2 * STRIDE], m3 = v[3 * STRIDE];
-    v[0] = m0 + m1 + m2;
-    v[STRIDE] = m1 - m2 - m3;
-}
+    template <int STRIDE>
+    static __device__ __forceinline__ void filter_axis(float* v) {  // G·v: v[0..2] in, v[0..3] out
+        const float g0 = v[0], g1 = v[STRIDE], g2 = v[2 * STRIDE];
+        v[0] = g0;
+        v[STRIDE] = 0.5f * (g0 + g1 + g2);
+        v[2 * STRIDE] = 0.5f * (g0 - g1 + g2);
+        v[3 * STRIDE] = g2;
+    }
 
-// Backward-filter's two, the transposes of output_axis and filter_axis.
+    template <int STRIDE>
+    static __device__ __forceinline__ void output_axis(float* v) {  // Aᵀ·v: v[0..3] in, v[0..1] out
+        const float m0 = v[0], m1 = v[STRIDE], m2 = v[2 * STRIDE], m3 = v[3 * STRIDE];
+        v[0] = m0 + m1 + m2;
+        v[STRIDE] = m1 - m2 - m3;
+    }
+};
+
+// F(4×4)'s, factored into the sums and differences of the points ±1 and ±2 that their rows share (as NNPACK
+// and wincnn do): 12, 9 and 10 adds / multiplies / FMAs instead of dense 6×6, 6×3 and 4×6 products.
+struct F4x4 {
+    static constexpr int M = 4, ALPHA = 6;
+
+    template <int STRIDE>
+    static __device__ __forceinline__ void input_axis(float* v) {  // Bᵀ·v
+        const float d0 = v[0], d1 = v[STRIDE], d2 = v[2 * STRIDE], d3 = v[3 * STRIDE], d4 = v[4 * STRIDE],
+                    d5 = v[5 * STRIDE];
+        const float ones_even = d4 - 4.f * d2, ones_odd = d3 - 4.f * d1;  // rows 1, 2: even ± odd
+        const float twos_even = d4 - d2, twos_odd = 2.f * (d3 - d1);      // rows 3, 4: even ± odd
+        v[0] = 4.f * (d0 - d2) + twos_even;
+        v[STRIDE] = ones_even + ones_odd;
+        v[2 * STRIDE] = ones_even - ones_odd;
+        v[3 * STRIDE] = twos_even + twos_odd;
+        v[4 * STRIDE] = twos_even - twos_odd;
+        v[5 * STRIDE] = 4.f * (d1 - d3) + (d5 - d3);
+    }
+
+    template <int STRIDE>
+    static __device__ __forceinline__ void filter_axis(float* v) {  // G·v: v[0..2] in, v[0..5] out
+        const float g0 = v[0], g1 = v[STRIDE], g2 = v[2 * STRIDE];
+        const float ones_even = g0 + g2;                                                 // rows 1, 2: −(even ± g1)/6
+        const float twos_even = (g0 + 4.f * g2) * (1.f / 24.f), twos_odd = g1 * (1.f / 12.f);  // rows 3, 4
+        v[0] = 0.25f * g0;
+        v[STRIDE] = (ones_even + g1) * (-1.f / 6.f);
+        v[2 * STRIDE] = (ones_even - g1) * (-1.f / 6.f);
+        v[3 * STRIDE] = twos_even + twos_odd;
+        v[4 * STRIDE] = twos_even - twos_odd;
+        v[5 * STRIDE] = g2;
+    }
+
+    template <int STRIDE>
+    static __device__ __forceinline__ void output_axis(float* v) {  // Aᵀ·v: v[0..5] in, v[0..3] out
+        const float m0 = v[0], m1 = v[STRIDE], m2 = v[2 * STRIDE], m3 = v[3 * STRIDE], m4 = v[4 * STRIDE],
+                    m5 = v[5 * STRIDE];
+        const float ones_sum = m1 + m2, ones_diff = m1 - m2, twos_sum = m3 + m4, twos_diff = m3 - m4;
+        v[0] = m0 + ones_sum + twos_sum;
+        v[STRIDE] = ones_diff + 2.f * twos_diff;
+        v[2 * STRIDE] = ones_sum + 4.f * twos_sum;
+        v[3 * STRIDE] = ones_diff + 8.f * twos_diff + m5;
+    }
+};
+
+// Backward-filter's (F(2×2) only) two, the transposes of F2x2's output_axis and filter_axis.
 template <int STRIDE>
 __device__ __forceinline__ void output_grad_axis(float* v) {  // A·v: v[0..1] in, v[0..3] out
     const float d0 = v[0], d1 = v[STRIDE];
@@ -108,91 +177,118 @@ __device__ __forceinline__ void filter_grad_axis(float* v) {  // Gᵀ·v: v[0..3
     v[2 * STRIDE] = 0.5f * (m1 + m2) + m3;
 }
 
-// winograd_filter_transform: U[ξ][c][k] = (G · w[k,c] · Gᵀ)[ξ]. Item c·K + k; reads w[k, c, 0..2, 0..2]
-// (9 floats, strided across the warp: the filter is small), writes 16 floats. Bytes: 4·9·K·C + 4·16·C·K.
-extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)
-winograd_filter_transform(const float* __restrict__ w, float* __restrict__ U, int C, int K) {
+// The forward's three transforms for one size F (F2x2 or F4x4), each an extern "C" kernel per size below.
+
+// filter_transform: U[ξ][c][k] = (G · w[k,c] · Gᵀ)[ξ]. Item c·K + k; reads w[k, c, 0..2, 0..2] (9 floats, strided
+// across the warp: the filter is small), writes α² floats. Bytes: 4·9·K·C + 4·α²·C·K.
+template <class F>
+__device__ __forceinline__ void filter_transform(const float* __restrict__ w, float* __restrict__ U, int C, int K) {
+    constexpr int A = F::ALPHA;
     int item;
     if (!item_of_thread(C * K, item)) return;
     const int c = item / K, k = item - c * K;
     const float* g = w + ((int64)k * C + c) * 9;
-    float u[16];
+    float u[A * A];
 #pragma unroll
     for (int r = 0; r < 3; ++r)
 #pragma unroll
-        for (int s = 0; s < 3; ++s) u[4 * r + s] = __ldg(g + 3 * r + s);
+        for (int s = 0; s < 3; ++s) u[A * r + s] = __ldg(g + 3 * r + s);
 #pragma unroll
-    for (int s = 0; s < 3; ++s) filter_axis<4>(u + s);  // columns: (G·g), 4×3
+    for (int s = 0; s < 3; ++s) F::template filter_axis<A>(u + s);  // columns: (G·g), α×3
 #pragma unroll
-    for (int r = 0; r < 4; ++r) filter_axis<1>(u + 4 * r);  // rows: (G·g)·Gᵀ, 4×4
+    for (int r = 0; r < A; ++r) F::template filter_axis<1>(u + A * r);  // rows: (G·g)·Gᵀ, α×α
     const int plane = C * K;
 #pragma unroll
-    for (int xi = 0; xi < 16; ++xi) U[xi * plane + item] = u[xi];
+    for (int xi = 0; xi < A * A; ++xi) U[xi * plane + item] = u[xi];
 }
 
-// winograd_input_transform: V[c·channel_stride + ξ·point_stride + t] = (Bᵀ · d[c,t] · B)[ξ] for t < T, 0 for
-// T ≤ t < T_padded. Item c·T_padded + t; reads the tile's 4×4 input patch (zeros outside x), writes 16 floats.
-// The forward's V is (16, C, T) (strides C·T, T; T_padded = T), backward-filter's (C, 16, T_padded) (strides
-// 16·T_padded, T_padded). Bytes: ≥ 4·N·C·H·W read, 4·16·C·T_padded written.
-extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)
-winograd_input_transform(const float* __restrict__ x, float* __restrict__ V, int C, int H, int W, int TH, int TW,
-                         int T, int T_padded, int channel_stride, int point_stride, int pt, int pl) {
+// input_transform: V[c·channel_stride + ξ·point_stride + t] = (Bᵀ · d[c,t] · B)[ξ] for t < T, 0 for
+// T ≤ t < T_padded. Item c·T_padded + t; reads the tile's α×α input patch (zeros outside x), writes α² floats.
+// The forward's V is (α², C, T) (strides C·T, T; T_padded = T), F(2×2) backward-filter's (C, 16, T_padded)
+// (strides 16·T_padded, T_padded). Bytes: ≥ 4·N·C·H·W read, 4·α²·C·T_padded written.
+template <class F>
+__device__ __forceinline__ void input_transform(const float* __restrict__ x, float* __restrict__ V, int C, int H,
+                                                int W, int TH, int TW, int T, int T_padded, int channel_stride,
+                                                int point_stride, int pt, int pl) {
+    constexpr int A = F::ALPHA;
     int item;
     if (!item_of_thread(C * T_padded, item)) return;
     const int c = item / T_padded, t = item - c * T_padded;
-    float d[16];
+    float d[A * A];
     if (t < T) {
         const int image_row = t / TW, tw = t - image_row * TW;  // image_row = n·TH + th
         const int n = image_row / TH, th = image_row - n * TH;
         const float* plane = x + ((int64)n * C + c) * H * W;
-        const int h0 = 2 * th - pt, w0 = 2 * tw - pl;
+        const int h0 = F::M * th - pt, w0 = F::M * tw - pl;
 #pragma unroll
-        for (int a = 0; a < 4; ++a)
+        for (int a = 0; a < A; ++a)
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-                d[4 * a + e] = inside(h0 + a, H) && inside(w0 + e, W) ? __ldg(plane + (h0 + a) * W + (w0 + e)) : 0.f;
+            for (int e = 0; e < A; ++e)
+                d[A * a + e] = inside(h0 + a, H) && inside(w0 + e, W) ? __ldg(plane + (h0 + a) * W + (w0 + e)) : 0.f;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) input_axis<4>(d + e);  // columns: Bᵀ·d
+        for (int e = 0; e < A; ++e) F::template input_axis<A>(d + e);  // columns: Bᵀ·d
 #pragma unroll
-        for (int a = 0; a < 4; ++a) input_axis<1>(d + 4 * a);  // rows: (Bᵀ·d)·B
+        for (int a = 0; a < A; ++a) F::template input_axis<1>(d + A * a);  // rows: (Bᵀ·d)·B
     } else {
 #pragma unroll
-        for (int xi = 0; xi < 16; ++xi) d[xi] = 0.f;
+        for (int xi = 0; xi < A * A; ++xi) d[xi] = 0.f;
     }
     float* out = V + c * channel_stride + t;
 #pragma unroll
-    for (int xi = 0; xi < 16; ++xi) out[xi * point_stride] = d[xi];
+    for (int xi = 0; xi < A * A; ++xi) out[xi * point_stride] = d[xi];
 }
 
-// winograd_output_transform: y[n, k, 2·th + i, 2·tw + j] = act(b[k] + (Aᵀ · M[·][k][t] · A)[i][j]) for the
-// outputs inside y (b may be NULL: no bias; act codes as common.cuh). Item k·T + t; reads 16 floats of M,
-// writes up to 4 of y. Bytes: 4·16·K·T read, 4·N·K·OH·OW written.
-extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)
-winograd_output_transform(const float* __restrict__ M, const float* __restrict__ bias, float* __restrict__ y, int K,
-                          int OH, int OW, int TH, int TW, int T, int act, float slope) {
+// output_transform: y[n, k, m·th + i, m·tw + j] = act(b[k] + (Aᵀ · M[·][k][t] · A)[i][j]) for the outputs inside y
+// (b may be NULL: no bias; act codes as common.cuh). Item k·T + t; reads α² floats of M, writes up to m² of y.
+// Bytes: 4·α²·K·T read, 4·N·K·OH·OW written.
+template <class F>
+__device__ __forceinline__ void output_transform(const float* __restrict__ M, const float* __restrict__ bias,
+                                                 float* __restrict__ y, int K, int OH, int OW, int TH, int TW, int T,
+                                                 int act, float slope) {
+    constexpr int A = F::ALPHA, TILE = F::M;
     int item;
     if (!item_of_thread(K * T, item)) return;
     const int k = item / T, t = item - k * T;
     const int image_row = t / TW, tw = t - image_row * TW;
     const int n = image_row / TH, th = image_row - n * TH;
     const int plane_size = K * T;
-    float m[16];
+    float m[A * A];
 #pragma unroll
-    for (int xi = 0; xi < 16; ++xi) m[xi] = __ldg(M + xi * plane_size + item);
+    for (int xi = 0; xi < A * A; ++xi) m[xi] = __ldg(M + xi * plane_size + item);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) output_axis<4>(m + e);  // columns: Aᵀ·m, rows 0..1
+    for (int e = 0; e < A; ++e) F::template output_axis<A>(m + e);  // columns: Aᵀ·m, rows 0..m−1
 #pragma unroll
-    for (int i = 0; i < 2; ++i) output_axis<1>(m + 4 * i);  // rows: (Aᵀ·m)·A, columns 0..1
+    for (int i = 0; i < TILE; ++i) F::template output_axis<1>(m + A * i);  // rows: (Aᵀ·m)·A, columns 0..m−1
     const float b = bias != nullptr ? __ldg(bias + k) : 0.f;
     float* out = y + ((int64)n * K + k) * OH * OW;
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < TILE; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const int oh = 2 * th + i, ow = 2 * tw + j;
-            if (oh < OH && ow < OW) out[oh * OW + ow] = apply_activation(m[4 * i + j] + b, act, slope);
+        for (int j = 0; j < TILE; ++j) {
+            const int oh = TILE * th + i, ow = TILE * tw + j;
+            if (oh < OH && ow < OW) out[oh * OW + ow] = apply_activation(m[A * i + j] + b, act, slope);
         }
 }
+
+// The entry points: winograd_* are F(2×2) (their input transform serves backward-filter too), winograd4x4_* F(4×4).
+#define WINOGRAD_FORWARD_KERNELS(PREFIX, F)                                                                          \
+    extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS)                                                   \
+        PREFIX##filter_transform(const float* __restrict__ w, float* __restrict__ U, int C, int K) {                \
+        filter_transform<F>(w, U, C, K);                                                                             \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS) PREFIX##input_transform(                         \
+        const float* __restrict__ x, float* __restrict__ V, int C, int H, int W, int TH, int TW, int T, int T_padded, \
+        int channel_stride, int point_stride, int pt, int pl) {                                                      \
+        input_transform<F>(x, V, C, H, W, TH, TW, T, T_padded, channel_stride, point_stride, pt, pl);                \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(WINOGRAD_THREADS) PREFIX##output_transform(                        \
+        const float* __restrict__ M, const float* __restrict__ bias, float* __restrict__ y, int K, int OH, int OW,   \
+        int TH, int TW, int T, int act, float slope) {                                                               \
+        output_transform<F>(M, bias, y, K, OH, OW, TH, TW, T, act, slope);                                           \
+    }
+
+WINOGRAD_FORWARD_KERNELS(winograd_, F2x2)
+WINOGRAD_FORWARD_KERNELS(winograd4x4_, F4x4)
 
 // winograd_dy_transform: DY[k·16·T_padded + ξ·T_padded + t] = (A · dy[k,t] · Aᵀ)[ξ] for t < T, 0 for
 // T ≤ t < T_padded, dy[k,t][i][j] = dy[n, k, 2·th + i, 2·tw + j] (0 past OH / OW). Item k·T_padded + t;

@@ -12,7 +12,7 @@ from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
 from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
-                               _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d)
+                               _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d, _problem)
 from cnn_gpu.ops.geometry import window_geometry
 from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
 
@@ -273,7 +273,7 @@ def test_backward_data_as_forward_matches_numpy_float64(backend, xp, rng, monkey
     dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW))
     dx_ref, _, db_ref = F.conv2d_backward(dy, x, w, 1, padding, compute_dw=False)
     x32, w32, dy32 = (xp.asarray(a.astype(numpy.float32)) for a in (x, w, dy))
-    for forward in _forward_candidates(_as_forward_geometry(g, w_shape[0])):
+    for forward in _forward_candidates(_problem(_as_forward_geometry(g, w_shape[0]), x_shape[1])):
         def choose(family, key, candidates):
             if family == "gemm":  # Winograd's sliced GEMM
                 return candidates[0]

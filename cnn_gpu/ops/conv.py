@@ -24,10 +24,11 @@ whose output tiles cannot fill the GPU) from cnn_gpu.cuda.autotune, which times 
 call of a shape; DEFAULT_TILE is used as is with CNN_GPU_AUTOTUNE=0. For stride-1 layers backward-data also
 has AS_FORWARD: dx as the forward conv of dy with the filters flipped, which then gets the forward's variants.
 For 3×3, stride-1 layers the forward's candidates also include WINOGRAD (kernels/winograd.cu, F(2×2, 3×3):
-2.25× fewer FLOPs through three transform passes and 16 products in one launch of kernels/gemm.cu), and so do
+2.25× fewer FLOPs through three transform passes and 16 products in one launch of kernels/gemm.cu) and
+WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer FLOPs, 36 products, ~5× F(2×2)'s rounding error), and so do
 backward-filter's (SplitPlan(WINOGRAD, blocks_per_sm): dy and input transforms, the 16 products with their
 long reduction over the 2×2 tiles split into chunks, as one launch of kernels/gemm.cu, and a filter-gradient
-transform that sums the chunks in a fixed order) where its buffers fit _WINOGRAD_FILTER_MAX_BYTES; each is
+transform that sums the chunks in a fixed order) where its buffers fit _WINOGRAD_MAX_BYTES; each is
 chosen only when timing finds it faster.
 """
 from __future__ import annotations
@@ -86,6 +87,10 @@ SPLIT_BLOCKS_PER_SM = (2, 6)
 # 16·(C·K + C·T + K·T) floats (T: 2×2 output tiles), 1.4 GB on seed002's conv2, backward-filter's about
 # 16·(K + C)·T; its rounding error is a few times the direct conv's (still within 1e-5).
 WINOGRAD = "winograd F(2x2, 3x3)"
+# The forward's Winograd F(4×4, 3×3) variant, beside WINOGRAD for the same layers, never the default: 36 products
+# per 4×4 outputs (2.25 an output against F(2×2)'s 4), buffers 36·(C·K + C·T + K·T) floats (T: 4×4 tiles), about
+# 0.56× F(2×2)'s; its rounding error is 6-13× the direct conv's (≤ 4.2e-6 at 512 channels: winograd.cu's header).
+WINOGRAD_4X4 = "winograd F(4x4, 3x3)"
 
 # Backward-data's variant for stride-1 layers with pads narrower than the window: dx is the forward conv of dy
 # with w's channel axes swapped and its taps reversed (_launch_conv2d_bwd_data_as_forward); never the default.
@@ -211,17 +216,20 @@ def _cuda_conv2d(x, w, b, g: WindowGeometry, activation, slope):
     x, w, b = contiguous(cupy, x), contiguous(cupy, w), contiguous(cupy, b)
     problem = _problem(g, w.shape[0])
     launch = functools.partial(_launch_conv2d_fwd, x, w, b, problem, activation_code(activation), slope)
-    return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: _forward_candidates(problem.g) + _forward_split_plans(problem), launch))
+    return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: _forward_candidates(problem) + _forward_split_plans(problem), launch))
 
 
 def _winograd_applies(g: WindowGeometry) -> bool:
-    """F(2×2, 3×3) computes this layer: a 3×3 window at stride 1 (any padding)."""
+    """Winograd F(m×m, 3×3) computes this layer: a 3×3 window at stride 1 (any padding)."""
     return (g.R, g.S, g.stride_h, g.stride_w) == (3, 3, 1, 1)
 
 
-def _forward_candidates(g: WindowGeometry) -> tuple:
-    """The forward's autotuner candidates: CONV_TILES (the default first), and WINOGRAD for 3×3 stride-1 windows."""
-    return CONV_TILES + (WINOGRAD,) if _winograd_applies(g) else CONV_TILES
+def _forward_candidates(problem: _Problem) -> tuple:
+    """The forward's autotuner candidates but the split ones: CONV_TILES (the default first), and WINOGRAD and
+    WINOGRAD_4X4 for 3×3 stride-1 windows, each where its buffers fit (_winograd_plan)."""
+    if not _winograd_applies(problem.g):
+        return CONV_TILES
+    return CONV_TILES + tuple(v for v in _WINOGRAD_FORWARD_SIZES if _fits(_winograd_plan, problem, v))
 
 
 # A split forward keeps at least this many BK-steps of the C·R·S reduction a split.
@@ -261,12 +269,12 @@ def _gemm_grid(gemm_m: int, gemm_n: int, tile: ConvTile, splits: int = 1) -> tup
 
 
 def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, variant):
-    """y for one forward candidate: WINOGRAD, a ConvTile, or a SplitPlan (C·R·S split: partials, then a
-    fixed-order sum that adds the bias and applies the activation)."""
+    """y for one forward candidate: WINOGRAD or WINOGRAD_4X4, a ConvTile, or a SplitPlan (C·R·S split: partials,
+    then a fixed-order sum that adds the bias and applies the activation)."""
     import cupy
 
-    if variant == WINOGRAD:
-        return _launch_conv2d_fwd_winograd(x, w, b, problem, act, slope)
+    if variant in _WINOGRAD_FORWARD_SIZES:
+        return _launch_conv2d_fwd_winograd(x, w, b, problem, act, slope, variant)
     g, K = problem.g, problem.K
     tile, splits, chunk = _forward_split(problem, variant)
     y = nan_filled(cupy, _output_shape(g, K))
@@ -280,29 +288,72 @@ def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, varia
 
 
 _WINOGRAD_THREADS = 256  # kernels/winograd.cu's WINOGRAD_THREADS
-_WINOGRAD_POINTS = 16    # the 4×4 transformed tile: 16 products
+_WINOGRAD_POINTS = 16    # F(2×2)'s 4×4 transformed tile: 16 products
+
+
+# A Winograd variant's buffers together take at most this many bytes. They are always several times x and y
+# (F(2×2): 16 floats per 2×2 tile), so no ratio to those sizes can exclude a layer whose tensors alone are
+# large: seed002's conv1 (C 1 → K 512 on 100², N 128) would need a 10 GB backward-filter DY and a 5.9 GB
+# F(4×4) forward M; its conv2 at N 128 takes 1.4 GB (F(2×2) forward, backward-filter), at N 256 2.9 GB.
+_WINOGRAD_MAX_BYTES = 4 << 30
+
+
+def _require_winograd_buffers(shapes: dict, variant: str) -> None:
+    """ValueError unless every buffer {name: shape} is 32-bit indexable and together they fit _WINOGRAD_MAX_BYTES."""
+    for name, shape in shapes.items():
+        require_int32_indexable(f"the Winograd buffer {name} of {variant}", shape)
+    nbytes = 4 * sum(int(numpy.prod(shape)) for shape in shapes.values())
+    if nbytes > _WINOGRAD_MAX_BYTES:
+        raise ValueError(f"the Winograd buffers of {variant} {shapes} take {nbytes} bytes, more than "
+                         f"_WINOGRAD_MAX_BYTES ({_WINOGRAD_MAX_BYTES})")
+
+
+def _fits(plan, *args) -> bool:
+    """plan(*args) passes its buffer checks: a Winograd candidate is offered only then."""
+    try:
+        plan(*args)
+    except ValueError:
+        return False
+    return True
+
+
+class _WinogradSize(NamedTuple):
+    """A forward Winograd variant's F(m×m, 3×3): the output tile's side and its kernels' names in winograd.cu."""
+    m: int
+    kernel_prefix: str
+
+    @property
+    def points(self) -> int:
+        """α² = (m + 2)²: the transformed tile's points, one product each."""
+        return (self.m + 2) ** 2
+
+
+# The forward's Winograd candidates, in the order _forward_candidates offers them.
+_WINOGRAD_FORWARD_SIZES = {WINOGRAD: _WinogradSize(2, "winograd_"), WINOGRAD_4X4: _WinogradSize(4, "winograd4x4_")}
 
 
 class _WinogradPlan(NamedTuple):
-    """The Winograd forward's buffer shapes and its transforms' grids and size arguments (numpy.int32s, in the
-    kernels' order) for one _Problem, with the 32-bit checks on U, V and M passed."""
-    u_shape: tuple  # (16, C, K)
-    v_shape: tuple  # (16, C, T)
-    m_shape: tuple  # (16, K, T)
+    """A Winograd forward's kernels, buffer shapes and its transforms' grids and size arguments (numpy.int32s, in
+    the kernels' order) for one _Problem, with the 32-bit checks on U, V and M passed."""
+    kernels: tuple  # winograd.cu's filter, input and output transforms of this size
+    u_shape: tuple  # (α², C, K)
+    v_shape: tuple  # (α², C, T)
+    m_shape: tuple  # (α², K, T)
     filter_launch: tuple  # (grid, size arguments)
     input_launch: tuple
     output_launch: tuple  # without act and slope
 
 
 @functools.lru_cache(maxsize=1024)
-def _winograd_plan(problem: _Problem) -> _WinogradPlan:
+def _winograd_plan(problem: _Problem, variant: str) -> _WinogradPlan:
     g, K = problem.g, problem.K
-    TH, TW = cdiv(g.OH, 2), cdiv(g.OW, 2)  # 2×2 output tiles of an image
+    size = _WINOGRAD_FORWARD_SIZES[variant]
+    TH, TW = cdiv(g.OH, size.m), cdiv(g.OW, size.m)  # m×m output tiles of an image
     T = g.N * TH * TW
-    shapes = {"U": (_WINOGRAD_POINTS, g.C, K), "V": (_WINOGRAD_POINTS, g.C, T), "M": (_WINOGRAD_POINTS, K, T)}
-    for name, shape in shapes.items():
-        require_int32_indexable(f"the Winograd buffer {name}", shape)
-    return _WinogradPlan(shapes["U"], shapes["V"], shapes["M"], _winograd_launch(g.C * K, g.C, K),
+    shapes = {"U": (size.points, g.C, K), "V": (size.points, g.C, T), "M": (size.points, K, T)}
+    _require_winograd_buffers(shapes, variant)
+    kernels = tuple(size.kernel_prefix + step + "_transform" for step in ("filter", "input", "output"))
+    return _WinogradPlan(kernels, shapes["U"], shapes["V"], shapes["M"], _winograd_launch(g.C * K, g.C, K),
                          _winograd_launch(g.C * T, g.C, g.H, g.W, TH, TW, T, T, T, g.C * T, g.pad_top, g.pad_left),
                          _winograd_launch(K * T, K, g.OH, g.OW, TH, TW, T))
 
@@ -312,24 +363,26 @@ def _winograd_launch(items: int, *sizes) -> tuple:
     return (cdiv(items, _WINOGRAD_THREADS),), tuple(numpy.int32(v) for v in sizes)
 
 
-def _launch_conv2d_fwd_winograd(x, w, b, problem: _Problem, act: int, slope: float):
-    """y by Winograd F(2×2, 3×3): filter and input transforms, the 16 products M[ξ] = U[ξ]ᵀ·V[ξ] as one sliced
-    GEMM (U read as the K × 16·C matrix Uᵀ, V as 16·C × T), the output transform with bias and activation."""
+def _launch_conv2d_fwd_winograd(x, w, b, problem: _Problem, act: int, slope: float, variant: str):
+    """y by Winograd F(m×m, 3×3) (variant WINOGRAD: m = 2, WINOGRAD_4X4: 4): filter and input transforms, the α²
+    products M[ξ] = U[ξ]ᵀ·V[ξ] as one sliced GEMM (U read as the K × α²·C matrix Uᵀ, V as α²·C × T), the output
+    transform with bias and activation."""
     import cupy
 
-    plan = _winograd_plan(problem)  # the 32-bit checks, before any allocation
-    K, T = problem.K, plan.v_shape[2]
+    plan = _winograd_plan(problem, variant)  # the 32-bit checks, before any allocation
+    K, T, points = problem.K, plan.v_shape[2], plan.v_shape[0]
+    filter_kernel, input_kernel, output_kernel = (load_kernel("winograd", name) for name in plan.kernels)
     block = (_WINOGRAD_THREADS,)
     u = nan_filled(cupy, plan.u_shape)
     grid, sizes = plan.filter_launch
-    load_kernel("winograd", "winograd_filter_transform")(grid, block, (w, u) + sizes)
+    filter_kernel(grid, block, (w, u) + sizes)
     v = nan_filled(cupy, plan.v_shape)
     grid, sizes = plan.input_launch
-    load_kernel("winograd", "winograd_input_transform")(grid, block, (x, v) + sizes)
-    m = cuda_gemm_k_slices(u.reshape(-1, K).T, v.reshape(-1, T), _WINOGRAD_POINTS, nan_filled(cupy, plan.m_shape))
+    input_kernel(grid, block, (x, v) + sizes)
+    m = cuda_gemm_k_slices(u.reshape(-1, K).T, v.reshape(-1, T), points, nan_filled(cupy, plan.m_shape))
     y = nan_filled(cupy, _output_shape(problem.g, K))
     grid, sizes = plan.output_launch
-    load_kernel("winograd", "winograd_output_transform")(grid, block, (m, b, y) + sizes + (numpy.int32(act), numpy.float32(slope)))
+    output_kernel(grid, block, (m, b, y) + sizes + (numpy.int32(act), numpy.float32(slope)))
     return y
 
 
@@ -410,11 +463,6 @@ def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: SplitPlan
     return dw
 
 
-# Backward-filter's Winograd buffers together (DY, V and the chunk products P) take at most this many bytes.
-# They are always about 4× dy and x (16 floats per 2×2 tile), so no ratio to those sizes can exclude a layer
-# whose dy alone is large: seed002's conv1 (C 1 → K 512 on 100², N 128) would need a 10 GB DY; its conv2 at
-# N 128 takes 1.4 GB, at N 256 2.9 GB.
-_WINOGRAD_FILTER_MAX_BYTES = 4 << 30
 _WINOGRAD_MIN_CHUNK = 64    # tiles: no chunk of the reduction is shorter (unless T is)
 _WINOGRAD_CHUNK_ALIGN = 16  # chunks of whole 16-deep gemm slabs: float4-aligned, gemm.cu's interior path
 
@@ -442,7 +490,7 @@ class _WinogradFilterPlan(NamedTuple):
 def _winograd_filter_plan(problem: _Problem, blocks_per_sm: int, sms: int) -> _WinogradFilterPlan:
     """The reduction over the T tiles in S chunks, enough that the sliced GEMM (16·S slices of its default tile
     configuration's K × C tiles) gives each of sms SMs blocks_per_sm blocks; ValueError when a buffer is past
-    32-bit indexing or all of them past _WINOGRAD_FILTER_MAX_BYTES."""
+    32-bit indexing or all of them past _WINOGRAD_MAX_BYTES."""
     g, K = problem.g, problem.K
     TH, TW = cdiv(g.OH, 2), cdiv(g.OW, 2)
     T = g.N * TH * TW
@@ -452,27 +500,13 @@ def _winograd_filter_plan(problem: _Problem, blocks_per_sm: int, sms: int) -> _W
     T_padded = S * chunk
     shapes = {"DY": (K, _WINOGRAD_POINTS, T_padded), "V": (g.C, _WINOGRAD_POINTS, T_padded),
               "P": (_WINOGRAD_POINTS * S, K, g.C)}
-    for name, shape in shapes.items():
-        require_int32_indexable(f"the Winograd backward-filter buffer {name}", shape)
-    nbytes = 4 * sum(int(numpy.prod(shape)) for shape in shapes.values())
-    if nbytes > _WINOGRAD_FILTER_MAX_BYTES:
-        raise ValueError(f"the Winograd backward-filter buffers {shapes} take {nbytes} bytes, more than "
-                         f"_WINOGRAD_FILTER_MAX_BYTES ({_WINOGRAD_FILTER_MAX_BYTES})")
+    _require_winograd_buffers(shapes, "backward-filter")
     return _WinogradFilterPlan(
         shapes["DY"], shapes["V"], shapes["P"],
         _winograd_launch(K * T_padded, K, g.OH, g.OW, TH, TW, T, T_padded),
         _winograd_launch(g.C * T_padded, g.C, g.H, g.W, TH, TW, T, T_padded, _WINOGRAD_POINTS * T_padded, T_padded,
                          g.pad_top, g.pad_left),
         _winograd_launch(K * g.C, K, g.C, S))
-
-
-def _winograd_filter_fits(problem: _Problem, blocks_per_sm: int, sms: int) -> bool:
-    """_winograd_filter_plan passes its checks: the candidate is offered only then."""
-    try:
-        _winograd_filter_plan(problem, blocks_per_sm, sms)
-    except ValueError:
-        return False
-    return True
 
 
 def _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem: _Problem, blocks_per_sm: int):
@@ -503,7 +537,7 @@ def _filter_plans(problem: _Problem) -> list:
     plans = [SplitPlan(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES]
     if _winograd_applies(problem.g):
         plans += [SplitPlan(WINOGRAD, blocks) for blocks in SPLIT_BLOCKS_PER_SM
-                  if _winograd_filter_fits(problem, blocks, sm_count())]
+                  if _fits(_winograd_filter_plan, problem, blocks, sm_count())]
     return plans
 
 
