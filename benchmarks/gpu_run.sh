@@ -109,7 +109,7 @@ stage host 120 bash -c 'python3 benchmarks/host_overhead.py
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)
 if [[ -n "$ncu" ]]; then
     # the variants the last run left unexplained, each forced (benchmarks/profile_targets.py says which)
-    stage ncu 60 env CNN_GPU_AUTOTUNE=0 "$ncu" --kernel-name regex:'max_pool|conv2d_fwd|conv2d_sum' --launch-count 8 \
+    stage ncu 60 env CNN_GPU_AUTOTUNE=0 "$ncu" --kernel-name regex:'maxpool2d|conv2d_fwd|conv2d_sum' --launch-count 12 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section InstructionStats \
         --section WarpStateStats --section Occupancy --section LaunchStats \
         python3 benchmarks/profile_targets.py

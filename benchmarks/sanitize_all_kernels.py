@@ -7,7 +7,8 @@ transposes, both GEMM tile configurations and split-K (with its fixed-order sum)
 activation of the conv and GEMM epilogues, aligned (float4) and misaligned element-wise paths,
 max / average / sum pooling with padding, dropout, batch-norm training / inference / backward, the
 losses, SGD (plain, momentum, Nesterov) and Adam; forced, the variants only timing picks: the Winograd convolution
-forward and backward-filter, the split forward, backward-data as a forward convolution. Shapes
+forward (F(2×2) and F(4×4)) and backward-filter, the split forward, backward-data as a forward convolution, each
+max-pool forward and backward way. Shapes
 divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
 its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
 call and OK at the end; exits 1 if any call raised.
@@ -82,19 +83,27 @@ def forced_conv2d(choices: dict):
 
 
 def winograd_conv2d():
-    """conv2d's forward and backward-filter through their Winograd candidates, forced: the five transforms and the
-    sliced GEMMs (whose tile configuration is tuned as usual). The first shape's backward-filter splits its 816
-    tiles into 11 chunks, the last one padded; the second's 2 tiles are one padded chunk."""
-    from cnn_gpu.ops.conv import SPLIT_BLOCKS_PER_SM, WINOGRAD, SplitPlan
+    """conv2d's forward and backward-filter through their Winograd candidates, forced: the F(2×2) forward's and
+    backward-filter's five transforms, the F(4×4) forward's three, and the sliced GEMMs (whose tile configuration
+    is tuned as usual). The first shape's backward-filter splits its 816 tiles into 11 chunks, the last one padded;
+    the second's 2 tiles are one padded chunk. Both shapes' outputs end inside a 4×4 tile."""
+    from cnn_gpu.ops.conv import SPLIT_BLOCKS_PER_SM, WINOGRAD, WINOGRAD_4X4, SplitPlan
 
+    shapes = ((3, 17, 31, 33, 5, "same", "relu"), (1, 3, 4, 5, 33, 0, None))
     with forced_conv2d({"conv2d_fwd_bias_act": WINOGRAD, "conv2d_bwd_filter": SplitPlan(WINOGRAD, SPLIT_BLOCKS_PER_SM[0])}):
-        for (N, C, H, W, K, padding, activation) in ((3, 17, 31, 33, 5, "same", "relu"), (1, 3, 4, 5, 33, 0, None)):
+        for (N, C, H, W, K, padding, activation) in shapes:
             x, w = arr(N, C, H, W), arr(K, C, 3, 3)
             call(f"conv2d fwd winograd {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding, activation)
             y = call(f"conv2d fwd winograd no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
             if y is not None:
                 call(f"conv2d bwd filter winograd {x.shape} {w.shape} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, 1,
                      padding, compute_dx=False)
+    with forced_conv2d({"conv2d_fwd_bias_act": WINOGRAD_4X4}):
+        for (N, C, H, W, K, padding, activation) in shapes:
+            x, w = arr(N, C, H, W), arr(K, C, 3, 3)
+            call(f"conv2d fwd winograd 4x4 {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding,
+                 activation)
+            call(f"conv2d fwd winograd 4x4 no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
 
 
 def split_forward_and_as_forward_conv2d():
@@ -156,6 +165,35 @@ def pooling():
                  k, stride, padding, include_pad)
 
 
+def max_pool_ways():
+    """max_pool2d and its backward through each of their ways (chosen by timing, so forced here): the forward's
+    generic and fixed-window kernels; the backward's cells, gather and staged ways on disjoint windows, gather
+    and staged on overlapping ones, on planes of several staged pieces."""
+    from cnn_gpu.cuda import autotune
+    from cnn_gpu.ops.pool import max_backward_ways, max_forward_ways, pool_geometry
+
+    pick = autotune.pick
+
+    def force(op, way):
+        autotune.pick = lambda family, key, candidates, launch: way if key[0] == op else pick(family, key, candidates, launch)
+
+    try:
+        for (N, C, H, W, k, stride, padding) in ((3, 5, 37, 41, 3, 3, 1), (2, 3, 33, 65, 3, 2, 1), (1, 2, 3, 1100, 2, 2, 0)):
+            x, g = arr(N, C, H, W), pool_geometry((N, C, H, W), k, stride, padding)
+            for way in max_forward_ways(g):
+                force("maxpool2d_fwd", way)
+                pooled = call(f"max_pool2d fwd {way} {x.shape} k{k} s{stride} p{padding}", F.max_pool2d, x, k, stride, padding)
+            if pooled is None:
+                continue
+            y, indices = pooled
+            for way in max_backward_ways(g):
+                force("maxpool2d_bwd", way)
+                call(f"max_pool2d bwd {way} {x.shape} k{k} s{stride} p{padding}", F.max_pool2d_backward, arr(*y.shape),
+                     indices, x.shape, k, stride, padding)
+    finally:
+        autotune.pick = pick
+
+
 def losses():
     for N, K in ((1, 1), (3, 17), (33, 10), (7, 1031)):
         logits = arr(N, K)
@@ -204,7 +242,7 @@ def optimizers():
 
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, gemm, activations, pooling, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

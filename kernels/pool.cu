@@ -5,15 +5,16 @@
 //   pad_top / pad_left. Window (oh, ow) covers input rows oh*stride_h - pad_top + [0, R) and columns
 //   ow*stride_w - pad_left + [0, S); what falls outside [0, H) x [0, W) is padding, and no window is
 //   padding only (the host guarantees it). Planes p = n*C + c are independent.
-// Launch (all five): 1-D, one thread per item, 256 threads a block, blocks = cdiv(items, 256).
-//   Forward and the disjoint max backward: an item is an output element (oh, ow) of a plane; the gather
-//   backwards: an input element (h, w). Each launch covers whole planes and fewer than 2^31 elements of
-//   every array it touches: the host splits bigger tensors into plane-aligned launches (pointers offset
-//   per launch), so all indexing is 32-bit. No shared memory: neighbouring threads read neighbouring
-//   addresses and overlapping windows meet in L1/L2.
+// Launch: 1-D, 256 threads a block. All but one take one thread per item, blocks = cdiv(items, 256):
+//   forward and the disjoint max backward by cells, an output element (oh, ow) of a plane; the gather
+//   backwards, an input element (h, w). maxpool2d_bwd_staged takes one warp per item (a piece of a
+//   plane), blocks = cdiv(items, 8). Each launch covers whole planes and fewer than 2^31 elements of every
+//   array it touches: the host splits bigger tensors into plane-aligned launches (pointers offset per
+//   launch), so all indexing is 32-bit. Only maxpool2d_bwd_staged uses shared memory: elsewhere
+//   neighbouring threads read neighbouring addresses and overlapping windows meet in L1/L2.
 // Index decoding: flat item -> (plane, row, col) with FastDivmod (common.cuh), whose multipliers come
 //   as DIVMOD_MAGIC arguments next to the geometry; no integer division by a runtime value remains.
-// All five are memory bound: floor = the bytes named in each kernel's comment / DRAM bandwidth. The
+// All are memory bound: floor = the bytes named in each kernel's comment / DRAM bandwidth. The
 //   forwards keep WINDOW_BATCH loads in flight a thread (a 3x3 window: 2 round trips to memory, not 9).
 #include "common.cuh"
 
@@ -31,6 +32,12 @@
 
 // Window elements loaded before the first is used (the forwards).
 #define WINDOW_BATCH 8
+
+#define WARP_SIZE 32
+
+// maxpool2d_bwd_staged: warps a block, and floats of dx a warp stages in shared memory (32 KB a block).
+#define STAGED_WARPS 8
+#define STAGED_PIECE 1024
 
 // This thread's item in a launch over [0, n) items, n < 2^31; false for the threads past the end.
 __device__ __forceinline__ bool item_of_thread(int n, int& item) {
@@ -52,6 +59,8 @@ __device__ __forceinline__ PlanePosition plane_position(int i, FastDivmod rows, 
     rows.divmod(plane_row, p.plane, p.row);
     return p;
 }
+
+__device__ __forceinline__ int cdiv_int(int a, int b) { return (a + b - 1) / b; }
 
 // A half-open range [lo, hi) of rows, columns or window positions.
 struct Span {
@@ -134,6 +143,50 @@ extern "C" __global__ void maxpool2d_fwd_argmax(const float* __restrict__ x, flo
     indices[i] = best_at;
 }
 
+// maxpool2d_fwd_argmax_fixed: maxpool2d_fwd_argmax, the same bits, for the one window size
+//   FIXED_WINDOW_R x FIXED_WINDOW_S given as -D defines (cnn_gpu/ops/pool.py compiles a variant per size).
+//   Thread i writes y[i] and indices[i]. All R*S loads go out before the first compare, each predicated on
+//   its row and column being in bounds (padding reads as -inf, which never wins: the first in-bounds
+//   element stays the default winner), at offsets fixed at compile time. Why (benchmarks/NOTES.md,
+//   max-pool forward): the generic kernel's window cursor costs ~20 instructions an element, ~370 per warp
+//   of 3x3 windows: issue-bound at seed 002's pool1. Here ~10 an element. Bytes as the generic kernel's.
+#ifdef FIXED_WINDOW_R
+extern "C" __global__ void maxpool2d_fwd_argmax_fixed(const float* __restrict__ x, float* __restrict__ y,
+                                                      int64* __restrict__ indices, int n_out, POOL_GEOMETRY,
+                                                      DIVMOD_MAGIC(OH), DIVMOD_MAGIC(OW)) {
+    int i;
+    if (!item_of_thread(n_out, i)) return;
+    const PlanePosition o = plane_position(i, FAST_DIVMOD(OH), FAST_DIVMOD(OW));
+    const int top = o.row * stride_h - pad_top, left = o.col * stride_w - pad_left;
+    const float* __restrict__ x_plane = x + o.plane * (H * W);
+    const float minus_inf = -__int_as_float(0x7f800000);
+    float value[FIXED_WINDOW_R][FIXED_WINDOW_S];
+#pragma unroll
+    for (int r = 0; r < FIXED_WINDOW_R; ++r) {
+        const bool row_inside = 0 <= top + r && top + r < H;
+#pragma unroll
+        for (int s = 0; s < FIXED_WINDOW_S; ++s) {
+            const bool inside = row_inside && 0 <= left + s && left + s < W;
+            value[r][s] = inside ? x_plane[(top + r) * W + left + s] : minus_inf;
+        }
+    }
+    float best = minus_inf;
+    int best_at = max(top, 0) * W + max(left, 0);
+#pragma unroll
+    for (int r = 0; r < FIXED_WINDOW_R; ++r) {
+#pragma unroll
+        for (int s = 0; s < FIXED_WINDOW_S; ++s) {
+            const float v = value[r][s];
+            const bool wins = (v > best) | (isnan(v) & !isnan(best));  // no short circuit: no branches
+            best = wins ? v : best;
+            best_at = wins ? (top + r) * W + left + s : best_at;
+        }
+    }
+    y[i] = best;
+    indices[i] = best_at;
+}
+#endif
+
 // maxpool2d_bwd: dx[p, h, w] = sum of dy[p, oh, ow] over the windows (oh, ow) containing (h, w) whose
 //   indices[p, oh, ow] == h*W + w, added in increasing (oh, ow) order (as the NumPy path's scatter).
 //   Thread i writes dx[i] alone. dy is read with its index (not after the compare) so both loads go
@@ -179,6 +232,105 @@ extern "C" __global__ void maxpool2d_bwd_disjoint(const float* __restrict__ dy, 
     float* __restrict__ dx_plane = dx + o.plane * (H * W);
     for (int h = rows.lo; h < rows.hi; ++h) {
         for (int w = cols.lo; w < cols.hi; ++w) dx_plane[h * W + w] = h * W + w == winner ? grad : 0.f;
+    }
+}
+
+// maxpool2d_bwd_staged: the dx of maxpool2d_bwd (each index routes its dy to the element it names when
+//   that element lies in its window; overlapping windows add), staged in shared memory and stored as
+//   whole 128-byte lines of 16-byte stores. One warp per item: a piece of a plane, item = p*pieces + j.
+//   A plane's pieces are consecutive runs of STAGED_PIECE floats starting on the line of dx that holds
+//   the plane's first element (the first and last piece are cut to the plane; pieces = cdiv(H*W + 31,
+//   STAGED_PIECE), so a trailing piece may be empty). For its piece the warp: zeroes its image in shared
+//   memory; adds each window's dy at its index when that index lies in the piece and in the window (the
+//   lanes take 32 windows at a time, loading their indices and dy coalesced, from every window row
+//   meeting the piece's rows and the window columns meeting its columns); copies the image to dx, a
+//   float4 a lane (element by element where the piece ends inside a float4: a plane's ends).
+//   Order of the adds, fixed: window rows increasing; in a row, groups of 32 windows increasing; in a
+//   group, lanes by lane % classes, classes = cdiv(S, stride_w) (windows that many apart do not overlap,
+//   so no two lanes of a pass add to one element). Disjoint windows: one add per element, 0 + dy, the
+//   NumPy path's bits; overlapping: the same bits run after run, the NumPy path's within rounding.
+//   Launch: STAGED_WARPS * 32 threads a block, blocks = cdiv(items, STAGED_WARPS); static shared memory
+//   STAGED_WARPS * STAGED_PIECE floats (32 KB).
+//   Why (benchmarks/NOTES.md, max-pool backward): the cells way's lanes store 12 bytes apart (3x3/3),
+//   so each 32-byte sector reaches L2 as three partial writes; the gather way spends ~125 instructions
+//   per element. Here every sector is written once, whole (but at a plane's ends), for ~17 instructions
+//   per 32 elements. Bytes: 4 per input element written; (8 + 4) per output element read by each piece
+//   its window row meets, about 1 + (R - 1) / (rows a piece spans) pieces (from L1 or L2 after the first).
+// Shared memory allows 6 blocks an SM on sm_90 (48 warps; 1 KB reserved a block): registers must not allow fewer.
+extern "C" __global__ void __launch_bounds__(STAGED_WARPS * WARP_SIZE, 6)
+    maxpool2d_bwd_staged(const float* __restrict__ dy, const int64* __restrict__ indices, float* __restrict__ dx,
+                         int n_items, POOL_GEOMETRY, int pieces, DIVMOD_MAGIC(pieces), DIVMOD_MAGIC(W),
+                         DIVMOD_MAGIC(stride_h), DIVMOD_MAGIC(stride_w), int classes, DIVMOD_MAGIC(classes)) {
+    __shared__ float4 images[STAGED_WARPS][STAGED_PIECE / 4];
+    const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    const uint32 item = blockIdx.x * STAGED_WARPS + warp;  // < 2^31 + STAGED_WARPS: no unsigned wrap
+    if (item >= (uint32)n_items) return;  // whole warps: every __syncwarp below has all 32 lanes
+    int plane, piece;
+    FAST_DIVMOD(pieces).divmod((int)item, plane, piece);
+    const int plane_size = H * W, plane_start = plane * plane_size;
+    // dx's address in floats, modulo a line: a line of dx starts at launch positions q with (q + phase) % 32 == 0.
+    const uint32 phase = (uint32)(reinterpret_cast<uint64>(dx) / sizeof(float)) % WARP_SIZE;
+    // image[i] holds plane position image_first + i; the piece is [piece_first, piece_end).
+    const int image_first = piece * STAGED_PIECE - (int)(((uint32)plane_start + phase) % WARP_SIZE);
+    const int piece_first = max(image_first, 0);
+    const int piece_end = image_first + min(plane_size - image_first, STAGED_PIECE);
+    if (piece_first >= piece_end) return;  // a trailing piece past the plane's end
+
+    float4* const image4 = images[warp];
+    float* const image = reinterpret_cast<float*>(image4);
+    const int image_float4s = cdiv_int(piece_end - image_first, 4);
+    for (int i = lane; i < image_float4s; i += WARP_SIZE) image4[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    __syncwarp();
+
+    // The windows that can route to the piece: the window rows meeting its rows; the window columns
+    // meeting its columns if it lies in one row, else all.
+    const FastDivmod row_of = FAST_DIVMOD(W);
+    int first_row, first_col, last_row, last_col;
+    row_of.divmod(piece_first, first_row, first_col);
+    row_of.divmod(piece_end - 1, last_row, last_col);
+    const int window_rows_lo = windows_containing(first_row, pad_top, R, FAST_DIVMOD(stride_h), OH).lo;
+    const int window_rows_hi = windows_containing(last_row, pad_top, R, FAST_DIVMOD(stride_h), OH).hi;
+    const Span window_cols = first_row != last_row
+        ? Span{0, OW}
+        : Span{windows_containing(first_col, pad_left, S, FAST_DIVMOD(stride_w), OW).lo,
+               windows_containing(last_col, pad_left, S, FAST_DIVMOD(stride_w), OW).hi};
+    const int lane_class = lane - FAST_DIVMOD(classes).div(lane) * classes;  // lane % classes
+    for (int window_row = window_rows_lo; window_row < window_rows_hi; ++window_row) {
+        const Span rows = in_bounds(window_row * stride_h - pad_top, R, H);
+        const int row_start = (plane * OH + window_row) * OW;
+        for (int group = window_cols.lo; group < window_cols.hi; group += WARP_SIZE) {
+            const int ow = group + lane;
+            int slot = -1;  // where this lane's window routes its dy in the image, if anywhere
+            float grad = 0.f;
+            if (ow < window_cols.hi) {
+                const int64 at = indices[row_start + ow];
+                grad = dy[row_start + ow];  // loaded with the index: both go out together
+                if (piece_first <= at && at < piece_end) {
+                    int h, w;
+                    row_of.divmod((int)at, h, w);
+                    const Span cols = in_bounds(ow * stride_w - pad_left, S, W);
+                    if (rows.lo <= h && h < rows.hi && cols.lo <= w && w < cols.hi) slot = (int)at - image_first;
+                }
+            }
+#pragma unroll 1
+            for (int pass = 0; pass < classes; ++pass) {
+                if (lane_class == pass && slot >= 0) image[slot] += grad;
+                __syncwarp();
+            }
+        }
+    }
+
+    for (int i = lane; i < image_float4s; i += WARP_SIZE) {
+        const int first = image_first + 4 * i;  // plane position of image4[i]
+        const float4 v = image4[i];
+        if (piece_first <= first && first + 4 <= piece_end) {
+            store_float4(dx + plane_start + first, v);  // 16-byte aligned: (plane_start + first + phase) % 4 == 0
+        } else {
+            const float value[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                if (piece_first <= first + k && first + k < piece_end) dx[plane_start + first + k] = value[k];
+        }
     }
 }
 

@@ -9,7 +9,7 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.ops import pool as pool_ops
-from checks import numeric_grad, pin_autotune, rel_error
+from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
 
 # (x shape, kernel_size, stride, padding): odd sizes, non-square windows, strides 1-3, gaps, 'same'.
 CASES = [
@@ -239,10 +239,36 @@ def test_max_matches_numpy(backend, xp, rng, case):
         assert numpy.array_equal(to_numpy(dx), ref_dx)
 
 
-# Disjoint windows (stride >= kernel_size): the CUDA backward has two ways, each window writing its
-# cell of dx ("cells") or each dx element reading its window ("gather"), both tested here. Strides
-# equal to and past the window, padding, sizes no stride divides (trailing rows / columns in the last
-# cell), gaps between windows, a single window along an axis.
+@pytest.mark.parametrize("way", ["generic", "fixed"])
+@pytest.mark.parametrize("case", CASES + ODD_CASES, ids=case_id)
+def test_max_forward_ways_match_numpy(backend, xp, rng, monkeypatch, case, way):
+    """Each CUDA forward way (the generic kernel, the variant compiled for the window size) gives the NumPy
+    path's values and indices, ties, NaN and padding included."""
+    pin_autotune(monkeypatch, lambda family, key, candidates: way)
+    shape, kernel, stride, padding = case
+    x = numpy.round(rng.standard_normal(shape) * 2).astype(numpy.float32) / 2  # ties
+    x.reshape(-1)[rng.integers(0, x.size, max(1, x.size // 9))] = numpy.nan
+    ref_y, ref_indices = F.max_pool2d(x, kernel, stride, padding)
+    y, indices = F.max_pool2d(xp.asarray(x), kernel, stride, padding)
+    assert numpy.array_equal(to_numpy(y), ref_y, equal_nan=True)
+    assert numpy.array_equal(to_numpy(indices), ref_indices)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("window", [(3, 3), (4, 4)])
+def test_fixed_window_forward_compiles_without_spills(arch, window):
+    """maxpool2d_fwd_argmax_fixed exists only with FIXED_WINDOW_R/S defined, so the family compile check
+    misses it: the commonest window and the largest (FIXED_WINDOW_MAX elements), compiled as run time does."""
+    report = compile_variant_without_spills("pool", arch, {"FIXED_WINDOW_R": window[0], "FIXED_WINDOW_S": window[1]})
+    assert "maxpool2d_fwd_argmax_fixed" in report
+
+
+# Disjoint windows (stride >= kernel_size): the CUDA backward has three ways, each window writing its
+# cell of dx ("cells"), each dx element reading its windows ("gather"), or each warp staging a piece of
+# dx in shared memory ("staged"), all tested here. Strides equal to and past the window, padding, sizes
+# no stride divides (trailing rows / columns in the last cell), gaps between windows, a single window
+# along an axis; for the staged way, planes of many pieces, pieces within one row (W > 1024) and pieces
+# across rows of 98 (seed 002's pool1), rows narrower than a float4.
 DISJOINT_CASES = [
     ((2, 3, 17, 19), 2, 2, 0),
     ((2, 3, 17, 20), 3, 3, 0),
@@ -254,6 +280,9 @@ DISJOINT_CASES = [
     ((2, 1, 11, 9), 3, 3, "same"),
     ((1, 1, 5, 5), 2, 7, 0),
     ((3, 5, 33, 31), 3, (3, 5), 0),
+    ((1, 3, 29, 98), 3, 3, 0),
+    ((1, 1, 3, 2049), 2, 2, 0),
+    ((3, 1, 31, 3), (3, 1), (3, 2), 0),
 ]
 
 
@@ -270,6 +299,60 @@ def test_max_backward_disjoint_windows_matches_numpy_bits(backend, xp, rng, monk
     ref_dx = F.max_pool2d_backward(dy, ref_indices, shape, kernel, stride, padding)
     dx = F.max_pool2d_backward(xp.asarray(dy), xp.asarray(ref_indices), shape, kernel, stride, padding)
     assert numpy.array_equal(to_numpy(dx).view(numpy.uint32), ref_dx.view(numpy.uint32))
+
+
+# Overlapping windows: the gather (the default) and the staged way, whose adds go in another fixed order.
+# Strides 1 and 2, padding, windows wider than tall, rows wider than a staged piece, 3x3/2 of 113 (the
+# ResNet stem's geometry on an odd size).
+OVERLAPPING_CASES = [
+    ((2, 3, 7, 9), 3, 1, 1),
+    ((1, 2, 8, 5), (2, 3), (1, 2), (1, 1)),
+    ((1, 4, 31, 33), (3, 2), 1, "same"),
+    ((1, 3, 33, 113), 3, 2, 1),
+    ((1, 1, 4, 2500), 3, 2, 1),
+    ((1, 2, 5, 300), (2, 5), (1, 3), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("way", pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS)
+@pytest.mark.parametrize("case", OVERLAPPING_CASES, ids=case_id)
+def test_max_backward_overlapping_windows_matches_numpy(backend, xp, rng, monkeypatch, case, way):
+    pin_autotune(monkeypatch, lambda family, key, candidates: way)
+    shape, kernel, stride, padding = case
+    assert overlapping(kernel, stride)
+    x = rng.standard_normal(shape).astype(numpy.float32)
+    x = numpy.round(x * 2) / 2  # ties: windows that overlap share maxima, so some dx elements take several dy
+    ref_y, ref_indices = F.max_pool2d(x, kernel, stride, padding)
+    dy = rng.standard_normal(ref_y.shape).astype(numpy.float32)
+    ref_dx = F.max_pool2d_backward(dy, ref_indices, shape, kernel, stride, padding)
+    dx = F.max_pool2d_backward(xp.asarray(dy), xp.asarray(ref_indices), shape, kernel, stride, padding)
+    assert rel_error(dx, ref_dx) < 1e-6
+
+
+@pytest.mark.parametrize("way", sorted(set(pool_ops.MAX_BACKWARD_WAYS + pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS)))
+def test_max_backward_ways_are_reproducible(backend, xp, rng, monkeypatch, way):
+    """Each way, run twice on the same inputs, gives the same bits (overlapping windows: sums in a fixed order)."""
+    pin_autotune(monkeypatch, lambda family, key, candidates: way)
+    cases = [DISJOINT_CASES[-3]] + ([OVERLAPPING_CASES[3]] if way in pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS else [])
+    for shape, kernel, stride, padding in cases:
+        x = numpy.round(rng.standard_normal(shape) * 2).astype(numpy.float32) / 2
+        y, indices = F.max_pool2d(x, kernel, stride, padding)
+        dy = xp.asarray(rng.standard_normal(y.shape).astype(numpy.float32))
+        first, second = (to_numpy(F.max_pool2d_backward(dy, xp.asarray(indices), shape, kernel, stride, padding))
+                         for _ in range(2))
+        assert numpy.array_equal(first.view(numpy.uint32), second.view(numpy.uint32))
+
+
+def test_max_pool_ways_by_geometry():
+    """The cells way only where windows are disjoint, the fixed-window forward only up to FIXED_WINDOW_MAX
+    elements; the default (first) ways stay those of before the tuned candidates."""
+    def geometry(kernel, stride, padding):
+        return pool_ops.pool_geometry((1, 1, 9, 9), kernel, stride, padding)
+
+    assert pool_ops.max_backward_ways(geometry(3, 3, 0)) == ("cells", "gather", "staged")
+    assert pool_ops.max_backward_ways(geometry(3, 2, 1)) == ("gather", "staged")
+    assert pool_ops.max_forward_ways(geometry(4, 2, 0)) == ("generic", "fixed")
+    assert pool_ops.max_forward_ways(geometry(5, 2, 0)) == ("generic",)
 
 
 @pytest.mark.parametrize("case", [ODD_CASES[1], DISJOINT_CASES[-1]], ids=case_id)
@@ -291,6 +374,29 @@ def test_launches_split_by_planes_match_one_launch(backend, xp, rng, monkeypatch
         for kind in ("max", "avg"):
             ref_dx = pool_backward(kind, dy, x, kernel, stride, padding)
             assert rel_error(pool_backward(kind, xp.asarray(dy), xp.asarray(x), kernel, stride, padding), ref_dx) < 1e-6
+    finally:
+        pool_module._launches.cache_clear()
+
+
+@pytest.mark.parametrize("case", [DISJOINT_CASES[-3], OVERLAPPING_CASES[3]], ids=case_id)
+def test_max_backward_ways_split_by_planes_match_numpy(backend, xp, rng, monkeypatch, case):
+    """Every backward way over plane-aligned launches (forced with a small limit; the staged way's pieces
+    then start at another alignment in each launch)."""
+    from cnn_gpu.ops import pool as pool_module
+
+    shape, kernel, stride, padding = case
+    g = pool_module.pool_geometry(shape, kernel, stride, padding)
+    monkeypatch.setattr(pool_module, "INT32_MAX", 2 * max(g.H * g.W, g.OH * g.OW) + 1)  # 2 planes a launch
+    pool_module._launches.cache_clear()
+    try:
+        x = rng.standard_normal(shape).astype(numpy.float32)
+        ref_y, ref_indices = F.max_pool2d(x, kernel, stride, padding)
+        dy = rng.standard_normal(ref_y.shape).astype(numpy.float32)
+        ref_dx = F.max_pool2d_backward(dy, ref_indices, shape, kernel, stride, padding)
+        for way in pool_module.max_backward_ways(g):
+            pin_autotune(monkeypatch, lambda family, key, candidates: way)
+            dx = F.max_pool2d_backward(xp.asarray(dy), xp.asarray(ref_indices), shape, kernel, stride, padding)
+            assert rel_error(dx, ref_dx) < 1e-6, way
     finally:
         pool_module._launches.cache_clear()
 

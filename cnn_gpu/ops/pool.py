@@ -11,19 +11,22 @@ Contract, shared by every function here:
   first NaN wins (PyTorch keeps the last NaN); a window of only -inf points at its first in-bounds
   element (as PyTorch).
 - max_pool2d_backward(dy, indices, x_shape, ...) -> dx: dy routed through indices, summed where
-  windows overlap, deterministically (the kernel gathers; it never uses float atomics).
+  windows overlap, deterministically (the kernels never use float atomics).
 - sum_pool2d: the window sum, padding counting as zero. avg_pool2d: the same sum divided by the
   window area (count_include_pad=True, PyTorch's default) or by the number of in-bounds elements
   (False: Keras 'same' average pooling). Both share one code path, told apart by a divisor mode.
 - Bad arguments raise ValueError / TypeError naming the argument and shapes before any work.
 
 NumPy path: vectorised over (N, C, OH, OW) with a loop over the R*S window offsets. CUDA path:
-kernels/pool.cu, one thread per output element forward (maxpool2d_fwd_argmax, sumpool2d_fwd); backward
-one thread per input element gathering from the windows that contain it (maxpool2d_bwd, sumpool2d_bwd),
-or, for max pooling with disjoint windows (stride >= kernel_size: the common 2/2, 3/3), either that or
-one thread per window writing the cell of dx around it (maxpool2d_bwd_disjoint), whichever
-cnn_gpu.cuda.autotune times faster for the shape. Same bits as the NumPy path either way where each dx
-element takes at most one dy.
+kernels/pool.cu. Forward: one thread per output element (maxpool2d_fwd_argmax, sumpool2d_fwd). Backward:
+one thread per input element gathering from the windows that contain it (maxpool2d_bwd, sumpool2d_bwd).
+Max pooling has other ways, among which cnn_gpu.cuda.autotune picks the fastest for the shape, the
+first of each list being the default: forward, a variant compiled for the window size
+(maxpool2d_fwd_argmax_fixed; max_forward_ways); backward (max_backward_ways), one warp per 4 KB piece
+of dx, staged in shared memory and stored as whole lines (maxpool2d_bwd_staged), and, for disjoint
+windows (stride >= kernel_size: the common 2/2, 3/3), one thread per window writing the cell of dx
+around it (maxpool2d_bwd_disjoint). Every way gives the NumPy path's bits, but where windows overlap the
+staged way adds in another fixed order (within rounding).
 """
 from __future__ import annotations
 
@@ -187,6 +190,8 @@ def _numpy_max_pool2d_backward(dy, indices, g: WindowGeometry):
 # small call's latency). Every launch covers whole planes and fewer than 2**31 elements of each array,
 # so the kernels index in 32 bits; a bigger tensor takes several launches (one in practice).
 THREADS = 256
+STAGED_WARPS = THREADS // 32  # maxpool2d_bwd_staged: one warp an item (kernels/pool.cu's STAGED_WARPS)
+STAGED_PIECE = 1024  # floats of dx a warp stages (kernels/pool.cu's STAGED_PIECE)
 
 
 def _pool_geometry_args(g: WindowGeometry):
@@ -205,6 +210,21 @@ def _output_item_args(g: WindowGeometry):
     return _pool_geometry_args(g) + _divmod_magic(g.OH, g.OW)
 
 
+def _staged_pieces(g: WindowGeometry) -> int:
+    """maxpool2d_bwd_staged's items a plane: STAGED_PIECE-float pieces from the line holding its first element."""
+    return cdiv(g.H * g.W + 31, STAGED_PIECE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _staged_args(g: WindowGeometry):
+    """maxpool2d_bwd_staged's arguments after the item count: POOL_GEOMETRY, pieces a plane and DIVMOD_MAGIC of
+    it, of W, stride_h and stride_w, then classes = cdiv(S, stride_w) (windows that many apart along a row do
+    not overlap) and its DIVMOD_MAGIC."""
+    pieces, classes = _staged_pieces(g), cdiv(g.S, g.stride_w)
+    return (_pool_geometry_args(g) + (numpy.int32(pieces),) + _divmod_magic(pieces, g.W, g.stride_h, g.stride_w)
+            + (numpy.int32(classes),) + _divmod_magic(classes))
+
+
 @functools.lru_cache(maxsize=1024)
 def _input_item_args(g: WindowGeometry):
     """POOL_GEOMETRY + DIVMOD_MAGIC of H, W, stride_h, stride_w: the gathers, one thread per input element."""
@@ -212,7 +232,7 @@ def _input_item_args(g: WindowGeometry):
 
 
 @functools.lru_cache(maxsize=1024)
-def _launches(g: WindowGeometry, items_per_plane: int):
+def _launches(g: WindowGeometry, items_per_plane: int, items_per_block: int = THREADS):
     """(first plane, planes, grid, int32 items) of each launch over g's N*C planes."""
     total = g.N * g.C
     per_launch = INT32_MAX // max(g.H * g.W, g.OH * g.OW)
@@ -220,16 +240,18 @@ def _launches(g: WindowGeometry, items_per_plane: int):
     for first in range(0, total, per_launch):
         planes = min(per_launch, total - first)
         items = planes * items_per_plane
-        launches.append((first, planes, (cdiv(items, THREADS),), numpy.int32(items)))
+        launches.append((first, planes, (cdiv(items, items_per_block),), numpy.int32(items)))
     return tuple(launches)
 
 
-def _launch(name: str, g: WindowGeometry, items_per_plane: int, arrays, scalars):
-    """Launch kernels/pool.cu's `name` over every plane: one thread per item, `arrays` (N, C, ...) offset
-    to each launch's first plane, then the item count and `scalars`."""
-    kernel = load_kernel("pool", name)
+def _launch(name: str, g: WindowGeometry, items_per_plane: int, arrays, scalars, items_per_block: int = THREADS,
+            **defines):
+    """Launch kernels/pool.cu's `name` (compiled with `defines`) over every plane, THREADS threads a block and
+    items_per_block items a block (one thread or one warp an item): `arrays` (N, C, ...) offset to each
+    launch's first plane, then the item count and `scalars`."""
+    kernel = load_kernel("pool", name, **defines)
     total = g.N * g.C
-    for first, planes, grid, items in _launches(g, items_per_plane):
+    for first, planes, grid, items in _launches(g, items_per_plane, items_per_block):
         views = arrays if planes == total else [a.reshape(total, -1)[first:first + planes] for a in arrays]
         kernel(grid, (THREADS,), (*views, items, *scalars))
 
@@ -250,9 +272,33 @@ def _cuda_max_pool2d(x, g: WindowGeometry):
 
     _check_plane_fits_int32(g)
     x = contiguous(cupy, x)
+    launch = functools.partial(_launch_max_pool2d, x, g)
+    way = autotune.pick("pool", ("maxpool2d_fwd",) + _geometry_key(g), lambda: max_forward_ways(g), launch)
+    return launch(way)
+
+
+# "generic": any window, its elements loaded WINDOW_BATCH at a time behind a cursor (~20 instructions an
+# element); "fixed": a variant compiled for the window size, every load at a fixed offset, ~10 instructions
+# an element (benchmarks/NOTES.md, max-pool forward). Up to FIXED_WINDOW_MAX elements: its loads live in
+# registers. The first is the default (CNN_GPU_AUTOTUNE=0).
+FIXED_WINDOW_MAX = 16
+
+
+def max_forward_ways(g: WindowGeometry) -> tuple:
+    """The ways max_pool2d may take for g, the default first."""
+    return ("generic", "fixed") if g.R * g.S <= FIXED_WINDOW_MAX else ("generic",)
+
+
+def _launch_max_pool2d(x, g: WindowGeometry, way: str):
+    import cupy
+
     y = nan_filled(cupy, _output_shape(g))
     indices = nan_filled(cupy, _output_shape(g), dtype=numpy.int64)
-    _launch("maxpool2d_fwd_argmax", g, g.OH * g.OW, (x, y, indices), _output_item_args(g))
+    if way == "fixed":
+        _launch("maxpool2d_fwd_argmax_fixed", g, g.OH * g.OW, (x, y, indices), _output_item_args(g),
+                FIXED_WINDOW_R=g.R, FIXED_WINDOW_S=g.S)
+    else:
+        _launch("maxpool2d_fwd_argmax", g, g.OH * g.OW, (x, y, indices), _output_item_args(g))
     return y, indices
 
 
@@ -262,17 +308,22 @@ def _cuda_max_pool2d_backward(dy, indices, g: WindowGeometry):
     _check_plane_fits_int32(g)
     dy, indices = contiguous(cupy, dy), contiguous(cupy, indices)
     launch = functools.partial(_launch_max_pool2d_backward, dy, indices, g)
-    # Disjoint windows have two ways (which is faster depends on the shape, so the autotuner times them);
-    # overlapping windows only the gather.
-    way = autotune.pick("pool", ("maxpool2d_bwd",) + _geometry_key(g), lambda: MAX_BACKWARD_WAYS, launch) \
-        if _disjoint_windows(g) else "gather"
+    way = autotune.pick("pool", ("maxpool2d_bwd",) + _geometry_key(g), lambda: max_backward_ways(g), launch)
     return launch(way)
 
 
-# "cells": a thread an output window writes its cell of dx (scattered 4-byte stores, no index math per
-# element); "gather": a thread a dx element reads the window holding it (coalesced stores, per-element
-# division by FastDivmod). The first is the default (CNN_GPU_AUTOTUNE=0).
-MAX_BACKWARD_WAYS = ("cells", "gather")
+# "cells": a thread an output window writes its cell of dx (4-byte stores stride_w apart, so a 32-byte
+# sector arrives in pieces; no index math per element); "gather": a thread a dx element reads the windows
+# holding it (coalesced stores, ~125 instructions an element); "staged": a warp a 4 KB piece of dx, built in
+# shared memory, stored as whole lines of float4s (benchmarks/NOTES.md, max-pool backward). The first
+# way of each tuple is the default (CNN_GPU_AUTOTUNE=0).
+MAX_BACKWARD_WAYS = ("cells", "gather", "staged")  # disjoint windows
+OVERLAPPING_MAX_BACKWARD_WAYS = ("gather", "staged")
+
+
+def max_backward_ways(g: WindowGeometry) -> tuple:
+    """The ways max_pool2d_backward may take for g, the default first."""
+    return MAX_BACKWARD_WAYS if _disjoint_windows(g) else OVERLAPPING_MAX_BACKWARD_WAYS
 
 
 def _geometry_key(g: WindowGeometry) -> tuple:
@@ -285,6 +336,9 @@ def _launch_max_pool2d_backward(dy, indices, g: WindowGeometry, way: str):
     dx = nan_filled(cupy, g.input_shape)
     if way == "cells":
         _launch("maxpool2d_bwd_disjoint", g, g.OH * g.OW, (dy, indices, dx), _output_item_args(g))
+    elif way == "staged":
+        _launch("maxpool2d_bwd_staged", g, _staged_pieces(g), (dy, indices, dx), _staged_args(g),
+                items_per_block=STAGED_WARPS)
     else:
         _launch("maxpool2d_bwd", g, g.H * g.W, (dy, indices, dx), _input_item_args(g))
     return dx
