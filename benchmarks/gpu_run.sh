@@ -6,7 +6,7 @@
 # (on the device machine the tree is a copy without .git: pass the commit in CNN_GPU_COMMIT, written
 # into env.txt and results.json). Stages, the most important evidence first, each under its own
 # timeout so that one hang cannot eat the rest, none able to stop the script:
-#   1. pytest -q -rs tests/ with CNN_GPU_BACKEND=cuda            (<= 220 s)
+#   1. pytest -q -rs tests/ with CNN_GPU_BACKEND=cuda            (<= 250 s)
 #   2-4. compute-sanitizer memcheck, racecheck, synccheck over
 #        benchmarks/sanitize_all_kernels.py                      (<= 60 s each, one log)
 #   5. host time per small op (benchmarks/host_overhead.py) and
@@ -90,7 +90,7 @@ else
     echo "launcher: the driver launcher FAILED its smoke test (above); every stage runs with CNN_GPU_LAUNCHER=cupy" >> "$summary"
 fi
 
-stage pytest 220 env CNN_GPU_BACKEND=cuda python3 -m pytest -q -rs --durations=15 -p no:cacheprovider tests/
+stage pytest 250 env CNN_GPU_BACKEND=cuda python3 -m pytest -q -rs --durations=15 -p no:cacheprovider tests/
 for tool in memcheck racecheck synccheck; do
     if [[ -n "$sanitizer" ]]; then
         stage "$tool" 60 "$sanitizer" --tool "$tool" --error-exitcode 9 --print-limit 100 \
