@@ -11,6 +11,7 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
+from cnn_gpu.ops import conv as conv_ops
 from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
                                _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d, _problem)
 from cnn_gpu.ops.geometry import window_geometry
@@ -205,10 +206,12 @@ def test_every_tile_matches_numpy_float64(backend, xp, rng, monkeypatch, tile):
         split_forwards = []
 
         def choose(family, key, candidates):
-            plan = SplitPlan(tile, blocks_per_sm)
-            choice = plan if key[0] == "conv2d_bwd_filter" else tile
-            if key[0] == "conv2d_fwd_bias_act" and plan in candidates:  # a grid too small: C·R·S split
-                choice = plan
+            choice = SplitPlan(tile, blocks_per_sm) if key[0] == "conv2d_bwd_filter" else tile
+            # a grid too small for the GPU: the forward's C·R·S split of this tile (one plan per distinct split,
+            # so the one offered may carry the other blocks_per_sm)
+            split = [c for c in candidates if isinstance(c, SplitPlan) and c.tile == tile]
+            if key[0] == "conv2d_fwd_bias_act" and split:
+                choice = split[-1] if blocks_per_sm == SPLIT_BLOCKS_PER_SM[-1] else split[0]
                 split_forwards.append(key)
             assert family == "conv2d" and choice in candidates, (key, choice)
             return choice
@@ -489,3 +492,141 @@ def test_rejects_mixed_backends(backend, xp):
         pytest.skip("mixing needs both NumPy and CuPy arrays")
     with pytest.raises(TypeError, match="all NumPy or all CuPy"):
         F.conv2d_backward(xp.ones((1, 1, 3, 3), dtype=numpy.float32), f32(1, 1, 5, 5), f32(1, 1, 3, 3))
+
+
+# ---- backward-filter for few input channels (the FEW_CHANNELS candidate) -----------------------------------
+# conv2d_bwd_filter_few_channels is compiled per layer (C, R, S, column stride) and walks strips of 4 output pixels:
+# images whose OH·OW is a multiple of 4 (float4 dy) and is not (scalar dy), strips crossing output rows (OW % 4 != 0)
+# and spanning several (OW < 4), row and column strides 2-3, asymmetric 'same' pads, a one-column x, K past several
+# filter groups and not a multiple of one, 1-3 channels, seed 001's conv1 (2 splits) and 6400 strips (12 splits).
+FEW_CHANNELS_CASES = [
+    ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0),
+    ((2, 1, 6, 9), (5, 1, 3, 3), 1, 0),
+    ((3, 1, 17, 13), (33, 1, 3, 3), 1, "same"),
+    ((2, 2, 9, 7), (7, 2, 3, 3), (2, 1), 1),
+    ((3, 2, 11, 10), (17, 2, 3, 3), 2, 1),
+    ((2, 3, 10, 11), (9, 3, 3, 3), 1, "same"),
+    ((9, 1, 28, 28), (32, 1, 5, 5), 1, 0),
+    ((2, 3, 7, 1), (9, 3, 1, 3), 1, (0, 2)),
+    ((4, 1, 31, 33), (127, 1, 3, 3), 3, 2),
+    ((2, 1, 9, 5), (4, 1, 2, 4), (1, 3), "same"),
+    ((16, 1, 41, 39), (33, 1, 3, 3), 1, 1),
+]
+
+
+def few_channels_problem(x_shape, w_shape, stride, padding):
+    return _problem(window_geometry(x_shape, w_shape[2:], stride, padding), w_shape[0])
+
+
+def pin_few_channels(monkeypatch, blocks_per_sm):
+    """Backward-filter runs FEW_CHANNELS (asserted to be offered); everything else its default."""
+    def choose(family, key, candidates):
+        if key[0] != "conv2d_bwd_filter":
+            return candidates[0]
+        plan = SplitPlan(conv_ops.FEW_CHANNELS, blocks_per_sm)
+        assert plan in candidates, key
+        return plan
+
+    pin_autotune(monkeypatch, choose)
+
+
+# (x shape, w shape, stride, offered): seed 002's and seed 001's conv1; RGB 3×3 at strides 1 and 2 (one filter a
+# thread); 2 channels of 4×4 (32 taps, the cap); 36 taps; RGB 7×7; a 1×1 layer of 32 channels (32 taps, but its 32
+# tap rows of x would not fit the registers).
+@pytest.mark.parametrize("x_shape, w_shape, stride, offered", [
+    ((128, 1, 100, 100), (512, 1, 3, 3), 1, True), ((1024, 1, 28, 28), (32, 1, 5, 5), 1, True),
+    ((8, 3, 32, 32), (64, 3, 3, 3), 1, True), ((8, 3, 32, 32), (64, 3, 3, 3), 2, True),
+    ((8, 2, 16, 16), (16, 2, 4, 4), 1, True), ((8, 4, 16, 16), (16, 4, 3, 3), 1, False),
+    ((8, 3, 64, 64), (64, 3, 7, 7), 2, False), ((8, 32, 16, 16), (16, 32, 1, 1), 1, False)])
+def test_few_channels_is_a_candidate_for_few_taps_only(monkeypatch, x_shape, w_shape, stride, offered):
+    monkeypatch.setattr(conv_ops, "sm_count", lambda: 132)  # _filter_plans sizes Winograd's plan for the device
+    plans = conv_ops._filter_plans(few_channels_problem(x_shape, w_shape, stride, 0))
+    assert plans[0] == SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never FEW_CHANNELS
+    few = [p for p in plans if p.tile == conv_ops.FEW_CHANNELS]
+    assert few == ([SplitPlan(conv_ops.FEW_CHANNELS, b) for b in SPLIT_BLOCKS_PER_SM] if offered else [])
+
+
+def test_few_channels_plans_for_the_seed_first_layers():
+    """Seed 002's conv1 (N 128): 8 filters a thread, 64 filter groups, 6 splits: 384 blocks, the 396 that 3 blocks on
+    each of 132 SMs hold in one round; seed 001's conv1 (N 1024): 3 filters, 11 groups × 24 splits, 2 whole rounds."""
+    seed002 = conv_ops._few_channels_plan(few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0), 2, 132)
+    assert dict(seed002.defines) == {"FEWC_C": 1, "FEWC_R": 3, "FEWC_S": 3, "FEWC_SW": 1, "FEWC_FILTERS": 8}
+    assert seed002.grid == (64, 6) and seed002.splits == 6
+    seed001 = conv_ops._few_channels_plan(few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0), 2, 132)
+    assert dict(seed001.defines)["FEWC_FILTERS"] == 3 and seed001.grid == (11, 24)
+
+
+@pytest.mark.parametrize("strips, groups, blocks_per_sm, sms", [
+    (307328, 64, 2, 132), (307328, 64, 6, 132), (147456, 11, 2, 132), (100, 3, 2, 132), (1, 1, 6, 132),
+    (6400, 5, 2, 132), (1000003, 127, 6, 114), (5000, 1, 2, 7)])
+def test_few_channels_splits_cover_every_strip_once(strips, groups, blocks_per_sm, sms):
+    splits, chunk = conv_ops._few_channels_splits(strips, groups, blocks_per_sm, sms)
+    assert (splits - 1) * chunk < strips <= splits * chunk  # no empty split, none missing
+    assert splits == 1 or chunk >= conv_ops._FEW_CHANNELS_MIN_CHUNK
+    most = max(1, strips // conv_ops._FEW_CHANNELS_MIN_CHUNK)
+    assert groups * splits >= min(blocks_per_sm * sms, groups * most)  # fills the GPU where the strips allow
+
+
+def test_few_channels_constants_match_kernel_source():
+    source = (KERNEL_DIR / "conv2d.cu").read_text()
+    kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
+              for name in ("FC_THREADS", "FC_STRIP", "FC_MAX_TAPS", "FC_MAX_FILTERS", "FC_HELD_REGISTERS")}
+    assert kernel == {"FC_THREADS": conv_ops._FEW_CHANNELS_THREADS, "FC_STRIP": conv_ops._FEW_CHANNELS_STRIP,
+                      "FC_MAX_TAPS": conv_ops._FEW_CHANNELS_MAX_TAPS, "FC_MAX_FILTERS": conv_ops._FEW_CHANNELS_MAX_FILTERS,
+                      "FC_HELD_REGISTERS": conv_ops._FEW_CHANNELS_HELD_REGISTERS}
+
+
+@pytest.mark.parametrize("case", FEW_CHANNELS_CASES, ids=case_id)
+def test_few_channels_matches_numpy_float64(backend, xp, rng, monkeypatch, case):
+    if backend != "cuda":
+        pytest.skip("FEW_CHANNELS is a CUDA-path variant")
+    x_shape, w_shape, stride, padding = case
+    g = window_geometry(x_shape, w_shape[2:], stride, padding)
+    x, w, _ = inputs(rng, x_shape, w_shape, bias=False)
+    dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW)).astype(numpy.float32)
+    _, dw_ref, db_ref = F.conv2d_backward(*(a.astype(numpy.float64) for a in (dy, x, w)), stride, padding, compute_dx=False)
+    for blocks_per_sm in SPLIT_BLOCKS_PER_SM:
+        pin_few_channels(monkeypatch, blocks_per_sm)
+        _, dw, db = F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), stride, padding, compute_dx=False)
+        assert dw.dtype == numpy.float32 and dw.shape == w_shape
+        assert rel_error(dw, dw_ref) < 1e-5, blocks_per_sm
+        assert rel_error(db, db_ref) < 1e-5, blocks_per_sm
+
+
+def test_few_channels_scalar_path_for_a_misaligned_dy(backend, xp, rng, monkeypatch):
+    """OH·OW = 4·7 would take float4 loads; dy 4 bytes past a 16-byte boundary takes the guarded scalar loads."""
+    if backend != "cuda":
+        pytest.skip("FEW_CHANNELS is a CUDA-path variant")
+    x, w, _ = inputs(rng, (2, 1, 6, 9), (5, 1, 3, 3), bias=False)
+    dy = rng.standard_normal(2 * 5 * 4 * 7 + 1).astype(numpy.float32)
+    dy_misaligned = xp.asarray(dy)[1:].reshape(2, 5, 4, 7)
+    assert dy_misaligned.data.ptr % 16 == 4 and dy_misaligned.flags.c_contiguous
+    _, dw_ref, _ = F.conv2d_backward(dy[1:].reshape(2, 5, 4, 7).astype(numpy.float64), x.astype(numpy.float64),
+                                     w.astype(numpy.float64), compute_dx=False)
+    pin_few_channels(monkeypatch, SPLIT_BLOCKS_PER_SM[0])
+    _, dw, _ = F.conv2d_backward(dy_misaligned, xp.asarray(x), xp.asarray(w), compute_dx=False)
+    assert rel_error(dw, dw_ref) < 1e-5
+
+
+def test_few_channels_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
+    """Split over blocks and reduced by warp shuffles and shared memory in a fixed order: two runs, the same bits."""
+    if backend != "cuda":
+        pytest.skip("FEW_CHANNELS is a CUDA-path variant")
+    x, w, _ = inputs(rng, (16, 1, 41, 39), (33, 1, 3, 3), bias=False)
+    dy = xp.asarray(rng.standard_normal((16, 33, 41, 39)).astype(numpy.float32))
+    pin_few_channels(monkeypatch, SPLIT_BLOCKS_PER_SM[0])
+    first, second = (to_numpy(F.conv2d_backward(dy, xp.asarray(x), xp.asarray(w), 1, 1, compute_dx=False)[1]) for _ in range(2))
+    assert first.tobytes() == second.tobytes()
+
+
+# Compiled per layer: the variants of the layers above (both seed first layers, RGB 3×3 at strides 1 and 2, the
+# 32-tap cap, a 1×32 window at column stride 3, 3 channels of 1×1) through NVRTC, no spill.
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("x_shape, w_shape, stride", [
+    ((128, 1, 100, 100), (512, 1, 3, 3), 1), ((1024, 1, 28, 28), (32, 1, 5, 5), 1), ((8, 3, 32, 32), (64, 3, 3, 3), 1),
+    ((8, 3, 32, 32), (64, 3, 3, 3), 2), ((8, 2, 16, 16), (16, 2, 4, 4), 1), ((8, 1, 8, 64), (16, 1, 1, 32), 3),
+    ((8, 3, 16, 16), (16, 3, 1, 1), 1)], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_few_channels_variants_compile_without_spills(x_shape, w_shape, stride, arch):
+    plan = conv_ops._few_channels_plan(few_channels_problem(x_shape, w_shape, stride, 0), SPLIT_BLOCKS_PER_SM[0], 132)
+    report = compile_variant_without_spills("conv2d", arch, dict(plan.defines))
+    assert "conv2d_bwd_filter_few_channels" in report
