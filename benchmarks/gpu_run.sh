@@ -9,8 +9,9 @@
 #   1. pytest -q -rs tests/ with CNN_GPU_BACKEND=cuda            (<= 250 s)
 #   2-4. compute-sanitizer memcheck, racecheck, synccheck over
 #        benchmarks/sanitize_all_kernels.py                      (<= 60 s each, one log)
-#   5. host time per small op (benchmarks/host_overhead.py) and
-#      `cnn-gpu train` with its default CUDA-graph steps         (<= 120 s, one log)
+#   5. host time per small op (benchmarks/host_overhead.py),
+#      `cnn-gpu train` with its default CUDA-graph steps and
+#      benchmarks/step_check.py (seed 002 step's error)           (<= 150 s, one log)
 #   6. Nsight Compute on benchmarks/profile_targets.py's calls    (<= 60 s)
 #   7. python3 -m cnn_gpu bench (the full suite)                 (<= 300 s, the rest of the budget)
 # The whole script keeps within GPU_RUN_BUDGET_S (default 570 s; the device tool allows 600 s a
@@ -102,9 +103,12 @@ for tool in memcheck racecheck synccheck; do
     fi
 done
 
-stage host 120 bash -c 'python3 benchmarks/host_overhead.py
+stage host 150 bash -c 'python3 benchmarks/host_overhead.py
     echo "===== python3 -m cnn_gpu train (defaults: CUDA-graph steps) ====="
-    python3 -m cnn_gpu train --out "$(mktemp -d)"'
+    python3 -m cnn_gpu train --out "$(mktemp -d)"
+    echo "===== the seed 002 step against float64, with and without the F(4x4) forward ====="
+    CNN_GPU_AUTOTUNE_CACHE=$(mktemp) python3 benchmarks/step_check.py
+    CNN_GPU_AUTOTUNE_CACHE=$(mktemp) python3 benchmarks/step_check.py --without-f4x4'
 
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)
 if [[ -n "$ncu" ]]; then

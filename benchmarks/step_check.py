@@ -1,0 +1,41 @@
+"""How far the seed 002 training step lands from its float64 truth, with and without the Winograd F(4×4) forward.
+
+    PYTHONPATH=. python3 benchmarks/step_check.py [--without-f4x4] [--seeds 2]
+
+The bench's check of this step (`cnn-gpu bench --ops train_step`) compares ours and PyTorch's FP32 step
+with PyTorch's float64 one and bounds ours by twice PyTorch's own error. Run 7 failed it narrowly (5.1e-4
+against 4.85e-4). This prints, for a few input seeds, both errors of the same check, so that two runs (one
+with --without-f4x4, which withdraws the WINOGRAD_4X4 candidate before anything is tuned) show what the
+F(4×4) forward adds. Run each setting in its own process: the autotuner remembers choices per process
+(and benchmarks/gpu_run.sh points CNN_GPU_AUTOTUNE_CACHE at a fresh file for each).
+"""
+from __future__ import annotations
+
+import argparse
+
+from cnn_gpu import bench, bench_cases
+from cnn_gpu.ops import conv
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--without-f4x4", action="store_true", help="withdraw the WINOGRAD_4X4 candidate")
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.without_f4x4:
+        del conv._WINOGRAD_FORWARD_SIZES[conv.WINOGRAD_4X4]
+    case = next(c for c in bench_cases.cases(quick=False) if c.op == "train_step" and "seed002" in c.shape
+                and c.variant == "fwd+bwd+adam")
+    label = "F(2×2) only" if args.without_f4x4 else "F(2×2) and F(4×4)"
+    for seed in range(args.seeds):
+        side = bench.Side("cuda", seed)
+        check = bench._check(case.prepare(side), side)
+        refs = ", ".join(f"{name} {err:.2e}" for name, err in check.err_refs.items())
+        print(f"seed002 step, Winograd {label}, seed {seed}: ours {check.err_ours:.2e}; {refs}; "
+              f"bound {bench.error_bound(case.tol, check.err_refs):.2e}", flush=True)
+        side.release()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
