@@ -7,8 +7,8 @@ transposes, both GEMM tile configurations and split-K (with its fixed-order sum)
 activation of the conv and GEMM epilogues, aligned (float4) and misaligned element-wise paths,
 max / average / sum pooling with padding, dropout, batch-norm training / inference / backward, the
 losses, SGD (plain, momentum, Nesterov) and Adam; forced, the variants only timing picks: the Winograd convolution
-forward (F(2×2) and F(4×4)) and backward-filter, the split forward, backward-data as a forward convolution, each
-max-pool forward and backward way. Shapes
+forward (F(2×2) and F(4×4)) and backward-filter, the split forward, backward-data as a forward convolution,
+backward-filter for few input channels, each max-pool forward and backward way. Shapes
 divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
 its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
 call and OK at the end; exits 1 if any call raised.
@@ -121,6 +121,25 @@ def split_forward_and_as_forward_conv2d():
             if y is not None:
                 call(f"conv2d bwd data as forward {x.shape} {w.shape} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, 1,
                      padding, compute_dw=False)
+
+
+def few_channels_conv2d():
+    """conv2d's backward-filter through its FEW_CHANNELS candidate, forced: strips crossing output rows with float4
+    and with scalar dy loads (OH·OW = 28, 1599), a misaligned dy, column stride 2 with 2 channels, dw written
+    directly (one split) and through 12 splits and the sum pass."""
+    from cnn_gpu.ops.conv import FEW_CHANNELS, SPLIT_BLOCKS_PER_SM, SplitPlan
+
+    with forced_conv2d({"conv2d_bwd_filter": SplitPlan(FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0])}):
+        for (N, C, H, W, K, R, S, stride, padding) in ((2, 1, 6, 9, 5, 3, 3, 1, 0), (16, 1, 41, 39, 33, 3, 3, 1, 1),
+                                                       (3, 2, 11, 10, 17, 3, 3, 2, 1), (9, 1, 28, 28, 32, 5, 5, 1, 0)):
+            x, w = arr(N, C, H, W), arr(K, C, R, S)
+            y = call(f"conv2d fwd {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w, None, stride, padding)
+            if y is not None:
+                call(f"conv2d bwd filter few channels {x.shape} {w.shape} s{stride} p{padding}", F.conv2d_backward,
+                     arr(*y.shape), x, w, stride, padding, compute_dx=False)
+        x, w = arr(2, 1, 6, 9), arr(5, 1, 3, 3)
+        call("conv2d bwd filter few channels, misaligned dy", F.conv2d_backward, misaligned(2 * 5 * 4 * 7).reshape(2, 5, 4, 7),
+             x, w, compute_dx=False)
 
 
 def gemm():
@@ -242,7 +261,7 @@ def optimizers():
 
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

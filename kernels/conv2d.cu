@@ -606,3 +606,184 @@ extern "C" __global__ void conv2d_sum_partials(const float* __restrict__ partial
         out[i] = apply_activation(sum, act, slope);
     }
 }
+
+// ---- backward filter for layers with few input channels (first layers) ----------------------------
+// conv2d_bwd_filter_few_channels: partials[z][k][q] = Σ over the output pixels of strips [z·chunk, min(z·chunk +
+// chunk, N·cdiv(OH·OW, 4))) of dy[n,k,oh,ow] · x[n, c, oh·sh − pt + r, ow·sw − pl + s], q = (c, r, s) (with
+// gridDim.y == 1 partials is dw itself; otherwise conv2d_sum_partials adds the gridDim.y slices in order).
+// For layers with C·R·S <= FC_MAX_TAPS, whose implicit GEMM above is only C·R·S wide (9 for a 1-channel 3×3
+// layer): its tiles would mostly idle, while the op needs only to stream dy once (memory-bound).
+//   C, R, S, the column stride sw and FC_FILTERS are compile-time (FEWC_* defines: cnn_gpu/ops/conv.py compiles
+//   one variant per layer shape), so every accumulator and every x value is a register.
+//   Strip: 4 consecutive output pixels p0 .. p0 + 3 of one image (p = oh·OW + ow; cdiv(OH·OW, 4) strips an image,
+//   the last maybe short). Thread: filters k0 .. k0 + FC_FILTERS − 1 (k0 = blockIdx.x·FC_FILTERS) with all their
+//   taps (FC_FILTERS·C·R·S accumulators), over strips begin + tid, + FC_THREADS, ... of its split. Per strip:
+//   one float4 of dy per filter (when OH·OW % 4 == 0 and dy is 16-byte aligned, else 4 guarded scalars; a warp
+//   reads 512 contiguous bytes), the next strip's dy asked of L2 meanwhile (prefetch_l2, one filter a thread: up
+//   to twice the bytes in flight, no register held); then for each tap row (c, r) the FC_SEGMENT = 3·sw + S x
+//   columns under the strip's 4 windows, loaded once into registers and used by 4·S·FC_FILTERS FMAs. A strip that
+//   crosses an output row is done as one run per row, its dy reloaded (from L1) with the slots outside the run
+//   zeroed.
+//   Loads per dy element: 1 + C·R·(3·sw + S) / (4·FC_FILTERS) (1.6 for 1×3×3 with 8 filters), against
+//   1 + C·R·S for a thread per pixel; x (a few MB for a first layer) is re-read from L2 by each filter group.
+//   Reduction: each accumulator summed over its warp by warp_sum's fixed xor tree, then the FC_WARPS warps'
+//   totals in order through shared memory; thread i < FC_FILTERS·C·R·S writes partials[z][k0 + i / (C·R·S)]
+//   [i % (C·R·S)] where that filter exists. No atomics: the same bits every run.
+// Grid (cdiv(K, FC_FILTERS), splits), block FC_THREADS, static smem FC_WARPS·FC_FILTERS·C·R·S·4 bytes; at most
+// 168 registers (3 blocks, 12 warps an SM), of which the held values (FC_HELD_REGISTERS below) take up to 128.
+// Any stride and padding. Floor: 4·(N·K·OH·OW + N·C·H·W + 2·splits·K·C·R·S) bytes (dy once: 2.5 GB for seed
+// 002's conv1 at N128, 0.6 ms at 4.2 TB/s), 2·N·K·OH·OW·C·R·S FLOPs (18 per dy element there: not the limit).
+#ifndef FEWC_C
+#define FEWC_C 1
+#endif
+#ifndef FEWC_R
+#define FEWC_R 3
+#endif
+#ifndef FEWC_S
+#define FEWC_S 3
+#endif
+#ifndef FEWC_SW
+#define FEWC_SW 1
+#endif
+#ifndef FEWC_FILTERS
+#define FEWC_FILTERS 6
+#endif
+
+constexpr int FC_C = FEWC_C, FC_R = FEWC_R, FC_S = FEWC_S, FC_SW = FEWC_SW, FC_FILTERS = FEWC_FILTERS;
+constexpr int FC_TAPS = FC_C * FC_R * FC_S;
+constexpr int FC_MAX_TAPS = 32;                            // cnn_gpu/ops/conv.py offers the kernel up to this C·R·S
+constexpr int FC_MAX_FILTERS = 6;
+constexpr int FC_STRIP = 4;                                // output pixels a thread takes at a time: one float4 of dy
+constexpr int FC_SEGMENT = (FC_STRIP - 1) * FC_SW + FC_S;  // x columns under a strip's windows, one tap row
+constexpr int FC_THREADS = 128, FC_WARPS = FC_THREADS / 32;
+constexpr int FC_BLOCKS_AN_SM = 3;                         // __launch_bounds__: at most 65536 / (3·128) = 168 registers
+// Registers a thread holds for values (accumulators, a strip's dy, every tap row's x segment): conv.py picks the
+// most filters under this; the other 40 of 168 serve addresses and counters (NVRTC: no spills, see tests/test_conv.py).
+constexpr int FC_HELD_REGISTERS = 128;
+static_assert(FC_TAPS <= FC_MAX_TAPS && FC_FILTERS >= 1 && FC_FILTERS <= FC_MAX_FILTERS,
+              "few_channels: C·R·S <= FC_MAX_TAPS, 1 to FC_MAX_FILTERS filters a thread");
+static_assert(FC_FILTERS * (FC_TAPS + FC_STRIP) + FC_C * FC_R * FC_SEGMENT <= FC_HELD_REGISTERS,
+              "too many filters a thread for this layer's taps: its values would not fit in registers");
+
+// Asks L2 for the line holding p ahead of its load; holds no register. A no-op where not compiled for a GPU.
+__device__ __forceinline__ void prefetch_l2(const float* p) {
+#ifdef __CUDA_ARCH__
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
+// d[f][j] = dy[n, k0 + f, p0 + j] (dy_strip = &dy[n, k0, p0]) for the strip slots j0 <= j < j1 and the filters
+// that exist (f < filters_left), else 0: one float4 a filter when the whole strip is asked for and vec (OH·OW % 4
+// == 0, dy 16-byte aligned).
+__device__ __forceinline__ void few_channels_load_dy(float (&d)[FC_FILTERS][FC_STRIP], const float* __restrict__ dy_strip,
+                                                     int OHW, int filters_left, int j0, int j1, bool vec) {
+    const Address strip = address_of(dy_strip);  // scalar loads as gathers: one wide multiply-add an address
+#pragma unroll
+    for (int f = 0; f < FC_FILTERS; ++f) {
+        const bool filter_ok = f < filters_left;
+        if (vec && j0 == 0 && j1 == FC_STRIP) {
+            const float4 v = filter_ok ? __ldg(reinterpret_cast<const float4*>(dy_strip + (int64)f * OHW))
+                                       : make_float4(0.f, 0.f, 0.f, 0.f);
+            d[f][0] = v.x; d[f][1] = v.y; d[f][2] = v.z; d[f][3] = v.w;
+        } else {
+#pragma unroll
+            for (int j = 0; j < FC_STRIP; ++j)
+                d[f][j] = filter_ok && j >= j0 && j < j1 ? gather(strip, f * OHW + j) : 0.f;
+        }
+    }
+}
+
+// acc[f][(c·R + r)·S + s] += Σ_j d[f][j] · x_image[c, ih0 + r, iw0 + j·sw + s] over the strip slots j0 <= j < j1,
+// which lie in one output row: slot j's window at row ih0 and column iw0 + j·sw (iw0 may belong to a slot of the
+// previous row). d is zero outside the run (few_channels_load_dy); x is zero outside its bounds and, so that no
+// 0·inf appears, outside the columns the run's windows cover.
+__device__ __forceinline__ void few_channels_run(float (&acc)[FC_FILTERS][FC_TAPS], const float (&d)[FC_FILTERS][FC_STRIP],
+                                                 Address x_image, int H, int W, int ih0, int iw0, int j0, int j1) {
+    const int col_begin = max(iw0 + j0 * FC_SW, 0), col_end = min(iw0 + (j1 - 1) * FC_SW + FC_S, W);
+    const int cols = max(col_end - col_begin, 0);
+#pragma unroll
+    for (int c = 0; c < FC_C; ++c)
+#pragma unroll
+        for (int r = 0; r < FC_R; ++r) {
+            const int ih = ih0 + r;
+            const bool row_ok = inside(ih, H);
+            float segment[FC_SEGMENT];
+#pragma unroll
+            for (int e = 0; e < FC_SEGMENT; ++e) {
+                const int col = iw0 + e;
+                segment[e] = row_ok && inside(col - col_begin, cols) ? gather(x_image, (c * H + ih) * W + col) : 0.f;
+            }
+#pragma unroll
+            for (int f = 0; f < FC_FILTERS; ++f)
+#pragma unroll
+                for (int s = 0; s < FC_S; ++s)
+#pragma unroll
+                    for (int j = 0; j < FC_STRIP; ++j) {
+                        float& a = acc[f][(c * FC_R + r) * FC_S + s];
+                        a = fmaf(d[f][j], segment[j * FC_SW + s], a);
+                    }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(FC_THREADS, FC_BLOCKS_AN_SM)
+conv2d_bwd_filter_few_channels(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partials,
+                               int N, int H, int W, int K, int OH, int OW, int sh, int pt, int pl, int chunk) {
+    __shared__ float warp_totals[FC_WARPS][FC_FILTERS * FC_TAPS];
+    const int k0 = blockIdx.x * FC_FILTERS, filters_left = K - k0;
+    const int OHW = OH * OW, strips_per_image = cdiv(OHW, FC_STRIP);
+    const int begin = blockIdx.y * chunk, end = min(begin + chunk, N * strips_per_image);
+    const bool vec = OHW % FC_STRIP == 0 && aligned16(dy);
+
+    float acc[FC_FILTERS][FC_TAPS];
+#pragma unroll
+    for (int f = 0; f < FC_FILTERS; ++f)
+#pragma unroll
+        for (int q = 0; q < FC_TAPS; ++q) acc[f][q] = 0.f;
+
+    // The next strip's dy is asked of L2 one filter a thread: the lanes that share prefetch_filter are at most
+    // FC_MAX_FILTERS strips (128 bytes) apart, so together they cover each filter's lines of the warp's next strips.
+    const int prefetch_filter = threadIdx.x % FC_FILTERS;
+    const DigitCounter strips(1, strips_per_image, FC_THREADS);  // strip index -> (n, 0, strip of image n)
+    Digits at = strips.at(begin + threadIdx.x);
+#pragma unroll 1
+    for (int strip = begin + threadIdx.x; strip < end; strip += FC_THREADS) {
+        Digits next = at;
+        strips.advance(next);
+
+        const int n = at.hi, p0 = at.lo * FC_STRIP, count = min(FC_STRIP, OHW - p0);
+        const float* dy_strip = dy + ((int64)n * K + k0) * OHW + p0;
+        const Address x_image = address_of(x + (int64)n * FC_C * H * W);
+        int oh, ow;
+        divide(p0, OW, oh, ow);
+#pragma unroll 1
+        for (int j0 = 0; j0 < count; ++oh) {  // one run per output row the strip touches: slots j0 .. j1 − 1
+            const int j1 = min(count, j0 + OW - ow);
+            float d[FC_FILTERS][FC_STRIP];
+            few_channels_load_dy(d, dy_strip, OHW, filters_left, j0, j1, vec);
+            if (j0 == 0 && strip + FC_THREADS < end && prefetch_filter < filters_left)  // after this strip's loads
+                prefetch_l2(dy + ((int64)next.hi * K + k0 + prefetch_filter) * OHW + next.lo * FC_STRIP);
+            few_channels_run(acc, d, x_image, H, W, oh * sh - pt, (ow - j0) * FC_SW - pl, j0, j1);
+            j0 = j1;
+            ow = 0;
+        }
+        at = next;
+    }
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (int f = 0; f < FC_FILTERS; ++f)
+#pragma unroll
+        for (int q = 0; q < FC_TAPS; ++q) {
+            const float total = warp_sum(acc[f][q]);  // every lane holds it; lanes take turns storing
+            if (lane == (f * FC_TAPS + q) % 32) warp_totals[warp][f * FC_TAPS + q] = total;
+        }
+    __syncthreads();
+    static_assert(FC_FILTERS * FC_TAPS <= FC_THREADS, "one thread per (filter, tap) sums the warps' totals");
+    const int i = threadIdx.x, k = k0 + i / FC_TAPS;
+    if (i < FC_FILTERS * FC_TAPS && k < K) {
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < FC_WARPS; ++w) sum += warp_totals[w][i];
+        partials[((int64)blockIdx.y * K + k) * FC_TAPS + i % FC_TAPS] = sum;
+    }
+}

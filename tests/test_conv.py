@@ -518,20 +518,24 @@ def few_channels_problem(x_shape, w_shape, stride, padding):
     return _problem(window_geometry(x_shape, w_shape[2:], stride, padding), w_shape[0])
 
 
-def pin_few_channels(monkeypatch, blocks_per_sm):
-    """Backward-filter runs FEW_CHANNELS (asserted to be offered); everything else its default."""
+def few_channels_plans(problem):
+    """The FEW_CHANNELS candidates backward-filter offers on this layer (one per distinct grid)."""
+    return [p for p in conv_ops._filter_plans(problem) if p.tile == conv_ops.FEW_CHANNELS]
+
+
+def pin_filter_plan(monkeypatch, plan):
+    """Backward-filter runs plan (asserted to be offered); everything else its default."""
     def choose(family, key, candidates):
         if key[0] != "conv2d_bwd_filter":
             return candidates[0]
-        plan = SplitPlan(conv_ops.FEW_CHANNELS, blocks_per_sm)
         assert plan in candidates, key
         return plan
 
     pin_autotune(monkeypatch, choose)
 
 
-# (x shape, w shape, stride, offered): seed 002's and seed 001's conv1; RGB 3×3 at strides 1 and 2 (one filter a
-# thread); 2 channels of 4×4 (32 taps, the cap); 36 taps; RGB 7×7; a 1×1 layer of 32 channels (32 taps, but its 32
+# (x shape, w shape, stride, offered): seed 002's and seed 001's conv1; RGB 3×3 at strides 1 and 2 (2 and 1 filters
+# a thread); 2 channels of 4×4 (32 taps, the cap); 36 taps; RGB 7×7; a 1×1 layer of 32 channels (32 taps, but its 32
 # tap rows of x would not fit the registers).
 @pytest.mark.parametrize("x_shape, w_shape, stride, offered", [
     ((128, 1, 100, 100), (512, 1, 3, 3), 1, True), ((1024, 1, 28, 28), (32, 1, 5, 5), 1, True),
@@ -539,21 +543,29 @@ def pin_few_channels(monkeypatch, blocks_per_sm):
     ((8, 2, 16, 16), (16, 2, 4, 4), 1, True), ((8, 4, 16, 16), (16, 4, 3, 3), 1, False),
     ((8, 3, 64, 64), (64, 3, 7, 7), 2, False), ((8, 32, 16, 16), (16, 32, 1, 1), 1, False)])
 def test_few_channels_is_a_candidate_for_few_taps_only(monkeypatch, x_shape, w_shape, stride, offered):
-    monkeypatch.setattr(conv_ops, "sm_count", lambda: 132)  # _filter_plans sizes Winograd's plan for the device
-    plans = conv_ops._filter_plans(few_channels_problem(x_shape, w_shape, stride, 0))
+    monkeypatch.setattr(conv_ops, "sm_count", lambda: 132)  # _filter_plans sizes the split plans for the device
+    problem = few_channels_problem(x_shape, w_shape, stride, 0)
+    plans = conv_ops._filter_plans(problem)
     assert plans[0] == SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never FEW_CHANNELS
-    few = [p for p in plans if p.tile == conv_ops.FEW_CHANNELS]
-    assert few == ([SplitPlan(conv_ops.FEW_CHANNELS, b) for b in SPLIT_BLOCKS_PER_SM] if offered else [])
+    few = few_channels_plans(problem)
+    assert bool(few) == offered and few == plans[len(plans) - len(few):]
+    if offered:  # the first blocks-an-SM target, then each other one whose grid differs
+        assert few[0] == SplitPlan(conv_ops.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0])
+        grids = [conv_ops._few_channels_plan(problem, p.blocks_per_sm, 132).grid for p in few]
+        assert len(set(grids)) == len(grids)
 
 
 def test_few_channels_plans_for_the_seed_first_layers():
-    """Seed 002's conv1 (N 128): 8 filters a thread, 64 filter groups, 6 splits: 384 blocks, the 396 that 3 blocks on
-    each of 132 SMs hold in one round; seed 001's conv1 (N 1024): 3 filters, 11 groups × 24 splits, 2 whole rounds."""
-    seed002 = conv_ops._few_channels_plan(few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0), 2, 132)
-    assert dict(seed002.defines) == {"FEWC_C": 1, "FEWC_R": 3, "FEWC_S": 3, "FEWC_SW": 1, "FEWC_FILTERS": 8}
-    assert seed002.grid == (64, 6) and seed002.splits == 6
-    seed001 = conv_ops._few_channels_plan(few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0), 2, 132)
-    assert dict(seed001.defines)["FEWC_FILTERS"] == 3 and seed001.grid == (11, 24)
+    """Seed 002's conv1 (N 128): 6 filters a thread, 86 filter groups; 4 splits (344 blocks of the 396 that 3 an SM
+    on 132 SMs hold at once) or 18 (1548 of 4 rounds' 1584). Seed 001's conv1 (N 1024): 3 filters, 11 groups, 36
+    or 72 splits: 1 or 2 whole rounds."""
+    seed002 = few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0)
+    plans = [conv_ops._few_channels_plan(seed002, blocks, 132) for blocks in (2, 6)]
+    assert dict(plans[0].defines) == {"FEWC_C": 1, "FEWC_R": 3, "FEWC_S": 3, "FEWC_SW": 1, "FEWC_FILTERS": 6}
+    assert [p.grid for p in plans] == [(86, 4), (86, 18)] and [p.splits for p in plans] == [4, 18]
+    seed001 = few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0)
+    plans = [conv_ops._few_channels_plan(seed001, blocks, 132) for blocks in (2, 6)]
+    assert dict(plans[0].defines)["FEWC_FILTERS"] == 3 and [p.grid for p in plans] == [(11, 36), (11, 72)]
 
 
 @pytest.mark.parametrize("strips, groups, blocks_per_sm, sms", [
@@ -570,8 +582,9 @@ def test_few_channels_splits_cover_every_strip_once(strips, groups, blocks_per_s
 def test_few_channels_constants_match_kernel_source():
     source = (KERNEL_DIR / "conv2d.cu").read_text()
     kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
-              for name in ("FC_THREADS", "FC_STRIP", "FC_MAX_TAPS", "FC_MAX_FILTERS", "FC_HELD_REGISTERS")}
-    assert kernel == {"FC_THREADS": conv_ops._FEW_CHANNELS_THREADS, "FC_STRIP": conv_ops._FEW_CHANNELS_STRIP,
+              for name in ("FC_THREADS", "FC_BLOCKS_AN_SM", "FC_STRIP", "FC_MAX_TAPS", "FC_MAX_FILTERS", "FC_HELD_REGISTERS")}
+    assert kernel == {"FC_THREADS": conv_ops._FEW_CHANNELS_THREADS, "FC_BLOCKS_AN_SM": conv_ops._FEW_CHANNELS_BLOCKS_AN_SM,
+                      "FC_STRIP": conv_ops._FEW_CHANNELS_STRIP,
                       "FC_MAX_TAPS": conv_ops._FEW_CHANNELS_MAX_TAPS, "FC_MAX_FILTERS": conv_ops._FEW_CHANNELS_MAX_FILTERS,
                       "FC_HELD_REGISTERS": conv_ops._FEW_CHANNELS_HELD_REGISTERS}
 
@@ -585,12 +598,14 @@ def test_few_channels_matches_numpy_float64(backend, xp, rng, monkeypatch, case)
     x, w, _ = inputs(rng, x_shape, w_shape, bias=False)
     dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW)).astype(numpy.float32)
     _, dw_ref, db_ref = F.conv2d_backward(*(a.astype(numpy.float64) for a in (dy, x, w)), stride, padding, compute_dx=False)
-    for blocks_per_sm in SPLIT_BLOCKS_PER_SM:
-        pin_few_channels(monkeypatch, blocks_per_sm)
+    plans = few_channels_plans(few_channels_problem(*case))
+    assert plans, case
+    for plan in plans:
+        pin_filter_plan(monkeypatch, plan)
         _, dw, db = F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), stride, padding, compute_dx=False)
         assert dw.dtype == numpy.float32 and dw.shape == w_shape
-        assert rel_error(dw, dw_ref) < 1e-5, blocks_per_sm
-        assert rel_error(db, db_ref) < 1e-5, blocks_per_sm
+        assert rel_error(dw, dw_ref) < 1e-5, plan
+        assert rel_error(db, db_ref) < 1e-5, plan
 
 
 def test_few_channels_scalar_path_for_a_misaligned_dy(backend, xp, rng, monkeypatch):
@@ -603,7 +618,7 @@ def test_few_channels_scalar_path_for_a_misaligned_dy(backend, xp, rng, monkeypa
     assert dy_misaligned.data.ptr % 16 == 4 and dy_misaligned.flags.c_contiguous
     _, dw_ref, _ = F.conv2d_backward(dy[1:].reshape(2, 5, 4, 7).astype(numpy.float64), x.astype(numpy.float64),
                                      w.astype(numpy.float64), compute_dx=False)
-    pin_few_channels(monkeypatch, SPLIT_BLOCKS_PER_SM[0])
+    pin_filter_plan(monkeypatch, SplitPlan(conv_ops.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
     _, dw, _ = F.conv2d_backward(dy_misaligned, xp.asarray(x), xp.asarray(w), compute_dx=False)
     assert rel_error(dw, dw_ref) < 1e-5
 
@@ -614,7 +629,7 @@ def test_few_channels_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
         pytest.skip("FEW_CHANNELS is a CUDA-path variant")
     x, w, _ = inputs(rng, (16, 1, 41, 39), (33, 1, 3, 3), bias=False)
     dy = xp.asarray(rng.standard_normal((16, 33, 41, 39)).astype(numpy.float32))
-    pin_few_channels(monkeypatch, SPLIT_BLOCKS_PER_SM[0])
+    pin_filter_plan(monkeypatch, SplitPlan(conv_ops.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
     first, second = (to_numpy(F.conv2d_backward(dy, xp.asarray(x), xp.asarray(w), 1, 1, compute_dx=False)[1]) for _ in range(2))
     assert first.tobytes() == second.tobytes()
 

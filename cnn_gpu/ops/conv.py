@@ -28,8 +28,10 @@ For 3×3, stride-1 layers the forward's candidates also include WINOGRAD (kernel
 WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer FLOPs, 36 products, ~5× F(2×2)'s rounding error), and so do
 backward-filter's (SplitPlan(WINOGRAD, blocks_per_sm): dy and input transforms, the 16 products with their
 long reduction over the 2×2 tiles split into chunks, as one launch of kernels/gemm.cu, and a filter-gradient
-transform that sums the chunks in a fixed order) where its buffers fit _WINOGRAD_MAX_BYTES; each is
-chosen only when timing finds it faster.
+transform that sums the chunks in a fixed order) where its buffers fit _WINOGRAD_MAX_BYTES. For layers with few
+input channels (C·R·S <= 32: first layers) backward-filter also has FEW_CHANNELS (conv2d_bwd_filter_few_channels,
+compiled per layer shape: a thread sums all taps of a few filters over strips of 4 output pixels, streaming dy
+once where the implicit GEMM's tiles would be mostly empty). Each is chosen only when timing finds it faster.
 """
 from __future__ import annotations
 
@@ -95,6 +97,10 @@ WINOGRAD_4X4 = "winograd F(4x4, 3x3)"
 # Backward-data's variant for stride-1 layers with pads narrower than the window: dx is the forward conv of dy
 # with w's channel axes swapped and its taps reversed (_launch_conv2d_bwd_data_as_forward); never the default.
 AS_FORWARD = "backward-data as forward conv"
+
+# Backward-filter's variant for layers with few input channels (C·R·S <= 32 and its values fit a thread's registers:
+# _few_channels_filters): conv2d_bwd_filter_few_channels, compiled per layer shape; never the default.
+FEW_CHANNELS = "few input channels"
 
 
 class SplitPlan(NamedTuple):
@@ -450,6 +456,8 @@ def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: SplitPlan
 
     if plan.tile == WINOGRAD:
         return _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem, plan.blocks_per_sm)
+    if plan.tile == FEW_CHANNELS:
+        return _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem, plan.blocks_per_sm)
     g, K, tile = problem.g, problem.K, plan.tile
     crs = g.C * g.R * g.S
     tiles = cdiv(K, tile.bm) * cdiv(crs, tile.bn)
@@ -531,13 +539,101 @@ def _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem: _Problem, blocks
     return dw
 
 
+# conv2d_bwd_filter_few_channels's constants (kernels/conv2d.cu's FC_*; a test compares them).
+_FEW_CHANNELS_THREADS = 128
+_FEW_CHANNELS_BLOCKS_AN_SM = 3    # resident on an SM at once (its __launch_bounds__)
+_FEW_CHANNELS_STRIP = 4           # output pixels a thread takes at a time
+_FEW_CHANNELS_MAX_TAPS = 32       # the largest C·R·S it is offered for
+_FEW_CHANNELS_MAX_FILTERS = 6
+_FEW_CHANNELS_HELD_REGISTERS = 128
+# Strips a split has at least: 4 a thread, so that the block's closing reduction stays a small part of its work.
+_FEW_CHANNELS_MIN_CHUNK = 4 * _FEW_CHANNELS_THREADS
+
+
+def _few_channels_filters(g: WindowGeometry) -> int:
+    """Filters a thread of conv2d_bwd_filter_few_channels takes on this layer (FEWC_FILTERS): the most, up to
+    _FEW_CHANNELS_MAX_FILTERS, whose accumulators and strip of dy, with every tap row's x segment, fit
+    _FEW_CHANNELS_HELD_REGISTERS (the kernel asserts the same rule); 0 where the kernel does not apply (C·R·S past
+    _FEW_CHANNELS_MAX_TAPS, or not even one filter fits)."""
+    taps = g.C * g.R * g.S
+    if taps > _FEW_CHANNELS_MAX_TAPS:
+        return 0
+    held_x = g.C * g.R * ((_FEW_CHANNELS_STRIP - 1) * g.stride_w + g.S)
+    return max(0, min(_FEW_CHANNELS_MAX_FILTERS, (_FEW_CHANNELS_HELD_REGISTERS - held_x) // (taps + _FEW_CHANNELS_STRIP)))
+
+
+def _few_channels_splits(strips: int, groups: int, blocks_per_sm: int, sms: int) -> tuple[int, int]:
+    """(splits, chunk) of the strips for `groups` filter groups: chunks of at least _FEW_CHANNELS_MIN_CHUNK strips
+    (none empty), blocks_per_sm blocks an SM where the strips allow, and of up to twice that many splits the count
+    whose groups·splits equal blocks best fill their last round of the _FEW_CHANNELS_BLOCKS_AN_SM·sms blocks the GPU
+    holds at once (SMs idle in a ragged last round are time lost to a kernel that streams dy)."""
+    most = max(1, strips // _FEW_CHANNELS_MIN_CHUNK)
+    fewest = min(cdiv(blocks_per_sm * sms, groups), most)
+    round_blocks = _FEW_CHANNELS_BLOCKS_AN_SM * sms
+
+    def split(wanted):
+        chunk = cdiv(strips, wanted)
+        return cdiv(strips, chunk), chunk
+
+    def last_round_fill(wanted):
+        blocks = groups * split(wanted)[0]
+        return blocks / (cdiv(blocks, round_blocks) * round_blocks)
+
+    return split(max(range(fewest, min(2 * fewest, most) + 1), key=last_round_fill))
+
+
+class _FewChannelsPlan(NamedTuple):
+    """conv2d_bwd_filter_few_channels on one _Problem: its FEWC_* defines ((name, value) pairs), grid, split count
+    and scalar arguments (numpy.int32s, in the kernel's order)."""
+    defines: tuple
+    grid: tuple
+    splits: int
+    args: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def _few_channels_plan(problem: _Problem, blocks_per_sm: int, sms: int) -> _FewChannelsPlan:
+    """The variant compiled for this layer's C, R, S and column stride, _few_channels_filters filters a thread,
+    cdiv(K, filters) filter groups, the N·cdiv(OH·OW, 4) strips split by _few_channels_splits."""
+    g, K = problem.g, problem.K
+    filters = _few_channels_filters(g)
+    if not filters:
+        raise ValueError(f"conv2d_bwd_filter_few_channels does not apply to C·R·S = {g.C}·{g.R}·{g.S} at column stride {g.stride_w}")
+    groups = cdiv(K, filters)
+    splits, chunk = _few_channels_splits(g.N * cdiv(g.OH * g.OW, _FEW_CHANNELS_STRIP), groups, blocks_per_sm, sms)
+    defines = (("FEWC_C", g.C), ("FEWC_R", g.R), ("FEWC_S", g.S), ("FEWC_SW", g.stride_w), ("FEWC_FILTERS", filters))
+    args = tuple(numpy.int32(v) for v in (g.N, g.H, g.W, K, g.OH, g.OW, g.stride_h, g.pad_top, g.pad_left, chunk))
+    return _FewChannelsPlan(defines, (groups, splits), splits, args)
+
+
+def _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem: _Problem, blocks_per_sm: int):
+    """dw by conv2d_bwd_filter_few_channels: per-block partials over splits of the output pixels, then the fixed-order
+    sum (dw written directly when one split does)."""
+    import cupy
+
+    plan = _few_channels_plan(problem, blocks_per_sm, sm_count())
+    dw = nan_filled(cupy, w_shape)
+    partials = dw if plan.splits == 1 else nan_filled(cupy, (plan.splits,) + tuple(w_shape))
+    load_kernel("conv2d", "conv2d_bwd_filter_few_channels", **dict(plan.defines))(
+        plan.grid, (_FEW_CHANNELS_THREADS,), (dy, x, partials) + plan.args)
+    if plan.splits > 1:
+        _sum_partials(partials, dw)
+    return dw
+
+
 def _filter_plans(problem: _Problem) -> list:
     """Backward-filter's autotuner candidates: every CONV_TILES at each SPLIT_BLOCKS_PER_SM (the default first),
-    then WINOGRAD at each for 3×3 stride-1 layers whose buffers fit (_winograd_filter_plan)."""
+    then WINOGRAD at each for 3×3 stride-1 layers whose buffers fit (_winograd_filter_plan), then FEW_CHANNELS at
+    each for layers with few input channels (_few_channels_filters), one per distinct grid."""
     plans = [SplitPlan(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES]
     if _winograd_applies(problem.g):
         plans += [SplitPlan(WINOGRAD, blocks) for blocks in SPLIT_BLOCKS_PER_SM
                   if _fits(_winograd_filter_plan, problem, blocks, sm_count())]
+    if _few_channels_filters(problem.g):
+        few_channels = {}
+        for blocks in SPLIT_BLOCKS_PER_SM:
+            few_channels.setdefault(_few_channels_plan(problem, blocks, sm_count()).grid, SplitPlan(FEW_CHANNELS, blocks))
+        plans += few_channels.values()
     return plans
 
 
