@@ -3,10 +3,11 @@
     PYTHONPATH=. python3 benchmarks/step_check.py [--without-f4x4] [--seeds 2]
 
 The bench's check of this step (`cnn-gpu bench --ops train_step`) compares ours and PyTorch's FP32 step
-with PyTorch's float64 one and bounds ours by twice PyTorch's own error. Run 7 failed it narrowly (5.1e-4
-against 4.85e-4). This prints, for a few input seeds, both errors of the same check, so that two runs (one
-with --without-f4x4, which withdraws the WINOGRAD_4X4 candidate before anything is tuned) show what the
-F(4×4) forward adds. Run each setting in its own process: the autotuner remembers choices per process
+with PyTorch's float64 one and bounds ours by twice PyTorch's own error, on one input set. Run 7 failed it
+narrowly (5.1e-4 against 4.85e-4). This prints, for a few input seeds, both errors of the same check, so
+that two runs (one with --without-f4x4, which withdraws the WINOGRAD_4X4 candidate before anything is
+tuned) show how much the errors move with the inputs and what the F(4×4) forward adds (run 8: both sides
+land 2e-5 to 3e-3 from float64 with either; benchmarks/NOTES.md). Run each setting in its own process: the autotuner remembers choices per process
 (and benchmarks/gpu_run.sh points CNN_GPU_AUTOTUNE_CACHE at a fresh file for each).
 """
 from __future__ import annotations
