@@ -16,22 +16,23 @@ Contract:
 NumPy path: im2col as a strided view of the padded input (no copy until the GEMM's operand is
 formed), one batched matmul forward; backward as two GEMMs over the channel-major im2col matrix and a
 col2im that adds one strided slice per kernel tap (R*S vectorised adds; a numba scatter-add measured
-no faster). CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data,
-conv2d_bwd_filter) and deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no
-float atomics, so backward is bit-reproducible. Each of the three implicit GEMMs takes its tile sizes
-(ConvTile, or a SplitPlan: tile sizes and how far the reduction is split, for backward-filter and for forwards
-whose output tiles cannot fill the GPU) from cnn_gpu.cuda.autotune, which times the candidates on the first
-call of a shape; DEFAULT_TILE is used as is with CNN_GPU_AUTOTUNE=0. For stride-1 layers backward-data also
-has AS_FORWARD: dx as the forward conv of dy with the filters flipped, which then gets the forward's variants.
-For 3×3, stride-1 layers the forward's candidates also include WINOGRAD (kernels/winograd.cu, F(2×2, 3×3):
-2.25× fewer FLOPs through three transform passes and 16 products in one launch of kernels/gemm.cu) and
-WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer FLOPs, 36 products, ~5× F(2×2)'s rounding error), and so do
-backward-filter's (SplitPlan(WINOGRAD, blocks_per_sm): dy and input transforms, the 16 products with their
-long reduction over the 2×2 tiles split into chunks, as one launch of kernels/gemm.cu, and a filter-gradient
-transform that sums the chunks in a fixed order) where its buffers fit _WINOGRAD_MAX_BYTES. For layers with few
-input channels (C·R·S <= 32: first layers) backward-filter also has FEW_CHANNELS (conv2d_bwd_filter_few_channels,
-compiled per layer shape: a thread sums all taps of a few filters over strips of 4 output pixels, streaming dy
-once where the implicit GEMM's tiles would be mostly empty). Each is chosen only when timing finds it faster.
+no faster).
+
+CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data, conv2d_bwd_filter) and
+deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no float atomics, so backward is
+bit-reproducible. Each of the three has variants; cnn_gpu.cuda.autotune times them on the first call of a
+shape and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEFAULT_TILE):
+  forward          CONV_TILES; SplitPlan(tile, blocks_per_sm): C·R·S split over blocks, offered where the
+                   output tiles cannot fill the GPU; for 3×3 stride-1 layers WINOGRAD (F(2×2, 3×3),
+                   kernels/winograd.cu: 2.25× fewer multiplies, the products one launch of kernels/gemm.cu)
+                   and WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer, ~5× F(2×2)'s rounding error)
+  backward-data    CONV_TILES; for stride-1 layers with pads narrower than the window AS_FORWARD: dx as the
+                   forward conv of dy with the filters flipped, which then gets the forward's variants
+  backward-filter  SplitPlan(tile, blocks_per_sm): N·OH·OW split; for 3×3 stride-1 layers SplitPlan(WINOGRAD, ...):
+                   dy and input transforms, the 16 products over chunks of the 2×2 tiles, a filter-gradient
+                   transform summing the chunks in order; for first layers (C·R·S <= 32) SplitPlan(FEW_CHANNELS,
+                   ...): conv2d_bwd_filter_few_channels, compiled per layer shape, streaming dy once
+A Winograd variant is offered only where its buffers fit 32-bit indexing and _WINOGRAD_MAX_BYTES.
 """
 from __future__ import annotations
 
