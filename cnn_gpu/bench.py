@@ -25,7 +25,9 @@ benchmarks/); this module is the method (../shared/guide/benchmarking.md, benchm
 - Each row: ours_ms, ref_ms, speedup = ref / ours (> 1: we are faster), the rate of the dominant
   floor (TFLOP/s when flops / SGEMM ceiling > bytes / copy ceiling, else GB/s; bytes = the inputs read
   once + the outputs written once) and the fraction of that ceiling the call reached.
-- Every result file carries the environment: versions, GPU, clocks, commit, date.
+- Every result file carries the environment: versions, GPU, clocks, commit, date; and the autotuner's
+  choices of the run (autotune_choices: context, key, chosen variant), so a row's time can be read with
+  the variant that made it.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import numpy
 
 import cnn_gpu
 from cnn_gpu.bench_cases import Case, cases, op_names
+from cnn_gpu.cuda import autotune
 
 MIN_REPEATS = 20
 MAX_REPEATS = 100
@@ -523,6 +526,7 @@ def run(ops=None, quick: bool = False, out="bench-out", budget_s: float | None =
             report["rows"].extend(asdict(row) for row in rows)
             _write_json(report, out / "results.json")  # after every case: a killed run still leaves its rows
     report["elapsed_s"] = time.perf_counter() - started
+    report["autotune_choices"] = autotune.tuner().choices()  # which variant each tuned shape ran
     _write_json(report, out / "results.json")
     plot_speedups(report, out / "speedup.png")
     print(format_table(report))

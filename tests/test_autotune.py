@@ -82,6 +82,14 @@ def test_remembers_the_choice_in_memory(cache_file):
     assert len(op.runs) == len(CANDIDATES) and op.candidate_lists == 1  # no timing, not even the candidate list
 
 
+def test_lists_its_choices_as_json(cache_file):
+    tuner, op = fake_tuner(cache_file), FakeOp({DEFAULT: 3.0, WIDE: 1.0, SMALL: 2.0})
+    assert tuner.choices() == []
+    op.pick(tuner)
+    assert tuner.choices() == [{"context": "gemm | Fake GPU sm_90 | source 1", "key": list(KEY), "choice": list(WIDE)}]
+    json.dumps(tuner.choices())  # ready for results.json
+
+
 def test_each_key_and_family_is_tuned_separately(cache_file):
     tuner = fake_tuner(cache_file)
     assert FakeOp({DEFAULT: 3.0, WIDE: 1.0, SMALL: 2.0}).pick(tuner) == WIDE

@@ -10,6 +10,7 @@ import numpy
 import pytest
 
 from cnn_gpu import bench
+from cnn_gpu.cuda import autotune
 from cnn_gpu.bench_cases import Bound, Case, op_names
 from checks import load_benchmark_script
 
@@ -51,6 +52,9 @@ def test_quick_run_writes_results_json_with_environment_ceilings_and_rows(quick_
         assert row["status"] not in ("FAIL", "ERROR"), row
         assert row["ours_ms"] > 0 and row["rate"] > 0 and row["ceiling_fraction"] > 0
         assert row["rate_unit"] in ("TFLOP/s", "GB/s")
+    # the variants the run's tuned shapes ran: none on NumPy; on the GPU a conv or GEMM row tunes something
+    assert all(choice in autotune.tuner().choices() for choice in saved["autotune_choices"])
+    assert bool(saved["autotune_choices"]) == (env["backend"] == "cuda")
 
 
 def test_quick_run_reports_speedup_against_a_reference_when_one_ran(quick_report):

@@ -165,6 +165,12 @@ class Autotuner:
         self._chosen[(context, key)] = choice
         return choice
 
+    def choices(self) -> list:
+        """What this tuner has chosen or loaded so far in this process, as JSON-ready dicts {context, key, choice}
+        (the bench files them beside its rows, so a row's time can be read with the variant that made it)."""
+        return [{"context": context, "key": json.loads(_as_json(key)), "choice": json.loads(_as_json(choice))}
+                for (context, key), choice in self._chosen.items()]
+
     def _fastest(self, family, key, options, launch):
         best, best_time, error = None, math.inf, None
         for candidate in options:
