@@ -1,15 +1,16 @@
-"""How far the seed 002 training step lands from its float64 truth, with and without the Winograd F(4×4) forward.
+"""How far the seed 002 training step lands from its float64 truth, with and without Winograd variants.
 
     PYTHONPATH=. python3 benchmarks/step_check.py [--withdraw f4x4|winograd] [--seeds 2]
 
 The bench's check of this step (`cnn-gpu bench --ops train_step`) compares ours and PyTorch's FP32 step
-with PyTorch's float64 one and bounds ours by twice PyTorch's own error, on one input set. Run 7 failed it
-narrowly (5.1e-4 against 4.85e-4). This prints, for a few input seeds, both errors of the same check, so
-that runs with candidates withdrawn before anything is tuned (--withdraw f4x4: the F(4×4) forward;
-winograd: every Winograd variant, forward and backward-filter) show how much the errors move with the
-inputs and what those variants add (run 8: both sides land 2e-5 to 3e-3 from float64 with or without
-F(4×4), ours the larger in 3 of 4 draws; benchmarks/NOTES.md). Run each setting in its own process: the autotuner remembers choices per process
-(and benchmarks/gpu_run.sh points CNN_GPU_AUTOTUNE_CACHE at a fresh file for each).
+with PyTorch's float64 one, on one input set, and bounds ours by twice PyTorch's own error. Run 7 failed
+it narrowly (5.1e-4 against 4.85e-4). This prints, for a few input seeds, both sides' errors of the same
+check, output by output (loss, first and last kernels' gradients) and as the check takes them (their
+maximum). Runs with candidates withdrawn before anything is tuned (--withdraw f4x4: the F(4×4) forward;
+winograd: every Winograd variant, forward and backward-filter) show what those variants add. Run 8: both
+sides land 2e-5 to 3e-3 from float64 with or without F(4×4), ours the larger in 3 of 4 draws
+(benchmarks/NOTES.md). Run each setting in its own process: the autotuner remembers its choices per
+process (benchmarks/gpu_run.sh gives each a fresh CNN_GPU_AUTOTUNE_CACHE file).
 """
 from __future__ import annotations
 
@@ -34,10 +35,19 @@ def main(argv=None) -> int:
     label = {None: "every candidate", "f4x4": "F(4×4) forward withdrawn", "winograd": "every Winograd variant withdrawn"}[args.withdraw]
     for seed in range(args.seeds):
         side = bench.Side("cuda", seed)
-        check = bench._check(case.prepare(side), side)
-        refs = ", ".join(f"{name} {err:.2e}" for name, err in check.err_refs.items())
-        print(f"seed002 step, {label}, seed {seed}: ours {check.err_ours:.2e}; {refs}; "
-              f"bound {bench.error_bound(case.tol, check.err_refs):.2e}", flush=True)
+        bound = case.prepare(side)
+        with bound.check_context():  # dropout off on both sides, as the bench's check
+            results = {"ours": bench._outputs(bound.ours())}
+            truth = bench._outputs(bound.check_target()[1]())
+            results.update((name, bench._outputs(ref())) for name, ref in bound.refs.items())
+        # the check's outputs one by one (it bounds their maximum): where the error comes from
+        for index, output in enumerate(("loss", "first kernel's gradient", "last kernel's gradient")):
+            errors = ", ".join(f"{name} {bench.relative_error(side, result[index], truth[index]):.2e}"
+                               for name, result in results.items())
+            print(f"seed002 step, {label}, seed {seed}, {output}: {errors}", flush=True)
+        err_refs = {name: bench.relative_error(side, result, truth) for name, result in results.items() if name != "ours"}
+        print(f"seed002 step, {label}, seed {seed}: ours {bench.relative_error(side, results['ours'], truth):.2e}, "
+              f"bound {bench.error_bound(case.tol, err_refs):.2e}", flush=True)
         side.release()
     return 0
 
