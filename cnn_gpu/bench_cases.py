@@ -71,6 +71,7 @@ class Case:
     flops: float = 0.0                        # useful FLOPs of one call (0: a memory-bound op)
     tol: float = 1e-5                         # bound on ‖ours − target‖ / ‖target‖
     rotate: bool = True                       # False: stateful across calls, one input set only
+    check_sets: int = 1                       # input sets checked (an ill-conditioned check: each side's worst)
 
 
 OPS = ("conv2d", "matmul", "linear", "train_step", "maxpool", "avgpool", "sumpool", "relu", "leaky_relu",
@@ -306,7 +307,7 @@ def _linear_backward(N, n_in, n_out):
 def _train_step_cases(quick):
     for net, N in (((SEED001, 32),) if quick else ((SEED001, 128), (SEED002, 128))):
         yield Case("train_step", "fwd+bwd+adam", f"{net.label} N{N}", _train_step(net, N),
-                   3 * net.forward_flops(N), tol=1e-4, rotate=False)
+                   3 * net.forward_flops(N), tol=1e-4, rotate=False, check_sets=net.check_sets)
     if not quick:
         for net, N in ((SEED001, 128), (SEED002, 128)):
             yield Case("train_step", "fit step, CUDA graph", f"{net.label} N{N}", _graphed_fit_step(net, N),
@@ -353,6 +354,9 @@ class SeedNetwork:
     ours: Callable[[], list]    # -> cnn_gpu layers; the last is the Dense whose logits the loss takes
     twin: Callable[[object], object]  # torch -> torch.nn.Sequential producing logits
     forward_flops_per_image: float
+    # input sets its training step's check takes, each side judged by its worst: 3 for seed 002, whose FP32
+    # steps land 2e-5 to 3e-3 from float64 depending on the inputs (both sides; benchmarks/NOTES.md, run 8)
+    check_sets: int = 1
 
     def forward_flops(self, N):
         return N * self.forward_flops_per_image
@@ -398,7 +402,7 @@ SEED001 = SeedNetwork(
 SEED002 = SeedNetwork(
     "seed002 100²×1", (1, 100, 100), 1, _seed002_layers, _seed002_twin,
     conv_flops(1, 1, 512, 3, 3, 98, 98) + conv_flops(1, 512, 256, 3, 3, 30, 30)
-    + conv_flops(1, 256, 128, 3, 3, 8, 8) + 2.0 * 512)
+    + conv_flops(1, 256, 128, 3, 3, 8, 8) + 2.0 * 512, check_sets=3)
 
 KERAS_ADAM_EPSILON, ADAM_BETA_2 = 1e-7, 0.999
 
