@@ -405,11 +405,16 @@ def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: 
 def _sum_partials(partials, out, bias=None, K: int = 1, pixels: int = 1, act: int = 0, slope: float = 0.0):
     """out = act(partials.sum(axis=0) + bias) in a fixed order (the deterministic second pass); out is NCHW-like
     with K channels of `pixels` pixels when bias is given (element i takes bias[(i // pixels) % K])."""
-    n = out.size
-    _kernel("conv2d_sum_partials")((grid_stride_blocks(n),), (256,), (
-        partials, bias, out, numpy.int64(n), numpy.int32(partials.shape[0]), numpy.int32(K), numpy.int32(pixels),
-        numpy.int32(act), numpy.float32(slope)))
+    grid, scalars = _sum_partials_launch(out.size, partials.shape[0], K, pixels, act, slope)
+    _kernel("conv2d_sum_partials")(grid, (256,), (partials, bias, out) + scalars)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _sum_partials_launch(n: int, splits: int, K: int, pixels: int, act: int, slope: float) -> tuple:
+    """(grid, scalar arguments) of conv2d_sum_partials, worked out once per shape: it runs on every backward."""
+    scalars = (numpy.int64(n), numpy.int32(splits), numpy.int32(K), numpy.int32(pixels), numpy.int32(act), numpy.float32(slope))
+    return (grid_stride_blocks(n),), scalars
 
 
 def _launch_conv2d_bwd_data(dy, w, problem: _Problem, tile):
