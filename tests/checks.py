@@ -6,6 +6,21 @@ import numpy
 import cnn_gpu
 
 
+def pair(v):
+    """An int or a pair as a pair (kernel sizes, strides, paddings)."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def naive_axis(size, window, stride, padding):
+    """(pad before, output size) along one axis, derived from the definitions ('same': Keras, an odd extra
+    pad at the end). The tests' own reference geometry, independent of cnn_gpu.ops.geometry."""
+    if padding == "same":
+        out = -(-size // stride)
+        return max((out - 1) * stride + window - size, 0) // 2, out
+    pad = 0 if padding == "valid" else padding
+    return pad, (size + 2 * pad - window) // stride + 1
+
+
 def rel_error(ours, ref) -> float:
     """‖ours − ref‖ / ‖ref‖ in float64, on the host. NaN anywhere in ours makes it NaN (fails < tol)."""
     ours = numpy.asarray(cnn_gpu.to_numpy(ours), dtype=numpy.float64)

@@ -15,22 +15,9 @@ from cnn_gpu.ops import conv as conv_ops
 from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
                                _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d, _problem)
 from cnn_gpu.ops.geometry import window_geometry
-from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
+from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, pin_autotune, rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
-
-
-def pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def naive_pads(size, window, stride, padding):
-    """(pad before, output size) along one axis, from the definitions ('same': Keras, extra at the end)."""
-    if padding == "same":
-        out = math.ceil(size / stride)
-        return max((out - 1) * stride + window - size, 0) // 2, out
-    pad = 0 if padding == "valid" else padding
-    return pad, (size + 2 * pad - window) // stride + 1
 
 
 def naive_activation(v, name, slope):
@@ -51,8 +38,8 @@ def naive_conv2d(x, w, b=None, stride=1, padding=0, activation=None, slope=0.01)
     K, _, R, S = w.shape
     sh, sw = pair(stride)
     ph, pw = (padding, padding) if isinstance(padding, str) else pair(padding)
-    top, OH = naive_pads(H, R, sh, ph)
-    left, OW = naive_pads(W, S, sw, pw)
+    top, OH = naive_axis(H, R, sh, ph)
+    left, OW = naive_axis(W, S, sw, pw)
     y = numpy.empty((N, K, OH, OW))
     for n in range(N):
         for k in range(K):

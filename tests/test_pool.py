@@ -9,7 +9,7 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.ops import pool as pool_ops
-from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
+from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, pin_autotune, rel_error
 
 # (x shape, kernel_size, stride, padding): odd sizes, non-square windows, strides 1-3, gaps, 'same'.
 CASES = [
@@ -30,19 +30,6 @@ AVERAGING_KINDS = ["sum", "avg", "avg_in_bounds"]  # avg_in_bounds: count_includ
 def case_id(case):
     shape, k, s, p = case
     return f"{'x'.join(map(str, shape))}-k{k}-s{s}-p{p}".replace(" ", "")
-
-
-def pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def naive_axis(size, window, stride, padding):
-    """(pad before, output size) along one axis, derived from the definitions."""
-    if padding == "same":
-        out = math.ceil(size / stride)
-        return max((out - 1) * stride + window - size, 0) // 2, out
-    pad = 0 if padding == "valid" else padding
-    return pad, (size + 2 * pad - window) // stride + 1
 
 
 def naive_windows(x_shape, kernel, stride, padding):
