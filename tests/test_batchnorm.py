@@ -195,6 +195,19 @@ def test_split_plan_covers_every_value_once():
     assert batchnorm._split_plan(64, 401408, 132, 16384) == (9, 44601)  # 4 * 132 blocks / 64 channels
 
 
+def test_launch_arguments_are_remembered_per_shape_and_split_floor():
+    """The CUDA path's per-shape launch arguments: each shape its own sizes, a too-big x refused on every
+    call (a failed check is not remembered), and the split floor part of the reductions' key (the tests
+    above lower MIN_CHUNK to force splits on shapes already seen with the default)."""
+    assert batchnorm._kernel_sizes((2, 3, 4, 5)) == (2, 3, 20)
+    assert batchnorm._kernel_sizes((2, 3)) == (2, 3, 1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"x of shape \(65536, 65536, 1, 1\) .* 32-bit indexing"):
+            batchnorm._kernel_sizes((65536, 65536, 1, 1))
+    assert batchnorm._reduction_launch(5, 1, 527, 132, 16384)[0] == 1
+    assert batchnorm._reduction_launch(5, 1, 527, 132, 1000)[0] == 2
+
+
 def test_variance_of_large_offset_data(backend, xp, rng):
     """x = 1000 + unit noise over M = 66495 values a channel (4 uneven chunks on the GPU): the
     variance needs centring (a float32 sum of squares would cancel ~1e6 against ~1e6). saved_mean

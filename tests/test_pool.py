@@ -330,6 +330,23 @@ def test_max_backward_ways_are_reproducible(backend, xp, rng, monkeypatch, way):
         assert numpy.array_equal(first.view(numpy.uint32), second.view(numpy.uint32))
 
 
+def test_pool_geometry_is_remembered_per_exact_arguments():
+    """pool_geometry's cache: another shape or window gets its own geometry, the same as a fresh computation;
+    an argument equal to a remembered one but of another type (bool, float, NumPy integer, list) is still
+    checked as it would be uncached: refused, or (a list) accepted with the pair's geometry."""
+    fresh = pool_ops._pool_geometry
+    for args in [((1, 2, 9, 9), 2, 2, 0), ((1, 2, 9, 7), 2, 2, 0), ((3, 2, 9, 9), 2, 2, 0), ((1, 2, 9, 9), 3, 2, 1),
+                 ((1, 2, 9, 9), (2, 3), None, "same"), ((1, 2, 9, 9), (2, 3), (1, 2), (1, 1))]:
+        assert pool_ops.pool_geometry(*args) == fresh(*args, "x")
+        assert pool_ops.pool_geometry(*args) == fresh(*args, "x")  # remembered now
+    for stride in (True, 2.0, numpy.int64(2)):
+        with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+            pool_ops.pool_geometry((1, 2, 9, 9), 2, stride, 0)
+    with pytest.raises(ValueError, match="kernel_size must be an int or a pair of ints"):
+        pool_ops.pool_geometry((1, 2, 9, 9), (2, True), None, 0)
+    assert pool_ops.pool_geometry((1, 2, 9, 9), [2, 3], None, "same") == fresh((1, 2, 9, 9), (2, 3), None, "same", "x")
+
+
 def test_max_pool_ways_by_geometry():
     """The cells way only where windows are disjoint, the fixed-window forward only up to FIXED_WINDOW_MAX
     elements; the default (first) ways stay those of before the tuned candidates."""

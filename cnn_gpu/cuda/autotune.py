@@ -53,7 +53,13 @@ class TimingUnavailable(RuntimeError):
 
 def enabled() -> bool:
     """CNN_GPU_AUTOTUNE, read at every call so that it can be switched at run time."""
-    value = os.environ.get(SWITCH_VARIABLE, "1").strip().lower()
+    return _switch_setting(os.environ.get(SWITCH_VARIABLE, "1"))
+
+
+@functools.lru_cache(maxsize=16)
+def _switch_setting(text: str) -> bool:
+    """CNN_GPU_AUTOTUNE's text as a bool, worked out once per text (enabled() runs on every op call)."""
+    value = text.strip().lower()
     if value in ("1", "on", "true", "yes", ""):
         return True
     if value in ("0", "off", "false", "no"):

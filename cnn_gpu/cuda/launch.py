@@ -41,7 +41,10 @@ def elementwise_blocks(n: int, vec4: bool, threads: int = 256) -> int:
 
 def is_aligned(alignment: int, *arrays) -> bool:
     """True when every array's data pointer is a multiple of alignment bytes (what vector loads need)."""
-    return all(a.data.ptr % alignment == 0 for a in arrays)
+    for a in arrays:  # a loop, not all() over a generator: this runs on most launches
+        if a.data.ptr % alignment:
+            return False
+    return True
 
 
 def require_int32_indexable(name: str, shape) -> None:

@@ -64,10 +64,11 @@ def numpy_activation_grad(dy, y, name, slope=0.01):
 THREADS = 256
 
 
-@functools.lru_cache(maxsize=64)
-def _kernel_scalars(name, slope):
-    """(act, slope) as the kernels take them."""
-    return numpy.int32(activation_code(name)), numpy.float32(slope)
+@functools.lru_cache(maxsize=256)
+def _elementwise_launch(kernel_name, n, vec4, name, slope):
+    """(kernel, grid, the scalar arguments after the arrays), worked out once per size and activation."""
+    scalars = (numpy.int64(n), numpy.int32(activation_code(name)), numpy.float32(slope), numpy.int32(vec4))
+    return load_kernel("activation", kernel_name), (elementwise_blocks(n, vec4, THREADS),), scalars
 
 
 def _cuda_elementwise(kernel_name, inputs, name, slope):
@@ -76,13 +77,9 @@ def _cuda_elementwise(kernel_name, inputs, name, slope):
 
     inputs = [contiguous(cupy, a) for a in inputs]
     out = nan_filled(cupy, inputs[0].shape)
-    n = out.size
-    if n:
-        vec4 = is_aligned(16, out, *inputs)
-        load_kernel("activation", kernel_name)(
-            (elementwise_blocks(n, vec4, THREADS),), (THREADS,),
-            (*inputs, out, numpy.int64(n), *_kernel_scalars(name, slope), numpy.int32(vec4)),
-        )
+    if out.size:
+        kernel, grid, scalars = _elementwise_launch(kernel_name, out.size, is_aligned(16, out, *inputs), name, slope)
+        kernel(grid, (THREADS,), (*inputs, out, *scalars))
     return out
 
 

@@ -11,12 +11,28 @@ import numpy
 
 from cnn_gpu.backend import is_cuda_array
 
+# Every op call runs these checks, so each has a fast yes for the common case and falls back to checking
+# rule by rule (for the error that names the argument) when that yes is not plain.
+_NONE_TYPE = type(None)
+_MODULE_OF_TYPE = {numpy.ndarray: numpy}  # array type -> its library, learnt by _checked_array_module
+_FLOAT32, _FLOAT64 = numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)
+
 
 def array_module(**arrays):
     """numpy or cupy, from the given (name=array) operands; None values are skipped.
 
     Mixed NumPy/CuPy operands, or something that is not an array at all, is a TypeError naming them.
     """
+    kinds = {type(a) for a in arrays.values()}
+    kinds.discard(_NONE_TYPE)
+    if len(kinds) == 1:  # the common case, one array type already seen: no per-operand checks
+        module = _MODULE_OF_TYPE.get(kinds.pop())
+        if module is not None:
+            return module
+    return _checked_array_module(arrays)
+
+
+def _checked_array_module(arrays: dict):
     kinds = {}
     for name, a in arrays.items():
         if a is None:
@@ -33,8 +49,13 @@ def array_module(**arrays):
     if "cupy" in kinds.values():
         import cupy
 
-        return cupy
-    return numpy
+        module = cupy
+    else:
+        module = numpy
+    for a in arrays.values():
+        if a is not None:
+            _MODULE_OF_TYPE[type(a)] = module
+    return module
 
 
 def check_float(name: str, a, xp) -> None:
@@ -69,15 +90,30 @@ def float_operands(layouts: dict, **arrays):
     layouts maps an argument name to (ndim, layout text), e.g. {"x": (4, "N, C, H, W")}.
     """
     xp = array_module(**arrays)
+    if not _plainly_valid(layouts, arrays, xp):
+        for name, a in arrays.items():
+            if a is None:
+                continue
+            check_float(name, a, xp)
+            if name in layouts:
+                ndim, layout = layouts[name]
+                check_ndim(name, a, ndim, layout)
+        check_same_dtype(**arrays)
+    return xp
+
+
+def _plainly_valid(layouts: dict, arrays: dict, xp) -> bool:
+    """float_operands' fast yes: one float dtype object (float64 on NumPy only) shared by all operands, and the
+    layouts' ndims. False means "check rule by rule", not "invalid"."""
+    dtype = None
     for name, a in arrays.items():
         if a is None:
             continue
-        check_float(name, a, xp)
-        if name in layouts:
-            ndim, layout = layouts[name]
-            check_ndim(name, a, ndim, layout)
-    check_same_dtype(**arrays)
-    return xp
+        if dtype is None:
+            dtype = a.dtype
+        if a.dtype is not dtype or (name in layouts and a.ndim != layouts[name][0]):
+            return False
+    return dtype is None or dtype is _FLOAT32 or (dtype is _FLOAT64 and xp is numpy)
 
 
 def contiguous(xp, a):

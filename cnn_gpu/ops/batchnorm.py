@@ -92,10 +92,14 @@ def _split_plan(channels: int, values_per_channel: int, sms: int, min_chunk: int
     return cdiv(values_per_channel, chunk), chunk
 
 
-def _sizes(x):
-    """(N, C, HW) as the kernels take them."""
-    n, c = x.shape[:2]
-    return n, c, math.prod(x.shape[2:])
+# Launch arguments are functions of x's shape (and of eps, momentum): worked out once for each, since
+# host time is most of a small batch-norm call's latency.
+@functools.lru_cache(maxsize=256)
+def _kernel_sizes(x_shape: tuple) -> tuple:
+    """(N, C, HW) as the kernels take them, once x's shape is checked to fit their 32-bit indexing."""
+    require_int32_indexable("x", x_shape)
+    n, c = x_shape[:2]
+    return n, c, math.prod(x_shape[2:])
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,28 +109,55 @@ def _channel_of_args(hw: int, channels: int) -> tuple:
                  for arg in (numpy.int32(d), *(numpy.uint32(p) for p in fast_divmod_params(d))))
 
 
+@functools.lru_cache(maxsize=256)
+def _elementwise_launch(n: int, c: int, hw: int) -> tuple:
+    """(grid, 1 / M as float32, then the size and CHANNEL_OF_PARAMS arguments) of batchnorm_normalize and
+    batchnorm_bwd_data, a grid-stride loop over x's N*C*HW elements (not empty)."""
+    size = n * c * hw
+    return ((grid_stride_blocks(size, ELEMENTWISE_THREADS),), numpy.float32(1.0 / (n * hw)),
+            (numpy.int32(size), *_channel_of_args(hw, c)))
+
+
+@functools.lru_cache(maxsize=256)
+def _thread_per_item_launch(items: int) -> tuple:
+    """(grid, items as int32) of the small kernels with a thread per channel (or per channel and row)."""
+    return (grid_stride_blocks(items, ELEMENTWISE_THREADS),), numpy.int32(items)
+
+
+@functools.lru_cache(maxsize=256)
+def _reduction_launch(n: int, c: int, hw: int, sms: int, min_chunk: int) -> tuple:
+    """(splits, the (N, C, HW, chunk) int32 arguments, splits as int32) of the per-channel reductions over grid
+    (C, splits) and of the pass merging their splits."""
+    splits, chunk = _split_plan(c, n * hw, sms, min_chunk)
+    return splits, (numpy.int32(n), numpy.int32(c), numpy.int32(hw), numpy.int32(chunk)), numpy.int32(splits)
+
+
+@functools.lru_cache(maxsize=64)
+def _statistics_finish_args(eps: float, momentum: float, update: bool) -> tuple:
+    """batchnorm_stats' and batchnorm_stats_finalize's (eps, momentum, update) arguments."""
+    return numpy.float32(eps), numpy.float32(momentum), numpy.int32(update)
+
+
 def _cuda_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):
     import cupy
 
-    require_int32_indexable("x", x.shape)
+    n, c, hw = _kernel_sizes(x.shape)
     x, gamma, beta = contiguous(cupy, x), contiguous(cupy, gamma), contiguous(cupy, beta)
-    n, c, hw = _sizes(x)
     stats = nan_filled(cupy, (2, c))  # rows: the mean and invstd used (returned, saved for backward)
     mean, invstd = stats[0], stats[1]
     if training:
         _cuda_batch_statistics(x, n, c, hw, mean, invstd, running_mean, running_var, momentum, eps)
     else:
+        grid, channels = _thread_per_item_launch(c)
         load_kernel("batchnorm", "batchnorm_inference_stats")(
-            (grid_stride_blocks(c, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
-            (contiguous(cupy, running_mean), contiguous(cupy, running_var), mean, invstd, numpy.int32(c),
-             numpy.float32(eps)),
+            grid, (ELEMENTWISE_THREADS,),
+            (contiguous(cupy, running_mean), contiguous(cupy, running_var), mean, invstd, channels, numpy.float32(eps)),
         )
     y = nan_filled(cupy, x.shape)
     if x.size:  # an empty x in inference (N or H*W zero): nothing to normalise, and no FastDivmod of 0
+        grid, _, sizes = _elementwise_launch(n, c, hw)
         load_kernel("batchnorm", "batchnorm_normalize")(
-            (grid_stride_blocks(x.size, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
-            (x, mean, invstd, gamma, beta, y, numpy.int32(x.size), *_channel_of_args(hw, c)),
-        )
+            grid, (ELEMENTWISE_THREADS,), (x, mean, invstd, gamma, beta, y, *sizes))
     return y, mean, invstd
 
 
@@ -134,20 +165,19 @@ def _cuda_batch_statistics(x, n, c, hw, mean, invstd, running_mean, running_var,
     """Writes the batch mean and invstd into mean / invstd, updates the running statistics when given."""
     import cupy
 
-    splits, chunk = _split_plan(c, n * hw, sm_count(), MIN_CHUNK)
+    splits, shape, splits_arg = _reduction_launch(n, c, hw, sm_count(), MIN_CHUNK)
     update = running_mean is not None
     # The kernels update contiguous buffers; a strided running stat gets its values copied back.
     rm = contiguous(cupy, running_mean) if update else mean  # not touched by the kernels when not update
     rv = contiguous(cupy, running_var) if update else invstd
     partials = nan_filled(cupy, (splits, 2, c)) if splits > 1 else mean  # unused with one split
-    shape = (numpy.int32(n), numpy.int32(c), numpy.int32(hw), numpy.int32(chunk))
-    finish = (numpy.float32(eps), numpy.float32(momentum), numpy.int32(update))
+    finish = _statistics_finish_args(float(eps), float(momentum), update)
     load_kernel("batchnorm", "batchnorm_stats")(
         (c, splits), (REDUCE_THREADS,), (x, partials, mean, invstd, rm, rv, *shape, *finish))
     if splits > 1:
+        grid, _ = _thread_per_item_launch(c)
         load_kernel("batchnorm", "batchnorm_stats_finalize")(
-            (grid_stride_blocks(c, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
-            (partials, mean, invstd, rm, rv, *shape, numpy.int32(splits), *finish))
+            grid, (ELEMENTWISE_THREADS,), (partials, mean, invstd, rm, rv, *shape, splits_arg, *finish))
     if update and rm is not running_mean:
         running_mean[...] = rm
     if update and rv is not running_var:
@@ -157,29 +187,23 @@ def _cuda_batch_statistics(x, n, c, hw, mean, invstd, running_mean, running_var,
 def _cuda_batch_norm_backward(dy, x, gamma, mean, invstd):
     import cupy
 
-    require_int32_indexable("x", x.shape)
+    n, c, hw = _kernel_sizes(x.shape)
     dy, x, gamma = contiguous(cupy, dy), contiguous(cupy, x), contiguous(cupy, gamma)
     mean, invstd = contiguous(cupy, mean), contiguous(cupy, invstd)
-    n, c, hw = _sizes(x)
-    splits, chunk = _split_plan(c, n * hw, sm_count(), MIN_CHUNK)
+    splits, shape, splits_arg = _reduction_launch(n, c, hw, sm_count(), MIN_CHUNK)
     param_grads = nan_filled(cupy, (2, c))  # rows: dgamma, dbeta
     partials = nan_filled(cupy, (splits, 2, c)) if splits > 1 else param_grads
     load_kernel("batchnorm", "batchnorm_bwd_reduce")(
-        (c, splits), (REDUCE_THREADS,),
-        (dy, x, mean, invstd, partials, numpy.int32(n), numpy.int32(c), numpy.int32(hw), numpy.int32(chunk)),
-    )
+        (c, splits), (REDUCE_THREADS,), (dy, x, mean, invstd, partials, *shape))
     if splits > 1:
+        grid, pairs = _thread_per_item_launch(2 * c)
         load_kernel("batchnorm", "batchnorm_sum_splits")(
-            (grid_stride_blocks(2 * c, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
-            (partials, param_grads, numpy.int32(2 * c), numpy.int32(splits)),
-        )
+            grid, (ELEMENTWISE_THREADS,), (partials, param_grads, pairs, splits_arg))
     dgamma, dbeta = param_grads[0], param_grads[1]
     dx = nan_filled(cupy, x.shape)
+    grid, inv_m, sizes = _elementwise_launch(n, c, hw)
     load_kernel("batchnorm", "batchnorm_bwd_data")(
-        (grid_stride_blocks(x.size, ELEMENTWISE_THREADS),), (ELEMENTWISE_THREADS,),
-        (dy, x, mean, invstd, gamma, dgamma, dbeta, dx, numpy.float32(1.0 / (n * hw)), numpy.int32(x.size),
-         *_channel_of_args(hw, c)),
-    )
+        grid, (ELEMENTWISE_THREADS,), (dy, x, mean, invstd, gamma, dgamma, dbeta, dx, inv_m, *sizes))
     return dx, dgamma, dbeta
 
 

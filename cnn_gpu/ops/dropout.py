@@ -87,10 +87,12 @@ THREADS = 256
 _NULL_POINTER = numpy.uint64(0)
 
 
-@functools.lru_cache(maxsize=64)
-def _scale(rate):
-    """1 / (1 - rate) rounded once to float32, as the kernels take it."""
-    return numpy.float32(1.0 / (1.0 - rate))
+@functools.lru_cache(maxsize=256)
+def _launch_arguments(n, vec4, rate):
+    """(grid, n, keep threshold, scale, vec4 flag) as the kernels take them, worked out once per size,
+    alignment and rate; the scale 1 / (1 - rate) is rounded once to float32."""
+    return ((elementwise_blocks(n, vec4, THREADS),), numpy.int64(n), numpy.uint32(keep_threshold(rate)),
+            numpy.float32(1.0 / (1.0 - rate)), numpy.int32(vec4))
 
 
 def _cuda_dropout(x, rate, seed):
@@ -99,15 +101,11 @@ def _cuda_dropout(x, rate, seed):
     x = contiguous(cupy, x)
     y = nan_filled(cupy, x.shape)
     mask = nan_filled(cupy, x.shape, numpy.uint8)
-    n = x.size
-    if n:
-        vec4 = is_aligned(16, x, y) and is_aligned(4, mask)
+    if x.size:
+        grid, n, threshold, scale, vec4 = _launch_arguments(x.size, is_aligned(16, x, y) and is_aligned(4, mask), rate)
         seed_value, seed_from = (numpy.uint64(0), seed) if is_cuda_array(seed) else (numpy.uint64(seed), _NULL_POINTER)
         load_kernel("dropout", "dropout_fwd")(
-            (elementwise_blocks(n, vec4, THREADS),), (THREADS,),
-            (x, y, mask, numpy.int64(n), seed_value, seed_from, numpy.uint32(keep_threshold(rate)), _scale(rate),
-             numpy.int32(vec4)),
-        )
+            grid, (THREADS,), (x, y, mask, n, seed_value, seed_from, threshold, scale, vec4))
     return y, mask
 
 
@@ -116,13 +114,9 @@ def _cuda_dropout_backward(dy, mask, rate):
 
     dy, mask = contiguous(cupy, dy), contiguous(cupy, mask)
     dx = nan_filled(cupy, dy.shape)
-    n = dy.size
-    if n:
-        vec4 = is_aligned(16, dy, dx) and is_aligned(4, mask)
-        load_kernel("dropout", "dropout_bwd")(
-            (elementwise_blocks(n, vec4, THREADS),), (THREADS,),
-            (dy, mask, dx, numpy.int64(n), _scale(rate), numpy.int32(vec4)),
-        )
+    if dy.size:
+        grid, n, _, scale, vec4 = _launch_arguments(dy.size, is_aligned(16, dy, dx) and is_aligned(4, mask), rate)
+        load_kernel("dropout", "dropout_bwd")(grid, (THREADS,), (dy, mask, dx, n, scale, vec4))
     return dx
 
 

@@ -172,20 +172,23 @@ def _cuda_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float):
     if m == 0 or n == 0:
         return nan_filled(cupy, (m, n))
     bias = None if bias is None else contiguous(cupy, bias)
-    launch = functools.partial(_launch_gemm, a, b, bias, act, slope)
-    plan = autotune.pick("gemm", (_layout(a, b), m, n, k, a.vec4, b.vec4), lambda: gemm_plans(m, n, k, sm_count()), launch)
+    problem = _problem(a, b)
+    launch = functools.partial(_launch_gemm, a, b, problem, bias, act, slope)
+    plan = autotune.pick("gemm", problem, lambda: gemm_plans(m, n, k, sm_count()), launch)
     return launch(plan)
 
 
-def _layout(a: _Operand, b: _Operand) -> str:
-    """'nn', 'nt', 'tn' or 'tt': which of op(A), op(B) the kernel reads transposed."""
-    return ("t" if a.transposed else "n") + ("t" if b.transposed else "n")
+def _problem(a: _Operand, b: _Operand) -> tuple:
+    """(layout, m, n, k, vec_a, vec_b): what a product's best plan depends on (its autotuner key). The layout
+    is 'nn', 'nt', 'tn' or 'tt': which of op(A), op(B) the kernel reads transposed."""
+    layout = ("t" if a.transposed else "n") + ("t" if b.transposed else "n")
+    return layout, a.rows, b.cols, a.cols, a.vec4, b.vec4
 
 
 @functools.lru_cache(maxsize=1024)
-def _gemm_launch(layout: str, m: int, n: int, k: int, lda: int, ldb: int, vec_a: bool, vec_b: bool,
-                 act: int, slope: float, plan: GemmPlan) -> tuple:
+def _gemm_launch(problem: tuple, lda: int, ldb: int, act: int, slope: float, plan: GemmPlan) -> tuple:
     """(kernel, grid, block, scalar arguments) of one gemm launch, worked out once per problem and plan."""
+    layout, m, n, k, vec_a, vec_b = problem
     config = plan.config
     grid = (cdiv(m, config.tile_m), cdiv(n, config.tile_n), plan.splits)
     if grid[1] > MAX_GRID_Y:
@@ -199,18 +202,18 @@ def _gemm_launch(layout: str, m: int, n: int, k: int, lda: int, ldb: int, vec_a:
     return load_kernel("gemm", "gemm_" + layout, **config.defines), grid, (config.threads,), scalars
 
 
-def _launch_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float, plan: GemmPlan):
+def _launch_gemm(a: _Operand, b: _Operand, problem: tuple, bias, act: int, slope: float, plan: GemmPlan):
     import cupy
 
-    m, k, n = a.rows, a.cols, b.cols
-    kernel, grid, block, scalars = _gemm_launch(_layout(a, b), m, n, k, a.ld, b.ld, a.vec4, b.vec4, act, slope, plan)
+    kernel, grid, block, scalars = _gemm_launch(problem, a.ld, b.ld, act, slope, plan)
+    m, n = a.rows, b.cols
     c = nan_filled(cupy, (m, n))
-    split = plan.splits > 1
-    out = nan_filled(cupy, (plan.splits, m, n)) if split else c
-    kernel(grid, block, (a.array, b.array, _NULL if split or bias is None else bias, out) + scalars)
-    if split:  # slices summed in order, then bias and activation
-        _cuda_sum_rows(out.reshape(plan.splits, m * n), bias, act, slope, c.reshape(m * n))
-    return c
+    if plan.splits == 1:
+        kernel(grid, block, (a.array, b.array, _NULL if bias is None else bias, c) + scalars)
+        return c
+    slices = nan_filled(cupy, (plan.splits, m, n))
+    kernel(grid, block, (a.array, b.array, _NULL, slices) + scalars)
+    return _cuda_sum_rows(slices, plan.splits, m * n, bias, act, slope, c)  # slices summed in order, then bias, act
 
 
 def cuda_gemm_k_slices(a, b, slices: int, out):
@@ -228,8 +231,10 @@ def cuda_gemm_k_slices(a, b, slices: int, out):
     if k != b.rows or k % slices or tuple(out.shape) != (slices, m, n) or not out.flags.c_contiguous:
         raise ValueError(f"cuda_gemm_k_slices: {slices} slices of a {m}x{k} by {b.rows}x{n} product do not fit "
                          f"out of shape {tuple(out.shape)} (or out is not contiguous)")
-    launch = functools.partial(_launch_gemm_k_slices, a, b, slices, out)
-    key = ("k_slices", _layout(a, b), m, n, k, slices, a.vec4, b.vec4)
+    problem = _problem(a, b)
+    launch = functools.partial(_launch_gemm_k_slices, a, b, problem, slices, out)
+    layout, _, _, _, vec_a, vec_b = problem
+    key = ("k_slices", layout, m, n, k, slices, vec_a, vec_b)
     return launch(autotune.pick("gemm", key, lambda: _k_slice_configs(m, n, k), launch))
 
 
@@ -240,9 +245,9 @@ def _k_slice_configs(m: int, n: int, k: int) -> list:
     return list(dict.fromkeys(configs))
 
 
-def _launch_gemm_k_slices(a: _Operand, b: _Operand, slices: int, out, config: TileConfig):
+def _launch_gemm_k_slices(a: _Operand, b: _Operand, problem: tuple, slices: int, out, config: TileConfig):
     plan = GemmPlan(config, slices, a.cols // slices)
-    kernel, grid, block, scalars = _gemm_launch(_layout(a, b), a.rows, b.cols, a.cols, a.ld, b.ld, a.vec4, b.vec4, 0, 0.0, plan)
+    kernel, grid, block, scalars = _gemm_launch(problem, a.ld, b.ld, 0, 0.0, plan)
     kernel(grid, block, (a.array, b.array, _NULL, out) + scalars)
     return out
 
@@ -254,9 +259,9 @@ def _sum_rows_launch(rows: int, cols: int, bias_period: int, act: int, slope: fl
     return (grid_stride_blocks(cols, threads=32),), scalars
 
 
-def _cuda_sum_rows(x, bias, act: int, slope: float, out):
-    """out[c] = act(sum over rows of x[:, c] + bias[c % len(bias)]), in a fixed order. x dense 2-D."""
-    rows, cols = x.shape
+def _cuda_sum_rows(x, rows: int, cols: int, bias, act: int, slope: float, out):
+    """out[c] = act(sum over rows of x[r, c] + bias[c % len(bias)]), in a fixed order, for x and out dense
+    buffers of rows x cols and cols elements (of any shape: no reshaping on the way)."""
     if cols == 0:
         return out
     grid, (rows_, cols_, period, act_, slope_) = _sum_rows_launch(rows, cols, 1 if bias is None else bias.size, act, slope)
@@ -272,7 +277,8 @@ def _cuda_linear_backward(dy, x, w):
     dx = _cuda_gemm(dy_op, _operand(cupy, w), None, 0, 0.0)
     dw = _cuda_gemm(dy_op.T, _operand(cupy, x), None, 0, 0.0)
     dy = contiguous(cupy, dy)
-    db = _cuda_sum_rows(dy, None, 0, 0.0, nan_filled(cupy, (dy.shape[1],)))
+    rows, cols = dy.shape
+    db = _cuda_sum_rows(dy, rows, cols, None, 0, 0.0, nan_filled(cupy, (cols,)))
     return dx, dw, db
 
 

@@ -21,11 +21,14 @@ the host before the replay).
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
 import numpy
 
+from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import array_module, check_same_shape, contiguous, float_operands
 
 
@@ -58,19 +61,20 @@ def _numpy_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
 _NULL_POINTER = numpy.uint64(0)
 
 
+@functools.lru_cache(maxsize=256)
+def _launch_arguments(n: int, vec4: bool) -> tuple:
+    """(grid, n as int64, vec4 flag as int32) of a grid-stride launch over n parameters, a float4 an item where
+    every array is 16-byte aligned."""
+    return (grid_stride_blocks(max(n // 4, 1), 256),), numpy.int64(n), numpy.int32(vec4)
+
+
 def _cuda_launch(kernel_name, arrays, scalars):
     """One grid-stride launch of kernels/optim.cu's kernel_name over param-sized arrays (None: NULL)."""
-    from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
-    from cnn_gpu.cuda.loader import load_kernel
-
     n = arrays[0].size
     if n:
-        pointers = tuple(_NULL_POINTER if a is None else a for a in arrays)
-        vec4 = is_aligned(16, *(a for a in arrays if a is not None))
-        load_kernel("optim", kernel_name)(
-            (grid_stride_blocks(max(n // 4, 1), 256),), (256,),
-            (*pointers, numpy.int64(n), *scalars, numpy.int32(vec4)),
-        )
+        pointers = [_NULL_POINTER if a is None else a for a in arrays]
+        grid, size, vec4 = _launch_arguments(n, is_aligned(16, *[a for a in arrays if a is not None]))
+        load_kernel("optim", kernel_name)(grid, (256,), (*pointers, size, *scalars, vec4))
 
 
 def _cuda_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov):

@@ -52,7 +52,28 @@ NCHW = (4, "N, C, H, W")
 
 # ---- geometry and argument checks ----------------------------------------------------------------
 def pool_geometry(x_shape, kernel_size, stride, padding, x_name="x") -> WindowGeometry:
-    """Validated geometry of a pooling window; stride defaults to kernel_size."""
+    """Validated geometry of a pooling window; stride defaults to kernel_size.
+
+    Remembered per arguments when kernel_size, stride and padding are the usual ints, pairs of ints or
+    strings (host time is most of a small pool's latency): their exact types are checked first, so an
+    argument merely equal to a valid one (True, 2.0, numpy.int64(2)) is still checked and refused."""
+    if _plain(kernel_size) and (stride is None or _plain(stride)) and (type(padding) is str or _plain(padding)):
+        return _remembered_pool_geometry(tuple(x_shape), kernel_size, stride, padding, x_name)
+    return _pool_geometry(x_shape, kernel_size, stride, padding, x_name)
+
+
+def _plain(value) -> bool:
+    """An int or a tuple of two ints, exactly (not a bool, a float or a NumPy integer)."""
+    kind = type(value)
+    return kind is int or (kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_pool_geometry(x_shape, kernel_size, stride, padding, x_name) -> WindowGeometry:
+    return _pool_geometry(x_shape, kernel_size, stride, padding, x_name)
+
+
+def _pool_geometry(x_shape, kernel_size, stride, padding, x_name) -> WindowGeometry:
     window = as_pair("kernel_size", kernel_size, 1)
     g = window_geometry(x_shape, window, window if stride is None else stride, padding, x_name=x_name)
     if not isinstance(padding, str) and (g.pad_top > g.R // 2 or g.pad_left > g.S // 2):
@@ -66,7 +87,7 @@ def _output_shape(g: WindowGeometry):
 
 def _checked_x_shape(x_shape):
     try:
-        shape = tuple(operator.index(v) for v in x_shape)
+        shape = tuple(map(operator.index, x_shape))
     except TypeError:
         shape = ()
     if len(shape) != 4 or min(shape) < 1:

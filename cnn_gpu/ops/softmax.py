@@ -25,9 +25,13 @@ Kernels: kernels/softmax.cu (softmax_fwd, softmax_xent_fwd_bwd, elementwise_loss
 """
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 from cnn_gpu.backend import to_numpy
+from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks
+from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import numpy_activation
 from cnn_gpu.ops.arrays import array_module, check_same_shape, contiguous, float_operands, nan_filled
 
@@ -72,9 +76,6 @@ def _numpy_elementwise_loss(loss, pred, target):
 def _cuda_softmax(x, log):
     import cupy
 
-    from cnn_gpu.cuda.launch import cdiv
-    from cnn_gpu.cuda.loader import load_kernel
-
     x = contiguous(cupy, x)
     y = nan_filled(cupy, x.shape)
     k = x.shape[-1]
@@ -87,43 +88,50 @@ def _cuda_softmax(x, log):
     return y
 
 
+@functools.lru_cache(maxsize=256)
+def _mean_of_partials_scalars(partials: int, count: int) -> tuple:
+    """sum_scaled's (partials, 1 / count)."""
+    return numpy.int64(partials), numpy.float32(1.0 / count)
+
+
 def _cuda_mean_of_partials(block_loss, count):
     """0-d device array: sum(block_loss) / count, added in a fixed order by one block."""
     import cupy
 
-    from cnn_gpu.cuda.loader import load_kernel
-
     loss = nan_filled(cupy, ())
-    load_kernel("softmax", "sum_scaled")(
-        (1,), (256,), (block_loss, numpy.int64(block_loss.size), numpy.float32(1.0 / count), loss)
-    )
+    partials, scale = _mean_of_partials_scalars(block_loss.size, count)
+    load_kernel("softmax", "sum_scaled")((1,), (256,), (block_loss, partials, scale, loss))
     return loss
+
+
+@functools.lru_cache(maxsize=256)
+def _cross_entropy_launch(n: int, k: int) -> tuple:
+    """(blocks, scalar arguments) of softmax_xent_fwd_bwd over n rows of k classes: one warp a row."""
+    return cdiv(n, ROWS_PER_BLOCK), (numpy.int64(n), numpy.int64(k), numpy.float32(1.0 / n))
 
 
 def _cuda_softmax_cross_entropy(logits, labels):
     import cupy
 
-    from cnn_gpu.cuda.launch import cdiv
-    from cnn_gpu.cuda.loader import load_kernel
-
     logits = contiguous(cupy, logits)
     labels = contiguous(cupy, labels.astype(cupy.int64, copy=False))
     n, k = logits.shape
     dlogits = nan_filled(cupy, logits.shape)
-    blocks = cdiv(n, ROWS_PER_BLOCK)
+    blocks, scalars = _cross_entropy_launch(n, k)
     block_loss = nan_filled(cupy, (blocks,))
     load_kernel("softmax", "softmax_xent_fwd_bwd")(
-        (blocks,), (32 * ROWS_PER_BLOCK,),
-        (logits, labels, dlogits, block_loss, numpy.int64(n), numpy.int64(k), numpy.float32(1.0 / n)),
-    )
+        (blocks,), (32 * ROWS_PER_BLOCK,), (logits, labels, dlogits, block_loss, *scalars))
     return _cuda_mean_of_partials(block_loss, n), dlogits
+
+
+@functools.lru_cache(maxsize=256)
+def _elementwise_loss_scalars(n: int, loss: str) -> tuple:
+    """elementwise_loss_fwd_bwd's (n, 1 / n, loss code)."""
+    return numpy.int64(n), numpy.float32(1.0 / n), numpy.int32(LOSS_CODES[loss])
 
 
 def _cuda_elementwise_loss(loss, pred, target):
     import cupy
-
-    from cnn_gpu.cuda.launch import grid_stride_blocks
-    from cnn_gpu.cuda.loader import load_kernel
 
     pred, target = contiguous(cupy, pred), contiguous(cupy, target)
     grad = nan_filled(cupy, pred.shape)
@@ -132,9 +140,7 @@ def _cuda_elementwise_loss(loss, pred, target):
     blocks = grid_stride_blocks(n, threads)
     block_loss = nan_filled(cupy, (blocks,))
     load_kernel("softmax", "elementwise_loss_fwd_bwd")(
-        (blocks,), (threads,),
-        (pred, target, grad, block_loss, numpy.int64(n), numpy.float32(1.0 / n), numpy.int32(LOSS_CODES[loss])),
-    )
+        (blocks,), (threads,), (pred, target, grad, block_loss, *_elementwise_loss_scalars(n, loss)))
     return _cuda_mean_of_partials(block_loss, n), grad
 
 
