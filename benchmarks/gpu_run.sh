@@ -122,6 +122,7 @@ stage host 150 bash -c 'python3 benchmarks/host_overhead.py
     python3 -m cnn_gpu train --out "$(mktemp -d)"
     echo "===== the seed 002 step against float64, with and without the Winograd variants ====="
     CNN_GPU_AUTOTUNE_CACHE=$(mktemp) python3 benchmarks/step_check.py
+    CNN_GPU_AUTOTUNE_CACHE=$(mktemp) python3 benchmarks/step_check.py --withdraw f4x4
     CNN_GPU_AUTOTUNE_CACHE=$(mktemp) python3 benchmarks/step_check.py --withdraw winograd'
 
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -n 1)

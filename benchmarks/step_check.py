@@ -4,13 +4,14 @@
 
 The bench's check of this step (`cnn-gpu bench --ops train_step`) compares ours and PyTorch's FP32 step
 with PyTorch's float64 one and bounds ours by twice PyTorch's own error. Run 7 failed it narrowly on one
-input set (5.1e-4 against 4.85e-4); it now takes each side's worst of 3. This prints, for a few input seeds, both sides' errors of the same
-check, output by output (loss, first and last kernels' gradients) and as the check takes them (their
-maximum). Runs with candidates withdrawn before anything is tuned (--withdraw f4x4: the F(4×4) forward;
-winograd: every Winograd variant, forward and backward-filter) show what those variants add. Run 8: both
-sides land 2e-5 to 3e-3 from float64 with or without F(4×4), ours the larger in 3 of 4 draws
-(benchmarks/NOTES.md). Run each setting in its own process: the autotuner remembers its choices per
-process (benchmarks/gpu_run.sh gives each a fresh CNN_GPU_AUTOTUNE_CACHE file).
+input set (5.1e-4 against 4.85e-4); it now takes each side's worst of 3. This prints, for a few input
+seeds, both sides' errors of the same check, output by output (loss, first and last kernels' gradients)
+and as the check takes them (their maximum). Runs with candidates withdrawn before anything is tuned
+(--withdraw f4x4: the F(4×4) forward and backward-filter; winograd: every Winograd variant, forward and
+backward-filter) show what those variants add. Run 8: both sides land 2e-5 to 3e-3 from float64 with
+or without the F(4×4) forward, ours the larger in 3 of 4 draws (benchmarks/NOTES.md). Run each setting
+in its own process: the autotuner remembers its choices per process (benchmarks/gpu_run.sh gives each a
+fresh CNN_GPU_AUTOTUNE_CACHE file).
 """
 from __future__ import annotations
 
@@ -23,16 +24,17 @@ from cnn_gpu.ops import conv
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--withdraw", choices=("f4x4", "winograd"),
-                        help="withdraw the F(4×4) forward, or every Winograd variant, from the autotuner")
+                        help="withdraw the F(4×4) variants (forward, backward-filter), or every Winograd variant, from the autotuner")
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.withdraw == "f4x4":
         del conv._WINOGRAD_FORWARD_SIZES[conv.WINOGRAD_4X4]
+        del conv._WINOGRAD_FILTER_SIZES[conv.WINOGRAD_4X4]
     elif args.withdraw == "winograd":
         conv._winograd_applies = lambda g: False  # no layer is offered a Winograd forward or backward-filter
     case = next(c for c in bench_cases.cases(quick=False) if c.op == "train_step" and "seed002" in c.shape
                 and c.variant == "fwd+bwd+adam")
-    label = {None: "every candidate", "f4x4": "F(4×4) forward withdrawn", "winograd": "every Winograd variant withdrawn"}[args.withdraw]
+    label = {None: "every candidate", "f4x4": "F(4×4) withdrawn", "winograd": "every Winograd variant withdrawn"}[args.withdraw]
     for seed in range(args.seeds):
         side = bench.Side("cuda", seed)
         bound = case.prepare(side)
