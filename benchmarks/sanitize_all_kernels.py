@@ -7,8 +7,9 @@ transposes, both GEMM tile configurations and split-K (with its fixed-order sum)
 activation of the conv and GEMM epilogues, aligned (float4) and misaligned element-wise paths,
 max / average / sum pooling with padding, dropout, batch-norm training / inference / backward, the
 losses, SGD (plain, momentum, Nesterov) and Adam; forced, the variants only timing picks: the Winograd convolution
-forward (F(2×2) and F(4×4)) and backward-filter, the split forward, backward-data as a forward convolution,
-backward-filter for few input channels, each max-pool forward and backward way. Shapes
+forward and backward-filter (F(2×2) and F(4×4)), the split forward, backward-data as a forward convolution,
+backward-filter for few input channels, the forward for few filters (split too) and backward-data
+through it, each max-pool forward and backward way. Shapes
 divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
 its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
 call and OK at the end; exits 1 if any call raised.
@@ -83,10 +84,10 @@ def forced_conv2d(choices: dict):
 
 
 def winograd_conv2d():
-    """conv2d's forward and backward-filter through their Winograd candidates, forced: the F(2×2) forward's and
-    backward-filter's five transforms, the F(4×4) forward's three, and the sliced GEMMs (whose tile configuration
-    is tuned as usual). The first shape's backward-filter splits its 816 tiles into 11 chunks, the last one padded;
-    the second's 2 tiles are one padded chunk. Both shapes' outputs end inside a 4×4 tile."""
+    """conv2d's forward and backward-filter through their Winograd candidates, forced: each size's forward's and
+    backward-filter's five transforms, and the sliced GEMMs (whose tile configuration is tuned as usual). The first
+    shape's backward-filter splits its 816 2×2 tiles into 11 chunks, its 216 4×4 tiles into 3, the last one padded
+    in both; the second's 2 (1) tiles are one padded chunk. Both shapes' outputs end inside a 4×4 tile."""
     from cnn_gpu.ops.conv import SPLIT_BLOCKS_PER_SM, WINOGRAD, WINOGRAD_4X4, SplitPlan
 
     shapes = ((3, 17, 31, 33, 5, "same", "relu"), (1, 3, 4, 5, 33, 0, None))
@@ -98,12 +99,15 @@ def winograd_conv2d():
             if y is not None:
                 call(f"conv2d bwd filter winograd {x.shape} {w.shape} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, 1,
                      padding, compute_dx=False)
-    with forced_conv2d({"conv2d_fwd_bias_act": WINOGRAD_4X4}):
+    with forced_conv2d({"conv2d_fwd_bias_act": WINOGRAD_4X4, "conv2d_bwd_filter": SplitPlan(WINOGRAD_4X4, SPLIT_BLOCKS_PER_SM[0])}):
         for (N, C, H, W, K, padding, activation) in shapes:
             x, w = arr(N, C, H, W), arr(K, C, 3, 3)
             call(f"conv2d fwd winograd 4x4 {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding,
                  activation)
-            call(f"conv2d fwd winograd 4x4 no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
+            y = call(f"conv2d fwd winograd 4x4 no bias {x.shape} {w.shape} p{padding}", F.conv2d, x, w, None, 1, padding)
+            if y is not None:
+                call(f"conv2d bwd filter winograd 4x4 {x.shape} {w.shape} p{padding}", F.conv2d_backward, arr(*y.shape), x,
+                     w, 1, padding, compute_dx=False)
 
 
 def split_forward_and_as_forward_conv2d():
@@ -140,6 +144,31 @@ def few_channels_conv2d():
         x, w = arr(2, 1, 6, 9), arr(5, 1, 3, 3)
         call("conv2d bwd filter few channels, misaligned dy", F.conv2d_backward, misaligned(2 * 5 * 4 * 7).reshape(2, 5, 4, 7),
              x, w, compute_dx=False)
+
+
+def few_filters_conv2d():
+    """conv2d's forward through its FEW_FILTERS candidate, forced, with 1 and 3 filters: float4 stores (OW 16) and
+    guarded scalar ones, tiles cut short at the image's edges, an image 3 tiles wide, stride 2, each activation and
+    no bias; the same through its channel split (partials, then the sum pass; the first and last shapes split); then
+    backward-data of 1- and 3-channel layers through AS_FORWARD, whose forward of dy runs FEW_FILTERS."""
+    from cnn_gpu.ops.conv import AS_FORWARD, FEW_FILTERS, SPLIT_BLOCKS_PER_SM, SplitPlan
+
+    shapes = ((2, 17, 33, 16, 1, 3, 3, 1, "same"), (3, 5, 9, 261, 3, 3, 5, 1, 1), (1, 64, 15, 15, 3, 3, 3, 2, 2))
+    for variant in (FEW_FILTERS, SplitPlan(FEW_FILTERS, SPLIT_BLOCKS_PER_SM[-1])):
+        with forced_conv2d({"conv2d_fwd_bias_act": variant}):
+            for (N, C, H, W, K, R, S, stride, padding) in shapes:
+                x, w = arr(N, C, H, W), arr(K, C, R, S)
+                for activation in ACTIVATIONS:
+                    call(f"conv2d fwd {variant} {activation} {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w,
+                         arr(K), stride, padding, activation)
+                call(f"conv2d fwd {variant} no bias {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w, None,
+                     stride, padding)
+    with forced_conv2d({"conv2d_bwd_data": AS_FORWARD, "conv2d_fwd_bias_act": FEW_FILTERS}):
+        for (N, C, H, W, K, R, S, padding) in ((3, 1, 28, 28, 32, 5, 5, 0), (2, 3, 17, 19, 16, 3, 3, 1)):
+            x, w = arr(N, C, H, W), arr(K, C, R, S)
+            dy = arr(N, K, H + 2 * padding - R + 1, W + 2 * padding - S + 1)
+            call(f"conv2d bwd data as forward, few filters {x.shape} {w.shape} p{padding}", F.conv2d_backward, dy, x, w, 1,
+                 padding, compute_dw=False)
 
 
 def gemm():
@@ -261,7 +290,7 @@ def optimizers():
 
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, few_filters_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

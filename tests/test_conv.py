@@ -15,6 +15,7 @@ from cnn_gpu.ops import conv as conv_ops
 from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
                                _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d, _problem)
 from cnn_gpu.ops.geometry import window_geometry
+import checks
 from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, pin_autotune, rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
@@ -33,27 +34,13 @@ def naive_activation(v, name, slope):
 
 
 def naive_conv2d(x, w, b=None, stride=1, padding=0, activation=None, slope=0.01):
-    """The definition, one multiply-add at a time, in float64."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
+    """The definition, one multiply-add at a time, in float64, then the activation."""
+    (_, _, H, W), (_, _, R, S) = x.shape, w.shape
     sh, sw = pair(stride)
     ph, pw = (padding, padding) if isinstance(padding, str) else pair(padding)
-    top, OH = naive_axis(H, R, sh, ph)
-    left, OW = naive_axis(W, S, sw, pw)
-    y = numpy.empty((N, K, OH, OW))
-    for n in range(N):
-        for k in range(K):
-            for oh in range(OH):
-                for ow in range(OW):
-                    acc = 0.0 if b is None else float(b[k])
-                    for c in range(C):
-                        for r in range(R):
-                            for s in range(S):
-                                h, v = oh * sh - top + r, ow * sw - left + s
-                                if 0 <= h < H and 0 <= v < W:
-                                    acc += float(x[n, c, h, v]) * float(w[k, c, r, s])
-                    y[n, k, oh, ow] = naive_activation(acc, activation, slope)
-    return y
+    (top, OH), (left, OW) = naive_axis(H, R, sh, ph), naive_axis(W, S, sw, pw)
+    pads = (top, (OH - 1) * sh + R - H - top, left, (OW - 1) * sw + S - W - left)
+    return numpy.vectorize(lambda v: naive_activation(v, activation, slope))(checks.naive_conv2d(x, w, b, (sh, sw), pads))
 
 
 def inputs(rng, x_shape, w_shape, dtype=numpy.float32, bias=True):
@@ -567,7 +554,7 @@ def test_few_channels_splits_cover_every_strip_once(strips, groups, blocks_per_s
 
 
 def test_few_channels_constants_match_kernel_source():
-    source = (KERNEL_DIR / "conv2d.cu").read_text()
+    source = (KERNEL_DIR / "conv2d_direct.cu").read_text()
     kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
               for name in ("FC_THREADS", "FC_BLOCKS_AN_SM", "FC_STRIP", "FC_MAX_TAPS", "FC_MAX_FILTERS", "FC_HELD_REGISTERS")}
     assert kernel == {"FC_THREADS": conv_ops._FEW_CHANNELS_THREADS, "FC_BLOCKS_AN_SM": conv_ops._FEW_CHANNELS_BLOCKS_AN_SM,
@@ -630,5 +617,5 @@ def test_few_channels_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
     ((8, 3, 16, 16), (16, 3, 1, 1), 1)], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_few_channels_variants_compile_without_spills(x_shape, w_shape, stride, arch):
     plan = conv_ops._few_channels_plan(few_channels_problem(x_shape, w_shape, stride, 0), SPLIT_BLOCKS_PER_SM[0], 132)
-    report = compile_variant_without_spills("conv2d", arch, dict(plan.defines))
+    report = compile_variant_without_spills("conv2d_direct", arch, dict(plan.defines))
     assert "conv2d_bwd_filter_few_channels" in report

@@ -1,11 +1,13 @@
-"""conv2d's Winograd F(2×2, 3×3) forward and backward-filter and F(4×4, 3×3) forward (kernels/winograd.cu, the
-autotuner's WINOGRAD and WINOGRAD_4X4 candidates): a float64 NumPy transcription of the transforms, formula for
-formula as the kernels write them (and of backward-filter's chunked products, zero-padded tiles included), equals
-the direct convolution and its filter gradient (proves the matrices, the tiling, the padding and the odd edges
-without a GPU); the CUDA paths, forced through pin_autotune, against NumPy in float64 on odd shapes (the forward
-with every activation, with and without bias), each tile configuration of their sliced GEMMs, bit for bit run to
-run; which layers get the candidates, the buffer-size rule; the 32-bit checks before any allocation."""
+"""conv2d's Winograd F(2×2, 3×3) and F(4×4, 3×3) forward and backward-filter (kernels/winograd.cu, the autotuner's
+WINOGRAD and WINOGRAD_4X4 candidates): a float64 NumPy transcription of the transforms, formula for formula as the
+kernels write them (and of backward-filter's chunked products, zero-padded tiles included), equals the direct
+convolution and its filter gradient (proves the matrices, the tiling, the padding and the odd edges without a
+GPU); the CUDA paths, forced through pin_autotune, against NumPy in float64 on odd shapes (the forward with every
+activation, with and without bias), each tile configuration of their sliced GEMMs, bit for bit run to run; which
+layers get the candidates, the buffer-size rule, backward-filter's chunk bound; the 32-bit checks before any
+allocation."""
 import json
+import re
 from typing import Callable, NamedTuple
 
 import numpy
@@ -24,7 +26,7 @@ from cnn_gpu.ops.geometry import window_geometry
 from checks import pin_autotune, rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
-FORWARD_VARIANTS = [WINOGRAD, WINOGRAD_4X4]
+VARIANTS = [WINOGRAD, WINOGRAD_4X4]  # the Winograd candidates of the forward and of backward-filter
 
 # The header's matrices of kernels/winograd.cu: F(2×2, 3×3) ...
 B_T = numpy.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=numpy.float64)
@@ -32,13 +34,14 @@ G = numpy.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype
 A_T = numpy.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=numpy.float64)
 G_T = G.T
 A = A_T.T
-# ... and F(4×4, 3×3) (Lavin & Gray 2016)
-B_T_4X4 = numpy.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-                       [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=numpy.float64)
-G_4X4 = numpy.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-                     [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=numpy.float64)
-A_T_4X4 = numpy.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-                      dtype=numpy.float64)
+# ... and F(4×4, 3×3) (interpolation points 0, ±2/3, ±3/2, ∞)
+B_T_4X4 = numpy.array([[36, 0, -97, 0, 36, 0], [0, -36, -54, 16, 24, 0], [0, 36, -54, -16, 24, 0],
+                       [0, -24, -16, 54, 36, 0], [0, 24, -16, -54, 36, 0], [0, 36, 0, -97, 0, 36]]) / 16
+G_4X4 = numpy.array([[260, 0, 0], [-72, -48, -32], [-72, 48, -32], [32, 48, 72], [32, -48, 72], [0, 0, 260]]) / 585
+A_T_4X4 = numpy.array([[8, 27, 27, 8, 8, 0], [0, 18, -18, 12, -12, 0], [0, 12, 12, 18, 18, 0],
+                       [0, 8, -8, 27, -27, 8]]) / 8
+G_T_4X4 = G_4X4.T
+A_4X4 = A_T_4X4.T
 
 
 # ---- the kernels' arithmetic, transcribed (float64, along axis -2 for columns, -1 for rows) ----------
@@ -60,49 +63,6 @@ def output_axis(v, axis):
     return numpy.moveaxis(numpy.stack([m0 + m1 + m2, m1 - m2 - m3]), 0, axis)
 
 
-def input_axis_4x4(v, axis):
-    """winograd.cu's F4x4::input_axis: Bᵀ·v along axis (6 points)."""
-    d0, d1, d2, d3, d4, d5 = numpy.moveaxis(v, axis, 0)
-    ones_even, ones_odd = d4 - 4 * d2, d3 - 4 * d1
-    twos_even, twos_odd = d4 - d2, 2 * (d3 - d1)
-    return numpy.moveaxis(numpy.stack([4 * (d0 - d2) + twos_even, ones_even + ones_odd, ones_even - ones_odd,
-                                       twos_even + twos_odd, twos_even - twos_odd, 4 * (d1 - d3) + (d5 - d3)]), 0, axis)
-
-
-def filter_axis_4x4(v, axis):
-    """winograd.cu's F4x4::filter_axis: G·v along axis (3 points in, 6 out)."""
-    g0, g1, g2 = numpy.moveaxis(v, axis, 0)
-    ones_even = g0 + g2
-    twos_even, twos_odd = (g0 + 4 * g2) * (1 / 24), g1 * (1 / 12)
-    return numpy.moveaxis(numpy.stack([0.25 * g0, (ones_even + g1) * (-1 / 6), (ones_even - g1) * (-1 / 6),
-                                       twos_even + twos_odd, twos_even - twos_odd, g2]), 0, axis)
-
-
-def output_axis_4x4(v, axis):
-    """winograd.cu's F4x4::output_axis: Aᵀ·v along axis (6 points in, 4 out)."""
-    m0, m1, m2, m3, m4, m5 = numpy.moveaxis(v, axis, 0)
-    ones_sum, ones_diff, twos_sum, twos_diff = m1 + m2, m1 - m2, m3 + m4, m3 - m4
-    return numpy.moveaxis(numpy.stack([m0 + ones_sum + twos_sum, ones_diff + 2 * twos_diff, ones_sum + 4 * twos_sum,
-                                       ones_diff + 8 * twos_diff + m5]), 0, axis)
-
-
-class Size(NamedTuple):
-    """One forward size F(m×m, 3×3): the output tile's side and its three transcribed axis transforms."""
-    m: int
-    input_axis: Callable
-    filter_axis: Callable
-    output_axis: Callable
-
-    @property
-    def alpha(self) -> int:
-        return self.m + 2
-
-
-F2X2 = Size(2, input_axis, filter_axis, output_axis)
-F4X4 = Size(4, input_axis_4x4, filter_axis_4x4, output_axis_4x4)
-SIZES = {WINOGRAD: F2X2, WINOGRAD_4X4: F4X4}
-
-
 def output_grad_axis(v, axis):
     """winograd.cu's output_grad_axis: A·v along axis (2 points in, 4 out)."""
     d0, d1 = numpy.moveaxis(v, axis, 0)
@@ -113,6 +73,70 @@ def filter_grad_axis(v, axis):
     """winograd.cu's filter_grad_axis: Gᵀ·v along axis (4 points in, 3 out)."""
     m0, m1, m2, m3 = numpy.moveaxis(v, axis, 0)
     return numpy.moveaxis(numpy.stack([m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3]), 0, axis)
+
+
+def input_axis_4x4(v, axis):
+    """winograd.cu's F4x4::input_axis: Bᵀ·v along axis (6 points)."""
+    d0, d1, d2, d3, d4, d5 = numpy.moveaxis(v, axis, 0)
+    a_even, a_odd = d4 - 2.25 * d2, d3 - 2.25 * d1
+    b_even, b_odd = 2.25 * d4 - d2, 2.25 * d3 - d1
+    return numpy.moveaxis(numpy.stack([2.25 * (d0 - 2.25 * d2) + b_even, 1.5 * a_even + a_odd, 1.5 * a_even - a_odd,
+                                       b_even + 1.5 * b_odd, b_even - 1.5 * b_odd, 2.25 * (d5 - 2.25 * d3) - a_odd]),
+                          0, axis)
+
+
+def filter_axis_4x4(v, axis):
+    """winograd.cu's F4x4::filter_axis: G·v along axis (3 points in, 6 out)."""
+    g0, g1, g2 = numpy.moveaxis(v, axis, 0)
+    odd = (16 / 195) * g1
+    a_even, b_even = (-8 / 65) * g0 + (-32 / 585) * g2, (32 / 585) * g0 + (8 / 65) * g2
+    return numpy.moveaxis(numpy.stack([(4 / 9) * g0, a_even - odd, a_even + odd, b_even + odd, b_even - odd,
+                                       (4 / 9) * g2]), 0, axis)
+
+
+def output_axis_4x4(v, axis):
+    """winograd.cu's F4x4::output_axis: Aᵀ·v along axis (6 points in, 4 out)."""
+    m0, m1, m2, m3, m4, m5 = numpy.moveaxis(v, axis, 0)
+    a_sum, a_diff, b_sum, b_diff = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+    return numpy.moveaxis(numpy.stack([(m0 + b_sum) + 3.375 * a_sum, 2.25 * a_diff + 1.5 * b_diff,
+                                       1.5 * a_sum + 2.25 * b_sum, (a_diff + m5) + 3.375 * b_diff]), 0, axis)
+
+
+def output_grad_axis_4x4(v, axis):
+    """winograd.cu's F4x4::output_grad_axis: A·v along axis (4 points in, 6 out)."""
+    d0, d1, d2, d3 = numpy.moveaxis(v, axis, 0)
+    a_even, a_odd = 3.375 * d0 + 1.5 * d2, 2.25 * d1 + d3
+    b_even, b_odd = d0 + 2.25 * d2, 1.5 * d1 + 3.375 * d3
+    return numpy.moveaxis(numpy.stack([d0, a_even + a_odd, a_even - a_odd, b_even + b_odd, b_even - b_odd, d3]), 0, axis)
+
+
+def filter_grad_axis_4x4(v, axis):
+    """winograd.cu's F4x4::filter_grad_axis: Gᵀ·v along axis (6 points in, 3 out)."""
+    m0, m1, m2, m3, m4, m5 = numpy.moveaxis(v, axis, 0)
+    a_sum, a_diff, b_sum, b_diff = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+    return numpy.moveaxis(numpy.stack([(4 / 9) * m0 + (-8 / 65) * a_sum + (32 / 585) * b_sum,
+                                       (16 / 195) * (b_diff - a_diff),
+                                       (4 / 9) * m5 + (-32 / 585) * a_sum + (8 / 65) * b_sum]), 0, axis)
+
+
+class Size(NamedTuple):
+    """One size F(m×m, 3×3): the output tile's side and its five transcribed axis transforms (the forward's three,
+    backward-filter's two)."""
+    m: int
+    input_axis: Callable
+    filter_axis: Callable
+    output_axis: Callable
+    output_grad_axis: Callable
+    filter_grad_axis: Callable
+
+    @property
+    def alpha(self) -> int:
+        return self.m + 2
+
+
+F2X2 = Size(2, input_axis, filter_axis, output_axis, output_grad_axis, filter_grad_axis)
+F4X4 = Size(4, input_axis_4x4, filter_axis_4x4, output_axis_4x4, output_grad_axis_4x4, filter_grad_axis_4x4)
+SIZES = {WINOGRAD: F2X2, WINOGRAD_4X4: F4X4}
 
 
 def filter_transform(w, size):
@@ -151,38 +175,40 @@ def pad_tiles(v, T_padded):
     return numpy.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, T_padded - v.shape[-1])])
 
 
-def dy_transform(dy, TH, TW, T_padded):
-    """DY[k][ξ][t] = (A · dy[k,t] · Aᵀ)[ξ], dy[k,t] the 2×2 block at rows 2·th, columns 2·tw of dy (zeros past
+def dy_transform(dy, size, TH, TW, T_padded):
+    """DY[k][ξ][t] = (A · dy[k,t] · Aᵀ)[ξ], dy[k,t] the m×m block at rows m·th, columns m·tw of dy (zeros past
     OH, OW), zeros for T ≤ t < T_padded."""
     N, K, OH, OW = dy.shape
-    padded = numpy.zeros((N, K, 2 * TH, 2 * TW))
+    m, points = size.m, size.alpha ** 2
+    padded = numpy.zeros((N, K, m * TH, m * TW))
     padded[:, :, :OH, :OW] = dy
-    blocks = padded.reshape(N, K, TH, 2, TW, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, K, TH, TW, 2, 2)
-    v = output_grad_axis(output_grad_axis(blocks, -2), -1)  # (N, K, TH, TW, 4, 4)
-    return pad_tiles(v.reshape(N, K, TH * TW, 16).transpose(1, 3, 0, 2).reshape(K, 16, N * TH * TW), T_padded)
+    blocks = padded.reshape(N, K, TH, m, TW, m).transpose(0, 1, 2, 4, 3, 5)  # (N, K, TH, TW, m, m)
+    v = size.output_grad_axis(size.output_grad_axis(blocks, -2), -1)  # (N, K, TH, TW, α, α)
+    return pad_tiles(v.reshape(N, K, TH * TW, points).transpose(1, 3, 0, 2).reshape(K, points, N * TH * TW), T_padded)
 
 
-def filter_grad_transform(P, S):
+def filter_grad_transform(P, size, S):
     """dw[k, c] = Gᵀ · (Σ_{s = 0..S−1} P[ξ·S + s][k][c]) · G, the chunks summed in order."""
     K, C = P.shape[1:]
-    chunks = P.reshape(16, S, K, C)
+    alpha = size.alpha
+    chunks = P.reshape(alpha ** 2, S, K, C)
     m = chunks[:, 0]
     for s in range(1, S):
         m = m + chunks[:, s]
-    m = m.reshape(4, 4, K, C).transpose(2, 3, 0, 1)  # (K, C, 4, 4)
-    return filter_grad_axis(filter_grad_axis(m, -2), -1)
+    m = m.reshape(alpha, alpha, K, C).transpose(2, 3, 0, 1)  # (K, C, α, α)
+    return size.filter_grad_axis(size.filter_grad_axis(m, -2), -1)
 
 
-def winograd_conv2d_backward_filter(dy, x, padding, wanted_chunks):
+def winograd_conv2d_backward_filter(dy, x, padding, size, wanted_chunks):
     """dw by the backward-filter's transforms and products, the reduction in conv._winograd_chunks' chunks."""
     g = window_geometry(x.shape, (3, 3), 1, padding)
-    TH, TW = -(-g.OH // 2), -(-g.OW // 2)
+    TH, TW = -(-g.OH // size.m), -(-g.OW // size.m)
     S, chunk = _winograd_chunks(g.N * TH * TW, wanted_chunks)
-    K, C = dy.shape[1], g.C
-    DY = dy_transform(dy, TH, TW, S * chunk)  # (K, 16, S·Tc)
-    V = pad_tiles(input_transform(x, F2X2, TH, TW, g.pad_top, g.pad_left).transpose(1, 0, 2), S * chunk)  # (C, 16, S·Tc)
-    P = numpy.einsum("kxsj,cxsj->xskc", DY.reshape(K, 16, S, chunk), V.reshape(C, 16, S, chunk))  # the 16·S products
-    return filter_grad_transform(P.reshape(16 * S, K, C), S)
+    K, C, points = dy.shape[1], g.C, size.alpha ** 2
+    DY = dy_transform(dy, size, TH, TW, S * chunk)  # (K, α², S·Tc)
+    V = pad_tiles(input_transform(x, size, TH, TW, g.pad_top, g.pad_left).transpose(1, 0, 2), S * chunk)  # (C, α², S·Tc)
+    P = numpy.einsum("kxsj,cxsj->xskc", DY.reshape(K, points, S, chunk), V.reshape(C, points, S, chunk))  # α²·S products
+    return filter_grad_transform(P.reshape(points * S, K, C), size, S)
 
 
 def winograd_conv2d(x, w, b, padding, size, activation=None, slope=0.01):
@@ -214,11 +240,15 @@ def test_4x4_axis_transforms_are_the_header_matrices(rng):
     g = rng.standard_normal((3, 3))
     assert numpy.allclose(filter_axis_4x4(filter_axis_4x4(g, -2), -1), G_4X4 @ g @ G_4X4.T, rtol=0, atol=1e-15)
     assert numpy.allclose(output_axis_4x4(output_axis_4x4(v, -2), -1), A_T_4X4 @ v @ A_T_4X4.T, rtol=0, atol=1e-13)
+    assert numpy.allclose(filter_grad_axis_4x4(filter_grad_axis_4x4(v, -2), -1), G_T_4X4 @ v @ G_T_4X4.T, rtol=0,
+                          atol=1e-14)
+    d = rng.standard_normal((4, 4))
+    assert numpy.allclose(output_grad_axis_4x4(output_grad_axis_4x4(d, -2), -1), A_4X4 @ d @ A_4X4.T, rtol=0, atol=1e-13)
 
 
 # (x shape, K, padding): a 3×3 input (one output), odd and even H, W (OH / OW of every residue mod 4: F(2×2) and
 # F(4×4) drop some of a tile's last rows or columns), padding 0, 1, 2, asymmetric and 'same', patches past the
-# bottom / right edge of x.
+# bottom / right edge of x; T of 4×4 tiles up to 216, in several chunks (backward-filter), the last padded.
 TRANSCRIPTION_CASES = [
     ((1, 1, 3, 3), 1, 0),
     ((3, 3, 4, 5), 5, 1),
@@ -227,12 +257,13 @@ TRANSCRIPTION_CASES = [
     ((2, 3, 6, 8), 3, (0, 2)),
     ((1, 4, 5, 4), 2, (2, 1)),
     ((2, 3, 1, 2), 4, 1),
+    ((3, 2, 31, 33), 4, 1),
 ]
 
 
 @pytest.mark.parametrize("x_shape, K, padding", TRANSCRIPTION_CASES)
 @pytest.mark.parametrize("activation", [None, "tanh"])
-@pytest.mark.parametrize("variant", FORWARD_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_transcribed_transforms_equal_direct_conv(rng, x_shape, K, padding, activation, variant):
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal((K, x_shape[1], 3, 3))
@@ -245,15 +276,17 @@ def test_transcribed_transforms_equal_direct_conv(rng, x_shape, K, padding, acti
 
 @pytest.mark.parametrize("x_shape, K, padding", TRANSCRIPTION_CASES)
 @pytest.mark.parametrize("wanted_chunks", [1, 3, 5])
-def test_transcribed_backward_filter_equals_direct_dw(rng, x_shape, K, padding, wanted_chunks):
-    # T from 1 to 720 tiles: one chunk padded to a multiple of 16 tiles; T 272 in 3 or 4 chunks, the last padded
-    # (272 = 2·96 + 80 = 3·80 + 32); T 720 in 3 or 5 exact ones
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_transcribed_backward_filter_equals_direct_dw(rng, x_shape, K, padding, wanted_chunks, variant):
+    # 2×2 tiles: T from 1 to 816: one chunk padded to a multiple of 16 tiles; T 272 in 3 or 4 chunks, the last
+    # padded (272 = 2·96 + 80 = 3·80 + 32); T 720 in 3 or 5 exact ones, 816 in 3 exact or 5 padded ones. 4×4 tiles:
+    # T from 1 to 216: 192 in 3 exact chunks, 216 in 3 padded ones (2·80 + 56)
     x = rng.standard_normal(x_shape)
     g = window_geometry(x_shape, (3, 3), 1, padding)
     dy = rng.standard_normal((g.N, K, g.OH, g.OW))
     w = rng.standard_normal((K, g.C, 3, 3))
     _, ref, _ = F.conv2d_backward(dy, x, w, 1, padding, compute_dx=False)  # float64 NumPy (test_conv: vs differences)
-    dw = winograd_conv2d_backward_filter(dy, x, padding, wanted_chunks)
+    dw = winograd_conv2d_backward_filter(dy, x, padding, SIZES[variant], wanted_chunks)
     assert dw.shape == ref.shape
     assert rel_error(dw, ref) < 1e-12
 
@@ -271,13 +304,14 @@ def test_winograd_chunks_cover_the_tiles_in_aligned_chunks(T, wanted):
 @pytest.mark.parametrize("window, stride, eligible", [((3, 3), 1, True), ((3, 3), 2, False), ((3, 3), (1, 2), False),
                                                       ((5, 5), 1, False), ((3, 1), 1, False), ((1, 1), 1, False)])
 def test_winograd_is_a_candidate_for_3x3_stride_1_only(window, stride, eligible):
-    candidates = _forward_candidates(_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
+    candidates = tuple(c for c in _forward_candidates(_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
+                       if c != conv.FEW_FILTERS)  # offered for these 4 filters too: tests/test_conv_direct.py
     assert candidates[0] == DEFAULT_TILE  # what CNN_GPU_AUTOTUNE=0 runs: never Winograd
     assert candidates == (CONV_TILES + (WINOGRAD, WINOGRAD_4X4) if eligible else CONV_TILES)
     assert len({json.dumps(c) for c in candidates}) == len(candidates)  # the tuner's cache tells them apart
 
 
-@pytest.mark.parametrize("variant", FORWARD_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_winograd_buffers_past_32_bits_raise_before_allocation(variant):
     # 4096 channels of 512²: x, y and the pixel counts fit in 32 bits, V does not: 16·C·T = 16·4096·256² floats
     # for F(2×2), 36·4096·128² for F(4×4)
@@ -293,7 +327,7 @@ def test_winograd_forward_plan_of_seed002_conv2(variant, points, T):
     assert plan.u_shape == (points, 512, 256) and plan.v_shape == (points, 512, T) and plan.m_shape == (points, 256, T)
 
 
-def test_winograd_forward_kernels_are_winograd_cu_entry_points():
+def test_winograd_kernels_are_winograd_cu_entry_points():
     from cnn_gpu.cuda import compile_check
 
     try:
@@ -301,11 +335,12 @@ def test_winograd_forward_kernels_are_winograd_cu_entry_points():
     except compile_check.NVRTCUnavailable as exc:
         pytest.skip(str(exc))
     problem = _problem(window_geometry((1, 1, 3, 3), (3, 3), 1, 0), 1)
-    for variant in FORWARD_VARIANTS:
+    for variant in VARIANTS:
         assert set(_winograd_plan(problem, variant).kernels) <= entry_points, variant
+        assert set(_winograd_filter_plan(problem, variant, 2, 132).kernels) <= entry_points, variant
 
 
-WINOGRAD_FILTER_PLANS = [SplitPlan(WINOGRAD, blocks) for blocks in SPLIT_BLOCKS_PER_SM]
+WINOGRAD_FILTER_PLANS = [SplitPlan(variant, blocks) for variant in VARIANTS for blocks in SPLIT_BLOCKS_PER_SM]
 
 
 @pytest.mark.parametrize("window, stride, eligible", [((3, 3), 1, True), ((3, 3), 2, False), ((5, 5), 1, False),
@@ -320,18 +355,20 @@ def test_winograd_filter_is_a_candidate_for_3x3_stride_1_only(monkeypatch, windo
     assert len({json.dumps(p) for p in plans}) == len(plans)  # the tuner's cache tells them apart by their JSON
 
 
-# (x shape, K, offered): seed002 conv2 at N 128 (DY, V, P 1.4 GB); its conv1 (a 10 GB DY, past 32 bits too); its
-# conv2 at N 512 (5.7 GB, every buffer within 32 bits: excluded by _WINOGRAD_MAX_BYTES alone).
-@pytest.mark.parametrize("x_shape, K, offered", [((128, 512, 32, 32), 256, True), ((128, 1, 100, 100), 512, False),
-                                                 ((512, 512, 32, 32), 256, False)])
-def test_winograd_filter_is_no_candidate_past_its_buffer_budget(monkeypatch, x_shape, K, offered):
+# (x shape, K, offered, excluded by _WINOGRAD_MAX_BYTES alone): seed002 conv2 at N 128 (DY, V, P 1.4 GB F(2×2),
+# 1.1 GB F(4×4)); its conv1 (F(2×2): a 10 GB DY, past 32 bits too; F(4×4): a 6.0 GB DY within 32 bits); its conv2 at
+# N 512 (F(2×2): 5.7 GB, every buffer within 32 bits; F(4×4): 4.2 GB, within _WINOGRAD_MAX_BYTES).
+@pytest.mark.parametrize("x_shape, K, offered, over_budget", [
+    ((128, 512, 32, 32), 256, (WINOGRAD, WINOGRAD_4X4), ()), ((128, 1, 100, 100), 512, (), (WINOGRAD_4X4,)),
+    ((512, 512, 32, 32), 256, (WINOGRAD_4X4,), (WINOGRAD,))])
+def test_winograd_filter_is_no_candidate_past_its_buffer_budget(monkeypatch, x_shape, K, offered, over_budget):
     monkeypatch.setattr(conv, "sm_count", lambda: 132)
     problem = _problem(window_geometry(x_shape, (3, 3), 1, 0), K)
     plans = _filter_plans(problem)
-    assert all(p in plans for p in WINOGRAD_FILTER_PLANS) if offered else all(p not in plans for p in WINOGRAD_FILTER_PLANS)
-    if not offered and x_shape[0] == 512:
+    assert [p for p in plans if p.tile in VARIANTS] == [p for p in WINOGRAD_FILTER_PLANS if p.tile in offered]
+    for variant in over_budget:
         with pytest.raises(ValueError, match="_WINOGRAD_MAX_BYTES"):
-            _winograd_filter_plan(problem, SPLIT_BLOCKS_PER_SM[0], 132)
+            _winograd_filter_plan(problem, variant, SPLIT_BLOCKS_PER_SM[0], 132)
 
 
 # (x shape, K, offered): seed002 conv2 at N 128 (both sizes); its conv1 (F(2×2)'s M is past 32 bits, F(4×4)'s
@@ -346,23 +383,57 @@ def test_winograd_forward_is_no_candidate_past_its_buffer_budget(x_shape, K, off
             _winograd_plan(problem, WINOGRAD_4X4)
 
 
-def test_winograd_filter_split_of_seed002_conv2():
-    # the header's numbers: 132 SMs, 128 × 128 GEMM tiles (2 × 4 of them): 3 chunks of 9600 tiles, no padding
-    plan = _winograd_filter_plan(_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256), 2, 132)
-    assert plan.dy_shape == (256, 16, 28800) and plan.v_shape == (512, 16, 28800) and plan.p_shape == (48, 256, 512)
+# the header's numbers, 132 SMs, 128 × 128 GEMM tiles (2 × 4 of them). F(2×2): 28 800 tiles in 3 chunks of 9600, no
+# padding. F(4×4): 8192 tiles; the grid asks for one chunk (36 · 8 = 288 GEMM blocks already), the chunk bound for 8
+# of 1024.
+@pytest.mark.parametrize("variant, points, S, T", [(WINOGRAD, 16, 3, 28800), (WINOGRAD_4X4, 36, 8, 8192)])
+def test_winograd_filter_split_of_seed002_conv2(variant, points, S, T):
+    plan = _winograd_filter_plan(_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256), variant, 2, 132)
+    assert plan.dy_shape == (256, points, T) and plan.v_shape == (512, points, T) and plan.p_shape == (points * S, 256, 512)
 
 
-def test_winograd_filter_buffers_past_32_bits_raise_before_allocation():
-    # V = 16·C·T_padded = 16·4096·256² floats is past 2^31 (DY, one filter's, is not)
+# ResNet's 3×3 layers at N 128 (and one at N 512), 64 to 512 channels, on 132 and 16 SMs: F(4×4)'s chunks never pass
+# 1024 tiles (the float32 error bound of winograd.cu's header), and the bound changes only the splits that need it.
+@pytest.mark.parametrize("N, C, H", [(128, 64, 56), (128, 128, 28), (128, 256, 14), (128, 512, 7), (512, 64, 56)])
+@pytest.mark.parametrize("blocks_per_sm", SPLIT_BLOCKS_PER_SM)
+@pytest.mark.parametrize("sms", [132, 16])
+def test_winograd_4x4_filter_chunks_stay_within_their_bound(monkeypatch, N, C, H, blocks_per_sm, sms):
+    problem = _problem(window_geometry((N, C, H, H), (3, 3), 1, 1), C)
+
+    def chunks(plan):
+        S = plan.p_shape[0] // 36
+        return S, plan.dy_shape[2] // S
+
+    S, chunk = chunks(_winograd_filter_plan(problem, WINOGRAD_4X4, blocks_per_sm, sms))
+    assert chunk <= 1024
+    size = conv._WINOGRAD_FILTER_SIZES[WINOGRAD_4X4]
+    monkeypatch.setitem(conv._WINOGRAD_FILTER_SIZES, WINOGRAD_4X4, size._replace(max_chunk=0))
+    grid_S, grid_chunk = chunks(_winograd_filter_plan.__wrapped__(problem, WINOGRAD_4X4, blocks_per_sm, sms))
+    assert (S, chunk) == (grid_S, grid_chunk) if grid_chunk <= 1024 else S > grid_S
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_winograd_filter_buffers_past_32_bits_raise_before_allocation(variant):
+    # V = α²·C·T_padded floats is past 2^31: 16·4096·256² (F(2×2)), 36·4096·128² (F(4×4)); DY (one filter's) is not
     problem = _problem(window_geometry((1, 4096, 512, 512), (3, 3), 1, 1), 1)
-    with pytest.raises(ValueError, match="Winograd buffer V of backward-filter"):
-        _winograd_filter_plan(problem, SPLIT_BLOCKS_PER_SM[0], 132)
+    with pytest.raises(ValueError, match=f"Winograd buffer V of backward-filter {re.escape(variant)}"):
+        _winograd_filter_plan(problem, variant, SPLIT_BLOCKS_PER_SM[0], 132)
+
+
+def test_winograd_4x4_filter_is_no_candidate_past_the_gemm_grid(monkeypatch):
+    # 512 images of 256² with one channel and one filter: small buffers (0.6 GB), but 2 097 152 4×4 tiles in chunks of
+    # at most 1024 need 36 · 2048 gemm slices, past a grid's 65 535 layers (F(2×2)'s grid-sized chunks stay few)
+    monkeypatch.setattr(conv, "sm_count", lambda: 132)
+    problem = _problem(window_geometry((512, 1, 256, 256), (3, 3), 1, 1), 1)
+    with pytest.raises(ValueError, match="more slices than one gemm launch holds"):
+        _winograd_filter_plan(problem, WINOGRAD_4X4, SPLIT_BLOCKS_PER_SM[0], 132)
+    assert [p.tile for p in _filter_plans(problem) if p.tile in VARIANTS] == [WINOGRAD] * len(SPLIT_BLOCKS_PER_SM)
 
 
 # ---- the CUDA paths, forced -------------------------------------------------------------------------
 def force_winograd(monkeypatch, gemm_config=None, kernel="conv2d_fwd_bias_act", choice=WINOGRAD):
-    """conv2d's `kernel` (the forward, or conv2d_bwd_filter with a SplitPlan(WINOGRAD, ...)) runs `choice`, its
-    sliced GEMM gemm_config (the default candidate when None)."""
+    """conv2d's `kernel` (the forward, or conv2d_bwd_filter with a SplitPlan(WINOGRAD | WINOGRAD_4X4, ...)) runs
+    `choice`, its sliced GEMM gemm_config (the default candidate when None)."""
     def choose(family, key, candidates):
         if family == "conv2d":
             assert key[0] == kernel and choice in candidates, (key, choice)
@@ -406,7 +477,7 @@ def run_case(xp, rng, case, bias=True):
 
 @pytest.mark.parametrize("case", CUDA_CASES)
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("variant", FORWARD_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_winograd_matches_numpy_float64(backend, xp, rng, monkeypatch, case, bias, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
@@ -414,12 +485,12 @@ def test_winograd_matches_numpy_float64(backend, xp, rng, monkeypatch, case, bia
     y, ref = run_case(xp, rng, case, bias)
     assert y.dtype == numpy.float32 and y.shape == ref.shape
     # The transforms add a few roundings to the direct conv's: a float32 emulation of them over these cases stays
-    # under 5e-7 (F(2×2)) and 2.5e-6 (F(4×4)).
+    # under 5e-7 (F(2×2)) and 1.5e-6 (F(4×4)).
     assert rel_error(y, ref) < 1e-5
 
 
 @pytest.mark.parametrize("config", TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
-@pytest.mark.parametrize("variant", FORWARD_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_every_sliced_gemm_config_matches_numpy_float64(backend, xp, rng, monkeypatch, config, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
@@ -429,7 +500,7 @@ def test_every_sliced_gemm_config_matches_numpy_float64(backend, xp, rng, monkey
         assert rel_error(y, ref) < 1e-5, case
 
 
-@pytest.mark.parametrize("variant", FORWARD_VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_winograd_is_bitwise_reproducible(backend, xp, rng, monkeypatch, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
@@ -458,33 +529,42 @@ def force_winograd_filter(monkeypatch, plan=WINOGRAD_FILTER_PLANS[0], gemm_confi
     force_winograd(monkeypatch, gemm_config, kernel="conv2d_bwd_filter", choice=plan)
 
 
-# CUDA_CASES' shapes: T from 2 to 720 tiles in 1 to 9 chunks (132 SMs), padded (272 tiles as 4 × 80) or not.
-@pytest.mark.parametrize("case", CUDA_CASES)
-@pytest.mark.parametrize("plan", WINOGRAD_FILTER_PLANS, ids=lambda p: f"{p.blocks_per_sm}-blocks-per-SM")
+# CUDA_CASES' shapes and one more (816 2×2, 216 4×4 tiles): on 132 SMs T from 16 to 816 2×2 tiles in 1 to 11 chunks,
+# 1 to 216 4×4 tiles in 1 to 3, padded (272 as 4 × 80, 816 as 11 × 80, 216 as 3 × 80) or not (720 as 9 × 80, 192 as
+# 3 × 64).
+FILTER_CUDA_CASES = CUDA_CASES + [((3, 2, 31, 33), 4, 1, None)]
+
+
+@pytest.mark.parametrize("case", FILTER_CUDA_CASES)
+@pytest.mark.parametrize("plan", WINOGRAD_FILTER_PLANS, ids=lambda p: f"{p.tile}-{p.blocks_per_sm}-blocks-per-SM")
 def test_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, case, plan):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
     force_winograd_filter(monkeypatch, plan)
     dw, ref = run_filter_case(xp, rng, case)
     assert dw.dtype == numpy.float32 and dw.shape == ref.shape
-    # a float32 NumPy emulation of these transforms and products stays under 1e-6
+    # a CPU emulation of the transform kernels and of the products (running float32 FMA sums) stays under 6e-7
+    # (F(2×2)) and 1.5e-6 (F(4×4)) over 120 draws of these cases
     assert rel_error(dw, ref) < 1e-5
 
 
 @pytest.mark.parametrize("config", TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
-def test_every_sliced_gemm_config_of_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, config):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_sliced_gemm_config_of_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, config,
+                                                                          variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd_filter(monkeypatch, WINOGRAD_FILTER_PLANS[-1], config)
-    for case in (CUDA_CASES[2], CUDA_CASES[3], CUDA_CASES[6]):
+    force_winograd_filter(monkeypatch, SplitPlan(variant, SPLIT_BLOCKS_PER_SM[-1]), config)
+    for case in (FILTER_CUDA_CASES[2], FILTER_CUDA_CASES[3], FILTER_CUDA_CASES[6], FILTER_CUDA_CASES[7]):
         dw, ref = run_filter_case(xp, rng, case)
         assert rel_error(dw, ref) < 1e-5, case
 
 
-def test_winograd_filter_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_winograd_filter_is_bitwise_reproducible(backend, xp, rng, monkeypatch, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd_filter(monkeypatch, WINOGRAD_FILTER_PLANS[-1])  # several chunks, summed in order
+    force_winograd_filter(monkeypatch, SplitPlan(variant, SPLIT_BLOCKS_PER_SM[-1]))  # several chunks, summed in order
     x = xp.asarray(rng.standard_normal((3, 17, 31, 33)).astype(numpy.float32))
     w = xp.asarray(rng.standard_normal((33, 17, 3, 3)).astype(numpy.float32))
     dy = xp.asarray(rng.standard_normal((3, 33, 31, 33)).astype(numpy.float32))

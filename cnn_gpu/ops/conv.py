@@ -25,13 +25,17 @@ shape and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEF
   forward          CONV_TILES; SplitPlan(tile, blocks_per_sm): C·R·S split over blocks, offered where the
                    output tiles cannot fill the GPU; for 3×3 stride-1 layers WINOGRAD (F(2×2, 3×3),
                    kernels/winograd.cu: 2.25× fewer multiplies, the products one launch of kernels/gemm.cu)
-                   and WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer, ~5× F(2×2)'s rounding error)
+                   and WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer, ~5× F(2×2)'s rounding error); for K <= 8 filters
+                   FEW_FILTERS (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, compiled per layer shape: tiles of
+                   output pixels × all K filters, where the GEMM's tiles are 32-128 filters tall) and
+                   SplitPlan(FEW_FILTERS, ...): its C split over blocks where its tiles cannot fill the GPU
   backward-data    CONV_TILES; for stride-1 layers with pads narrower than the window AS_FORWARD: dx as the
                    forward conv of dy with the filters flipped, which then gets the forward's variants
-  backward-filter  SplitPlan(tile, blocks_per_sm): N·OH·OW split; for 3×3 stride-1 layers SplitPlan(WINOGRAD, ...):
-                   dy and input transforms, the 16 products over chunks of the 2×2 tiles, a filter-gradient
-                   transform summing the chunks in order; for first layers (C·R·S <= 32) SplitPlan(FEW_CHANNELS,
-                   ...): conv2d_bwd_filter_few_channels, compiled per layer shape, streaming dy once
+  backward-filter  SplitPlan(tile, blocks_per_sm): N·OH·OW split; for 3×3 stride-1 layers SplitPlan(WINOGRAD, ...)
+                   and SplitPlan(WINOGRAD_4X4, ...): dy and input transforms, the 16 (36) products over chunks of
+                   the 2×2 (4×4) tiles, a filter-gradient transform summing the chunks in order; for first layers
+                   (C·R·S <= 32) SplitPlan(FEW_CHANNELS, ...): kernels/conv2d_direct.cu's
+                   conv2d_bwd_filter_few_channels, compiled per layer shape, streaming dy once
 A Winograd variant is offered only where its buffers fit 32-bit indexing and _WINOGRAD_MAX_BYTES.
 """
 from __future__ import annotations
@@ -47,7 +51,7 @@ from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, require_int32_indexabl
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
-from cnn_gpu.ops.gemm import cuda_gemm_k_slices, plan_gemm
+from cnn_gpu.ops.gemm import MAX_GRID_Y, cuda_gemm_k_slices, plan_gemm
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
 _LAYOUTS = {"x": (4, "N, C, H, W"), "w": (4, "K, C, R, S"), "b": (1, "K"), "dy": (4, "N, K, OH, OW")}
@@ -90,9 +94,10 @@ SPLIT_BLOCKS_PER_SM = (2, 6)
 # 16·(C·K + C·T + K·T) floats (T: 2×2 output tiles), 1.4 GB on seed002's conv2, backward-filter's about
 # 16·(K + C)·T; its rounding error is a few times the direct conv's (still within 1e-5).
 WINOGRAD = "winograd F(2x2, 3x3)"
-# The forward's Winograd F(4×4, 3×3) variant, beside WINOGRAD for the same layers, never the default: 36 products
-# per 4×4 outputs (2.25 an output against F(2×2)'s 4), buffers 36·(C·K + C·T + K·T) floats (T: 4×4 tiles), about
-# 0.56× F(2×2)'s; its rounding error is 6-13× the direct conv's (≤ 4.2e-6 at 512 channels: winograd.cu's header).
+# The Winograd F(4×4, 3×3) variant of the forward and of backward-filter, beside WINOGRAD for the same layers, never
+# the default: 36 products per 4×4 outputs (2.25 an output against F(2×2)'s 4), the forward's buffers
+# 36·(C·K + C·T + K·T) floats (T: 4×4 tiles), about 0.56× F(2×2)'s; its rounding error is 6-13× the direct conv's
+# (≤ 4.2e-6 at 512 channels; backward-filter's ≤ 6.5e-6 at N 128, near the direct one's: winograd.cu's header).
 WINOGRAD_4X4 = "winograd F(4x4, 3x3)"
 
 # Backward-data's variant for stride-1 layers with pads narrower than the window: dx is the forward conv of dy
@@ -103,10 +108,15 @@ AS_FORWARD = "backward-data as forward conv"
 # _few_channels_filters): conv2d_bwd_filter_few_channels, compiled per layer shape; never the default.
 FEW_CHANNELS = "few input channels"
 
+# The forward's variant for layers with few filters (K <= _FEW_FILTERS_MAX_K; _few_filters_tile): conv2d_fwd_few_filters,
+# compiled per layer shape, never the default. Backward-data of a first layer (C = 1, 3) through AS_FORWARD is one.
+FEW_FILTERS = "few output channels"
+
 
 class SplitPlan(NamedTuple):
     """A variant whose reduction is split over blocks (backward-filter's N·OH·OW, a small forward's C·R·S): tile
-    sizes (or WINOGRAD, for backward-filter) and the grid size the split aims for, in blocks an SM."""
+    sizes (or WINOGRAD, WINOGRAD_4X4 or FEW_CHANNELS, for backward-filter) and the grid size the split aims for, in
+    blocks an SM."""
     tile: ConvTile | str
     blocks_per_sm: int
 
@@ -232,11 +242,15 @@ def _winograd_applies(g: WindowGeometry) -> bool:
 
 
 def _forward_candidates(problem: _Problem) -> tuple:
-    """The forward's autotuner candidates but the split ones: CONV_TILES (the default first), and WINOGRAD and
-    WINOGRAD_4X4 for 3×3 stride-1 windows, each where its buffers fit (_winograd_plan)."""
-    if not _winograd_applies(problem.g):
-        return CONV_TILES
-    return CONV_TILES + tuple(v for v in _WINOGRAD_FORWARD_SIZES if _fits(_winograd_plan, problem, v))
+    """The forward's autotuner candidates but the split ones: CONV_TILES (the default first), WINOGRAD and
+    WINOGRAD_4X4 for 3×3 stride-1 windows, each where its buffers fit (_winograd_plan), and FEW_FILTERS where the
+    layer has few filters (_few_filters_tile)."""
+    candidates = CONV_TILES
+    if _winograd_applies(problem.g):
+        candidates += tuple(v for v in _WINOGRAD_FORWARD_SIZES if _fits(_winograd_plan, problem, v))
+    if _few_filters_tile(problem.g, problem.K):
+        candidates += (FEW_FILTERS,)
+    return candidates
 
 
 # A split forward keeps at least this many BK-steps of the C·R·S reduction a split.
@@ -257,8 +271,8 @@ def _forward_split(problem: _Problem, variant) -> tuple:
 
 
 def _forward_split_plans(problem: _Problem) -> tuple:
-    """The forward's split-reduction candidates: each CONV_TILES at each SPLIT_BLOCKS_PER_SM whose grid would
-    otherwise leave SMs idle (split at least in two), one per distinct split."""
+    """The forward's split-reduction candidates: each CONV_TILES, and FEW_FILTERS where it applies, at each
+    SPLIT_BLOCKS_PER_SM whose grid would otherwise leave SMs idle (split at least in two), one per distinct split."""
     plans = {}
     for blocks in SPLIT_BLOCKS_PER_SM:
         for tile in CONV_TILES:
@@ -266,6 +280,11 @@ def _forward_split_plans(problem: _Problem) -> tuple:
             _, splits, _ = _forward_split(problem, plan)
             if splits > 1:
                 plans.setdefault((tile, splits), plan)
+        if _few_filters_tile(problem.g, problem.K):
+            plan = SplitPlan(FEW_FILTERS, blocks)
+            splits = _few_filters_plan(problem, plan).splits
+            if splits > 1:
+                plans.setdefault((FEW_FILTERS, splits), plan)
     return tuple(plans.values())
 
 
@@ -276,12 +295,14 @@ def _gemm_grid(gemm_m: int, gemm_n: int, tile: ConvTile, splits: int = 1) -> tup
 
 
 def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, variant):
-    """y for one forward candidate: WINOGRAD or WINOGRAD_4X4, a ConvTile, or a SplitPlan (C·R·S split: partials,
-    then a fixed-order sum that adds the bias and applies the activation)."""
+    """y for one forward candidate: WINOGRAD or WINOGRAD_4X4, FEW_FILTERS or a SplitPlan of it, a ConvTile, or a
+    SplitPlan of one (C·R·S split: partials, then a fixed-order sum that adds the bias and applies the activation)."""
     import cupy
 
     if variant in _WINOGRAD_FORWARD_SIZES:
         return _launch_conv2d_fwd_winograd(x, w, b, problem, act, slope, variant)
+    if variant == FEW_FILTERS or isinstance(variant, SplitPlan) and variant.tile == FEW_FILTERS:
+        return _launch_conv2d_fwd_few_filters(x, w, b, problem, act, slope, variant)
     g, K = problem.g, problem.K
     tile, splits, chunk = _forward_split(problem, variant)
     y = nan_filled(cupy, _output_shape(g, K))
@@ -295,7 +316,6 @@ def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, varia
 
 
 _WINOGRAD_THREADS = 256  # kernels/winograd.cu's WINOGRAD_THREADS
-_WINOGRAD_POINTS = 16    # F(2×2)'s 4×4 transformed tile: 16 products
 
 
 # A Winograd variant's buffers together take at most this many bytes. They are always several times x and y
@@ -393,6 +413,108 @@ def _launch_conv2d_fwd_winograd(x, w, b, problem: _Problem, act: int, slope: flo
     return y
 
 
+# conv2d_fwd_few_filters's constants (kernels/conv2d_direct.cu's FK_*; a test compares them).
+_FEW_FILTERS_MAX_K = 8
+_FEW_FILTERS_STRIP = 4           # output columns a thread
+_FEW_FILTERS_MAX_THREADS = 128
+_FEW_FILTERS_MAX_LOADS = 24      # x elements a thread stages a channel
+_FEW_FILTERS_MAX_WEIGHTS = 72    # K·R·S, held in registers
+_FEW_FILTERS_MAX_SEGMENT = 16    # x values of one row under a thread's 4 windows, rounded up to float4s
+_FEW_FILTERS_MAX_ACCUMULATORS = 32  # a thread's u·4·K outputs, held in registers
+# A split of the channels takes at least this many (each is a staging pipeline's start-up and a slice to sum).
+_FEW_FILTERS_MIN_CHUNK = 4
+
+
+class _FewFiltersTile(NamedTuple):
+    """conv2d_fwd_few_filters's block (FEWK_BX, FEWK_BY, FEWK_U): bx × by threads compute, each u output rows × 4
+    columns of every filter: a tile of by·u rows × 4·bx columns."""
+    bx: int
+    by: int
+    u: int
+
+    @property
+    def threads(self) -> int:
+        return cdiv(self.bx * self.by, 32) * 32
+
+    def loads(self, g: WindowGeometry) -> int:
+        """x elements a thread stages a channel (the kernel's FK_LOADS): the tile's plane with its halo, in rows of
+        float4s that end where its last thread's do."""
+        segment = 4 * cdiv((_FEW_FILTERS_STRIP - 1) * g.stride_w + g.S, 4)
+        rows = (self.by * self.u - 1) * g.stride_h + g.R
+        return cdiv(rows * ((self.bx - 1) * _FEW_FILTERS_STRIP * g.stride_w + segment), self.threads)
+
+
+@functools.lru_cache(maxsize=1024)
+def _few_filters_tile(g: WindowGeometry, K: int) -> _FewFiltersTile | None:
+    """The tile of conv2d_fwd_few_filters on this layer; None where the kernel does not apply: K past
+    _FEW_FILTERS_MAX_K, K·R·S past _FEW_FILTERS_MAX_WEIGHTS, a row segment past _FEW_FILTERS_MAX_SEGMENT, or no tile
+    whose staging fits _FEW_FILTERS_MAX_LOADS. Columns: all cdiv(OW, 4) strips of a row in one tile up to 32 of them,
+    wider rows in tiles of 16-32 strips (the fewest padded strips, then the widest). Rows: u rows a thread, the most
+    of 4, 2, 1 within the accumulators and OH whose staging fits; up to 128 / bx thread rows, as few as cover OH in
+    as many tiles, or (when that staging does not fit) all of them, whose halo weighs less."""
+    segment = (_FEW_FILTERS_STRIP - 1) * g.stride_w + g.S
+    if K > _FEW_FILTERS_MAX_K or K * g.R * g.S > _FEW_FILTERS_MAX_WEIGHTS or 4 * cdiv(segment, 4) > _FEW_FILTERS_MAX_SEGMENT:
+        return None
+    strips = cdiv(g.OW, _FEW_FILTERS_STRIP)
+    bx = strips if strips <= 32 else min(range(16, 33), key=lambda b: (cdiv(strips, b) * b, -b))
+    most_rows = _FEW_FILTERS_MAX_THREADS // bx
+    for u in (4, 2, 1):
+        if u * _FEW_FILTERS_STRIP * K > _FEW_FILTERS_MAX_ACCUMULATORS or u > g.OH:
+            continue
+        by = cdiv(cdiv(g.OH, cdiv(g.OH, most_rows * u)), u)
+        for tile in (_FewFiltersTile(bx, by, u), _FewFiltersTile(bx, most_rows, u)):
+            if tile.loads(g) <= _FEW_FILTERS_MAX_LOADS:
+                return tile
+    return None
+
+
+class _FewFiltersPlan(NamedTuple):
+    """conv2d_fwd_few_filters on one _Problem and variant: its FEWK_* defines ((name, value) pairs), grid, block,
+    split count and scalar arguments but act and slope (numpy.int32s, in the kernel's order)."""
+    defines: tuple
+    grid: tuple
+    block: tuple
+    splits: int
+    args: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def _few_filters_plan(problem: _Problem, variant) -> _FewFiltersPlan:
+    """FEW_FILTERS: a block a tile of _few_filters_tile and image, over all C channels; SplitPlan(FEW_FILTERS,
+    blocks_per_sm): C split in chunks of at least _FEW_FILTERS_MIN_CHUNK until the grid gives every SM blocks_per_sm
+    blocks. ValueError where the kernel does not apply."""
+    g, K = problem.g, problem.K
+    tile = _few_filters_tile(g, K)
+    if tile is None:
+        raise ValueError(f"conv2d_fwd_few_filters does not apply to K = {K} filters of {g.R}×{g.S} at stride "
+                         f"{g.stride_h}×{g.stride_w} (output {g.OH}×{g.OW})")
+    tiles_h, tiles_w = cdiv(g.OH, tile.by * tile.u), cdiv(g.OW, tile.bx * _FEW_FILTERS_STRIP)
+    blocks = g.N * tiles_h * tiles_w
+    splits, chunk = (1, g.C) if variant == FEW_FILTERS else _split_count(g.C, _FEW_FILTERS_MIN_CHUNK, blocks,
+                                                                        variant.blocks_per_sm)
+    defines = (("FEWK_K", K), ("FEWK_R", g.R), ("FEWK_S", g.S), ("FEWK_SH", g.stride_h), ("FEWK_SW", g.stride_w),
+               ("FEWK_BX", tile.bx), ("FEWK_BY", tile.by), ("FEWK_U", tile.u))
+    args = tuple(numpy.int32(v) for v in (g.N, g.C, g.H, g.W, g.OH, g.OW, g.pad_top, g.pad_left, tiles_w, tiles_h, chunk))
+    return _FewFiltersPlan(defines, (blocks, splits), (tile.threads,), splits, args)
+
+
+def _launch_conv2d_fwd_few_filters(x, w, b, problem: _Problem, act: int, slope: float, variant):
+    """y by conv2d_fwd_few_filters, bias and activation in its epilogue; split (SplitPlan(FEW_FILTERS, ...)): partials
+    over the channel chunks, then the fixed-order sum that adds the bias and applies the activation."""
+    import cupy
+
+    plan = _few_filters_plan(problem, variant)  # the checks, before any allocation
+    kernel = load_kernel("conv2d_direct", "conv2d_fwd_few_filters", **dict(plan.defines))
+    shape = _output_shape(problem.g, problem.K)
+    y = nan_filled(cupy, shape)
+    if plan.splits == 1:
+        kernel(plan.grid, plan.block, (x, w, b, y) + plan.args + (numpy.int32(act), numpy.float32(slope)))
+        return y
+    partials = nan_filled(cupy, (plan.splits,) + shape)
+    kernel(plan.grid, plan.block, (x, w, None, partials) + plan.args + (numpy.int32(activation_code(None)), numpy.float32(0)))
+    return _sum_partials(partials, y, b, problem.K, problem.g.OH * problem.g.OW, act, slope)
+
+
 @functools.lru_cache(maxsize=1024)
 def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: int = 2) -> tuple[int, int]:
     """(splits, chunk) for a reduction of `work` items shared by `parallel_units` independent outputs:
@@ -460,8 +582,8 @@ def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: SplitPlan
     """dw, its N*OH*OW reduction split so that small filters still fill the GPU: partials, then a fixed-order sum."""
     import cupy
 
-    if plan.tile == WINOGRAD:
-        return _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem, plan.blocks_per_sm)
+    if plan.tile in _WINOGRAD_FILTER_SIZES:
+        return _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem, plan)
     if plan.tile == FEW_CHANNELS:
         return _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem, plan.blocks_per_sm)
     g, K, tile = problem.g, problem.K, plan.tile
@@ -489,63 +611,87 @@ def _winograd_chunks(T: int, wanted: int) -> tuple[int, int]:
     return cdiv(T, chunk), chunk
 
 
+class _WinogradFilterSize(NamedTuple):
+    """A backward-filter Winograd variant: its F(m×m, 3×3), and the most tiles a chunk of its reduction may hold (0:
+    no limit but the grid's), a bound on the length of its products' running float32 sums."""
+    size: _WinogradSize
+    max_chunk: int
+
+
+# Backward-filter's Winograd candidates, in the order _filter_plans offers them. F(4×4)'s error grows with the chunk
+# length: 1.7e-5 for seed002 conv2 at N 128 in the one chunk of 8192 tiles its grid asks for; chunks of at most
+# 1024 keep every layer of winograd.cu's table at ≤ 6.5e-6 (the direct kernel's own reaches 6.2e-6 there).
+_WINOGRAD_FILTER_SIZES = {WINOGRAD: _WinogradFilterSize(_WinogradSize(2, "winograd_"), 0),
+                          WINOGRAD_4X4: _WinogradFilterSize(_WinogradSize(4, "winograd4x4_"), 1024)}
+
+
 class _WinogradFilterPlan(NamedTuple):
-    """The Winograd backward-filter's buffer shapes and its transforms' grids and size arguments (numpy.int32s,
-    in the kernels' order) for one _Problem and grid target, with the 32-bit and size checks passed."""
-    dy_shape: tuple  # (K, 16, S·Tc)
-    v_shape: tuple   # (C, 16, S·Tc)
-    p_shape: tuple   # (16·S, K, C)
+    """A Winograd backward-filter's kernels, buffer shapes and its transforms' grids and size arguments
+    (numpy.int32s, in the kernels' order) for one _Problem and grid target, with the 32-bit and size checks passed."""
+    kernels: tuple    # winograd.cu's dy, input and filter-gradient transforms of this size
+    dy_shape: tuple   # (K, α², S·Tc)
+    v_shape: tuple    # (C, α², S·Tc)
+    p_shape: tuple    # (α²·S, K, C)
     dy_launch: tuple  # (grid, size arguments)
     input_launch: tuple
     filter_grad_launch: tuple
 
 
 @functools.lru_cache(maxsize=1024)
-def _winograd_filter_plan(problem: _Problem, blocks_per_sm: int, sms: int) -> _WinogradFilterPlan:
-    """The reduction over the T tiles in S chunks, enough that the sliced GEMM (16·S slices of its default tile
-    configuration's K × C tiles) gives each of sms SMs blocks_per_sm blocks; ValueError when a buffer is past
-    32-bit indexing or all of them past _WINOGRAD_MAX_BYTES."""
+def _winograd_filter_plan(problem: _Problem, variant: str, blocks_per_sm: int, sms: int) -> _WinogradFilterPlan:
+    """Backward-filter by `variant` (WINOGRAD or WINOGRAD_4X4): the reduction over the T tiles in S chunks, enough
+    that the sliced GEMM (α²·S slices of its default tile configuration's K × C tiles) gives each of sms SMs
+    blocks_per_sm blocks, and none longer than the variant's max_chunk; ValueError when a buffer is past 32-bit
+    indexing, all of them past _WINOGRAD_MAX_BYTES, or the α²·S slices past the gemm grid's z extent (as y's)."""
     g, K = problem.g, problem.K
-    TH, TW = cdiv(g.OH, 2), cdiv(g.OW, 2)
+    size, max_chunk = _WINOGRAD_FILTER_SIZES[variant]
+    TH, TW = cdiv(g.OH, size.m), cdiv(g.OW, size.m)  # m×m output tiles of an image
     T = g.N * TH * TW
-    config = plan_gemm(K, g.C, _WINOGRAD_POINTS * T, sms).config
+    config = plan_gemm(K, g.C, size.points * T, sms).config
     gemm_tiles = cdiv(K, config.tile_m) * cdiv(g.C, config.tile_n)
-    S, chunk = _winograd_chunks(T, cdiv(blocks_per_sm * sms, _WINOGRAD_POINTS * gemm_tiles))
+    wanted = cdiv(blocks_per_sm * sms, size.points * gemm_tiles)
+    S, chunk = _winograd_chunks(T, max(wanted, cdiv(T, max_chunk)) if max_chunk else wanted)
     T_padded = S * chunk
-    shapes = {"DY": (K, _WINOGRAD_POINTS, T_padded), "V": (g.C, _WINOGRAD_POINTS, T_padded),
-              "P": (_WINOGRAD_POINTS * S, K, g.C)}
-    _require_winograd_buffers(shapes, "backward-filter")
+    if size.points * S > MAX_GRID_Y:
+        raise ValueError(f"backward-filter {variant}'s {size.points}·{S} chunk products are more slices than one gemm "
+                         f"launch holds ({MAX_GRID_Y})")
+    shapes = {"DY": (K, size.points, T_padded), "V": (g.C, size.points, T_padded), "P": (size.points * S, K, g.C)}
+    _require_winograd_buffers(shapes, f"backward-filter {variant}")
+    kernels = tuple(size.kernel_prefix + step + "_transform" for step in ("dy", "input", "filter_grad"))
     return _WinogradFilterPlan(
-        shapes["DY"], shapes["V"], shapes["P"],
+        kernels, shapes["DY"], shapes["V"], shapes["P"],
         _winograd_launch(K * T_padded, K, g.OH, g.OW, TH, TW, T, T_padded),
-        _winograd_launch(g.C * T_padded, g.C, g.H, g.W, TH, TW, T, T_padded, _WINOGRAD_POINTS * T_padded, T_padded,
+        _winograd_launch(g.C * T_padded, g.C, g.H, g.W, TH, TW, T, T_padded, size.points * T_padded, T_padded,
                          g.pad_top, g.pad_left),
         _winograd_launch(K * g.C, K, g.C, S))
 
 
-def _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem: _Problem, blocks_per_sm: int):
-    """dw by Winograd F(2×2, 3×3): dy and input transforms into (K | C, 16, S·Tc), the 16·S chunk products
-    P[ξ·S + s] = DY[:, ξ, chunk s] · V[:, ξ, chunk s]ᵀ as one sliced GEMM (DY read as the K × 16·S·Tc matrix A,
-    V as the transposed B), the filter-gradient transform summing the chunks in order."""
+def _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem: _Problem, split: SplitPlan):
+    """dw by Winograd F(m×m, 3×3) (split.tile WINOGRAD: m = 2, WINOGRAD_4X4: 4): dy and input transforms into
+    (K | C, α², S·Tc), the α²·S chunk products P[ξ·S + s] = DY[:, ξ, chunk s] · V[:, ξ, chunk s]ᵀ as one sliced
+    GEMM (DY read as the K × α²·S·Tc matrix A, V as the transposed B), the filter-gradient transform summing the
+    chunks in order."""
     import cupy
 
-    plan = _winograd_filter_plan(problem, blocks_per_sm, sm_count())  # the checks, before any allocation
+    # the checks, before any allocation
+    plan = _winograd_filter_plan(problem, split.tile, split.blocks_per_sm, sm_count())
     K, C = problem.K, problem.g.C
+    dy_kernel, input_kernel, filter_grad_kernel = (load_kernel("winograd", name) for name in plan.kernels)
     block = (_WINOGRAD_THREADS,)
     dy_points = nan_filled(cupy, plan.dy_shape)
     grid, sizes = plan.dy_launch
-    load_kernel("winograd", "winograd_dy_transform")(grid, block, (dy, dy_points) + sizes)
+    dy_kernel(grid, block, (dy, dy_points) + sizes)
     v = nan_filled(cupy, plan.v_shape)
     grid, sizes = plan.input_launch
-    load_kernel("winograd", "winograd_input_transform")(grid, block, (x, v) + sizes)
+    input_kernel(grid, block, (x, v) + sizes)
     p = cuda_gemm_k_slices(dy_points.reshape(K, -1), v.reshape(C, -1).T, plan.p_shape[0], nan_filled(cupy, plan.p_shape))
     dw = nan_filled(cupy, w_shape)
     grid, sizes = plan.filter_grad_launch
-    load_kernel("winograd", "winograd_filter_grad_transform")(grid, block, (p, dw) + sizes)
+    filter_grad_kernel(grid, block, (p, dw) + sizes)
     return dw
 
 
-# conv2d_bwd_filter_few_channels's constants (kernels/conv2d.cu's FC_*; a test compares them).
+# conv2d_bwd_filter_few_channels's constants (kernels/conv2d_direct.cu's FC_*; a test compares them).
 _FEW_CHANNELS_THREADS = 128
 _FEW_CHANNELS_BLOCKS_AN_SM = 3    # resident on an SM at once (its __launch_bounds__)
 _FEW_CHANNELS_STRIP = 4           # output pixels a thread takes at a time
@@ -620,7 +766,7 @@ def _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem: _Problem, bl
     plan = _few_channels_plan(problem, blocks_per_sm, sm_count())
     dw = nan_filled(cupy, w_shape)
     partials = dw if plan.splits == 1 else nan_filled(cupy, (plan.splits,) + tuple(w_shape))
-    load_kernel("conv2d", "conv2d_bwd_filter_few_channels", **dict(plan.defines))(
+    load_kernel("conv2d_direct", "conv2d_bwd_filter_few_channels", **dict(plan.defines))(
         plan.grid, (_FEW_CHANNELS_THREADS,), (dy, x, partials) + plan.args)
     if plan.splits > 1:
         _sum_partials(partials, dw)
@@ -629,12 +775,12 @@ def _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem: _Problem, bl
 
 def _filter_plans(problem: _Problem) -> list:
     """Backward-filter's autotuner candidates: every CONV_TILES at each SPLIT_BLOCKS_PER_SM (the default first),
-    then WINOGRAD at each for 3×3 stride-1 layers whose buffers fit (_winograd_filter_plan), then FEW_CHANNELS at
-    each for layers with few input channels (_few_channels_filters), one per distinct grid."""
+    then WINOGRAD and WINOGRAD_4X4 at each for 3×3 stride-1 layers where their buffers fit (_winograd_filter_plan),
+    then FEW_CHANNELS at each for layers with few input channels (_few_channels_filters), one per distinct grid."""
     plans = [SplitPlan(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES]
     if _winograd_applies(problem.g):
-        plans += [SplitPlan(WINOGRAD, blocks) for blocks in SPLIT_BLOCKS_PER_SM
-                  if _fits(_winograd_filter_plan, problem, blocks, sm_count())]
+        plans += [SplitPlan(variant, blocks) for variant in _WINOGRAD_FILTER_SIZES for blocks in SPLIT_BLOCKS_PER_SM
+                  if _fits(_winograd_filter_plan, problem, variant, blocks, sm_count())]
     if _few_channels_filters(problem.g):
         few_channels = {}
         for blocks in SPLIT_BLOCKS_PER_SM:
