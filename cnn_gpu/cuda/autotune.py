@@ -21,10 +21,11 @@ Environment:
       it or capturing it in a CUDA graph (a call made during stream capture is not tuned; it runs the default).
   CNN_GPU_AUTOTUNE_CACHE=path   the JSON file; default cnn_gpu_autotune.json beside CuPy's kernel cache
       directory ($CUPY_CACHE_DIR, else ~/.cupy/kernel_cache). Choices are filed under a context string
-      (family, GPU name and compute capability, CUDA runtime and NVRTC versions, a hash of the kernel
-      source and compile options), so entries made on another GPU, toolkit or kernel version are ignored,
-      and carry a digest of the candidate set, so a choice made among other candidates is made again; an
-      unreadable or malformed file is ignored too (and replaced at the next write).
+      (family, GPU name and compute capability, CUDA runtime and NVRTC versions, a hash of every kernel
+      family's source, since a conv2d candidate may run winograd.cu's or gemm.cu's kernels, and compile
+      options), so entries made on another GPU, toolkit or kernel version are ignored, and carry a digest of
+      the candidate set, so a choice made among other candidates is made again; an unreadable or malformed
+      file is ignored too (and replaced at the next write).
 """
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def _device_context(family: str, device_id: int) -> str:
 
     props = cupy.cuda.runtime.getDeviceProperties(device_id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    source = loader.assemble_source(family) + "\0" + " ".join(loader.COMPILE_OPTIONS)
+    # every family's source, not only `family`'s: a conv2d choice may run winograd.cu, gemm.cu or conv2d_direct.cu
+    source = "\0".join(loader.assemble_source(f) for f in loader.FAMILIES) + "\0" + " ".join(loader.COMPILE_OPTIONS)
     return (f"{family} | {name} sm_{props['major']}{props['minor']} | CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
             f" | NVRTC {compile_check.nvrtc_version()} | source {hashlib.sha256(source.encode()).hexdigest()[:16]}")
 
