@@ -166,7 +166,7 @@ def test_mixed_model_trains_with_torch_sgd():
         loss = ours.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses
 
 
