@@ -247,7 +247,7 @@ conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w,
 // conv2d_bwd_filter_few_channels: partials[z][k][q] = Σ over the output pixels of strips [z·chunk, min(z·chunk +
 // chunk, N·cdiv(OH·OW, 4))) of dy[n,k,oh,ow] · x[n, c, oh·sh − pt + r, ow·sw − pl + s], q = (c, r, s) (with
 // gridDim.y == 1 partials is dw itself; otherwise conv2d_sum_partials adds the gridDim.y slices in order).
-// For layers with C·R·S <= FC_MAX_TAPS, whose implicit GEMM above is only C·R·S wide (9 for a 1-channel 3×3
+// For layers with C·R·S <= FC_MAX_TAPS, whose implicit GEMM (conv2d.cu) is only C·R·S wide (9 for a 1-channel 3×3
 // layer): its tiles would mostly idle, while the op needs only to stream dy once (memory-bound).
 //   C, R, S, the column stride sw and FC_FILTERS are compile-time (FEWC_* defines: cnn_gpu/ops/conv.py compiles
 //   one variant per layer shape), so every accumulator and every x value is a register.
