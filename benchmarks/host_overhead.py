@@ -180,6 +180,8 @@ def small_op_inputs(new) -> SimpleNamespace:
         x=new((32, 32, 24, 24)), xl=new((128, 1024)), wl=new((128, 1024)), bl=new((128,)), dyl=new((128, 128)),
         x3=new((1024, 64)), w3=new((10, 64)), b3=new((10,)), dy3=new((1024, 10)),
         xc=new((128, 1, 28, 28)), wc=new((32, 1, 5, 5)), bc=new((32,)), dyc=new((128, 32, 24, 24)),
+        x1=new((32, 1, 28, 28)), dy1=new((32, 32, 24, 24)),  # seed 001 N32: conv1 (with wc, bc), conv2
+        x2=new((32, 32, 12, 12)), w2=new((64, 32, 5, 5)), b2=new((64,)), dy2=new((32, 64, 8, 8)),
         logits=new((128, 10)), labels=new((128,), numpy.int64), xd=new((128, 64)),
         xb=new((32, 128, 8, 8)), gamma=new((128,)), beta=new((128,)), running_mean=new((128,)), running_var=new((128,)),
         param=new((128, 1024)), grad=new((128, 1024)), m=new((128, 1024)),
@@ -205,6 +207,10 @@ def our_calls(v) -> list:
         ("linear_backward 64->10, N1024", lambda: F.linear_backward(v.dy3, v.x3, v.w3)),
         ("conv2d 1->32 k5 relu, N128", lambda: F.conv2d(v.xc, v.wc, v.bc, activation="relu")),
         ("conv2d_backward (first layer: no dx)", lambda: F.conv2d_backward(v.dyc, v.xc, v.wc, compute_dx=False)),
+        ("conv2d 1->32 k5 relu, N32", lambda: F.conv2d(v.x1, v.wc, v.bc, activation="relu")),
+        ("conv2d_backward 1->32 k5 no dx, N32", lambda: F.conv2d_backward(v.dy1, v.x1, v.wc, compute_dx=False)),
+        ("conv2d 32->64 k5 relu, N32", lambda: F.conv2d(v.x2, v.w2, v.b2, activation="relu")),
+        ("conv2d_backward 32->64 k5, N32", lambda: F.conv2d_backward(v.dy2, v.x2, v.w2)),
         ("softmax_cross_entropy N128 K10", lambda: F.softmax_cross_entropy(v.logits, v.labels, check_labels=False)),
         ("dropout (128, 64) rate 0.3", lambda: F.dropout(v.xd, 0.3, 12345)),
         ("dropout_backward", lambda: F.dropout_backward(v.xd, v.mask, 0.3)),
@@ -241,6 +247,12 @@ def torch_calls(v, torch) -> dict:
         "conv2d 1->32 k5 relu, N128": lambda: torch.relu(torch.nn.functional.conv2d(t.xc, t.wc, t.bc)),
         "conv2d_backward (first layer: no dx)": lambda: aten.convolution_backward(
             t.dyc, t.xc, t.wc, [32], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True]),
+        "conv2d 1->32 k5 relu, N32": lambda: torch.relu(torch.nn.functional.conv2d(t.x1, t.wc, t.bc)),
+        "conv2d_backward 1->32 k5 no dx, N32": lambda: aten.convolution_backward(
+            t.dy1, t.x1, t.wc, [32], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True]),
+        "conv2d 32->64 k5 relu, N32": lambda: torch.relu(torch.nn.functional.conv2d(t.x2, t.w2, t.b2)),
+        "conv2d_backward 32->64 k5, N32": lambda: aten.convolution_backward(
+            t.dy2, t.x2, t.w2, [64], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [True, True, True]),
         "softmax_cross_entropy N128 K10": lambda: torch.autograd.grad(
             torch.nn.functional.cross_entropy(logits, t.labels), logits),
         "dropout (128, 64) rate 0.3": lambda: torch.native_dropout(t.xd, 0.3, True),

@@ -12,6 +12,7 @@ from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
 from cnn_gpu.ops import conv as conv_ops
+from cnn_gpu.ops import geometry as geometry_ops
 from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
                                _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d, _problem)
 from cnn_gpu.ops.geometry import window_geometry
@@ -437,6 +438,45 @@ def test_rejects_unknown_activation():
 def test_rejects_negative_slope():
     with pytest.raises(ValueError, match="negative_slope must be >= 0"):
         F.conv2d(f32(1, 1, 5, 5), f32(1, 1, 3, 3), activation="leaky_relu", negative_slope=-0.1)
+
+
+def test_geometry_is_remembered_per_exact_arguments():
+    """window_geometry's cache: each shape and argument set gets the geometry a fresh computation gives; an argument
+    equal to a remembered one but of another type is still checked as uncached: refused (bool, float, NumPy integer)
+    or (a list) accepted with the pair's geometry."""
+    fresh = geometry_ops._window_geometry
+    for args in [((2, 3, 9, 9), (3, 3), 1, 0), ((2, 3, 9, 8), (3, 3), 1, 0), ((2, 3, 9, 9), (3, 2), (2, 1), (1, 0)),
+                 ((2, 3, 9, 9), (3, 3), 2, "same"), ((2, 3, 9, 9), (3, 3), 1, "valid")]:
+        for _ in range(2):  # computed, then remembered
+            assert window_geometry(*args, window_name="w") == fresh(*args, "x", "w")
+    x, w = f32(1, 1, 5, 5), f32(1, 1, 3, 3)
+    F.conv2d(x, w, stride=1, padding=1)
+    for stride in (True, 1.0, numpy.int64(1)):
+        with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+            F.conv2d(x, w, stride=stride, padding=1)
+    for padding in (True, (1, True), 1.0):
+        with pytest.raises(ValueError, match="padding must be an int or a pair of ints"):
+            F.conv2d(x, w, padding=padding)
+    assert F.conv2d(x, w, stride=[1, 2], padding=1).shape == F.conv2d(x, w, stride=(1, 2), padding=1).shape == (1, 1, 5, 3)
+
+
+def test_direct_launches_are_remembered_per_problem_and_epilogue(monkeypatch):
+    """A remembered launch serves only its own problem, variant, activation and slope."""
+    monkeypatch.setattr(conv_ops, "_kernel", lambda name, tile=DEFAULT_TILE: (name, tile))  # no compilation
+    launch = conv_ops._direct_forward_launch
+    launch.cache_clear()
+    try:
+        first = _problem(window_geometry((2, 3, 9, 9), (3, 3), 1, 0), 4)
+        other = _problem(window_geometry((2, 3, 9, 8), (3, 3), 1, 0), 4)
+        base = launch(first, DEFAULT_TILE, 1, 0.01)
+        assert base.scalars[:len(first.args)] == first.args and base.kernel == ("conv2d_fwd_bias_act", DEFAULT_TILE)
+        assert launch(other, DEFAULT_TILE, 1, 0.01).scalars[:len(other.args)] == other.args != first.args
+        assert launch(first, CONV_TILES[1], 1, 0.01).kernel == ("conv2d_fwd_bias_act", CONV_TILES[1])
+        assert launch(first, DEFAULT_TILE, 2, 0.01).scalars[len(first.args)] == 2
+        assert launch(first, DEFAULT_TILE, 2, 0.5).scalars[len(first.args) + 1] == numpy.float32(0.5)
+        assert launch(first, DEFAULT_TILE, 1, 0.01) is base
+    finally:
+        launch.cache_clear()  # no entry holds the stand-in kernels
 
 
 def test_rejects_integer_input():

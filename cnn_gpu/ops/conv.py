@@ -208,18 +208,43 @@ def _geometry_ints(g: WindowGeometry, K: int) -> tuple:
 
 class _Problem(NamedTuple):
     """What every launch for one (geometry, K) needs, checked and converted once: the 32-bit indexing
-    checks passed, the autotuner's key and the kernels' geometry arguments (numpy.int32s, in order)."""
+    checks passed, the autotuner's key, the kernels' geometry arguments (numpy.int32s, in order), x's and y's shapes."""
     g: WindowGeometry
     K: int
     key: tuple
     args: tuple
+    x_shape: tuple
+    y_shape: tuple
 
 
 @functools.lru_cache(maxsize=1024)
 def _problem(g: WindowGeometry, K: int) -> _Problem:
     _require_int32_geometry(g, K)
     ints = _geometry_ints(g, K)
-    return _Problem(g, K, ints, tuple(numpy.int32(v) for v in ints))
+    return _Problem(g, K, ints, tuple(numpy.int32(v) for v in ints), g.input_shape, _output_shape(g, K))
+
+
+class _Launch(NamedTuple):
+    """One conv2d.cu kernel worked out for a problem and variant, so that a call pays one cache lookup: the compiled
+    kernel, grid, block, the scalar arguments after its arrays (numpy scalars, in order) and the number of partials
+    its split reduction writes (1: it writes the output directly)."""
+    kernel: object
+    grid: tuple
+    block: tuple
+    scalars: tuple
+    splits: int
+
+
+def _run(launch: _Launch, inputs: tuple, out, *epilogue):
+    """out from launch on the input arrays: written directly, or (a split reduction) as partials that
+    _sum_partials(partials, out, *epilogue) then adds in a fixed order."""
+    import cupy
+
+    partials = out if launch.splits == 1 else nan_filled(cupy, (launch.splits,) + out.shape)
+    launch.kernel(launch.grid, launch.block, inputs + (partials,) + launch.scalars)
+    if launch.splits > 1:
+        _sum_partials(partials, out, *epilogue)
+    return out
 
 
 def _tuned(kernel: str, problem: _Problem, candidates, launch):
@@ -227,12 +252,12 @@ def _tuned(kernel: str, problem: _Problem, candidates, launch):
     return autotune.pick("conv2d", (kernel,) + problem.key, candidates, launch)
 
 
-def _cuda_conv2d(x, w, b, g: WindowGeometry, activation, slope):
+def _cuda_conv2d(x, w, b, g: WindowGeometry, act: int, slope: float):
     import cupy
 
     x, w, b = contiguous(cupy, x), contiguous(cupy, w), contiguous(cupy, b)
     problem = _problem(g, w.shape[0])
-    launch = functools.partial(_launch_conv2d_fwd, x, w, b, problem, activation_code(activation), slope)
+    launch = functools.partial(_launch_conv2d_fwd, x, w, b, problem, act, slope)
     return launch(_tuned("conv2d_fwd_bias_act", problem, lambda: _forward_candidates(problem) + _forward_split_plans(problem), launch))
 
 
@@ -303,16 +328,18 @@ def _launch_conv2d_fwd(x, w, b, problem: _Problem, act: int, slope: float, varia
         return _launch_conv2d_fwd_winograd(x, w, b, problem, act, slope, variant)
     if variant == FEW_FILTERS or isinstance(variant, SplitPlan) and variant.tile == FEW_FILTERS:
         return _launch_conv2d_fwd_few_filters(x, w, b, problem, act, slope, variant)
-    g, K = problem.g, problem.K
+    y = nan_filled(cupy, problem.y_shape)
+    return _run(_direct_forward_launch(problem, variant, act, slope), (x, w, b), y, b, problem.K, problem.g.OH * problem.g.OW,
+                act, slope)
+
+
+@functools.lru_cache(maxsize=1024)
+def _direct_forward_launch(problem: _Problem, variant, act: int, slope: float) -> _Launch:
+    """conv2d_fwd_bias_act for a ConvTile or a SplitPlan of one (_forward_split)."""
+    g = problem.g
     tile, splits, chunk = _forward_split(problem, variant)
-    y = nan_filled(cupy, _output_shape(g, K))
-    out = y if splits == 1 else nan_filled(cupy, (splits,) + _output_shape(g, K))
-    _kernel("conv2d_fwd_bias_act", tile)(
-        _gemm_grid(K, g.N * g.OH * g.OW, tile, splits), (tile.threads,),
-        (x, w, b, out) + problem.args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)))
-    if splits > 1:
-        _sum_partials(out, y, b, K, g.OH * g.OW, act, slope)
-    return y
+    return _Launch(_kernel("conv2d_fwd_bias_act", tile), _gemm_grid(problem.K, g.N * g.OH * g.OW, tile, splits),
+                   (tile.threads,), problem.args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)), splits)
 
 
 _WINOGRAD_THREADS = 256  # kernels/winograd.cu's WINOGRAD_THREADS
@@ -544,10 +571,14 @@ def _launch_conv2d_bwd_data(dy, w, problem: _Problem, tile):
 
     if tile == AS_FORWARD:
         return _launch_conv2d_bwd_data_as_forward(dy, w, problem)
+    return _run(_direct_data_launch(problem, tile), (dy, w), nan_filled(cupy, problem.x_shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _direct_data_launch(problem: _Problem, tile: ConvTile) -> _Launch:
+    """conv2d_bwd_data for a ConvTile: the implicit GEMM over dx's C × N*H*W, unsplit."""
     g = problem.g
-    dx = nan_filled(cupy, g.input_shape)
-    _kernel("conv2d_bwd_data", tile)(_gemm_grid(g.C, g.N * g.H * g.W, tile), (tile.threads,), (dy, w, dx) + problem.args)
-    return dx
+    return _Launch(_kernel("conv2d_bwd_data", tile), _gemm_grid(g.C, g.N * g.H * g.W, tile), (tile.threads,), problem.args, 1)
 
 
 def _backward_data_candidates(g: WindowGeometry) -> tuple:
@@ -575,7 +606,8 @@ def _launch_conv2d_bwd_data_as_forward(dy, w, problem: _Problem):
     candidates (Winograd for 3×3) then serve backward-data, e.g. a valid 3×3 layer's full convolution."""
     import cupy
 
-    return _cuda_conv2d(dy, _flipped_filters(cupy, w), None, _as_forward_geometry(problem.g, problem.K), None, 0.0)
+    return _cuda_conv2d(dy, _flipped_filters(cupy, w), None, _as_forward_geometry(problem.g, problem.K),
+                        activation_code(None), 0.0)
 
 
 def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: SplitPlan):
@@ -586,17 +618,18 @@ def _launch_conv2d_bwd_filter(dy, x, w_shape, problem: _Problem, plan: SplitPlan
         return _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem, plan)
     if plan.tile == FEW_CHANNELS:
         return _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem, plan.blocks_per_sm)
+    return _run(_direct_filter_launch(problem, plan), (dy, x), nan_filled(cupy, w_shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _direct_filter_launch(problem: _Problem, plan: SplitPlan) -> _Launch:
+    """conv2d_bwd_filter for a SplitPlan of a ConvTile: the N*OH*OW reduction split until the grid fills the GPU."""
     g, K, tile = problem.g, problem.K, plan.tile
     crs = g.C * g.R * g.S
     tiles = cdiv(K, tile.bm) * cdiv(crs, tile.bn)
     splits, chunk = _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, plan.blocks_per_sm)
-    dw = nan_filled(cupy, w_shape)
-    partials = dw if splits == 1 else nan_filled(cupy, (splits,) + tuple(w_shape))
-    _kernel("conv2d_bwd_filter", tile)(
-        _gemm_grid(K, crs, tile, splits), (tile.threads,), (dy, x, partials) + problem.args + (numpy.int32(chunk),))
-    if splits > 1:
-        _sum_partials(partials, dw)
-    return dw
+    return _Launch(_kernel("conv2d_bwd_filter", tile), _gemm_grid(K, crs, tile, splits), (tile.threads,),
+                   problem.args + (numpy.int32(chunk),), splits)
 
 
 _WINOGRAD_MIN_CHUNK = 64    # tiles: no chunk of the reduction is shorter (unless T is)
@@ -790,18 +823,20 @@ def _filter_plans(problem: _Problem) -> list:
 
 
 @functools.lru_cache(maxsize=1024)
-def _bias_launch(K: int, pixels_per_image: int, pixels: int) -> tuple:
-    """(splits, the grid, the kernel's scalar arguments) of db's split reduction."""
+def _bias_launch(problem: _Problem) -> _Launch:
+    """conv2d_bwd_bias: db's N*OH*OW reduction, split until its K blocks a split fill the GPU."""
+    K, pixels_per_image = problem.K, problem.g.OH * problem.g.OW
+    pixels = problem.g.N * pixels_per_image
     splits, chunk = _split_count(pixels, 16 * _BIAS_THREADS, K)
-    return splits, (K, splits), tuple(numpy.int32(v) for v in (K, pixels_per_image, pixels, chunk))
+    return _Launch(_kernel("conv2d_bwd_bias"), (K, splits), (_BIAS_THREADS,),
+                   tuple(numpy.int32(v) for v in (K, pixels_per_image, pixels, chunk)), splits)
 
 
 def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute_dw: bool):
     import cupy
 
     dy, x, w = contiguous(cupy, dy), contiguous(cupy, x), contiguous(cupy, w)
-    K = w.shape[0]
-    problem = _problem(g, K)
+    problem = _problem(g, w.shape[0])
     dx = dw = None
     if compute_dx:
         launch = functools.partial(_launch_conv2d_bwd_data, dy, w, problem)
@@ -809,14 +844,7 @@ def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute
     if compute_dw:
         launch = functools.partial(_launch_conv2d_bwd_filter, dy, x, w.shape, problem)
         dw = launch(_tuned("conv2d_bwd_filter", problem, lambda: _filter_plans(problem), launch))
-
-    splits, grid, args = _bias_launch(K, g.OH * g.OW, g.N * g.OH * g.OW)
-    db = nan_filled(cupy, (K,))
-    partials = db if splits == 1 else nan_filled(cupy, (splits, K))
-    _kernel("conv2d_bwd_bias")(grid, (_BIAS_THREADS,), (dy, partials) + args)
-    if splits > 1:
-        _sum_partials(partials, db)
-    return dx, dw, db
+    return dx, dw, _run(_bias_launch(problem), (dy,), nan_filled(cupy, (problem.K,)))
 
 
 # ---- public functions ----------------------------------------------------------------------------
@@ -827,12 +855,12 @@ def conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.
     K = w.shape[0]
     if b is not None and tuple(b.shape) != (K,):
         raise ValueError(f"b must have shape (K,) = ({K},) for w of shape {tuple(w.shape)}, got shape {tuple(b.shape)}")
-    activation_code(activation)  # ValueError for an unknown name
+    act = activation_code(activation)  # ValueError for an unknown name
     if not negative_slope >= 0:
         raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
     if xp is numpy:
         return _numpy_conv2d(x, w, b, g, activation, negative_slope)
-    return _cuda_conv2d(x, w, b, g, activation, negative_slope)
+    return _cuda_conv2d(x, w, b, g, act, float(negative_slope))  # a float: it keys the launch cache
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, *, compute_dx=True, compute_dw=True):

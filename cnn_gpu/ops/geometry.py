@@ -7,7 +7,7 @@ bottom/right).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 def as_pair(name: str, value, minimum: int) -> tuple[int, int]:
@@ -23,9 +23,9 @@ def as_pair(name: str, value, minimum: int) -> tuple[int, int]:
     return pair
 
 
-@dataclass(frozen=True)
-class WindowGeometry:
-    """Everything a sliding-window kernel needs: sizes, strides, the four pads, the output size."""
+class WindowGeometry(NamedTuple):
+    """Everything a sliding-window kernel needs: sizes, strides, the four pads, the output size. A NamedTuple:
+    ops key their launch caches by it, and its hash runs in C."""
 
     N: int
     C: int
@@ -60,33 +60,30 @@ def _same_pads(size: int, window: int, stride: int) -> tuple[int, int, int]:
 def window_geometry(x_shape, window, stride, padding, *, x_name="x", window_name="kernel_size") -> WindowGeometry:
     """Validate and compute the geometry of a window of size ``window`` (R, S) sliding over ``x_shape``.
 
-    Remembered per distinct arguments (an op is called with the same few shapes over and over, and its
-    host time is part of every small call's latency); invalid arguments are never remembered, so they
+    Remembered per arguments when window, stride and padding are plain (plain_arguments): an op is called
+    with the same few shapes over and over, and its host time is part of every small call's latency. x_shape
+    needs no such check (its sizes are read through int()). Invalid arguments are never remembered, so they
     raise every time."""
-    try:
-        key = (_frozen(x_shape), _frozen(window), _frozen(stride), _frozen(padding), x_name, window_name)
-        hash(key)
-    except TypeError:  # an unhashable argument is invalid anyway: let the checks say why
-        return _window_geometry(x_shape, window, stride, padding, x_name, window_name)
-    return _remembered_geometry(key)
+    if plain_arguments(window, stride, padding):
+        return _remembered_geometry(tuple(x_shape), window, stride, padding, x_name, window_name)
+    return _window_geometry(x_shape, window, stride, padding, x_name, window_name)
 
 
-def _frozen(value):
-    """value as a hashable key that keeps its types (stride True must not hit the entry of stride 1)."""
-    if isinstance(value, (tuple, list)):
-        return (type(value), tuple((type(v), v) for v in value))
-    return (type(value), value)
-
-
-def _thawed(key):
-    kind, value = key
-    return kind(v for _, v in value) if kind in (tuple, list) else value
+def plain_arguments(*values) -> bool:
+    """Each value is None, a str, an int or a tuple of two ints, exactly: not a bool, a float, a NumPy integer or a
+    list. Such values can key a cache of checked results: an argument merely equal to a remembered one (True for 1,
+    2.0 for 2) must still be checked, and refused, as it would be uncached."""
+    for value in values:
+        kind = type(value)
+        if not (kind is int or kind is str or value is None
+                or (kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int)):
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
-def _remembered_geometry(key) -> WindowGeometry:
-    x_shape, window, stride, padding, x_name, window_name = key
-    return _window_geometry(_thawed(x_shape), _thawed(window), _thawed(stride), _thawed(padding), x_name, window_name)
+def _remembered_geometry(x_shape, window, stride, padding, x_name, window_name) -> WindowGeometry:
+    return _window_geometry(x_shape, window, stride, padding, x_name, window_name)
 
 
 def _window_geometry(x_shape, window, stride, padding, x_name, window_name) -> WindowGeometry:

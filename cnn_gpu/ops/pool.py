@@ -40,7 +40,7 @@ from cnn_gpu.cuda import autotune
 from cnn_gpu.cuda.launch import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
-from cnn_gpu.ops.geometry import WindowGeometry, as_pair, window_geometry
+from cnn_gpu.ops.geometry import WindowGeometry, as_pair, plain_arguments, window_geometry
 
 # Divisor modes shared with kernels/pool.cu (DIVISOR_*).
 DIVISOR_ONE = 0  # sum pooling
@@ -57,15 +57,9 @@ def pool_geometry(x_shape, kernel_size, stride, padding, x_name="x") -> WindowGe
     Remembered per arguments when kernel_size, stride and padding are the usual ints, pairs of ints or
     strings (host time is most of a small pool's latency): their exact types are checked first, so an
     argument merely equal to a valid one (True, 2.0, numpy.int64(2)) is still checked and refused."""
-    if _plain(kernel_size) and (stride is None or _plain(stride)) and (type(padding) is str or _plain(padding)):
+    if plain_arguments(kernel_size, stride, padding):
         return _remembered_pool_geometry(tuple(x_shape), kernel_size, stride, padding, x_name)
     return _pool_geometry(x_shape, kernel_size, stride, padding, x_name)
-
-
-def _plain(value) -> bool:
-    """An int or a tuple of two ints, exactly (not a bool, a float or a NumPy integer)."""
-    kind = type(value)
-    return kind is int or (kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int)
 
 
 @functools.lru_cache(maxsize=1024)
