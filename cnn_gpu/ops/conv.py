@@ -225,9 +225,9 @@ def _problem(g: WindowGeometry, K: int) -> _Problem:
 
 
 class _Launch(NamedTuple):
-    """One conv2d.cu kernel worked out for a problem and variant, so that a call pays one cache lookup: the compiled
-    kernel, grid, block, the scalar arguments after its arrays (numpy scalars, in order) and the number of partials
-    its split reduction writes (1: it writes the output directly)."""
+    """One direct convolution kernel (conv2d.cu, conv2d_direct.cu) worked out for a problem and variant, so that a
+    call pays one cache lookup: the compiled kernel, grid, block, the scalar arguments after its arrays (numpy
+    scalars, in order) and the number of partials its split reduction writes (1: it writes the output directly)."""
     kernel: object
     grid: tuple
     block: tuple
@@ -530,16 +530,19 @@ def _launch_conv2d_fwd_few_filters(x, w, b, problem: _Problem, act: int, slope: 
     over the channel chunks, then the fixed-order sum that adds the bias and applies the activation."""
     import cupy
 
-    plan = _few_filters_plan(problem, variant)  # the checks, before any allocation
-    kernel = load_kernel("conv2d_direct", "conv2d_fwd_few_filters", **dict(plan.defines))
-    shape = _output_shape(problem.g, problem.K)
-    y = nan_filled(cupy, shape)
-    if plan.splits == 1:
-        kernel(plan.grid, plan.block, (x, w, b, y) + plan.args + (numpy.int32(act), numpy.float32(slope)))
-        return y
-    partials = nan_filled(cupy, (plan.splits,) + shape)
-    kernel(plan.grid, plan.block, (x, w, None, partials) + plan.args + (numpy.int32(activation_code(None)), numpy.float32(0)))
-    return _sum_partials(partials, y, b, problem.K, problem.g.OH * problem.g.OW, act, slope)
+    launch = _few_filters_launch(problem, variant, act, slope)  # the checks, before any allocation
+    return _run(launch, (x, w, b if launch.splits == 1 else None), nan_filled(cupy, problem.y_shape),
+                b, problem.K, problem.g.OH * problem.g.OW, act, slope)
+
+
+@functools.lru_cache(maxsize=1024)
+def _few_filters_launch(problem: _Problem, variant, act: int, slope: float) -> _Launch:
+    """conv2d_fwd_few_filters for _few_filters_plan; split, its partials carry no bias and no activation."""
+    plan = _few_filters_plan(problem, variant)
+    if plan.splits > 1:
+        act, slope = activation_code(None), 0.0
+    return _Launch(load_kernel("conv2d_direct", "conv2d_fwd_few_filters", **dict(plan.defines)), plan.grid, plan.block,
+                   plan.args + (numpy.int32(act), numpy.float32(slope)), plan.splits)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -796,14 +799,14 @@ def _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem: _Problem, bl
     sum (dw written directly when one split does)."""
     import cupy
 
-    plan = _few_channels_plan(problem, blocks_per_sm, sm_count())
-    dw = nan_filled(cupy, w_shape)
-    partials = dw if plan.splits == 1 else nan_filled(cupy, (plan.splits,) + tuple(w_shape))
-    load_kernel("conv2d_direct", "conv2d_bwd_filter_few_channels", **dict(plan.defines))(
-        plan.grid, (_FEW_CHANNELS_THREADS,), (dy, x, partials) + plan.args)
-    if plan.splits > 1:
-        _sum_partials(partials, dw)
-    return dw
+    return _run(_few_channels_launch(problem, blocks_per_sm, sm_count()), (dy, x), nan_filled(cupy, w_shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _few_channels_launch(problem: _Problem, blocks_per_sm: int, sms: int) -> _Launch:
+    plan = _few_channels_plan(problem, blocks_per_sm, sms)
+    return _Launch(load_kernel("conv2d_direct", "conv2d_bwd_filter_few_channels", **dict(plan.defines)), plan.grid,
+                   (_FEW_CHANNELS_THREADS,), plan.args, plan.splits)
 
 
 def _filter_plans(problem: _Problem) -> list:
