@@ -30,7 +30,7 @@ COMPILE_OPTIONS = ("--std=c++17",)
 
 LAUNCHERS = ("driver", "cupy")
 
-FAMILIES = ("activation", "conv2d", "conv2d_direct", "gemm", "pool", "softmax", "batchnorm", "dropout", "optim", "winograd")
+FAMILIES = ("activation", "conv2d", "conv2d_direct", "conv2d_depthwise", "gemm", "pool", "softmax", "batchnorm", "dropout", "optim", "winograd")
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
