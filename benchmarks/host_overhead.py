@@ -133,7 +133,7 @@ def _without_gpu(new_array):
     new(shape, dtype=float32)."""
     from cupy.cuda import runtime
 
-    from cnn_gpu.cuda import autotune, launch, launcher
+    from cnn_gpu.cuda import autotune, device, launcher
 
     def new(shape, dtype=numpy.float32, *_, **__):
         return new_array(shape, dtype)
@@ -145,7 +145,7 @@ def _without_gpu(new_array):
     launcher._current_stream = lambda device: stream
     launcher._launch_kernel = lambda *call: None
     launcher._make_context_current = lambda: None
-    launch._device_attributes = lambda device_id: {"MultiProcessorCount": 132}
+    device._device_attributes = lambda device_id: {"MultiProcessorCount": 132}
     loader._load_module = lambda family, defines: SimpleNamespace(
         get_function=lambda name: SimpleNamespace(kernel=SimpleNamespace(ptr=1), name=name))
     autotune._tuner = autotune.Autotuner(cache_file=os.path.join(tempfile.mkdtemp(), "autotune.json"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from cnn_gpu import bench, bench_cases
-from cnn_gpu.ops import conv
+from cnn_gpu.ops.conv import cuda_path, winograd
 
 
 def main(argv=None) -> int:
@@ -28,10 +28,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.withdraw == "f4x4":
-        del conv._WINOGRAD_FORWARD_SIZES[conv.WINOGRAD_4X4]
-        del conv._WINOGRAD_FILTER_SIZES[conv.WINOGRAD_4X4]
+        del winograd._WINOGRAD_FORWARD_SIZES[winograd.WINOGRAD_4X4]
+        del winograd._WINOGRAD_FILTER_SIZES[winograd.WINOGRAD_4X4]
     elif args.withdraw == "winograd":
-        conv._winograd_applies = lambda g: False  # no layer is offered a Winograd forward or backward-filter
+        cuda_path._winograd_applies = lambda g: False  # no layer is offered a Winograd forward or backward-filter
     case = next(c for c in bench_cases.cases(quick=False) if c.op == "train_step" and "seed002" in c.shape
                 and c.variant == "fwd+bwd+adam")
     label = {None: "every candidate", "f4x4": "F(4×4) withdrawn", "winograd": "every Winograd variant withdrawn"}[args.withdraw]
