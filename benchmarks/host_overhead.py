@@ -174,7 +174,7 @@ def python_calls(fn, calls: int = 100) -> int:
 
 def small_op_inputs(new) -> SimpleNamespace:
     """The small ops' inputs, made by new(shape, dtype=float32) (int64 only for class labels), on the shapes of
-    the bench's launch-bound rows (cnn_gpu/bench_cases.py); saved tensors (pool indices, dropout mask,
+    the bench's launch-bound rows (cnn_gpu/bench/cases); saved tensors (pool indices, dropout mask,
     batch-norm statistics) come from our own forward calls."""
     v = SimpleNamespace(
         x=new((32, 32, 24, 24)), xl=new((128, 1024)), wl=new((128, 1024)), bl=new((128,)), dyl=new((128, 128)),
