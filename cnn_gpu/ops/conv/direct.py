@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy
 
 from cnn_gpu.cuda import device
-from cnn_gpu.cuda.launch import cdiv
+from cnn_gpu.cuda.grid import cdiv
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code
 from cnn_gpu.ops.arrays import nan_filled

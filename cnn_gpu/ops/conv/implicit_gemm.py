@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy
 
-from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks
+from cnn_gpu.cuda.grid import cdiv, grid_stride_blocks
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import nan_filled
 from cnn_gpu.ops.conv.problem import SplitPlan, _Launch, _Problem, _split_count

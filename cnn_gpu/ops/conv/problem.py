@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy
 
 from cnn_gpu.cuda import device
-from cnn_gpu.cuda.launch import cdiv, require_int32_indexable
+from cnn_gpu.cuda.grid import cdiv, require_int32_indexable
 from cnn_gpu.ops.geometry import WindowGeometry
 
 if TYPE_CHECKING:

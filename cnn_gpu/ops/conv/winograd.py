@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy
 
 from cnn_gpu.cuda import device
-from cnn_gpu.cuda.launch import cdiv, require_int32_indexable
+from cnn_gpu.cuda.grid import cdiv, require_int32_indexable
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import nan_filled
 from cnn_gpu.ops.conv.problem import SplitPlan, _output_shape, _Problem
