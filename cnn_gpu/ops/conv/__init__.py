@@ -20,27 +20,31 @@ no faster).
 
 CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data, conv2d_bwd_filter) and
 deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no float atomics, so backward is
-bit-reproducible. Each of the three has variants; cnn_gpu.cuda.autotune times them on the first call of a
-shape and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEFAULT_TILE):
-  forward          CONV_TILES; SplitPlan(tile, blocks_per_sm): C·R·S split over blocks, offered where the
-                   output tiles cannot fill the GPU; for 3×3 stride-1 layers WINOGRAD (F(2×2, 3×3),
-                   kernels/winograd.cu: 2.25× fewer multiplies, the products one launch of kernels/gemm.cu)
-                   and WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer, ~5× F(2×2)'s rounding error); for K <= 8 filters
-                   FEW_FILTERS (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, compiled per layer shape: tiles of
-                   output pixels × all K filters, where the GEMM's tiles are 32-128 filters tall) and
-                   SplitPlan(FEW_FILTERS, ...): its C split over blocks where its tiles cannot fill the GPU
-  backward-data    CONV_TILES; for stride-1 layers with pads narrower than the window AS_FORWARD: dx as the
-                   forward conv of dy with the filters flipped, which then gets the forward's variants
-  backward-filter  SplitPlan(tile, blocks_per_sm): N·OH·OW split; for 3×3 stride-1 layers SplitPlan(WINOGRAD, ...)
-                   and SplitPlan(WINOGRAD_4X4, ...): dy and input transforms, the 16 (36) products over chunks of
-                   the 2×2 (4×4) tiles, a filter-gradient transform summing the chunks in order; for first layers
-                   (C·R·S <= 32) SplitPlan(FEW_CHANNELS, ...): kernels/conv2d_direct.cu's
+bit-reproducible. Each of the three ops (conv2d_fwd, conv2d_bwd_data, conv2d_bwd_filter) has variants
+(cnn_gpu.cuda.variants); cnn_gpu.cuda.autotune times the verified ones that apply on the first call of a shape
+and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEFAULT_TILE; CNN_GPU_UNVERIFIED=1 offers
+the variants no GPU run has verified yet too):
+  forward          ImplicitGemmForward(tile) for each of CONV_TILES, and split (C·R·S over blocks) where the output
+                   tiles cannot fill the GPU; for 3×3 stride-1 layers WinogradForward(2) (F(2×2, 3×3),
+                   kernels/winograd.cu: 2.25× fewer multiplies, the products one launch of kernels/gemm.cu) and
+                   WinogradForward(4) (F(4×4, 3×3): 4× fewer, ~5× F(2×2)'s rounding error); for K <= 8 filters
+                   FewFiltersForward (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, compiled per layer shape:
+                   tiles of output pixels × all K filters, where the GEMM's tiles are 32-128 filters tall), and split
+                   (its C over blocks) where its tiles cannot fill the GPU
+  backward-data    ImplicitGemmBackwardData(tile); for stride-1 layers with pads narrower than the window
+                   BackwardDataAsForward: dx as the forward conv of dy with the filters flipped, which then gets the
+                   forward's variants
+  backward-filter  ImplicitGemmBackwardFilter(tile, blocks_per_sm): N·OH·OW split; for 3×3 stride-1 layers
+                   WinogradBackwardFilter(2 | 4, blocks_per_sm): dy and input transforms, the 16 (36) products over
+                   chunks of the 2×2 (4×4) tiles, a filter-gradient transform summing the chunks in order; for first
+                   layers (C·R·S <= 32) FewChannelsBackwardFilter(blocks_per_sm): kernels/conv2d_direct.cu's
                    conv2d_bwd_filter_few_channels, compiled per layer shape, streaming dy once
 A Winograd variant is offered only where its buffers fit 32-bit indexing and _WINOGRAD_MAX_BYTES.
+A test or tool runs one variant with cnn_gpu.cuda.autotune.forced({"conv2d_fwd": "Winograd F(2x2, 3x3)"}).
 
 Reading order: this module (the contract, validation, the NumPy path, the one dispatch on the array type);
-cuda_path.py (the candidates of each kernel and the launch of the autotuner's choice); problem.py (what every
-algorithm shares); then one module per algorithm family: implicit_gemm.py (kernels/conv2d.cu), winograd.py
+cuda_path.py (each op's variants, registered in autotuner order, and the launch of the autotuner's choice);
+problem.py (what every algorithm shares); then one module per algorithm family: implicit_gemm.py (kernels/conv2d.cu), winograd.py
 (kernels/winograd.cu + kernels/gemm.cu), direct.py (kernels/conv2d_direct.cu).
 """
 from __future__ import annotations
@@ -50,15 +54,19 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import float_operands
-from cnn_gpu.ops.conv.cuda_path import AS_FORWARD, _cuda_conv2d, _cuda_conv2d_backward
-from cnn_gpu.ops.conv.direct import FEW_CHANNELS, FEW_FILTERS
-from cnn_gpu.ops.conv.implicit_gemm import CONV_TILES, DEFAULT_TILE, ConvTile
-from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, SplitPlan, _output_shape
-from cnn_gpu.ops.conv.winograd import WINOGRAD, WINOGRAD_4X4
+from cnn_gpu.ops.conv.cuda_path import (BackwardDataAsForward, _cuda_conv2d, _cuda_conv2d_backward, as_forward_geometry,
+                                        flipped_filters)
+from cnn_gpu.ops.conv.direct import FewChannelsBackwardFilter, FewFiltersForward
+from cnn_gpu.ops.conv.implicit_gemm import (CONV_TILES, DEFAULT_TILE, ConvTile, ImplicitGemmBackwardData,
+                                            ImplicitGemmBackwardFilter, ImplicitGemmForward)
+from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, ConvProblem, _output_shape, conv_problem
+from cnn_gpu.ops.conv.winograd import WinogradBackwardFilter, WinogradForward
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
-__all__ = ["conv2d", "conv2d_backward", "AS_FORWARD", "CONV_TILES", "DEFAULT_TILE", "FEW_CHANNELS", "FEW_FILTERS",
-           "SPLIT_BLOCKS_PER_SM", "ConvTile", "SplitPlan", "WINOGRAD", "WINOGRAD_4X4"]
+__all__ = ["conv2d", "conv2d_backward", "CONV_TILES", "DEFAULT_TILE", "SPLIT_BLOCKS_PER_SM", "BackwardDataAsForward",
+           "ConvProblem", "ConvTile", "FewChannelsBackwardFilter", "FewFiltersForward", "ImplicitGemmBackwardData",
+           "ImplicitGemmBackwardFilter", "ImplicitGemmForward", "WinogradBackwardFilter", "WinogradForward",
+           "as_forward_geometry", "conv_problem", "flipped_filters"]
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.01):
