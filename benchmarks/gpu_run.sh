@@ -77,7 +77,7 @@ PY
     echo "# stages"
 } > "$summary" 2>&1
 
-# The default launcher (cnn_gpu/cuda/launcher.py, cuLaunchKernel) must survive a few launches against NumPy;
+# The default launcher (cnn_gpu/cuda/driver_launch.py, cuLaunchKernel) must survive a few launches against NumPy;
 # if it does not (a crash would take every later stage with it), the run goes on with CuPy's.
 if timeout 60 python3 -c 'import cupy, numpy; from cnn_gpu import functional as F
 x = numpy.random.default_rng(0).standard_normal((3, 5, 7, 9)).astype(numpy.float32)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy
 
 from cnn_gpu.cuda import autotune
-from cnn_gpu.cuda.launch import INT32_MAX, cdiv, grid_stride_blocks, sm_count
+from cnn_gpu.cuda.grid import INT32_MAX, cdiv, grid_stride_blocks, sm_count
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled

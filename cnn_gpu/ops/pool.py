@@ -37,7 +37,7 @@ import numba
 import numpy
 
 from cnn_gpu.cuda import autotune
-from cnn_gpu.cuda.launch import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
+from cnn_gpu.cuda.grid import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
 from cnn_gpu.ops.geometry import WindowGeometry, as_pair, plain_arguments, window_geometry
