@@ -101,16 +101,19 @@ constexpr int DP_XH_PASS = (DP_TH - 1) * DP_SH + (DP_RC - 1) * DP_DH + 1;  // ..
 constexpr int DP_YH = (DP_TH - 1 + (DP_R - 1) * DP_DH) / DP_SH + 2;
 constexpr int DP_YW = (DP_TW - 1 + (DP_S - 1) * DP_DW) / DP_SW + 2;
 constexpr int DP_YSEG = DP_V + (DP_S - 1) * DP_DW;                       // dy columns under a thread's V dx columns (sw 1)
+constexpr int DP_MAX_YSEG = 24;  // wider rows are read tap by tap
 constexpr int DP_MAX_LOADS = 32;          // staged elements a thread: as many registers in flight
 constexpr int DP_MAX_SMEM = 48 * 1024;    // static shared memory
-// Window rows unrolled: all of them up to 7 (every weight offset a constant); one at a time beyond.
-constexpr int DP_R_UNROLL = DP_R <= 7 ? DP_R : 1;
+// Window rows unrolled: all of them up to 3 (every weight offset a constant); one at a time beyond, which keeps a
+// row's values, not the whole window's, in registers.
+constexpr int DP_R_UNROLL = DP_R <= 3 ? DP_R : 1;
 
 static_assert(DP_THREADS % 32 == 0 && DP_THREADS >= DP_BX * DP_BY * DP_BP && DP_THREADS <= 1024,
               "depthwise: whole warps, at least one thread an output strip, at most 1024");
 static_assert(DP_RC >= 1 && DP_RC <= DP_R, "depthwise: 1 to R window rows a backward-filter pass");
-static_assert(4 * DP_BP * DP_XH * DP_XW <= DP_MAX_SMEM && 4 * DP_BP * DP_YH * DP_YW <= DP_MAX_SMEM,
-              "depthwise: the staged tile must fit 48 KB of static shared memory");
+static_assert(4 * DP_BP * DP_XH * DP_XW <= DP_MAX_SMEM && 4 * DP_BP * DP_YH * DP_YW <= DP_MAX_SMEM &&
+              4 * (DP_BP * DP_XH_PASS * DP_XW + DP_WARPS * DP_RC * DP_S) <= DP_MAX_SMEM,
+              "depthwise: the staged tile (and backward-filter's warp totals) must fit 48 KB of static shared memory");
 static_assert((DP_BP * DP_XH * DP_XW + DP_THREADS - 1) / DP_THREADS <= DP_MAX_LOADS &&
               (DP_BP * DP_YH * DP_YW + DP_THREADS - 1) / DP_THREADS <= DP_MAX_LOADS,
               "depthwise: too many staged elements a thread");
@@ -137,27 +140,29 @@ struct DepthwiseTile {
 
 // tile[p][i][j] = src[p·plane_stride + (row0 + i)·width + col0 + j] for the BP planes' TILE_H × TILE_W windows,
 // zero where the element is outside the source (rows [0, height), columns [0, width)), past the planes that exist,
-// or at i >= row_reach or j >= col_reach (backward-filter: x that no valid output's window meets). All the loads
-// are issued before the first store.
+// or at i >= row_reach or j >= col_reach (backward-filter: x that no valid output's window meets). The loads go out
+// DP_STAGE_BATCH at a time before their stores; the batches are a rolled loop, so that the elements' positions are
+// worked out as they are needed, not held in registers across a kernel's loop (its accumulators need them).
+constexpr int DP_STAGE_BATCH = 4;
 template <int TILE_H, int TILE_W>
 __device__ __forceinline__ void stage_planes(float* tile, const float* __restrict__ src, int64 plane_stride,
                                              int planes, int height, int width, int row0, int col0,
                                              int row_reach = TILE_H, int col_reach = TILE_W) {
     constexpr int PLANE = TILE_H * TILE_W, ELEMENTS = DP_BP * PLANE;
-    constexpr int LOADS = (ELEMENTS + DP_THREADS - 1) / DP_THREADS;
-    float v[LOADS];
+#pragma unroll 1
+    for (int e0 = threadIdx.x; e0 < ELEMENTS; e0 += DP_STAGE_BATCH * DP_THREADS) {
+        float v[DP_STAGE_BATCH];
 #pragma unroll
-    for (int j = 0; j < LOADS; ++j) {
-        const int e = threadIdx.x + j * DP_THREADS, p = e / PLANE, i = e % PLANE / TILE_W, col = e % TILE_W;
-        const int row = row0 + i, column = col0 + col;
-        const bool ok = e < ELEMENTS && p < planes && inside(row, height) && inside(column, width) && i < row_reach &&
-                        col < col_reach;
-        v[j] = ok ? __ldg(src + p * plane_stride + row * width + column) : 0.f;
-    }
+        for (int j = 0; j < DP_STAGE_BATCH; ++j) {
+            const int e = e0 + j * DP_THREADS, p = e / PLANE, i = e % PLANE / TILE_W, col = e % TILE_W;
+            const int row = row0 + i, column = col0 + col;
+            const bool ok = e < ELEMENTS && p < planes && inside(row, height) && inside(column, width) &&
+                            i < row_reach && col < col_reach;
+            v[j] = ok ? __ldg(src + p * plane_stride + row * width + column) : 0.f;
+        }
 #pragma unroll
-    for (int j = 0; j < LOADS; ++j) {
-        const int e = threadIdx.x + j * DP_THREADS;
-        if (j < LOADS - 1 || e < ELEMENTS) tile[e] = v[j];
+        for (int j = 0; j < DP_STAGE_BATCH; ++j)
+            if (e0 + j * DP_THREADS < ELEMENTS) tile[e0 + j * DP_THREADS] = v[j];
     }
 }
 
@@ -252,7 +257,7 @@ __device__ __forceinline__ void depthwise_transposed_sums(float (&acc)[DP_U][DP_
             const int lh = bh + u - r * DP_DH;
             if (DP_SH > 1 && lh % DP_SH != 0) continue;
             const float* row = plane + lh / DP_SH * DP_YW;
-            if (DP_SW == 1) {
+            if (DP_SW == 1 && DP_YSEG <= DP_MAX_YSEG) {
                 // dy columns bw − (S − 1)·dw .. bw + V − 1: tap s of column v is seg[v + (S − 1 − s)·dw]
                 float seg[DP_YSEG];
 #pragma unroll

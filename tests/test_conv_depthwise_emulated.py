@@ -1,5 +1,5 @@
 """kernels/conv2d_depthwise.cu run on the CPU (tests/emulation: g++, one std::thread per CUDA thread, AddressSanitizer
-and UBSan) with the launches cnn_gpu.ops.conv_depthwise plans, against float64 loops. NaN-filled outputs, odd shapes,
+and UBSan) with the launches cnn_gpu.ops.conv.depthwise plans, against float64 loops. NaN-filled outputs, odd shapes,
 channel multipliers, strides 1 and 2, dilations, windows from 1×1 to 31×31, float4 and scalar stores. Skipped
 where g++ is missing. No GPU involved: this is how the kernels are checked until a GPU runs their CUDA tests."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy
 import pytest
 
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.ops import conv_depthwise as dp
+from cnn_gpu.ops.conv import depthwise as dp
 from emulation import emulate
 
 pytestmark = pytest.mark.skipif(emulate.available() is not None, reason=f"CPU emulation: {emulate.available()}")
@@ -31,6 +31,8 @@ CASES = [
     problem(3, 2, 13, 8, 2, 3, 3, stride=(2, 2), pad=(1, 1)),            # stride 2, multiplier 2, OW % 4 == 0
     problem(1, 2, 17, 19, 3, 7, 7, pad=(3, 3)),                          # ConvNeXt-like 7×7, multiplier 3
     problem(2, 1, 12, 16, 1, 3, 3, dilation=(2, 2), pad=(2, 2)),         # dilated, float4 stores
+    problem(2, 2, 15, 14, 1, 5, 5, stride=(2, 2), pad=(1, 1)),           # stride 2, dy rows before the first
+    problem(1, 2, 9, 30, 1, 3, 3, stride=(2, 2), pad=(1, 1)),            # stride 2 over several tiles a row
     problem(2, 2, 10, 9, 1, 4, 2, stride=(1, 2), dilation=(3, 1), pad=(2, 0)),  # even window, mixed strides/dilations
     problem(5, 2, 3, 5, 1, 1, 1),                                        # 1×1, several images a block
     problem(1, 1, 33, 34, 1, 31, 31, pad=(15, 15)),                      # 31×31: backward-filter in passes

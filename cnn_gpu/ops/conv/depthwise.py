@@ -2,50 +2,27 @@
 launch plans and launches.
 
 The kernels are compiled per layer shape (window, strides, dilations, tile: DEPTHWISE_* defines). They have not
-yet run on a GPU: the CUDA path uses them only when asked for, by CNN_GPU_UNVERIFIED_DEPTHWISE=1 (read at each
-call) or the ``unverified_depthwise()`` context manager; otherwise depthwise layers take the grouped path that
-serves every grouped convolution. The plans are pure functions of the problem (and the SM count), so that a CPU
+yet run on a GPU, so their variants are unverified (cnn_gpu.cuda.variants): offered only with CNN_GPU_UNVERIFIED=1
+or when forced. The plans are pure functions of the problem (and the SM count), so that a CPU
 emulation of the kernels (tests/test_conv_depthwise_emulated.py) runs exactly the launches the CUDA path makes.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 from typing import NamedTuple
 
 import numpy
 
-from cnn_gpu.cuda.launch import cdiv, require_int32_indexable
-
-SWITCH_VARIABLE = "CNN_GPU_UNVERIFIED_DEPTHWISE"
-_forced = []  # unverified_depthwise() nesting: the innermost setting wins
-
-
-def depthwise_kernels_enabled() -> bool:
-    """Whether the CUDA path may use the (not yet GPU-verified) depthwise kernels."""
-    if _forced:
-        return _forced[-1]
-    return os.environ.get(SWITCH_VARIABLE, "0").strip().lower() in ("1", "on", "true", "yes")
-
-
-@contextlib.contextmanager
-def unverified_depthwise(enabled: bool = True):
-    """Within the block, the CUDA path uses (enabled=True) or avoids the direct depthwise kernels."""
-    _forced.append(bool(enabled))
-    try:
-        yield
-    finally:
-        _forced.pop()
-
+from cnn_gpu.cuda.grid import cdiv, require_int32_indexable
 
 # kernels/conv2d_depthwise.cu's limits (a test compares them)
 MAX_LOADS = 32            # staged elements a thread
 MAX_SMEM = 48 * 1024      # static shared memory a block
+_MAX_STAGED_BYTES = 40 * 1024  # the staged tile's share: backward-filter's warp totals take up to 8 KB more
 MAX_THREADS = 1024
 MAX_GRID_Y = 65535
 _COMPUTE_THREADS = 128    # threads a block aims at for its outputs
-_MAX_ACCUMULATORS = 64    # backward-filter: a thread's RC·S window sums
+_MAX_ACCUMULATORS = 49    # backward-filter: a thread's RC·S window sums (a 7×7 window in one pass)
 
 
 class DepthwiseProblem(NamedTuple):
@@ -101,16 +78,16 @@ def _staged(p: DepthwiseProblem, bx: int, by: int, bp: int, u: int, v: int) -> i
 @functools.lru_cache(maxsize=1024)
 def depthwise_tile(p: DepthwiseProblem, out_h: int, out_w: int) -> DepthwiseTile | None:
     """The tile over an out_h × out_w plane of outputs (forward and backward-filter: y's; backward-data: dx's):
-    4 columns a thread (8 for windows 7 wide and more on planes 32 wide and more), 2 rows (4 for windows 5 tall and
-    more on planes 16 tall and more); a plane's row of threads up to 16 wide, ~128 computing threads, several images
+    4 columns a thread (8 for windows 7 wide and more on planes 32 wide and more), 2 rows (more would hold
+    too many registers in backward-filter, whose RC·S accumulators are held too); a plane's row of threads up to 16 wide, ~128 computing threads, several images
     a block when a plane has fewer outputs; planes, then rows, then columns of threads halved until the staged tile
-    fits 48 KB, then enough threads that each stages at most MAX_LOADS elements. None when nothing fits."""
+    fits 40 KB, then enough threads that each stages at most MAX_LOADS elements. None when nothing fits."""
     v = 8 if p.S >= 7 and out_w >= 32 else 4
-    u = 4 if p.R >= 5 and out_h >= 16 else 2
+    u = 2
     bx = min(cdiv(out_w, v), 16)
     by = min(cdiv(out_h, u), max(1, _COMPUTE_THREADS // bx))
     bp = max(1, min(p.N, _COMPUTE_THREADS // (bx * by)))
-    while 4 * _staged(p, bx, by, bp, u, v) > MAX_SMEM:
+    while 4 * _staged(p, bx, by, bp, u, v) > _MAX_STAGED_BYTES:
         if bp > 1:
             bp = cdiv(bp, 2)
         elif by > 1:
@@ -141,11 +118,12 @@ class DepthwiseLaunch(NamedTuple):
     splits: int
 
 
-def _defines(p: DepthwiseProblem, tile: DepthwiseTile, rows_a_pass: int | None = None) -> tuple:
+def _defines(p: DepthwiseProblem, tile: DepthwiseTile) -> tuple:
+    """The compile-time constants; one set compiles all three kernels, so each takes backward-filter's RC."""
     return (("DEPTHWISE_R", p.R), ("DEPTHWISE_S", p.S), ("DEPTHWISE_SH", p.sh), ("DEPTHWISE_SW", p.sw),
             ("DEPTHWISE_DH", p.dh), ("DEPTHWISE_DW", p.dw), ("DEPTHWISE_U", tile.u), ("DEPTHWISE_V", tile.v),
             ("DEPTHWISE_BX", tile.bx), ("DEPTHWISE_BY", tile.by), ("DEPTHWISE_BP", tile.bp),
-            ("DEPTHWISE_RC", rows_a_pass or p.R), ("DEPTHWISE_THREADS", tile.threads))
+            ("DEPTHWISE_RC", filter_rows_a_pass(p)), ("DEPTHWISE_THREADS", tile.threads))
 
 
 def _int32s(*values) -> tuple:
@@ -212,7 +190,7 @@ def filter_launch(p: DepthwiseProblem, sms: int, tile: DepthwiseTile | None = No
     wanted = max(1, min(cdiv(_FILTER_BLOCKS_PER_SM * sms, p.K * passes), units // _FILTER_MIN_CHUNK, MAX_GRID_Y))
     chunk = cdiv(units, wanted)
     splits = cdiv(units, chunk)
-    return DepthwiseLaunch("conv2d_depthwise_bwd_filter", _defines(p, tile, rows), (p.K, splits, passes),
+    return DepthwiseLaunch("conv2d_depthwise_bwd_filter", _defines(p, tile), (p.K, splits, passes),
                            (tile.threads,), _int32s(p.N, p.C, p.H, p.W, p.M, p.OH, p.OW, p.pt, p.pl, tiles_h, tiles_w,
                                                     chunk), splits)
 
@@ -252,7 +230,7 @@ def cuda_depthwise_backward_filter(dy, x, p: DepthwiseProblem, sum_partials):
     directly when one split does)."""
     import cupy
 
-    from cnn_gpu.cuda.launch import sm_count
+    from cnn_gpu.cuda.device import sm_count
     from cnn_gpu.ops.arrays import nan_filled
 
     launch = filter_launch(p, sm_count())
