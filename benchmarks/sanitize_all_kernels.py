@@ -9,7 +9,7 @@ max / average / sum pooling with padding, dropout, batch-norm training / inferen
 losses, SGD (plain, momentum, Nesterov) and Adam; forced, the variants only timing picks: the Winograd convolution
 forward and backward-filter (F(2×2) and F(4×4)), the split forward, backward-data as a forward convolution,
 backward-filter for few input channels, the forward for few filters (split too) and backward-data
-through it, each max-pool forward and backward way. Shapes
+through it, each max-pool forward and backward way; grouped, dilated and depthwise conv2d (the depthwise kernels forced). Shapes
 divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
 its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
 call and OK at the end; exits 1 if any call raised.
@@ -288,9 +288,33 @@ def optimizers():
         call(f"adam step 2, transposed grad {shape}", F.adam_update, param, arr(*shape[::-1]).T, m, v, 2)
 
 
+def grouped_conv2d():
+    """Grouped and dilated conv2d through the default (CuPy) path, and depthwise through the direct depthwise kernels,
+    forced: strides 1 and 2, dilation, channel multipliers 1 and 3, windows 3×3, 5×4, 7×7 and 31×31, several tiles and
+    images a block, float4 (OW 16) and scalar stores, a split backward-filter."""
+    from cnn_gpu.cuda import autotune
+
+    depthwise = {op: "direct depthwise" for op in ("conv2d_grouped_fwd", "conv2d_grouped_bwd_data", "conv2d_grouped_bwd_filter")}
+    shapes = ((3, 6, 17, 16, 6, 3, 3, 1, 1, 1), (2, 4, 31, 33, 12, 5, 4, 2, 2, 1), (2, 5, 29, 27, 5, 7, 7, 1, 6, 2),
+              (1, 2, 40, 37, 2, 31, 31, 1, 15, 1), (9, 8, 12, 16, 8, 3, 3, 1, "same", 4))
+    for (N, C, H, W, K, R, S, stride, padding, dilation) in shapes:
+        x, w, b = arr(N, C, H, W), arr(K, 1, R, S), arr(K)
+        for label, choices in (("default", {}), ("depthwise", depthwise)):
+            with autotune.forced(choices):
+                y = call(f"conv2d {label} fwd {x.shape} {w.shape} s{stride} p{padding} d{dilation}", F.conv2d, x, w, b,
+                         stride, padding, "relu", dilation=dilation, groups=C)
+                if y is not None:
+                    call(f"conv2d {label} bwd {x.shape} {w.shape} s{stride} p{padding} d{dilation}", F.conv2d_backward,
+                         arr(*y.shape), x, w, stride, padding, dilation=dilation, groups=C)
+    x, w = arr(2, 8, 11, 9), arr(8, 2, 3, 3)  # grouped and dilated, not depthwise: the default path only
+    y = call("conv2d grouped fwd g4 d2", F.conv2d, x, w, None, 1, 2, dilation=2, groups=4)
+    if y is not None:
+        call("conv2d grouped bwd g4 d2", F.conv2d_backward, arr(*y.shape), x, w, 1, 2, dilation=2, groups=4)
+
+
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, few_filters_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, few_filters_conv2d, grouped_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

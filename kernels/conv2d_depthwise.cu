@@ -351,7 +351,7 @@ conv2d_depthwise_bwd_filter(const float* __restrict__ dy, const float* __restric
         const float* plane = tile + (t.tz * DP_XH_PASS + t.ty * DP_U * DP_SH) * DP_XW + t.tx * DP_V * DP_SW;
 #pragma unroll
         for (int i = 0; i < DP_RC; ++i) {
-            if (r0 + i >= DP_R) break;  // the last pass of a window whose rows RC does not divide
+            if (DP_RC < DP_R && r0 + i >= DP_R) break;  // the last pass of a window whose rows RC does not divide
 #pragma unroll
             for (int u = 0; u < DP_U; ++u) {
                 const float* row = plane + (u * DP_SH + i * DP_DH) * DP_XW;

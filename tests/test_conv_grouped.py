@@ -128,6 +128,7 @@ def test_numpy_matches_torch_float64(rng, case):
     assert rel_error(db, bt.grad.numpy()) < 1e-12
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 def test_same_padding_with_dilation_matches_torch_same(rng):
     """padding='same' at stride 1 counts the dilated span, as torch's padding='same' does (an odd total pad: the
     extra row and column at the bottom and right in both)."""

@@ -172,8 +172,9 @@ def data_launch(p: DepthwiseProblem, tile: DepthwiseTile | None = None) -> Depth
                            _int32s(p.N, p.C, p.H, p.W, p.M, p.OH, p.OW, p.pt, p.pl, tiles_h, tiles_w), 1)
 
 
-# Blocks an SM the backward-filter split aims for, and the fewest units (bp images × one tile) a split takes.
-_FILTER_BLOCKS_PER_SM = 2
+# Blocks an SM the backward-filter split aims for (blocks of ~128 threads: 8 give an SM 32 warps), and the fewest
+# units (bp images × one tile) a split takes.
+_FILTER_BLOCKS_PER_SM = 8
 _FILTER_MIN_CHUNK = 2
 
 

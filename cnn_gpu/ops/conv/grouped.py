@@ -8,7 +8,8 @@ first):
 
 GroupedIm2col*: the NumPy path's functions run on CuPy arrays (CuPy's pad, a strided window view, one matmul batched
 over images and groups, i.e. one cuBLAS batched GEMM over all groups; col2im's strided adds), over chunks of images
-whose im2col matrix stays under _IM2COL_MAX_BYTES (summed in chunk order: deterministic). Correct for every input and
+(and, where one image is too large, of groups) whose im2col matrix stays under _IM2COL_MAX_BYTES (summed in chunk
+order: deterministic). Correct for every input and
 made only of CuPy's own operations, so it is the default; it moves the im2col matrix (R·S times x) through memory.
 Depthwise*: kernels/conv2d_depthwise.cu (depthwise.py), which read x and write y once; not yet run on a GPU, so
 unverified: offered with CNN_GPU_UNVERIFIED=1 or forced (cnn_gpu.cuda.autotune.forced).
@@ -18,6 +19,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple
+
+import numpy
 
 from cnn_gpu.cuda import autotune, device
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register
@@ -55,11 +58,43 @@ def _is_depthwise(problem: GroupedProblem) -> bool:
 
 
 # ---- the fallback: the NumPy path on CuPy arrays ------------------------------------------------------
-def _image_chunks(g: WindowGeometry) -> list:
-    """[(n0, n1)]: images in chunks whose im2col matrix (C·R·S × chunk·OH·OW floats) fits _IM2COL_MAX_BYTES."""
-    per_image = 4 * g.C * g.R * g.S * g.OH * g.OW
-    chunk = max(1, min(g.N, _IM2COL_MAX_BYTES // per_image))
-    return [(n0, min(n0 + chunk, g.N)) for n0 in range(0, g.N, chunk)]
+class _Chunk(NamedTuple):
+    """Images n0 .. n1 − 1 and groups g0 .. g1 − 1 of a problem: a convolution of its own (groups are independent)."""
+    n0: int
+    n1: int
+    g0: int
+    g1: int
+
+
+def _chunks(problem: GroupedProblem) -> list:
+    """The problem as chunks whose im2col matrix (Cg·R·S × OH·OW floats a group and image) fits _IM2COL_MAX_BYTES:
+    whole images while one image fits, else one image at a time in runs of groups (a large window on many
+    channels: RepLKNet's 31×31 on 128 channels of 56² takes 1.5 GB an image)."""
+    g, G = problem.g, problem.groups
+    per_group = 4 * (g.C // G) * g.R * g.S * g.OH * g.OW
+    images = _IM2COL_MAX_BYTES // (per_group * G)
+    if images >= 1:
+        step = min(g.N, images)
+        return [_Chunk(n0, min(n0 + step, g.N), 0, G) for n0 in range(0, g.N, step)]
+    step = max(1, _IM2COL_MAX_BYTES // per_group)
+    return [_Chunk(n, n + 1, g0, min(g0 + step, G)) for n in range(g.N) for g0 in range(0, G, step)]
+
+
+def _chunk_views(problem: GroupedProblem, chunk: _Chunk):
+    """(geometry, channel slice, filter slice, groups) of one chunk."""
+    g, G = problem.g, problem.groups
+    Cg, Kg = g.C // G, problem.K // G
+    return (g._replace(N=chunk.n1 - chunk.n0, C=(chunk.g1 - chunk.g0) * Cg), slice(chunk.g0 * Cg, chunk.g1 * Cg),
+            slice(chunk.g0 * Kg, chunk.g1 * Kg), chunk.g1 - chunk.g0)
+
+
+def _module(array):
+    """CuPy for the CUDA path; NumPy where a test runs the chunking on the host."""
+    if isinstance(array, numpy.ndarray):
+        return numpy
+    import cupy
+
+    return cupy
 
 
 class _Im2colVariant(Variant):
@@ -76,7 +111,7 @@ class _Im2colVariant(Variant):
         return True
 
     def plan(self, problem: GroupedProblem):
-        return _image_chunks(problem.g)
+        return _chunks(problem)
 
 
 @dataclass(frozen=True)
@@ -84,16 +119,17 @@ class GroupedIm2colForward(_Im2colVariant):
     op = "conv2d_grouped_fwd"
 
     def launch(self, problem: GroupedProblem, x, w, b, activation, slope):
-        import cupy
-
         from cnn_gpu.ops.conv import _numpy_conv2d
 
-        g = problem.g
         chunks = planned(self, problem)
         if len(chunks) == 1:
-            return _numpy_conv2d(x, w, b, g, activation, slope, problem.groups)
-        return cupy.concatenate([_numpy_conv2d(x[n0:n1], w, b, g._replace(N=n1 - n0), activation, slope, problem.groups)
-                                 for n0, n1 in chunks])
+            return _numpy_conv2d(x, w, b, problem.g, activation, slope, problem.groups)
+        y = _module(x).empty((problem.g.N, problem.K, problem.g.OH, problem.g.OW), dtype=x.dtype)
+        for chunk in chunks:
+            g, cs, ks, groups = _chunk_views(problem, chunk)
+            y[chunk.n0:chunk.n1, ks] = _numpy_conv2d(x[chunk.n0:chunk.n1, cs], w[ks], None if b is None else b[ks], g,
+                                                     activation, slope, groups)
+        return y
 
 
 @dataclass(frozen=True)
@@ -101,14 +137,14 @@ class GroupedIm2colBackwardData(_Im2colVariant):
     op = "conv2d_grouped_bwd_data"
 
     def launch(self, problem: GroupedProblem, dy, x, w):
-        import cupy
-
         from cnn_gpu.ops.conv import _numpy_conv2d_backward
 
-        g = problem.g
-        return cupy.concatenate([
-            _numpy_conv2d_backward(dy[n0:n1], x[n0:n1], w, g._replace(N=n1 - n0), True, False, problem.groups)[0]
-            for n0, n1 in planned(self, problem)])
+        dx = _module(x).empty(x.shape, dtype=x.dtype)
+        for chunk in planned(self, problem):
+            g, cs, ks, groups = _chunk_views(problem, chunk)
+            dx[chunk.n0:chunk.n1, cs] = _numpy_conv2d_backward(dy[chunk.n0:chunk.n1, ks], x[chunk.n0:chunk.n1, cs],
+                                                               w[ks], g, True, False, groups)[0]
+        return dx
 
 
 @dataclass(frozen=True)
@@ -118,10 +154,11 @@ class GroupedIm2colBackwardFilter(_Im2colVariant):
     def launch(self, problem: GroupedProblem, dy, x, w):
         from cnn_gpu.ops.conv import _numpy_conv2d_backward
 
-        g, dw = problem.g, None
-        for n0, n1 in planned(self, problem):  # chunk sums added in chunk order
-            part = _numpy_conv2d_backward(dy[n0:n1], x[n0:n1], w, g._replace(N=n1 - n0), False, True, problem.groups)[1]
-            dw = part if dw is None else dw + part
+        dw = _module(w).zeros(w.shape, dtype=w.dtype)
+        for chunk in planned(self, problem):  # each filter's image chunks added in image order: deterministic
+            g, cs, ks, groups = _chunk_views(problem, chunk)
+            dw[ks] += _numpy_conv2d_backward(dy[chunk.n0:chunk.n1, ks], x[chunk.n0:chunk.n1, cs], w[ks], g, False,
+                                             True, groups)[1]
         return dw
 
 
