@@ -286,13 +286,14 @@ _forcing: dict | None = None  # op -> variant name, while a forced() block runs
 def forced(choices: dict | None = None):
     """Inside the block, each op named in choices ({op: variant name}) runs that variant and every other tuned op
     its default, nothing timed or remembered: how a test runs one variant on purpose. The named variant must
-    apply to each problem the op meets there (a ValueError otherwise); it need not be verified."""
+    apply to each problem the op meets there (a ValueError otherwise); it need not be verified. A value may also
+    be a function choose(key, variants) -> one of the variants that apply to the problem (verified or not)."""
     global _forcing
     choices = dict(choices or {})
     for op, name in choices.items():
         from cnn_gpu.cuda import variants
 
-        if op in variants._REGISTRY:
+        if op in variants._REGISTRY and not callable(name):
             variants.named(op, name)  # an unknown name fails here, before the block runs
     saved, _forcing = _forcing, choices
     try:
@@ -306,6 +307,8 @@ def _forced_choice(family: str, key: tuple, candidates: Callable[[], Sequence]):
     name = _forcing.get(family)
     if name is None:
         return next(c for c in options if _is_candidate(c, False))
+    if callable(name):
+        return name(key, options)
     for candidate in options:
         if (candidate.name if isinstance(candidate, Variant) else candidate) == name:
             return candidate

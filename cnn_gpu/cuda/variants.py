@@ -41,14 +41,8 @@ class Variant:
     ``op`` and define ``algorithm``, ``name``, ``plan`` and ``launch``; ``applies`` defaults to True."""
 
     op: str = ""
-
-    @property
-    def algorithm(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def name(self) -> str:
-        raise NotImplementedError
+    algorithm: str = ""  # subclasses set it, or make it a property of their fields
+    name: str = ""
 
     @property
     def verified(self) -> bool:
@@ -76,6 +70,15 @@ def register(*variants: Variant) -> None:
         if any(v.name == variant.name for v in _REGISTRY.get(variant.op, ())):
             raise ValueError(f"a {variant.op} variant named {variant.name!r} is registered already")
         _REGISTRY.setdefault(variant.op, []).append(variant)
+
+
+def withdraw(op: str, which) -> None:
+    """Take op's variants for which which(variant) is true out of the autotuner's candidates, for the rest of the
+    process (benchmarks/step_check.py measures a network's step without some); the default cannot be withdrawn."""
+    kept = [v for v in registered(op) if not which(v)]
+    if not kept or kept[0] is not _REGISTRY[op][0]:
+        raise ValueError(f"{op}'s default variant {_REGISTRY[op][0].name!r} cannot be withdrawn")
+    _REGISTRY[op] = kept
 
 
 def registered(op: str) -> tuple:
