@@ -508,7 +508,7 @@ def test_rejects_mixed_backends(backend, xp):
 # conv2d_bwd_filter_few_channels is compiled per layer (C, R, S, column stride) and walks strips of 4 output pixels:
 # images whose OH·OW is a multiple of 4 (float4 dy) and is not (scalar dy), strips crossing output rows (OW % 4 != 0)
 # and spanning several (OW < 4), row and column strides 2-3, asymmetric 'same' pads, a one-column x, K past several
-# filter groups and not a multiple of one, 1-3 channels, seed 001's conv1 (2 splits) and 6400 strips (12 splits).
+# filter groups and not a multiple of one, 1-3 channels, the MNIST network's conv1 (2 splits) and 6400 strips (12 splits).
 FEW_CHANNELS_CASES = [
     ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0),
     ((2, 1, 6, 9), (5, 1, 3, 3), 1, 0),
@@ -533,7 +533,7 @@ def few_channels_plans(problem):
     return [v for v in variants.applicable("conv2d_bwd_filter", problem) if isinstance(v, FewChannelsBackwardFilter)]
 
 
-# (x shape, w shape, stride, offered): seed 002's and seed 001's conv1; RGB 3×3 at strides 1 and 2 (2 and 1 filters
+# (x shape, w shape, stride, offered): the 100×100 and the MNIST networks' conv1; RGB 3×3 at strides 1 and 2 (2 and 1 filters
 # a thread); 2 channels of 4×4 (32 taps, the cap); 36 taps; RGB 7×7; a 1×1 layer of 32 channels (32 taps, but its 32
 # tap rows of x would not fit the registers).
 @pytest.mark.parametrize("x_shape, w_shape, stride, offered", [
@@ -554,16 +554,16 @@ def test_few_channels_is_a_candidate_for_few_taps_only(monkeypatch, x_shape, w_s
         assert len(set(grids)) == len(grids)
 
 
-def test_few_channels_plans_for_the_seed_first_layers():
-    """Seed 002's conv1 (N 128): 6 filters a thread, 86 filter groups; 4 splits (344 blocks of the 396 that 3 an SM
-    on 132 SMs hold at once) or 18 (1548 of 4 rounds' 1584). Seed 001's conv1 (N 1024): 3 filters, 11 groups, 36
+def test_few_channels_plans_for_the_example_first_layers():
+    """The 100×100 network's conv1 (N 128): 6 filters a thread, 86 filter groups; 4 splits (344 blocks of the 396 that 3 an SM
+    on 132 SMs hold at once) or 18 (1548 of 4 rounds' 1584). The MNIST network's conv1 (N 1024): 3 filters, 11 groups, 36
     or 72 splits: 1 or 2 whole rounds."""
-    seed002 = few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0)
-    plans = [FewChannelsBackwardFilter(blocks).kernel_plan(seed002, 132) for blocks in (2, 6)]
+    net100 = few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0)
+    plans = [FewChannelsBackwardFilter(blocks).kernel_plan(net100, 132) for blocks in (2, 6)]
     assert dict(plans[0].defines) == {"FEWC_C": 1, "FEWC_R": 3, "FEWC_S": 3, "FEWC_SW": 1, "FEWC_FILTERS": 6}
     assert [p.grid for p in plans] == [(86, 4), (86, 18)] and [p.splits for p in plans] == [4, 18]
-    seed001 = few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0)
-    plans = [FewChannelsBackwardFilter(blocks).kernel_plan(seed001, 132) for blocks in (2, 6)]
+    mnist = few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0)
+    plans = [FewChannelsBackwardFilter(blocks).kernel_plan(mnist, 132) for blocks in (2, 6)]
     assert dict(plans[0].defines)["FEWC_FILTERS"] == 3 and [p.grid for p in plans] == [(11, 36), (11, 72)]
 
 
@@ -633,7 +633,7 @@ def test_few_channels_is_bitwise_reproducible(backend, xp, rng, force):
     assert first.tobytes() == second.tobytes()
 
 
-# Compiled per layer: the variants of the layers above (both seed first layers, RGB 3×3 at strides 1 and 2, the
+# Compiled per layer: the variants of the layers above (both example networks' first layers, RGB 3×3 at strides 1 and 2, the
 # 32-tap cap, a 1×32 window at column stride 3, 3 channels of 1×1) through NVRTC, no spill.
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("x_shape, w_shape, stride", [

@@ -110,21 +110,21 @@ def test_few_filters_splits_where_its_grid_leaves_sms_idle(monkeypatch, x_shape,
     assert len({p.kernel_plan(problem).splits for p in plans}) == len(plans)  # one per distinct split
 
 
-def test_few_filters_tiles_of_the_seed_first_layers_backward_data():
-    """Backward-data as the forward of dy: seed 002's conv1 (N 128, 512 → 1 filter, 98² → 100², pads 2): 25 × 5
+def test_few_filters_tiles_of_the_example_first_layers_backward_data():
+    """Backward-data as the forward of dy: the 100×100 network's conv1 (N 128, 512 → 1 filter, 98² → 100², pads 2): 25 × 5
     threads of 4 rows × 4 columns, tiles of 20 × 100 (5 an image, no padded output), 18 loads a thread and channel;
-    seed 001's conv1 (N 1024, 32 → 1, 24² → 28², pads 4): 7 × 7 threads, one 28 × 28 tile an image, 2 warps."""
-    seed002 = as_forward_geometry(window_geometry((128, 1, 100, 100), (3, 3), 1, 0), 512)
-    tile = direct._few_filters_tile(seed002, 1)
-    assert tile == direct._FewFiltersTile(25, 5, 4) and tile.threads == 128 and tile.loads(seed002) == 18
-    plan = FewFiltersForward().kernel_plan(conv_problem(seed002, 1))
+    the MNIST network's conv1 (N 1024, 32 → 1, 24² → 28², pads 4): 7 × 7 threads, one 28 × 28 tile an image, 2 warps."""
+    net100 = as_forward_geometry(window_geometry((128, 1, 100, 100), (3, 3), 1, 0), 512)
+    tile = direct._few_filters_tile(net100, 1)
+    assert tile == direct._FewFiltersTile(25, 5, 4) and tile.threads == 128 and tile.loads(net100) == 18
+    plan = FewFiltersForward().kernel_plan(conv_problem(net100, 1))
     assert plan.grid == (128 * 5, 1) and plan.block == (128,)
     assert dict(plan.defines) == {"FEWK_K": 1, "FEWK_R": 3, "FEWK_S": 3, "FEWK_SH": 1, "FEWK_SW": 1, "FEWK_BX": 25,
                                   "FEWK_BY": 5, "FEWK_U": 4}
-    seed001 = as_forward_geometry(window_geometry((1024, 1, 28, 28), (5, 5), 1, 0), 32)
-    tile = direct._few_filters_tile(seed001, 1)
+    mnist = as_forward_geometry(window_geometry((1024, 1, 28, 28), (5, 5), 1, 0), 32)
+    tile = direct._few_filters_tile(mnist, 1)
     assert tile == direct._FewFiltersTile(7, 7, 4) and tile.threads == 64
-    assert FewFiltersForward().kernel_plan(conv_problem(seed001, 1)).grid == (1024, 1)
+    assert FewFiltersForward().kernel_plan(conv_problem(mnist, 1)).grid == (1024, 1)
 
 
 # Odd and extreme layers: one pixel; one-column and one-row outputs; wide and tall images; every K; strides 1-3 (3 on
@@ -180,7 +180,7 @@ def test_few_filters_arguments_are_the_kernels_parameters_in_order():
     assert all(v.dtype == numpy.int32 for v in plan.args)
 
 
-# Compiled per layer: seed 002's and seed 001's backward-data, an RGB layer's (3 filters, U 2), 8 filters (U 1), 4 at
+# Compiled per layer: the 100×100 and the MNIST networks' backward-data, an RGB layer's (3 filters, U 2), 8 filters (U 1), 4 at
 # stride 2, a 1×1 head, a 3×5 window over a wide image, 7×7, a one-column image.
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("x_shape, K, window, stride, padding", [
@@ -276,7 +276,7 @@ def test_few_filters_is_bitwise_reproducible(backend, xp, rng, force):
 
 
 # Backward-data of 1- and 3-channel layers (stride 1, pads narrower than the window): dx is the forward of dy with the
-# filters flipped, 1 or 3 filters over the layer's K channels: seed 001's and seed 002's conv1 (smaller N and image),
+# filters flipped, 1 or 3 filters over the layer's K channels: the MNIST and the 100×100 networks' conv1 (smaller N and image),
 # an RGB 3×3 layer with padding 1, an RGB 3×5 'same' layer.
 BACKWARD_DATA_CASES = [
     ((3, 1, 28, 28), (32, 1, 5, 5), 0),

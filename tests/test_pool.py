@@ -258,7 +258,7 @@ def test_fixed_window_forward_compiles_without_spills(arch, window):
 # dx in shared memory ("staged"), all tested here. Strides equal to and past the window, padding, sizes
 # no stride divides (trailing rows / columns in the last cell), gaps between windows, a single window
 # along an axis; for the staged variant, planes of many pieces, pieces within one row (W > 1024) and pieces
-# across rows of 98 (seed 002's pool1), rows narrower than a float4.
+# across rows of 98 (the 100×100 network's pool1), rows narrower than a float4.
 DISJOINT_CASES = [
     ((2, 3, 17, 19), 2, 2, 0),
     ((2, 3, 17, 20), 3, 3, 0),

@@ -330,9 +330,9 @@ def test_winograd_buffers_past_32_bits_raise_before_allocation(variant):
         WinogradForward(variant).plan(problem)
 
 
-# seed002 conv2 at N 128 (32² → 30²): 15 × 15 tiles of 2×2 an image, 8 × 8 of 4×4 (the header's T and buffers)
+# the 100×100 network's conv2 at N 128 (32² → 30²): 15 × 15 tiles of 2×2 an image, 8 × 8 of 4×4 (the header's T and buffers)
 @pytest.mark.parametrize("variant, points, T", [(2, 16, 128 * 15 * 15), (4, 36, 128 * 8 * 8)])
-def test_winograd_forward_plan_of_seed002_conv2(variant, points, T):
+def test_winograd_forward_plan_of_the_100x100_conv2(variant, points, T):
     plan = WinogradForward(variant).plan(conv_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256))
     assert plan.u_shape == (points, 512, 256) and plan.v_shape == (points, 512, T) and plan.m_shape == (points, 256, T)
 
@@ -365,7 +365,7 @@ def test_winograd_filter_is_a_candidate_for_3x3_stride_1_only(monkeypatch, windo
     assert len({json.dumps(p.name) for p in plans}) == len(plans)  # the tuner's cache tells them apart by their names
 
 
-# (x shape, K, offered, excluded by _WINOGRAD_MAX_BYTES alone): seed002 conv2 at N 128 (DY, V, P 1.4 GB F(2×2),
+# (x shape, K, offered, excluded by _WINOGRAD_MAX_BYTES alone): the 100×100 network's conv2 at N 128 (DY, V, P 1.4 GB F(2×2),
 # 1.1 GB F(4×4)); its conv1 (F(2×2): a 10 GB DY, past 32 bits too; F(4×4): a 6.0 GB DY within 32 bits); its conv2 at
 # N 512 (F(2×2): 5.7 GB, every buffer within 32 bits; F(4×4): 4.2 GB, within _WINOGRAD_MAX_BYTES).
 @pytest.mark.parametrize("x_shape, K, offered, over_budget", [
@@ -381,7 +381,7 @@ def test_winograd_filter_is_no_candidate_past_its_buffer_budget(monkeypatch, x_s
             filter_variant(variant, SPLIT_BLOCKS_PER_SM[0]).plan(problem, 132)
 
 
-# (x shape, K, offered): seed002 conv2 at N 128 (both sizes); its conv1 (F(2×2)'s M is past 32 bits, F(4×4)'s
+# (x shape, K, offered): the 100×100 network's conv2 at N 128 (both sizes); its conv1 (F(2×2)'s M is past 32 bits, F(4×4)'s
 # 5.9 GB M is not: excluded by _WINOGRAD_MAX_BYTES alone).
 @pytest.mark.parametrize("x_shape, K, offered", [((128, 512, 32, 32), 256, (2, 4)),
                                                  ((128, 1, 100, 100), 512, ())])
@@ -397,7 +397,7 @@ def test_winograd_forward_is_no_candidate_past_its_buffer_budget(x_shape, K, off
 # padding. F(4×4): 8192 tiles; the grid asks for one chunk (36 · 8 = 288 GEMM blocks already), the chunk bound for 8
 # of 1024.
 @pytest.mark.parametrize("variant, points, S, T", [(2, 16, 3, 28800), (4, 36, 8, 8192)])
-def test_winograd_filter_split_of_seed002_conv2(variant, points, S, T):
+def test_winograd_filter_split_of_the_100x100_conv2(variant, points, S, T):
     plan = filter_variant(variant, 2).plan(conv_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256), 132)
     assert plan.dy_shape == (256, points, T) and plan.v_shape == (512, points, T) and plan.p_shape == (points * S, 256, 512)
 
