@@ -206,11 +206,12 @@ def test_unverified_variants_are_candidates_only_when_asked(cache_file, monkeypa
     tuner = fake_tuner(cache_file)
     assert tuner.pick("fake_op", KEY, candidates, launch) == UNVERIFIED  # another candidate set: tuned again
     assert variants.offered("fake_op", None) == (VERIFIED_A, UNVERIFIED, VERIFIED_B)
+    assert tuner.pick("fake_op", KEY, candidates, pytest.fail) == UNVERIFIED  # a choice made is kept
     monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "0")
-    assert tuner.pick("fake_op", KEY, candidates, launch) == VERIFIED_B  # read at every call
+    assert fake_tuner(cache_file).pick("fake_op", KEY, candidates, launch) == VERIFIED_B  # the file's entry: another set
     monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "maybe")
     with pytest.raises(ValueError, match="CNN_GPU_UNVERIFIED must be 1"):
-        tuner.pick("fake_op", KEY, candidates, launch)
+        fake_tuner(cache_file).pick("fake_op", ("another key",), candidates, launch)
 
 
 def test_forced_runs_the_named_variant_and_defaults_elsewhere(cache_file, monkeypatch, fake_variants):

@@ -24,7 +24,8 @@ Environment:
       Tuning costs, once per shape unless the cache file knows it already, a compile per variant
       (NVRTC; CuPy keeps the binaries on disk) and ~7 runs per candidate: call an op once before timing
       it or capturing it in a CUDA graph (a call made during stream capture is not tuned; it runs the default).
-  CNN_GPU_UNVERIFIED=0 (default) | 1   1: variants no GPU run has verified yet are candidates too.
+  CNN_GPU_UNVERIFIED=0 (default) | 1   1: variants no GPU run has verified yet are candidates too. Read when
+      a choice is made for a shape (set it before the process's first call): a choice made is kept.
   CNN_GPU_AUTOTUNE_CACHE=path   the JSON file; default cnn_gpu_autotune.json beside CuPy's kernel cache
       directory ($CUPY_CACHE_DIR, else ~/.cupy/kernel_cache). Choices are filed under a context string
       (family, GPU name and compute capability, CUDA runtime and NVRTC versions, a hash of every kernel
@@ -165,17 +166,16 @@ class Autotuner:
         first candidate when tuning is off."""
         if _forcing is not None:
             return _forced_choice(family, key, candidates)
-        unverified = unverified_allowed()
         if not enabled():
             default = self._defaults.get((family, key))
             if default is None:
                 default = self._defaults[(family, key)] = candidates()[0]
             return default
         context = self._context(family)
-        choice = self._chosen.get((context, key, unverified))
+        choice = self._chosen.get((context, key))
         if choice is not None:
             return choice
-        options = [c for c in candidates() if _is_candidate(c, unverified)]
+        options = [c for c in candidates() if _is_candidate(c, unverified_allowed())]
         by_identity = {_as_json(c): c for c in options}
         among = hashlib.sha256("\n".join(by_identity).encode()).hexdigest()[:16]  # a new candidate set retunes
         stored = self._stored_choices().get(context, {}).get(_as_json(key))
@@ -189,14 +189,14 @@ class Autotuner:
             except TimingUnavailable:
                 return options[0]
             self._store(context, _as_json(key), {"choice": json.loads(_as_json(choice)), "among": among})
-        self._chosen[(context, key, unverified)] = choice
+        self._chosen[(context, key)] = choice
         return choice
 
     def choices(self) -> list:
         """What this tuner has chosen or loaded so far in this process, as JSON-ready dicts {context, key, choice}
         (the bench files them beside its rows, so a row's time can be read with the variant that made it)."""
         return [{"context": context, "key": json.loads(_as_json(key)), "choice": json.loads(_as_json(choice))}
-                for (context, key, _), choice in self._chosen.items()]
+                for (context, key), choice in self._chosen.items()]
 
     def _fastest(self, family, key, options, launch):
         best, best_time, error = None, math.inf, None

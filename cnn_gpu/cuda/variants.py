@@ -10,7 +10,8 @@ default first. Variants are frozen dataclasses: equal fields, equal variant; ``n
 autotuner's cache file and ``cnn_gpu.cuda.autotune.forced`` know a variant by.
 
 Verified variants. A variant joins the default candidates only after a GPU run has passed its CUDA tests;
-until then it is offered only when asked for: CNN_GPU_UNVERIFIED=1 (read at every call), or by forcing it
+until then it is offered only when asked for: CNN_GPU_UNVERIFIED=1 (read when the autotuner makes a choice for a
+shape: set it before the process's first call), or by forcing it
 (``cnn_gpu.cuda.autotune.forced``). VERIFIED below is the one record of which algorithms a GPU run has
 passed; the commit that records a passing GPU run (benchmarks/results/gpu-verification.md) updates it.
 """
@@ -97,7 +98,7 @@ def named(op: str, name: str) -> Variant:
 
 
 def unverified_allowed() -> bool:
-    """CNN_GPU_UNVERIFIED, read at every call: 1 offers variants no GPU run has verified yet."""
+    """CNN_GPU_UNVERIFIED: 1 offers variants no GPU run has verified yet."""
     return _unverified_setting(os.environ.get(UNVERIFIED_VARIABLE, "0"))
 
 

@@ -209,15 +209,15 @@ class GemmTiles(Variant):
         _, m, n, k, _, _ = problem
         return self in _distinct_plans(m, n, k, sm_count())
 
-    def plan(self, problem: tuple, sms: int, lda: int, ldb: int, act: int, slope: float) -> tuple:
-        """(kernel, grid, block, scalar arguments, GemmPlan) of the launch on a GPU of sms SMs."""
+    def plan(self, problem: tuple, lda: int, ldb: int, act: int, slope: float) -> tuple:
+        """(kernel, grid, block, scalar arguments, GemmPlan) of the launch on the current device."""
         _, m, n, k, _, _ = problem
-        return _gemm_launch(problem, lda, ldb, act, slope, self.gemm_plan(m, n, k, sms))
+        return _gemm_launch(problem, lda, ldb, act, slope, self.gemm_plan(m, n, k, sm_count()))
 
     def launch(self, a: _Operand, b: _Operand, problem: tuple, bias, act: int, slope: float):
         import cupy
 
-        kernel, grid, block, scalars, plan = planned(self, problem, sm_count(), a.ld, b.ld, act, slope)
+        kernel, grid, block, scalars, plan = planned(self, problem, a.ld, b.ld, act, slope)
         m, n = a.rows, b.cols
         c = nan_filled(cupy, (m, n))
         if plan.splits == 1:
@@ -257,14 +257,14 @@ class GemmSliceTiles(Variant):
                 return False
         return True
 
-    def plan(self, problem: tuple, sms: int, lda: int, ldb: int) -> tuple:
-        """(kernel, grid, block, scalar arguments, GemmPlan) of the launch on a GPU of sms SMs."""
+    def plan(self, problem: tuple, lda: int, ldb: int) -> tuple:
+        """(kernel, grid, block, scalar arguments, GemmPlan) of the launch on the current device."""
         layout, m, n, k, slices, vec_a, vec_b = problem
-        plan = GemmPlan(self.tile_config(m, n, k, sms), slices, k // slices)
+        plan = GemmPlan(self.tile_config(m, n, k, sm_count()), slices, k // slices)
         return _gemm_launch((layout, m, n, k, vec_a, vec_b), lda, ldb, 0, 0.0, plan)
 
     def launch(self, a: _Operand, b: _Operand, problem: tuple, out):
-        kernel, grid, block, scalars, _ = planned(self, problem, sm_count(), a.ld, b.ld)
+        kernel, grid, block, scalars, _ = planned(self, problem, a.ld, b.ld)
         kernel(grid, block, (a.array, b.array, _NULL, out) + scalars)
         return out
 
