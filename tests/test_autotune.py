@@ -326,3 +326,11 @@ def test_tunes_linear_on_the_device_and_files_the_choice(backend, xp, rng, monke
     name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())["name"]
     assert context.startswith("gemm | ") and (name.decode() if isinstance(name, bytes) else name) in context
     assert [json.loads(key)[:4] for key in entries] == [["nt", 65, 33, 515]]  # x·wᵀ: (65, 515) @ (515, 33)
+
+
+def test_the_gpu_run_asks_for_unverified_variants():
+    """benchmarks/gpu_run.sh is how unverified variants get run on a GPU: it offers them for the whole run."""
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_run.sh").read_text()
+    assert f"export {variants.UNVERIFIED_VARIABLE}=1" in script

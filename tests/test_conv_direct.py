@@ -115,15 +115,15 @@ def test_few_filters_tiles_of_the_example_first_layers_backward_data():
     threads of 4 rows × 4 columns, tiles of 20 × 100 (5 an image, no padded output), 18 loads a thread and channel;
     the MNIST network's conv1 (N 1024, 32 → 1, 24² → 28², pads 4): 7 × 7 threads, one 28 × 28 tile an image, 2 warps."""
     net100 = as_forward_geometry(window_geometry((128, 1, 100, 100), (3, 3), 1, 0), 512)
-    tile = direct._few_filters_tile(net100, 1)
-    assert tile == direct._FewFiltersTile(25, 5, 4) and tile.threads == 128 and tile.loads(net100) == 18
+    tile = FewFiltersForward().tile(conv_problem(net100, 1))
+    assert tile == (25, 5, 4) and tile.threads == 128 and tile.loads(net100) == 18
     plan = FewFiltersForward().kernel_plan(conv_problem(net100, 1))
     assert plan.grid == (128 * 5, 1) and plan.block == (128,)
     assert dict(plan.defines) == {"FEWK_K": 1, "FEWK_R": 3, "FEWK_S": 3, "FEWK_SH": 1, "FEWK_SW": 1, "FEWK_BX": 25,
                                   "FEWK_BY": 5, "FEWK_U": 4}
     mnist = as_forward_geometry(window_geometry((1024, 1, 28, 28), (5, 5), 1, 0), 32)
-    tile = direct._few_filters_tile(mnist, 1)
-    assert tile == direct._FewFiltersTile(7, 7, 4) and tile.threads == 64
+    tile = FewFiltersForward().tile(conv_problem(mnist, 1))
+    assert tile == (7, 7, 4) and tile.threads == 64
     assert FewFiltersForward().kernel_plan(conv_problem(mnist, 1)).grid == (1024, 1)
 
 
@@ -136,7 +136,7 @@ def test_few_filters_tiles_of_the_example_first_layers_backward_data():
     ((1, 2, 30, 30), 6, (3, 3), 1, 0), ((1, 2, 100, 100), 7, (1, 1), 2, 0), ((1, 2, 9, 130), 1, (3, 9), 1, 0)])
 def test_few_filters_tiles_cover_the_output_within_the_kernel_budget(x_shape, K, window, stride, padding):
     g = window_geometry(x_shape, window, stride, padding)
-    tile = direct._few_filters_tile(g, K)
+    tile = FewFiltersForward().tile(conv_problem(g, K))
     assert tile is not None
     assert tile.threads <= direct._FEW_FILTERS_MAX_THREADS and tile.loads(g) <= direct._FEW_FILTERS_MAX_LOADS
     assert tile.u * direct._FEW_FILTERS_STRIP * K <= direct._FEW_FILTERS_MAX_ACCUMULATORS
@@ -174,7 +174,7 @@ def test_few_filters_arguments_are_the_kernels_parameters_in_order():
     assert names[4:] == ["N", "C", "H", "W", "OH", "OW", "pt", "pl", "tiles_w", "tiles_h", "chunk", "act", "slope"]
     g = window_geometry((3, 5, 17, 19), (3, 3), 1, (1, 2))
     plan = FewFiltersForward().kernel_plan(conv_problem(g, 2))
-    tile = direct._few_filters_tile(g, 2)
+    tile = FewFiltersForward().tile(conv_problem(g, 2))
     assert [int(v) for v in plan.args] == [3, 5, 17, 19, g.OH, g.OW, 1, 2, math.ceil(g.OW / (4 * tile.bx)),
                                            math.ceil(g.OH / (tile.u * tile.by)), 5]
     assert all(v.dtype == numpy.int32 for v in plan.args)
