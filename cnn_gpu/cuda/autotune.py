@@ -175,7 +175,8 @@ class Autotuner:
         choice = self._chosen.get((context, key))
         if choice is not None:
             return choice
-        options = [c for c in candidates() if _is_candidate(c, unverified_allowed())]
+        unverified = unverified_allowed()
+        options = [c for c in candidates() if _is_candidate(c, unverified)]
         by_identity = {_as_json(c): c for c in options}
         among = hashlib.sha256("\n".join(by_identity).encode()).hexdigest()[:16]  # a new candidate set retunes
         stored = self._stored_choices().get(context, {}).get(_as_json(key))
