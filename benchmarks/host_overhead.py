@@ -180,7 +180,7 @@ def small_op_inputs(new) -> SimpleNamespace:
         x=new((32, 32, 24, 24)), xl=new((128, 1024)), wl=new((128, 1024)), bl=new((128,)), dyl=new((128, 128)),
         x3=new((1024, 64)), w3=new((10, 64)), b3=new((10,)), dy3=new((1024, 10)),
         xc=new((128, 1, 28, 28)), wc=new((32, 1, 5, 5)), bc=new((32,)), dyc=new((128, 32, 24, 24)),
-        x1=new((32, 1, 28, 28)), dy1=new((32, 32, 24, 24)),  # seed 001 N32: conv1 (with wc, bc), conv2
+        x1=new((32, 1, 28, 28)), dy1=new((32, 32, 24, 24)),  # the MNIST network at N32: conv1 (with wc, bc), conv2
         x2=new((32, 32, 12, 12)), w2=new((64, 32, 5, 5)), b2=new((64,)), dy2=new((32, 64, 8, 8)),
         logits=new((128, 10)), labels=new((128,), numpy.int64), xd=new((128, 64)),
         xb=new((32, 128, 8, 8)), gamma=new((128,)), beta=new((128,)), running_mean=new((128,)), running_var=new((128,)),

@@ -24,7 +24,8 @@ Environment:
       Tuning costs, once per shape unless the cache file knows it already, a compile per variant
       (NVRTC; CuPy keeps the binaries on disk) and ~7 runs per candidate: call an op once before timing
       it or capturing it in a CUDA graph (a call made during stream capture is not tuned; it runs the default).
-  CNN_GPU_UNVERIFIED=0 (default) | 1   1: variants no GPU run has verified yet are candidates too.
+  CNN_GPU_UNVERIFIED=0 (default) | 1   1: variants no GPU run has verified yet are candidates too. Read when
+      a choice is made for a shape (set it before the process's first call): a choice made is kept.
   CNN_GPU_AUTOTUNE_CACHE=path   the JSON file; default cnn_gpu_autotune.json beside CuPy's kernel cache
       directory ($CUPY_CACHE_DIR, else ~/.cupy/kernel_cache). Choices are filed under a context string
       (family, GPU name and compute capability, CUDA runtime and NVRTC versions, a hash of every kernel
@@ -165,16 +166,16 @@ class Autotuner:
         first candidate when tuning is off."""
         if _forcing is not None:
             return _forced_choice(family, key, candidates)
-        unverified = unverified_allowed()
         if not enabled():
             default = self._defaults.get((family, key))
             if default is None:
                 default = self._defaults[(family, key)] = candidates()[0]
             return default
         context = self._context(family)
-        choice = self._chosen.get((context, key, unverified))
+        choice = self._chosen.get((context, key))
         if choice is not None:
             return choice
+        unverified = unverified_allowed()
         options = [c for c in candidates() if _is_candidate(c, unverified)]
         by_identity = {_as_json(c): c for c in options}
         among = hashlib.sha256("\n".join(by_identity).encode()).hexdigest()[:16]  # a new candidate set retunes
@@ -189,14 +190,14 @@ class Autotuner:
             except TimingUnavailable:
                 return options[0]
             self._store(context, _as_json(key), {"choice": json.loads(_as_json(choice)), "among": among})
-        self._chosen[(context, key, unverified)] = choice
+        self._chosen[(context, key)] = choice
         return choice
 
     def choices(self) -> list:
         """What this tuner has chosen or loaded so far in this process, as JSON-ready dicts {context, key, choice}
         (the bench files them beside its rows, so a row's time can be read with the variant that made it)."""
         return [{"context": context, "key": json.loads(_as_json(key)), "choice": json.loads(_as_json(choice))}
-                for (context, key, _), choice in self._chosen.items()]
+                for (context, key), choice in self._chosen.items()]
 
     def _fastest(self, family, key, options, launch):
         best, best_time, error = None, math.inf, None
@@ -286,13 +287,14 @@ _forcing: dict | None = None  # op -> variant name, while a forced() block runs
 def forced(choices: dict | None = None):
     """Inside the block, each op named in choices ({op: variant name}) runs that variant and every other tuned op
     its default, nothing timed or remembered: how a test runs one variant on purpose. The named variant must
-    apply to each problem the op meets there (a ValueError otherwise); it need not be verified."""
+    apply to each problem the op meets there (a ValueError otherwise); it need not be verified. A value may also
+    be a function choose(key, variants) -> one of the variants that apply to the problem (verified or not)."""
     global _forcing
     choices = dict(choices or {})
     for op, name in choices.items():
         from cnn_gpu.cuda import variants
 
-        if op in variants._REGISTRY:
+        if op in variants._REGISTRY and not callable(name):
             variants.named(op, name)  # an unknown name fails here, before the block runs
     saved, _forcing = _forcing, choices
     try:
@@ -306,6 +308,8 @@ def _forced_choice(family: str, key: tuple, candidates: Callable[[], Sequence]):
     name = _forcing.get(family)
     if name is None:
         return next(c for c in options if _is_candidate(c, False))
+    if callable(name):
+        return name(key, options)
     for candidate in options:
         if (candidate.name if isinstance(candidate, Variant) else candidate) == name:
             return candidate

@@ -10,7 +10,8 @@ default first. Variants are frozen dataclasses: equal fields, equal variant; ``n
 autotuner's cache file and ``cnn_gpu.cuda.autotune.forced`` know a variant by.
 
 Verified variants. A variant joins the default candidates only after a GPU run has passed its CUDA tests;
-until then it is offered only when asked for: CNN_GPU_UNVERIFIED=1 (read at every call), or by forcing it
+until then it is offered only when asked for: CNN_GPU_UNVERIFIED=1 (read when the autotuner makes a choice for a
+shape: set it before the process's first call), or by forcing it
 (``cnn_gpu.cuda.autotune.forced``). VERIFIED below is the one record of which algorithms a GPU run has
 passed; the commit that records a passing GPU run (benchmarks/results/gpu-verification.md) updates it.
 """
@@ -41,14 +42,8 @@ class Variant:
     ``op`` and define ``algorithm``, ``name``, ``plan`` and ``launch``; ``applies`` defaults to True."""
 
     op: str = ""
-
-    @property
-    def algorithm(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def name(self) -> str:
-        raise NotImplementedError
+    algorithm: str = ""  # subclasses set it, or make it a property of their fields
+    name: str = ""
 
     @property
     def verified(self) -> bool:
@@ -78,6 +73,15 @@ def register(*variants: Variant) -> None:
         _REGISTRY.setdefault(variant.op, []).append(variant)
 
 
+def withdraw(op: str, which) -> None:
+    """Take op's variants for which which(variant) is true out of the autotuner's candidates, for the rest of the
+    process (benchmarks/step_check.py measures a network's step without some); the default cannot be withdrawn."""
+    kept = [v for v in registered(op) if not which(v)]
+    if not kept or kept[0] is not _REGISTRY[op][0]:
+        raise ValueError(f"{op}'s default variant {_REGISTRY[op][0].name!r} cannot be withdrawn")
+    _REGISTRY[op] = kept
+
+
 def registered(op: str) -> tuple:
     """Every variant of op, verified or not, in autotuner order."""
     if op not in _REGISTRY:
@@ -94,7 +98,7 @@ def named(op: str, name: str) -> Variant:
 
 
 def unverified_allowed() -> bool:
-    """CNN_GPU_UNVERIFIED, read at every call: 1 offers variants no GPU run has verified yet."""
+    """CNN_GPU_UNVERIFIED: 1 offers variants no GPU run has verified yet."""
     return _unverified_setting(os.environ.get(UNVERIFIED_VARIABLE, "0"))
 
 

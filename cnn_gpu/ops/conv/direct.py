@@ -126,12 +126,17 @@ class FewFiltersForward(Variant):
         return "few output channels" + _split_name(self.blocks_per_sm)
 
     def applies(self, problem: ConvProblem) -> bool:
-        if _few_filters_tile(problem.g, problem.K) is None:
+        if self.tile(problem) is None:
             return False
         if not self.blocks_per_sm:
             return True
         return (self.kernel_plan(problem).splits > 1
                 and not earlier_split_matches(self, self.blocks_per_sm, lambda b: _few_filters_plan(problem, b).splits))
+
+    def tile(self, problem: ConvProblem) -> _FewFiltersTile | None:
+        """The kernel's block on this problem ((bx, by, u): bx × by threads of u rows × 4 columns of every filter);
+        None where the kernel does not apply."""
+        return _few_filters_tile(problem.g, problem.K)
 
     def kernel_plan(self, problem: ConvProblem) -> _FewFiltersPlan:
         """The kernel's compile-time defines, grid and arguments on this problem (ValueError where it does not apply)."""
