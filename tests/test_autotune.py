@@ -236,8 +236,8 @@ def test_forced_runs_the_named_variant_and_defaults_elsewhere(cache_file, monkey
 def test_every_op_has_a_verified_default_first():
     """The default (first registered) variant of every op is verified, and every variant's name is unique in its op."""
 
-    for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_filter", "gemm", "gemm_k_slices", "maxpool2d_fwd",
-               "maxpool2d_bwd"):
+    for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_filter", "conv2d_grouped_fwd", "conv2d_grouped_bwd_data",
+               "conv2d_grouped_bwd_filter", "gemm", "gemm_k_slices", "maxpool2d_fwd", "maxpool2d_bwd"):
         registered = variants.registered(op)
         assert registered[0].verified, op
         assert len({v.name for v in registered}) == len(registered), op
@@ -245,7 +245,8 @@ def test_every_op_has_a_verified_default_first():
                   if not v.verified}
     assert {name for _, name in unverified} == {
         "few output channels", "few output channels, split to 2 blocks an SM", "few output channels, split to 6 blocks an SM",
-        "Winograd F(4x4, 3x3)", "Winograd F(4x4, 3x3), split to 2 blocks an SM", "Winograd F(4x4, 3x3), split to 6 blocks an SM"}
+        "Winograd F(4x4, 3x3)", "Winograd F(4x4, 3x3), split to 2 blocks an SM", "Winograd F(4x4, 3x3), split to 6 blocks an SM",
+        "direct depthwise"}
 
 
 @pytest.mark.parametrize("value", ["0", "off", "false"])

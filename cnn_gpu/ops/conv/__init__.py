@@ -51,7 +51,10 @@ A test or tool runs one variant with cnn_gpu.cuda.autotune.forced({"conv2d_fwd":
 Reading order: this module (the contract, validation, the NumPy path, the one dispatch on the array type);
 cuda_path.py (each op's variants, registered in autotuner order, and the launch of the autotuner's choice);
 problem.py (what every algorithm shares); then one module per algorithm family: implicit_gemm.py (kernels/conv2d.cu), winograd.py
-(kernels/winograd.cu + kernels/gemm.cu), direct.py (kernels/conv2d_direct.cu).
+(kernels/winograd.cu + kernels/gemm.cu), direct.py (kernels/conv2d_direct.cu). Grouped and dilated problems (groups > 1,
+dilation > 1), which those kernels do not compute, take grouped.py's ops (conv2d_grouped_fwd, _bwd_data, _bwd_filter):
+this module's NumPy path on CuPy arrays by default, and for depthwise layers (groups == C) the unverified direct
+kernels of depthwise.py (kernels/conv2d_depthwise.cu).
 """
 from __future__ import annotations
 
@@ -125,6 +128,10 @@ def _geometry(x, w, stride, padding, dilation=1, groups=1) -> WindowGeometry:
         raise ValueError(f"groups = {groups} must divide the input channels: x has C = {C} (shape {tuple(x.shape)})")
     if K % groups:
         raise ValueError(f"groups = {groups} must divide the filters: w has K = {K} (shape {tuple(w.shape)})")
+    if w.shape[1] != C // groups and groups == 1:
+        raise ValueError(
+            f"w has {w.shape[1]} input channels (shape {tuple(w.shape)}) but x has {C} (shape {tuple(x.shape)})"
+        )
     if w.shape[1] != C // groups:
         raise ValueError(f"w must have C // groups = {C // groups} input channels (x shape {tuple(x.shape)}, groups "
                          f"{groups}), got w of shape {tuple(w.shape)}")
@@ -163,7 +170,9 @@ def _numpy_conv2d(x, w, b, g: WindowGeometry, activation, slope, groups=1):
     if not isinstance(y, numpy.ndarray):  # the CUDA path's fallback: the activation by its own kernel
         from cnn_gpu.ops.activation import _cuda_activation
 
-        return (y if activation is None else _cuda_activation(y, activation, slope)).reshape(_output_shape(g, K))
+        if activation not in (None, "linear"):
+            y = _cuda_activation(y, activation, slope)
+        return y.reshape(_output_shape(g, K))
     return numpy_activation(y, activation, slope).reshape(_output_shape(g, K))
 
 
