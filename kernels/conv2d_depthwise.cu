@@ -2,12 +2,12 @@
 // (DEPTHWISE_* defines) so that its window loops unroll into registers:
 //   conv2d_depthwise_fwd_bias_act   y = act(b + depthwise(x, w))
 //   conv2d_depthwise_bwd_data       dx
-//   conv2d_depthwise_bwd_filter     per-block partials of dw (conv2d.cu's conv2d_sum_partials adds them in order)
+//   conv2d_depthwise_bwd_filter     per-block partials of dw and db (conv2d.cu's conv2d_sum_partials adds them in order)
 // Channel multiplier M = K / C >= 1: output channel k reads input channel c = k / M (PyTorch's groups == C), w is
 // (K, 1, R, S). Window R × S (any, odd or even), strides sh × sw, dilations dh × dw, pads pt (top) and pl (left):
 //   y[n,k,oh,ow] = act(b[k] + Σ_{r,s} w[k,r,s] · x[n, k/M, oh·sh − pt + r·dh, ow·sw − pl + s·dw])   (x zero outside)
 //   dx[n,c,ih,iw] = Σ_{j<M} Σ_{r,s : (ih + pt − r·dh) = oh·sh, (iw + pl − s·dw) = ow·sw} w[c·M+j,r,s] · dy[n,c·M+j,oh,ow]
-//   dw[k,r,s] = Σ_{n,oh,ow} dy[n,k,oh,ow] · x[n, k/M, oh·sh − pt + r·dh, ow·sw − pl + s·dw]
+//   dw[k,r,s] = Σ_{n,oh,ow} dy[n,k,oh,ow] · x[n, k/M, oh·sh − pt + r·dh, ow·sw − pl + s·dw],   db[k] = Σ_{n,oh,ow} dy[n,k,oh,ow]
 //
 // Floor. Depthwise does R·S FMAs an output, against the R·S·C of a dense layer: it is memory-bound up to about 7×7.
 //   forward        4·(N·C·H·W + N·K·OH·OW) bytes (x once, y once; w and b are a few KB); 2·N·K·OH·OW·R·S FLOPs.
@@ -15,7 +15,8 @@
 //                  ConvNeXt 7×7, C 96, 56², N 128: 0.31 GB, 0.09 ms; 3.8 GFLOP, 0.06 ms at 60 TFLOP/s.
 //                  31×31, C 384 (a large-kernel stage), 14²·... the FMAs lead: 19× the bytes' time at 31×31.
 //   backward-data  4·(N·K·OH·OW + N·C·H·W) bytes, as many FLOPs (strided layers skip the taps no output meets).
-//   backward-filter 4·(N·K·OH·OW + N·C·H·W) bytes plus 4·splits·K·R·S of partials; 2·N·K·OH·OW·R·S FLOPs.
+//   backward-filter 4·(N·K·OH·OW + N·C·H·W) bytes plus 4·splits·K·(R·S + 1) of partials; 2·N·K·OH·OW·R·S FLOPs
+//                  (db from the dy values the block holds: no pass of its own over dy).
 //
 // Tiling (all three kernels). A block takes one channel and DP_BP images (planes) at once, and a tile of
 // TH = DP_BY·DP_U rows × TW = DP_BX·DP_V columns of each plane's outputs (backward-data: of dx). Thread
@@ -38,9 +39,10 @@
 //     channel k and the units (BP images × one output tile) z·chunk .. z·chunk + chunk − 1; per unit it stages the
 //     x rows those window rows meet, reads its own U·V values of dy into registers, and adds dy · x into RC·S
 //     accumulators. Large windows take several passes (RC < R): each re-reads its units, while the
-//     accumulators stay within registers. End: each accumulator summed over its warp (common.cuh's warp_sum, a
-//     fixed xor tree), then the warps' totals in order through shared memory; thread i writes
-//     partials[z][k][p·RC + i / S][i % S]. No atomics: the same bits every run.
+//     accumulators stay within registers; the first pass (p = 0) also sums its dy values for db. End: each
+//     accumulator summed over its warp (common.cuh's warp_sum, a fixed xor tree), then the warps' totals in order
+//     through shared memory; thread i < RC·S writes partials[z][k][(p·RC + i / S)·S + i % S], the last thread (pass 0)
+//     partials[z][k][R·S] (db): partials are (splits, K, R·S + 1). No atomics: the same bits every run.
 // Indices within a plane are 32-bit, plane offsets 64-bit (the host checks one plane of each tensor).
 // Unverified on a GPU; checked by NVRTC (sm_80, sm_90, no spills) and a CPU emulation of this source
 // (tests/test_conv_depthwise_emulated.py).
@@ -112,7 +114,7 @@ static_assert(DP_THREADS % 32 == 0 && DP_THREADS >= DP_BX * DP_BY * DP_BP && DP_
               "depthwise: whole warps, at least one thread an output strip, at most 1024");
 static_assert(DP_RC >= 1 && DP_RC <= DP_R, "depthwise: 1 to R window rows a backward-filter pass");
 static_assert(4 * DP_BP * DP_XH * DP_XW <= DP_MAX_SMEM && 4 * DP_BP * DP_YH * DP_YW <= DP_MAX_SMEM &&
-              4 * (DP_BP * DP_XH_PASS * DP_XW + DP_WARPS * DP_RC * DP_S) <= DP_MAX_SMEM,
+              4 * (DP_BP * DP_XH_PASS * DP_XW + DP_WARPS * (DP_RC * DP_S + 1)) <= DP_MAX_SMEM,
               "depthwise: the staged tile (and backward-filter's warp totals) must fit 48 KB of static shared memory");
 static_assert((DP_BP * DP_XH * DP_XW + DP_THREADS - 1) / DP_THREADS <= DP_MAX_LOADS &&
               (DP_BP * DP_YH * DP_YW + DP_THREADS - 1) / DP_THREADS <= DP_MAX_LOADS,
@@ -318,7 +320,7 @@ conv2d_depthwise_bwd_filter(const float* __restrict__ dy, const float* __restric
                             int N, int C, int H, int W, int M, int OH, int OW, int pt, int pl, int tiles_h, int tiles_w,
                             int chunk) {
     __shared__ float tile[DP_BP * DP_XH_PASS * DP_XW];
-    __shared__ float warp_totals[DP_WARPS][DP_RC * DP_S];
+    __shared__ float warp_totals[DP_WARPS][DP_RC * DP_S + 1];  // the last: db
     const int k = blockIdx.x, c = k / M, K = C * M, r0 = blockIdx.z * DP_RC;
     const int units = cdiv(N, DP_BP) * tiles_h * tiles_w;
     const int begin = blockIdx.y * chunk, end = min(begin + chunk, units);
@@ -328,6 +330,7 @@ conv2d_depthwise_bwd_filter(const float* __restrict__ dy, const float* __restric
     for (int i = 0; i < DP_RC; ++i)
 #pragma unroll
         for (int s = 0; s < DP_S; ++s) acc[i][s] = 0.f;
+    float bias_sum = 0.f;  // Σ of this thread's dy values (db), kept by pass 0
 
 #pragma unroll 1
     for (int unit = begin; unit < end; ++unit) {
@@ -348,6 +351,10 @@ conv2d_depthwise_bwd_filter(const float* __restrict__ dy, const float* __restric
 #pragma unroll
             for (int v = 0; v < DP_V; ++v)
                 d[u][v] = oh + u < OH && ow + v < OW ? __ldg(dy_plane + (oh + u) * OW + ow + v) : 0.f;
+#pragma unroll
+        for (int u = 0; u < DP_U; ++u)
+#pragma unroll
+            for (int v = 0; v < DP_V; ++v) bias_sum += d[u][v];
         const float* plane = tile + (t.tz * DP_XH_PASS + t.ty * DP_U * DP_SH) * DP_XW + t.tx * DP_V * DP_SW;
 #pragma unroll
         for (int i = 0; i < DP_RC; ++i) {
@@ -374,13 +381,20 @@ conv2d_depthwise_bwd_filter(const float* __restrict__ dy, const float* __restric
             const float total = warp_sum(acc[i][s]);  // every lane holds it; lanes take turns storing
             if (lane == (i * DP_S + s) % 32) warp_totals[warp][i * DP_S + s] = total;
         }
+    const float bias_total = warp_sum(bias_sum);
+    if (lane == DP_RC * DP_S % 32) warp_totals[warp][DP_RC * DP_S] = bias_total;
     __syncthreads();
-    for (int i = threadIdx.x; i < DP_RC * DP_S; i += DP_THREADS) {
-        const int r = r0 + i / DP_S;
-        if (r >= DP_R) break;
+    float* out = partials + ((int64)blockIdx.y * K + k) * (DP_R * DP_S + 1);
+    for (int i = threadIdx.x; i < DP_RC * DP_S && r0 + i / DP_S < DP_R; i += DP_THREADS) {
         float sum = 0.f;
 #pragma unroll
         for (int q = 0; q < DP_WARPS; ++q) sum += warp_totals[q][i];
-        partials[(((int64)blockIdx.y * K + k) * DP_R + r) * DP_S + i % DP_S] = sum;
+        out[r0 * DP_S + i] = sum;
+    }
+    if (blockIdx.z == 0 && threadIdx.x == DP_THREADS - 1) {  // db, by the last thread (the first ones write dw)
+        float sum = 0.f;
+#pragma unroll
+        for (int q = 0; q < DP_WARPS; ++q) sum += warp_totals[q][DP_RC * DP_S];
+        out[DP_R * DP_S] = sum;
     }
 }

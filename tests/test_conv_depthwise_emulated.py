@@ -139,13 +139,15 @@ def test_emulated_backward_filter_matches_float64(run):
     x, w, _, dy = inputs(p, 3)
     _, ref = reference_backward(dy, x, w, p)
     launch = dp.filter_launch(p, SMS, tile)
-    partials = emulate.run(MAIN, launch, [dy, x, nans((launch.splits,) + w.shape)], launch.scalars)
+    taps = p.R * p.S
+    partials = emulate.run(MAIN, launch, [dy, x, nans((launch.splits, p.K, taps + 1))], launch.scalars)
     assert not numpy.isnan(partials).any()
-    dw = partials[0].copy()
+    out = partials[0].copy()
     for z in range(1, launch.splits):  # conv2d_sum_partials's order
-        dw += partials[z]
+        out += partials[z]
     # a float32 sum over N·OH·OW products (up to 1122 here): a few 1e-7 relative
-    assert rel(dw, ref) < 2e-6
+    assert rel(out[:, :taps].reshape(ref.shape), ref) < 2e-6
+    assert rel(out[:, taps], dy.astype(numpy.float64).sum(axis=(0, 2, 3))) < 2e-6  # db from the same pass
 
 
 def test_planner_splits_and_passes_are_exercised():

@@ -180,7 +180,7 @@ _FILTER_MIN_CHUNK = 2
 
 @functools.lru_cache(maxsize=1024)
 def filter_launch(p: DepthwiseProblem, sms: int, tile: DepthwiseTile | None = None) -> DepthwiseLaunch:
-    """conv2d_depthwise_bwd_filter: grid (K, splits, passes); the units of each channel split until the grid gives
+    """conv2d_depthwise_bwd_filter (dw and db): grid (K, splits, passes); the units of each channel split until the grid gives
     each of sms SMs _FILTER_BLOCKS_PER_SM blocks (no split under _FILTER_MIN_CHUNK units, none empty)."""
     _require_indexable(p)
     tile = tile or _tile_or_error(p, p.OH, p.OW)
@@ -227,17 +227,18 @@ def cuda_depthwise_backward_data(dy, w, p: DepthwiseProblem):
 
 
 def cuda_depthwise_backward_filter(dy, x, p: DepthwiseProblem, sum_partials):
-    """dw (K, 1, R, S): per-block partials, then sum_partials(partials, dw) adds them in a fixed order (dw written
-    directly when one split does)."""
+    """(dw (K, 1, R, S), db (K,)): per-block partials of both, (splits, K, R·S + 1), then sum_partials(partials, out)
+    adds them in a fixed order (out written directly when one split does)."""
     import cupy
 
     from cnn_gpu.cuda.device import sm_count
     from cnn_gpu.ops.arrays import nan_filled
 
     launch = filter_launch(p, sm_count())
-    dw = nan_filled(cupy, (p.K, 1, p.R, p.S))
-    partials = dw if launch.splits == 1 else nan_filled(cupy, (launch.splits,) + dw.shape)
+    taps = p.R * p.S
+    out = nan_filled(cupy, (p.K, taps + 1))
+    partials = out if launch.splits == 1 else nan_filled(cupy, (launch.splits,) + out.shape)
     _kernel(launch)(launch.grid, launch.block, (dy, x, partials) + launch.scalars)
     if launch.splits > 1:
-        sum_partials(partials, dw)
-    return dw
+        sum_partials(partials, out)
+    return cupy.ascontiguousarray(out[:, :taps]).reshape(p.K, 1, p.R, p.S), cupy.ascontiguousarray(out[:, taps])

@@ -4,7 +4,7 @@ first):
 
   conv2d_grouped_fwd         GroupedIm2colForward; DepthwiseForward (groups == C)
   conv2d_grouped_bwd_data    GroupedIm2colBackwardData; DepthwiseBackwardData
-  conv2d_grouped_bwd_filter  GroupedIm2colBackwardFilter; DepthwiseBackwardFilter
+  conv2d_grouped_bwd_filter  GroupedIm2colBackwardFilter; DepthwiseBackwardFilter (a variant's launch gives (dw, db or None))
 
 GroupedIm2col*: the NumPy path's functions run on CuPy arrays (CuPy's pad, a strided window view, one matmul batched
 over images and groups, i.e. one cuBLAS batched GEMM over all groups; col2im's strided adds), over chunks of images
@@ -159,7 +159,7 @@ class GroupedIm2colBackwardFilter(_Im2colVariant):
             g, cs, ks, groups = _chunk_views(problem, chunk)
             dw[ks] += _numpy_conv2d_backward(dy[chunk.n0:chunk.n1, ks], x[chunk.n0:chunk.n1, cs], w[ks], g, False,
                                              True, groups)[1]
-        return dw
+        return dw, None  # db: the op's own reduction
 
 
 # ---- the direct depthwise kernels (unverified) ---------------------------------------------------------
@@ -212,6 +212,7 @@ class DepthwiseBackwardFilter(_DepthwiseVariant):
         return depthwise.filter_launch(_depthwise_problem(problem), device.sm_count())
 
     def launch(self, problem: GroupedProblem, dy, x, w):
+        """(dw, db): db from the same pass over dy."""
         from cnn_gpu.ops.conv.implicit_gemm import _sum_partials
 
         return depthwise.cuda_depthwise_backward_filter(dy, x, _depthwise_problem(problem), _sum_partials)
@@ -244,7 +245,7 @@ def cuda_grouped_conv2d_backward(dy, x, w, g: WindowGeometry, groups: int, compu
 
     dy, x, w = contiguous(cupy, dy), contiguous(cupy, x), contiguous(cupy, w)
     problem = grouped_problem(g, w.shape[0], groups)
-    dx = dw = None
+    dx = dw = db = None
     if compute_dx:
         choice = autotune.pick("conv2d_grouped_bwd_data", problem.key, lambda: applicable("conv2d_grouped_bwd_data", problem),
                                lambda variant: variant.launch(problem, dy, x, w))
@@ -253,7 +254,9 @@ def cuda_grouped_conv2d_backward(dy, x, w, g: WindowGeometry, groups: int, compu
         choice = autotune.pick("conv2d_grouped_bwd_filter", problem.key,
                                lambda: applicable("conv2d_grouped_bwd_filter", problem),
                                lambda variant: variant.launch(problem, dy, x, w))
-        dw = choice.launch(problem, dy, x, w)
+        dw, db = choice.launch(problem, dy, x, w)  # a variant that sums db on the way gives it
+    if db is not None:
+        return dx, dw, db
     # db: conv2d.cu's deterministic bias reduction, which reads only dy's (N, K, OH·OW) layout: any problem of that
     # output serves, here a 1×1 window over one channel
     bias_problem = conv_problem(g._replace(C=1, R=1, S=1, dilation_h=1, dilation_w=1), problem.K)
