@@ -53,7 +53,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     pads = [0, 0] if isinstance(padding, str) else _pair(padding)
     if isinstance(padding, str) and padding not in ("same", "valid"):
         raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    y = torch.ops.cnn_gpu.conv2d(x, weight, bias, _pair(stride), pads, same)
+    y = ops.call(ops.conv2d, x, weight, bias, _pair(stride), pads, same)
     return y.squeeze(0) if unbatched else y
 
 
@@ -61,13 +61,13 @@ def linear(x, weight, bias=None):
     """x @ weight.T + bias over the last dimension of x, any leading dimensions (torch's (*, in_features))."""
     if x.dim() == 0:
         raise ValueError("linear expects an input of at least 1 dimension (*, in_features), got a 0-d tensor")
-    y = torch.ops.cnn_gpu.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    y = ops.call(ops.linear, x.reshape(-1, x.shape[-1]), weight, bias)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, return_indices=False):
     x, unbatched = _batched(x, "max_pool2d")
-    y, indices = torch.ops.cnn_gpu.max_pool2d(
+    y, indices = ops.call(ops.max_pool2d, 
         x, _pair(kernel_size), _pair(kernel_size if stride is None else stride), _pair(padding), bool(ceil_mode))
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
@@ -76,25 +76,25 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, return_i
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None):
     x, unbatched = _batched(x, "avg_pool2d")
-    y = torch.ops.cnn_gpu.avg_pool2d(x, _pair(kernel_size), _pair(kernel_size if stride is None else stride),
+    y = ops.call(ops.avg_pool2d, x, _pair(kernel_size), _pair(kernel_size if stride is None else stride),
                                      _pair(padding), bool(count_include_pad), divisor_override)
     return y.squeeze(0) if unbatched else y
 
 
 def relu(x):
-    return torch.ops.cnn_gpu.relu(x)
+    return ops.call(ops.relu, x)
 
 
 def leaky_relu(x, negative_slope=0.01):
-    return torch.ops.cnn_gpu.leaky_relu(x, float(negative_slope))
+    return ops.call(ops.leaky_relu, x, float(negative_slope))
 
 
 def sigmoid(x):
-    return torch.ops.cnn_gpu.sigmoid(x)
+    return ops.call(ops.sigmoid, x)
 
 
 def tanh(x):
-    return torch.ops.cnn_gpu.tanh(x)
+    return ops.call(ops.tanh, x)
 
 
 def dropout(x, p=0.5, training=True):
@@ -107,13 +107,13 @@ def dropout(x, p=0.5, training=True):
     if p == 1:
         return x * 0.0  # as torch: zeros (NaN stays NaN), a gradient of zeros
     seed = torch.randint(0, 2**62, (), dtype=torch.int64)
-    return torch.ops.cnn_gpu.dropout(x, float(p), seed)[0]
+    return ops.call(ops.dropout, x, float(p), seed)[0]
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """torch.nn.functional.batch_norm for (N, C) and (N, C, H, W) inputs: batch statistics when training
     (running_mean / running_var, if given, updated in place), the running ones otherwise."""
-    y, _, _, new_mean, new_var = torch.ops.cnn_gpu.batch_norm(x, weight, bias, running_mean, running_var,
+    y, _, _, new_mean, new_var = ops.call(ops.batch_norm, x, weight, bias, running_mean, running_var,
                                                               bool(training), float(momentum), float(eps))
     if training and running_mean is not None:
         with torch.no_grad():
@@ -124,7 +124,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 def cross_entropy(logits, labels):
     """Mean softmax cross-entropy of (N, K) logits against int64 labels (torch.nn.functional.cross_entropy)."""
-    return torch.ops.cnn_gpu.cross_entropy(logits, labels)
+    return ops.call(ops.cross_entropy, logits, labels)
 
 
 for _name in ("conv2d", "linear", "max_pool2d", "avg_pool2d", "dropout", "batch_norm"):
@@ -216,12 +216,24 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
     track_running_stats=False normalises with the batch statistics in both modes."""
 
     def forward(self, x):
-        self._check_input_dim(x)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        batch_statistics = self.training or (self.running_mean is None and self.running_var is None)
-        keep = not self.training or self.track_running_stats
-        return batch_norm(x, self.running_mean if keep else None, self.running_var if keep else None,
-                          self.weight, self.bias, batch_statistics, factor, self.eps)
+        return _batch_norm_module(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                  self.num_batches_tracked, self.training, self.track_running_stats, self.momentum,
+                                  self.eps)
+
+
+def _batch_norm_module(x, running_mean, running_var, weight, bias, num_batches_tracked, training, track_running_stats,
+                       momentum, eps):
+    """torch.nn.BatchNorm2d.forward's steps (a function, so torch.fx.symbolic_trace keeps it as one call)."""
+    if x.dim() != 4:
+        raise ValueError(f"BatchNorm2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    factor = 0.0 if momentum is None else momentum
+    if training and track_running_stats and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+        factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+    batch_statistics = training or (running_mean is None and running_var is None)
+    keep = not training or track_running_stats
+    return batch_norm(x, running_mean if keep else None, running_var if keep else None, weight, bias,
+                      batch_statistics, factor, eps)
+
+
+torch.fx.wrap("_batch_norm_module")

@@ -22,8 +22,6 @@ from torch.library import custom_op, register_autocast
 
 from cnn_gpu import functional as F
 from cnn_gpu.ops.batchnorm import batch_norm_inference_backward
-from cnn_gpu.ops.geometry import window_geometry
-from cnn_gpu.ops.pool import pool_geometry
 from cnn_gpu.torch.threads import cpu_threads_for_numpy
 
 DEVICES = ("cpu", "cuda")
@@ -108,7 +106,34 @@ def _no_derivative(op):
             f"create_graph=True followed by another grad, or torch.func.hessian); the torch.nn layer can take "
             f"its place where second derivatives are needed")
 
+    op.differentiable = _differentiable(op, backward, setup_context)
+
+
+def _differentiable(op, backward, setup_context):
+    """Registers the op's autograd formula, and returns the same formula as a torch.autograd.Function that
+    calls the op: what the modules call, since the torch.func transforms (grad, vmap, jacrev) take an
+    autograd.Function with setup_context, not an operator's registered formula. Its vmap rule is generated
+    (the op's batching is PyTorch's fallback: a loop over the batch)."""
     op.register_autograd(backward, setup_context=setup_context)
+    overload = getattr(torch.ops.cnn_gpu, op._name).default
+
+    def forward(*args):
+        return overload(*args)
+
+    return type(f"{op._name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "generate_vmap_rule": True,
+    })
+
+
+def call(op, *args):
+    """op(*args) with autograd: the operator itself, or under a torch.func transform (grad, vmap, jacrev) its
+    autograd.Function (the transforms take no operator's registered formula). torch.compile traces the operator."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return op.differentiable.apply(*args)
+    return op(*args)
 
 
 def _float32_under_autocast(op):
@@ -130,21 +155,15 @@ def _conv_padding(padding, same):
     return "same" if same else tuple(padding)
 
 
-def _conv2d_output_shape(x, weight, bias, stride, padding, same):
-    """(N, K, OH, OW), after the checks that need shapes only (the op's own messages)."""
-    if x.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"cnn_gpu::conv2d: x must be 4-D (N, C, H, W) and weight 4-D (K, C, R, S), "
-                         f"got shapes {tuple(x.shape)} and {tuple(weight.shape)}")
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"cnn_gpu::conv2d: weight has {weight.shape[1]} input channels (shape {tuple(weight.shape)}) "
-                         f"but x has {x.shape[1]} (shape {tuple(x.shape)})")
-    K = weight.shape[0]
-    if bias is not None and tuple(bias.shape) != (K,):
-        raise ValueError(f"cnn_gpu::conv2d: bias must have shape ({K},), got {tuple(bias.shape)}")
-    # The geometry of one image: the batch may be 0, which the op contract refuses.
-    g = window_geometry((1, x.shape[1], x.shape[2], x.shape[3]), tuple(weight.shape[2:]), tuple(stride),
-                        _conv_padding(padding, same), window_name="weight")
-    return (x.shape[0], K, g.OH, g.OW)
+# Output shapes where no kernel runs (the fakes, an empty batch) are torch's own shape rules on the same
+# arguments: the ops follow torch.nn's sizes, and torch's rules take symbolic sizes (torch.compile's dynamic
+# shapes), which our geometry, computed once per concrete shape, does not.
+def _conv2d_shape(x, weight, bias, stride, padding, same):
+    return torch.nn.functional.conv2d(x, weight, bias, stride, "same" if same else padding).shape
+
+
+def _pool_shape(x, kernel_size, stride, padding, ceil_mode=False):
+    return torch.nn.functional.avg_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode).shape
 
 
 @custom_op("cnn_gpu::conv2d", mutates_args=(), device_types=DEVICES)
@@ -152,16 +171,15 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
            same: bool) -> Tensor:
     """conv(x, weight) + bias, NCHW; padding (h, w), or Keras/PyTorch 'same' when same is True."""
     _check_tensors("conv2d", x=x, weight=weight, bias=bias)
-    shape = _conv2d_output_shape(x, weight, bias, stride, padding, same)
     if x.shape[0] == 0:
-        return x.new_empty(shape)
+        return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, same))
     return _run(F.conv2d, x, weight, bias, stride=tuple(stride), padding=_conv_padding(padding, same))
 
 
 @conv2d.register_fake
 def _(x, weight, bias, stride, padding, same):
     _check_tensors("conv2d", x=x, weight=weight, bias=bias)
-    return x.new_empty(_conv2d_output_shape(x, weight, bias, stride, padding, same))
+    return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, same))
 
 
 @custom_op("cnn_gpu::conv2d_backward", mutates_args=(), device_types=DEVICES)
@@ -195,11 +213,11 @@ def _conv2d_grad(ctx, grad):
     x, weight = ctx.saved_tensors
     stride, padding, same, has_bias = ctx.conf
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
-    dx, dw, db = torch.ops.cnn_gpu.conv2d_backward(grad, x, weight, stride, padding, same, mask)
+    dx, dw, db = call(conv2d_backward, grad, x, weight, stride, padding, same, mask)
     return dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None, None, None
 
 
-conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
+conv2d.differentiable = _differentiable(conv2d, _conv2d_grad, _conv2d_setup)
 
 
 # ---- linear --------------------------------------------------------------------------------------
@@ -250,28 +268,21 @@ def _linear_setup(ctx, inputs, output):
 
 def _linear_grad(ctx, grad):
     x, weight = ctx.saved_tensors
-    dx, dw, db = torch.ops.cnn_gpu.linear_backward(grad, x, weight)
+    dx, dw, db = call(linear_backward, grad, x, weight)
     return dx, dw, db if ctx.has_bias else None
 
 
-linear.register_autograd(_linear_grad, setup_context=_linear_setup)
+linear.differentiable = _differentiable(linear, _linear_grad, _linear_setup)
 
 
 # ---- pooling -------------------------------------------------------------------------------------
-def _pool_output_shape(x_shape, kernel_size, stride, padding, ceil_mode=False):
-    if len(x_shape) != 4:
-        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    g = pool_geometry((1,) + tuple(x_shape[1:]), tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode=ceil_mode)
-    return (x_shape[0], x_shape[1], g.OH, g.OW)
-
-
 @custom_op("cnn_gpu::max_pool2d", mutates_args=(), device_types=DEVICES)
 def max_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                ceil_mode: bool) -> tuple[Tensor, Tensor]:
     """(y, indices): each window's maximum and its h * W + w position in the input plane (int64)."""
     _check_tensors("max_pool2d", x=x)
-    shape = _pool_output_shape(x.shape, kernel_size, stride, padding, ceil_mode)
     if x.shape[0] == 0:
+        shape = _pool_shape(x, kernel_size, stride, padding, ceil_mode)
         return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
     return _run(F.max_pool2d, x, kernel_size=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding),
                 ceil_mode=ceil_mode)
@@ -280,7 +291,7 @@ def max_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: li
 @max_pool2d.register_fake
 def _(x, kernel_size, stride, padding, ceil_mode):
     _check_tensors("max_pool2d", x=x)
-    shape = _pool_output_shape(x.shape, kernel_size, stride, padding, ceil_mode)
+    shape = _pool_shape(x, kernel_size, stride, padding, ceil_mode)
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
 
 
@@ -308,10 +319,10 @@ def _max_pool2d_setup(ctx, inputs, output):
 
 def _max_pool2d_grad(ctx, grad, _grad_indices):
     (indices,) = ctx.saved_tensors
-    return torch.ops.cnn_gpu.max_pool2d_backward(grad, indices, *ctx.conf), None, None, None, None
+    return call(max_pool2d_backward, grad, indices, *ctx.conf), None, None, None, None
 
 
-max_pool2d.register_autograd(_max_pool2d_grad, setup_context=_max_pool2d_setup)
+max_pool2d.differentiable = _differentiable(max_pool2d, _max_pool2d_grad, _max_pool2d_setup)
 
 
 def _sum_pool(x, kernel_size, stride, padding, count_include_pad, divisor_override):
@@ -331,9 +342,8 @@ def avg_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: li
                divisor_override: Optional[int]) -> Tensor:
     """Each window's sum over its area (count_include_pad), its in-bounds count, or divisor_override."""
     _check_tensors("avg_pool2d", x=x)
-    shape = _pool_output_shape(x.shape, kernel_size, stride, padding)
     if x.shape[0] == 0:
-        return x.new_empty(shape)
+        return x.new_empty(_pool_shape(x, kernel_size, stride, padding))
     return _run(lambda a: _sum_pool(a, tuple(kernel_size), tuple(stride), tuple(padding), count_include_pad,
                                     divisor_override), x)
 
@@ -341,7 +351,7 @@ def avg_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: li
 @avg_pool2d.register_fake
 def _(x, kernel_size, stride, padding, count_include_pad, divisor_override):
     _check_tensors("avg_pool2d", x=x)
-    return x.new_empty(_pool_output_shape(x.shape, kernel_size, stride, padding))
+    return x.new_empty(_pool_shape(x, kernel_size, stride, padding))
 
 
 @custom_op("cnn_gpu::avg_pool2d_backward", mutates_args=(), device_types=DEVICES)
@@ -365,10 +375,10 @@ def _avg_pool2d_setup(ctx, inputs, output):
 
 
 def _avg_pool2d_grad(ctx, grad):
-    return (torch.ops.cnn_gpu.avg_pool2d_backward(grad, *ctx.conf),) + (None,) * 5
+    return (call(avg_pool2d_backward, grad, *ctx.conf),) + (None,) * 5
 
 
-avg_pool2d.register_autograd(_avg_pool2d_grad, setup_context=_avg_pool2d_setup)
+avg_pool2d.differentiable = _differentiable(avg_pool2d, _avg_pool2d_grad, _avg_pool2d_setup)
 
 
 # ---- activations ---------------------------------------------------------------------------------
@@ -420,11 +430,11 @@ def _activation(name, function, with_slope=False):
 
     def backward(ctx, grad):
         (saved,) = ctx.saved_tensors
-        dx = torch.ops.cnn_gpu.activation_backward(grad, saved, name, ctx.slope)
+        dx = call(activation_backward, grad, saved, name, ctx.slope)
         return (dx, None) if with_slope else dx
 
     op.register_fake(fake)
-    op.register_autograd(backward, setup_context=setup_context)
+    op.differentiable = _differentiable(op, backward, setup_context)
     return op
 
 
@@ -478,10 +488,10 @@ def _cross_entropy_setup(ctx, inputs, output):
 
 def _cross_entropy_grad(ctx, grad):
     logits, labels = ctx.saved_tensors
-    return torch.ops.cnn_gpu.cross_entropy_backward(grad, logits, labels), None
+    return call(cross_entropy_backward, grad, logits, labels), None
 
 
-cross_entropy.register_autograd(_cross_entropy_grad, setup_context=_cross_entropy_setup)
+cross_entropy.differentiable = _differentiable(cross_entropy, _cross_entropy_grad, _cross_entropy_setup)
 
 
 # ---- dropout -------------------------------------------------------------------------------------
@@ -518,10 +528,10 @@ def _dropout_setup(ctx, inputs, output):
 
 def _dropout_grad(ctx, grad, _grad_mask):
     (mask,) = ctx.saved_tensors
-    return torch.ops.cnn_gpu.dropout_backward(grad, mask, ctx.p), None, None
+    return call(dropout_backward, grad, mask, ctx.p), None, None
 
 
-dropout.register_autograd(_dropout_grad, setup_context=_dropout_setup)
+dropout.differentiable = _differentiable(dropout, _dropout_grad, _dropout_setup)
 
 
 # ---- batch normalisation -------------------------------------------------------------------------
@@ -592,11 +602,11 @@ def _batch_norm_setup(ctx, inputs, output):
 def _batch_norm_grad(ctx, grad, *_grad_statistics):
     x, weight, mean, invstd = ctx.saved_tensors
     training, has_weight, has_bias = ctx.conf
-    dx, dweight, dbias = torch.ops.cnn_gpu.batch_norm_backward(grad, x, weight, mean, invstd, training)
+    dx, dweight, dbias = call(batch_norm_backward, grad, x, weight, mean, invstd, training)
     return dx, dweight if has_weight else None, dbias if has_bias else None, None, None, None, None, None
 
 
-batch_norm.register_autograd(_batch_norm_grad, setup_context=_batch_norm_setup)
+batch_norm.differentiable = _differentiable(batch_norm, _batch_norm_grad, _batch_norm_setup)
 
 
 FORWARD_OPS = (conv2d, linear, max_pool2d, avg_pool2d, relu, leaky_relu, sigmoid, tanh, cross_entropy, dropout,
