@@ -159,7 +159,9 @@ def _conv_padding(padding, same):
 # arguments: the ops follow torch.nn's sizes, and torch's rules take symbolic sizes (torch.compile's dynamic
 # shapes), which our geometry, computed once per concrete shape, does not.
 def _conv2d_shape(x, weight, bias, stride, padding, same):
-    return torch.nn.functional.conv2d(x, weight, bias, stride, "same" if same else padding).shape
+    if same:  # ceil(size / stride): torch's 'same' (stride 1), Keras's for any stride
+        return (x.shape[0], weight.shape[0], -(-x.shape[2] // stride[0]), -(-x.shape[3] // stride[1]))
+    return torch.nn.functional.conv2d(x, weight, bias, stride, padding).shape
 
 
 def _pool_shape(x, kernel_size, stride, padding, ceil_mode=False):
