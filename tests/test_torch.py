@@ -368,3 +368,33 @@ def test_batch_norm_eval_with_an_empty_batch(device):
 def test_refused_options_name_the_argument_and_the_torch_layer(build, argument):
     with pytest.raises(ValueError, match=rf"{argument}=.*torch\.nn\.\w+ can take its place"):
         build()
+
+
+def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch):
+    """While an op runs, NumPy's BLAS gets the cores torch's spinning workers leave free; afterwards its own
+    count again (threadpoolctl reads both)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cnn_gpu.torch import threads
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    wanted = max(1, cores - torch.get_num_threads() + 1)
+    seen = []
+    with threads.cpu_threads_for_numpy():
+        seen = blas_threads()
+    assert seen == [min(n, wanted) for n in before]
+    assert blas_threads() == before
+
+    import cnn_gpu.functional as F
+
+    inside_op = []
+    numpy_linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a: inside_op.append(blas_threads()) or numpy_linear(*a))
+    ours.Linear(3, 2)(torch.randn(4, 3))
+    assert inside_op == [[min(n, wanted) for n in before]]
+    assert blas_threads() == before

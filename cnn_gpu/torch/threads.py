@@ -18,15 +18,18 @@ import torch
 
 
 class _Blas:
-    """One BLAS library's thread-count getter and setter."""
+    """One BLAS library's thread-count getter and setter: OpenBLAS's own functions where threadpoolctl exposes
+    them (the NumPy wheels' OpenBLAS, pthreads build), threadpoolctl's methods otherwise."""
 
     def __init__(self, controller):
-        raw = controller.internal_api == "openblas" and getattr(controller, "threading_layer", "") == "pthreads"
-        get = controller._get_symbol("openblas_get_num_threads") if raw else None
-        put = controller._get_symbol("openblas_set_num_threads") if raw else None
-        # the raw OpenBLAS calls where they exist (the NumPy wheels' case), threadpoolctl's methods otherwise
-        self.get = get if get is not None and put is not None else controller.get_num_threads
-        self.set = put if get is not None and put is not None else controller.set_num_threads
+        symbol = getattr(controller, "_get_symbol", None)
+        raw = (symbol is not None and controller.internal_api == "openblas"
+               and getattr(controller, "threading_layer", None) == "pthreads")
+        getter = symbol("openblas_get_num_threads") if raw else None
+        setter = symbol("openblas_set_num_threads") if raw else None
+        if getter is None or setter is None:
+            getter, setter = controller.get_num_threads, controller.set_num_threads
+        self.get, self.set = getter, setter
 
 
 @functools.lru_cache(maxsize=None)
