@@ -47,6 +47,8 @@ def _op_cases(device="cpu", dtype=torch.float32):
         ("avg_pool2d", (x, [2, 3], [1, 2], [1, 1], True, 4)),
         ("avg_pool2d_backward", (r(2, 3, 5, 4, grad=False), [2, 3, 9, 8], [3, 3], [2, 2], [1, 1], True, None)),
         ("relu", (x,)),
+        ("relu", (x.detach().to(memory_format=torch.channels_last).requires_grad_(True),)),
+        ("conv2d", (x.detach().to(memory_format=torch.channels_last).requires_grad_(True), w, b, [1, 1], [1, 1], False)),
         ("sigmoid", (x,)),
         ("tanh", (x,)),
         ("leaky_relu", (x, 0.1)),

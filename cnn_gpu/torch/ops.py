@@ -16,6 +16,7 @@ autocast is a TypeError naming the dtype (our kernels are float32 only).
 import contextlib
 from typing import Optional
 
+import numpy
 import torch
 from torch import Tensor
 from torch.library import custom_op, register_autocast
@@ -63,11 +64,15 @@ def _to_array(t):
 
 
 def _to_tensor(a):
+    """A tensor over an output array, C-contiguous as the fakes promise (the NumPy path keeps the layout of a
+    strided input in places, e.g. an element-wise op on a channels_last view)."""
     if a is None:
         return None
     if type(a).__module__.startswith("cupy"):
-        return torch.from_dlpack(a)
-    return torch.from_numpy(a)
+        import cupy
+
+        return torch.from_dlpack(a if a.flags.c_contiguous else cupy.ascontiguousarray(a))
+    return torch.from_numpy(a if a.flags.c_contiguous else numpy.ascontiguousarray(a))
 
 
 @contextlib.contextmanager
