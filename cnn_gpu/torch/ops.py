@@ -13,146 +13,19 @@ Each is a ``torch.library.custom_op`` with
 Dtypes: float32 on both devices, float64 too on the CPU (gradient checks). float16 / bfloat16 outside
 autocast is a TypeError naming the dtype (our kernels are float32 only).
 """
-import contextlib
 from typing import Optional
 
-import numpy
 import torch
 from torch import Tensor
-from torch.library import custom_op, register_autocast
+from torch.library import custom_op
 
 from cnn_gpu import functional as F
 from cnn_gpu.ops.batchnorm import batch_norm_inference_backward
-from cnn_gpu.torch.threads import cpu_threads_for_numpy
+from cnn_gpu.torch.bridge import (call, check_tensors, differentiable, empty, float32_under_autocast, no_derivative,
+                                  run, zeros_or_empty)
 
 DEVICES = ("cpu", "cuda")
-AUTOCAST_DEVICES = ("cpu", "cuda")
-
-
-# ---- checks shared by the implementations and the fakes -----------------------------------------
-def _check_tensors(op: str, **tensors):
-    """One device; floating tensors float32 (float64 too on the CPU), all of one dtype."""
-    given = {name: t for name, t in tensors.items() if t is not None}
-    devices = {t.device for t in given.values()}
-    if len(devices) > 1:
-        listing = ", ".join(f"{n} on {t.device}" for n, t in given.items())
-        raise ValueError(f"cnn_gpu::{op}: tensors must be on one device: {listing}")
-    floats = {name: t for name, t in given.items() if t.is_floating_point()}
-    for name, t in floats.items():
-        allowed = (torch.float32, torch.float64) if t.device.type == "cpu" else (torch.float32,)
-        if t.dtype not in allowed:
-            names = " or ".join(str(d) for d in allowed)
-            raise TypeError(
-                f"cnn_gpu::{op}: {name} is {t.dtype} (shape {tuple(t.shape)}); it takes {names} on {t.device.type}. "
-                f"Under torch.autocast it casts its inputs to float32 itself; otherwise convert with .float()")
-    if len({t.dtype for t in floats.values()}) > 1:
-        listing = ", ".join(f"{n} is {t.dtype}" for n, t in floats.items())
-        raise TypeError(f"cnn_gpu::{op}: floating tensors must share one dtype: {listing}")
-
-
-# ---- zero-copy hand-over -------------------------------------------------------------------------
-def _to_array(t):
-    """A NumPy (CPU) or CuPy (CUDA) view of a tensor's storage, or None."""
-    if t is None:
-        return None
-    t = t.detach()
-    if t.is_cuda:
-        import cupy
-
-        return cupy.from_dlpack(t)
-    return t.numpy()
-
-
-def _to_tensor(a):
-    """A tensor over an output array, C-contiguous as the fakes promise (the NumPy path keeps the layout of a
-    strided input in places, e.g. an element-wise op on a channels_last view)."""
-    if a is None:
-        return None
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-
-        return torch.from_dlpack(a if a.flags.c_contiguous else cupy.ascontiguousarray(a))
-    return torch.from_numpy(a if a.flags.c_contiguous else numpy.ascontiguousarray(a))
-
-
-@contextlib.contextmanager
-def _on_device_of(t):
-    """CuPy launches on the tensor's device and PyTorch's current stream there; NumPy on torch's threads."""
-    if not t.is_cuda:
-        with cpu_threads_for_numpy():
-            yield
-        return
-    import cupy
-
-    stream = torch.cuda.current_stream(t.device)
-    with cupy.cuda.Device(t.device.index), cupy.cuda.ExternalStream(stream.cuda_stream, t.device.index):
-        yield
-
-
-def _run(function, *tensors, **kwargs):
-    """function on array views of the tensors; results back as tensors (tuples stay tuples)."""
-    anchor = next(t for t in tensors if t is not None)
-    with _on_device_of(anchor):
-        out = function(*(_to_array(t) for t in tensors), **kwargs)
-        if isinstance(out, tuple):
-            return tuple(_to_tensor(o) for o in out)
-        return _to_tensor(out)
-
-
-# ---- registration helpers ------------------------------------------------------------------------
-def _no_derivative(op):
-    """Backward operators: differentiating one (double backward) is an error that names it."""
-    def setup_context(ctx, inputs, output):
-        pass
-
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            f"{op._qualname} has no derivative: cnn_gpu's ops support first derivatives only (no double backward, "
-            f"create_graph=True followed by another grad, or torch.func.hessian); the torch.nn layer can take "
-            f"its place where second derivatives are needed")
-
-    op.differentiable = _differentiable(op, backward, setup_context)
-
-
-def _differentiable(op, backward, setup_context):
-    """Registers the op's autograd formula, and returns the same formula as a torch.autograd.Function that
-    calls the op: what the modules call, since the torch.func transforms (grad, vmap, jacrev) take an
-    autograd.Function with setup_context, not an operator's registered formula. Its vmap rule is generated
-    (the op's batching is PyTorch's fallback: a loop over the batch)."""
-    op.register_autograd(backward, setup_context=setup_context)
-    overload = getattr(torch.ops.cnn_gpu, op._name).default
-
-    def forward(*args):
-        return overload(*args)
-
-    return type(f"{op._name}_function", (torch.autograd.Function,), {
-        "forward": staticmethod(forward),
-        "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward),
-        "generate_vmap_rule": True,
-    })
-
-
-def call(op, *args):
-    """op(*args) with autograd: the operator itself, or under a torch.func transform (grad, vmap, jacrev) its
-    autograd.Function (the transforms take no operator's registered formula). torch.compile traces the operator."""
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        return op.differentiable.apply(*args)
-    return op(*args)
-
-
-def _float32_under_autocast(op):
-    for device in AUTOCAST_DEVICES:
-        register_autocast(op, device, torch.float32)
-
-
-def _empty(like: Tensor, shape=(0,)) -> Tensor:
-    """The placeholder for an output a caller did not ask for (operators return tensors, never None)."""
-    return like.new_empty(shape)
-
-
-def _zeros_or_empty(wanted: bool, like: Optional[Tensor]) -> Tensor:
-    return torch.zeros_like(like) if wanted and like is not None else _empty(like)
+__all__ = ["BACKWARD_OPS", "FORWARD_OPS", "call"]
 
 
 # ---- conv2d --------------------------------------------------------------------------------------
@@ -177,15 +50,15 @@ def _pool_shape(x, kernel_size, stride, padding, ceil_mode=False):
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
            same: bool) -> Tensor:
     """conv(x, weight) + bias, NCHW; padding (h, w), or Keras/PyTorch 'same' when same is True."""
-    _check_tensors("conv2d", x=x, weight=weight, bias=bias)
+    check_tensors("conv2d", x=x, weight=weight, bias=bias)
     if x.shape[0] == 0:
         return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, same))
-    return _run(F.conv2d, x, weight, bias, stride=tuple(stride), padding=_conv_padding(padding, same))
+    return run(F.conv2d, x, weight, bias, stride=tuple(stride), padding=_conv_padding(padding, same))
 
 
 @conv2d.register_fake
 def _(x, weight, bias, stride, padding, same):
-    _check_tensors("conv2d", x=x, weight=weight, bias=bias)
+    check_tensors("conv2d", x=x, weight=weight, bias=bias)
     return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, same))
 
 
@@ -193,21 +66,21 @@ def _(x, weight, bias, stride, padding, same):
 def conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int], same: bool,
                     output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias); those output_mask leaves out are empty tensors (and not computed)."""
-    _check_tensors("conv2d_backward", grad=grad, x=x, weight=weight)
+    check_tensors("conv2d_backward", grad=grad, x=x, weight=weight)
     want_dx, want_dw, want_db = output_mask
     if x.shape[0] == 0:
-        return (torch.zeros_like(x) if want_dx else _empty(x), _zeros_or_empty(want_dw, weight),
-                weight.new_zeros(weight.shape[0]) if want_db else _empty(weight))
-    dx, dw, db = _run(lambda g, a, w: F.conv2d_backward(g, a, w, tuple(stride), _conv_padding(padding, same),
+        return (torch.zeros_like(x) if want_dx else empty(x), zeros_or_empty(want_dw, weight),
+                weight.new_zeros(weight.shape[0]) if want_db else empty(weight))
+    dx, dw, db = run(lambda g, a, w: F.conv2d_backward(g, a, w, tuple(stride), _conv_padding(padding, same),
                                                         compute_dx=want_dx, compute_dw=want_dw), grad, x, weight)
-    return (dx if want_dx else _empty(x), dw if want_dw else _empty(weight), db if want_db else _empty(weight))
+    return (dx if want_dx else empty(x), dw if want_dw else empty(weight), db if want_db else empty(weight))
 
 
 @conv2d_backward.register_fake
 def _(grad, x, weight, stride, padding, same, output_mask):
     want_dx, want_dw, want_db = output_mask
-    return (x.new_empty(x.shape) if want_dx else _empty(x), weight.new_empty(weight.shape) if want_dw else _empty(weight),
-            weight.new_empty(weight.shape[0]) if want_db else _empty(weight))
+    return (x.new_empty(x.shape) if want_dx else empty(x), weight.new_empty(weight.shape) if want_dw else empty(weight),
+            weight.new_empty(weight.shape[0]) if want_db else empty(weight))
 
 
 def _conv2d_setup(ctx, inputs, output):
@@ -224,7 +97,7 @@ def _conv2d_grad(ctx, grad):
     return dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None, None, None
 
 
-conv2d.differentiable = _differentiable(conv2d, _conv2d_grad, _conv2d_setup)
+conv2d.differentiable = differentiable(conv2d, _conv2d_grad, _conv2d_setup)
 
 
 # ---- linear --------------------------------------------------------------------------------------
@@ -239,16 +112,16 @@ def _check_linear_shapes(x, weight, bias):
 @custom_op("cnn_gpu::linear", mutates_args=(), device_types=DEVICES)
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """x @ weight.T + bias for a 2-D x (the module folds any leading dimensions into one)."""
-    _check_tensors("linear", x=x, weight=weight, bias=bias)
+    check_tensors("linear", x=x, weight=weight, bias=bias)
     _check_linear_shapes(x, weight, bias)
     if x.shape[0] == 0:
         return x.new_empty((0, weight.shape[0]))
-    return _run(F.linear, x, weight, bias)
+    return run(F.linear, x, weight, bias)
 
 
 @linear.register_fake
 def _(x, weight, bias):
-    _check_tensors("linear", x=x, weight=weight, bias=bias)
+    check_tensors("linear", x=x, weight=weight, bias=bias)
     _check_linear_shapes(x, weight, bias)
     return x.new_empty((x.shape[0], weight.shape[0]))
 
@@ -256,10 +129,10 @@ def _(x, weight, bias):
 @custom_op("cnn_gpu::linear_backward", mutates_args=(), device_types=DEVICES)
 def linear_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias)."""
-    _check_tensors("linear_backward", grad=grad, x=x, weight=weight)
+    check_tensors("linear_backward", grad=grad, x=x, weight=weight)
     if x.shape[0] == 0:
         return torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
-    return _run(F.linear_backward, grad, x, weight)
+    return run(F.linear_backward, grad, x, weight)
 
 
 @linear_backward.register_fake
@@ -279,7 +152,7 @@ def _linear_grad(ctx, grad):
     return dx, dw, db if ctx.has_bias else None
 
 
-linear.differentiable = _differentiable(linear, _linear_grad, _linear_setup)
+linear.differentiable = differentiable(linear, _linear_grad, _linear_setup)
 
 
 # ---- pooling -------------------------------------------------------------------------------------
@@ -287,17 +160,17 @@ linear.differentiable = _differentiable(linear, _linear_grad, _linear_setup)
 def max_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                ceil_mode: bool) -> tuple[Tensor, Tensor]:
     """(y, indices): each window's maximum and its h * W + w position in the input plane (int64)."""
-    _check_tensors("max_pool2d", x=x)
+    check_tensors("max_pool2d", x=x)
     if x.shape[0] == 0:
         shape = _pool_shape(x, kernel_size, stride, padding, ceil_mode)
         return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
-    return _run(F.max_pool2d, x, kernel_size=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding),
+    return run(F.max_pool2d, x, kernel_size=tuple(kernel_size), stride=tuple(stride), padding=tuple(padding),
                 ceil_mode=ceil_mode)
 
 
 @max_pool2d.register_fake
 def _(x, kernel_size, stride, padding, ceil_mode):
-    _check_tensors("max_pool2d", x=x)
+    check_tensors("max_pool2d", x=x)
     shape = _pool_shape(x, kernel_size, stride, padding, ceil_mode)
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
 
@@ -305,10 +178,10 @@ def _(x, kernel_size, stride, padding, ceil_mode):
 @custom_op("cnn_gpu::max_pool2d_backward", mutates_args=(), device_types=DEVICES)
 def max_pool2d_backward(grad: Tensor, indices: Tensor, x_shape: list[int], kernel_size: list[int], stride: list[int],
                         padding: list[int], ceil_mode: bool) -> Tensor:
-    _check_tensors("max_pool2d_backward", grad=grad, indices=indices)
+    check_tensors("max_pool2d_backward", grad=grad, indices=indices)
     if x_shape[0] == 0:
         return grad.new_zeros(x_shape)
-    return _run(lambda g, i: F.max_pool2d_backward(g, i, tuple(x_shape), tuple(kernel_size), tuple(stride),
+    return run(lambda g, i: F.max_pool2d_backward(g, i, tuple(x_shape), tuple(kernel_size), tuple(stride),
                                                    tuple(padding), ceil_mode=ceil_mode), grad, indices)
 
 
@@ -329,7 +202,7 @@ def _max_pool2d_grad(ctx, grad, _grad_indices):
     return call(max_pool2d_backward, grad, indices, *ctx.conf), None, None, None, None
 
 
-max_pool2d.differentiable = _differentiable(max_pool2d, _max_pool2d_grad, _max_pool2d_setup)
+max_pool2d.differentiable = differentiable(max_pool2d, _max_pool2d_grad, _max_pool2d_setup)
 
 
 def _sum_pool(x, kernel_size, stride, padding, count_include_pad, divisor_override):
@@ -348,26 +221,26 @@ def _sum_pool_backward(dy, x_shape, kernel_size, stride, padding, count_include_
 def avg_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], count_include_pad: bool,
                divisor_override: Optional[int]) -> Tensor:
     """Each window's sum over its area (count_include_pad), its in-bounds count, or divisor_override."""
-    _check_tensors("avg_pool2d", x=x)
+    check_tensors("avg_pool2d", x=x)
     if x.shape[0] == 0:
         return x.new_empty(_pool_shape(x, kernel_size, stride, padding))
-    return _run(lambda a: _sum_pool(a, tuple(kernel_size), tuple(stride), tuple(padding), count_include_pad,
+    return run(lambda a: _sum_pool(a, tuple(kernel_size), tuple(stride), tuple(padding), count_include_pad,
                                     divisor_override), x)
 
 
 @avg_pool2d.register_fake
 def _(x, kernel_size, stride, padding, count_include_pad, divisor_override):
-    _check_tensors("avg_pool2d", x=x)
+    check_tensors("avg_pool2d", x=x)
     return x.new_empty(_pool_shape(x, kernel_size, stride, padding))
 
 
 @custom_op("cnn_gpu::avg_pool2d_backward", mutates_args=(), device_types=DEVICES)
 def avg_pool2d_backward(grad: Tensor, x_shape: list[int], kernel_size: list[int], stride: list[int],
                         padding: list[int], count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
-    _check_tensors("avg_pool2d_backward", grad=grad)
+    check_tensors("avg_pool2d_backward", grad=grad)
     if x_shape[0] == 0:
         return grad.new_zeros(x_shape)
-    return _run(lambda g: _sum_pool_backward(g, tuple(x_shape), tuple(kernel_size), tuple(stride), tuple(padding),
+    return run(lambda g: _sum_pool_backward(g, tuple(x_shape), tuple(kernel_size), tuple(stride), tuple(padding),
                                              count_include_pad, divisor_override), grad)
 
 
@@ -385,7 +258,7 @@ def _avg_pool2d_grad(ctx, grad):
     return (call(avg_pool2d_backward, grad, *ctx.conf),) + (None,) * 5
 
 
-avg_pool2d.differentiable = _differentiable(avg_pool2d, _avg_pool2d_grad, _avg_pool2d_setup)
+avg_pool2d.differentiable = differentiable(avg_pool2d, _avg_pool2d_grad, _avg_pool2d_setup)
 
 
 # ---- activations ---------------------------------------------------------------------------------
@@ -409,8 +282,8 @@ def _activation_backward(dy, saved, name, slope):
 @custom_op("cnn_gpu::activation_backward", mutates_args=(), device_types=DEVICES)
 def activation_backward(grad: Tensor, saved: Tensor, name: str, negative_slope: float) -> Tensor:
     """dx of the activation `name` from grad and `saved` (the output y; the input x for leaky_relu)."""
-    _check_tensors("activation_backward", grad=grad, saved=saved)
-    return _run(lambda g, s: _activation_backward(g, s, name, negative_slope), grad, saved)
+    check_tensors("activation_backward", grad=grad, saved=saved)
+    return run(lambda g, s: _activation_backward(g, s, name, negative_slope), grad, saved)
 
 
 @activation_backward.register_fake
@@ -421,14 +294,14 @@ def _(grad, saved, name, negative_slope):
 def _activation(name, function, with_slope=False):
     """Registers cnn_gpu::<name>(x) (or (x, negative_slope)) and its autograd formula."""
     def implementation(x, *slope):
-        _check_tensors(name, x=x)
-        return _run(lambda a: function(a, *slope), x)
+        check_tensors(name, x=x)
+        return run(lambda a: function(a, *slope), x)
 
     schema = "(Tensor x, float negative_slope) -> Tensor" if with_slope else "(Tensor x) -> Tensor"
     op = custom_op(f"cnn_gpu::{name}", implementation, mutates_args=(), device_types=DEVICES, schema=schema)
 
     def fake(x, *slope):
-        _check_tensors(name, x=x)
+        check_tensors(name, x=x)
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     def setup_context(ctx, inputs, output):
@@ -441,7 +314,7 @@ def _activation(name, function, with_slope=False):
         return (dx, None) if with_slope else dx
 
     op.register_fake(fake)
-    op.differentiable = _differentiable(op, backward, setup_context)
+    op.differentiable = differentiable(op, backward, setup_context)
     return op
 
 
@@ -463,14 +336,14 @@ def _check_logits(op, logits, labels):
 @custom_op("cnn_gpu::cross_entropy", mutates_args=(), device_types=DEVICES)
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """The mean softmax cross-entropy of (N, K) logits against (N,) integer labels: a 0-d tensor."""
-    _check_tensors("cross_entropy", logits=logits, labels=labels)
+    check_tensors("cross_entropy", logits=logits, labels=labels)
     _check_logits("cross_entropy", logits, labels)
-    return _run(lambda a, b: F.softmax_cross_entropy(a, b)[0], logits, labels)
+    return run(lambda a, b: F.softmax_cross_entropy(a, b)[0], logits, labels)
 
 
 @cross_entropy.register_fake
 def _(logits, labels):
-    _check_tensors("cross_entropy", logits=logits, labels=labels)
+    check_tensors("cross_entropy", logits=logits, labels=labels)
     _check_logits("cross_entropy", logits, labels)
     return logits.new_empty(())
 
@@ -479,8 +352,8 @@ def _(logits, labels):
 def cross_entropy_backward(grad: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     """dlogits = grad * (softmax(logits) - onehot(labels)) / N: the fused kernel run again (the forward
     returns the loss only, so no hidden output needs to be kept)."""
-    _check_tensors("cross_entropy_backward", grad=grad, logits=logits, labels=labels)
-    dlogits = _run(lambda a, b: F.softmax_cross_entropy(a, b, check_labels=False)[1], logits, labels)
+    check_tensors("cross_entropy_backward", grad=grad, logits=logits, labels=labels)
+    dlogits = run(lambda a, b: F.softmax_cross_entropy(a, b, check_labels=False)[1], logits, labels)
     return dlogits.mul_(grad)
 
 
@@ -498,7 +371,7 @@ def _cross_entropy_grad(ctx, grad):
     return call(cross_entropy_backward, grad, logits, labels), None
 
 
-cross_entropy.differentiable = _differentiable(cross_entropy, _cross_entropy_grad, _cross_entropy_setup)
+cross_entropy.differentiable = differentiable(cross_entropy, _cross_entropy_grad, _cross_entropy_setup)
 
 
 # ---- dropout -------------------------------------------------------------------------------------
@@ -506,20 +379,20 @@ cross_entropy.differentiable = _differentiable(cross_entropy, _cross_entropy_gra
 def dropout(x: Tensor, p: float, seed: Tensor) -> tuple[Tensor, Tensor]:
     """(y, mask): y = x * mask / (1 - p), mask (uint8) drawn from the int64 seed (a CPU scalar) and the
     element index by cnn_gpu's counter-based hash; 0 <= p < 1."""
-    _check_tensors("dropout", x=x)
-    return _run(lambda a: F.dropout(a, p, int(seed)), x)
+    check_tensors("dropout", x=x)
+    return run(lambda a: F.dropout(a, p, int(seed)), x)
 
 
 @dropout.register_fake
 def _(x, p, seed):
-    _check_tensors("dropout", x=x)
+    check_tensors("dropout", x=x)
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape, dtype=torch.uint8)
 
 
 @custom_op("cnn_gpu::dropout_backward", mutates_args=(), device_types=DEVICES)
 def dropout_backward(grad: Tensor, mask: Tensor, p: float) -> Tensor:
-    _check_tensors("dropout_backward", grad=grad, mask=mask)
-    return _run(lambda g, m: F.dropout_backward(g, m, p), grad, mask)
+    check_tensors("dropout_backward", grad=grad, mask=mask)
+    return run(lambda g, m: F.dropout_backward(g, m, p), grad, mask)
 
 
 @dropout_backward.register_fake
@@ -538,7 +411,7 @@ def _dropout_grad(ctx, grad, _grad_mask):
     return call(dropout_backward, grad, mask, ctx.p), None, None
 
 
-dropout.differentiable = _differentiable(dropout, _dropout_grad, _dropout_setup)
+dropout.differentiable = differentiable(dropout, _dropout_grad, _dropout_setup)
 
 
 # ---- batch normalisation -------------------------------------------------------------------------
@@ -560,13 +433,13 @@ def batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], runn
     ones (if given) moved towards them by momentum; otherwise the running statistics. mean and invstd are the
     statistics used. The operator is functional (autograd needs that): the caller copies the new running
     statistics into its buffers; without running statistics they are empty."""
-    _check_tensors("batch_norm", x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    check_tensors("batch_norm", x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     _check_batch_norm(x, weight, bias, running_mean, running_var)
-    new_mean = _empty(x) if running_mean is None else running_mean.clone()
-    new_var = _empty(x) if running_var is None else running_var.clone()
+    new_mean = empty(x) if running_mean is None else running_mean.clone()
+    new_var = empty(x) if running_var is None else running_var.clone()
     if x.shape[0] == 0 and not training:
         return x.new_empty(x.shape), running_mean.clone(), torch.rsqrt(running_var + eps), new_mean, new_var
-    y, mean, invstd = _run(lambda *a: F.batch_norm(*a, training=training, momentum=momentum, eps=eps),
+    y, mean, invstd = run(lambda *a: F.batch_norm(*a, training=training, momentum=momentum, eps=eps),
                            x, weight, bias, None if running_mean is None else new_mean,
                            None if running_var is None else new_var)
     return y, mean, invstd, new_mean, new_var
@@ -574,23 +447,23 @@ def batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], runn
 
 @batch_norm.register_fake
 def _(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    _check_tensors("batch_norm", x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    check_tensors("batch_norm", x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     _check_batch_norm(x, weight, bias, running_mean, running_var)
     C = x.shape[1]
     return (torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(C), x.new_empty(C),
-            _empty(x) if running_mean is None else torch.empty_like(running_mean),
-            _empty(x) if running_var is None else torch.empty_like(running_var))
+            empty(x) if running_mean is None else torch.empty_like(running_mean),
+            empty(x) if running_var is None else torch.empty_like(running_var))
 
 
 @custom_op("cnn_gpu::batch_norm_backward", mutates_args=(), device_types=DEVICES)
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
                         training: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias); training: the batch statistics' terms included; else they are constants."""
-    _check_tensors("batch_norm_backward", grad=grad, x=x, weight=weight, mean=mean, invstd=invstd)
+    check_tensors("batch_norm_backward", grad=grad, x=x, weight=weight, mean=mean, invstd=invstd)
     function = F.batch_norm_backward if training else batch_norm_inference_backward
     if x.shape[0] == 0:
         return torch.zeros_like(x), mean.new_zeros(mean.shape), mean.new_zeros(mean.shape)
-    return _run(function, grad, x, weight, mean, invstd)
+    return run(function, grad, x, weight, mean, invstd)
 
 
 @batch_norm_backward.register_fake
@@ -613,7 +486,7 @@ def _batch_norm_grad(ctx, grad, *_grad_statistics):
     return dx, dweight if has_weight else None, dbias if has_bias else None, None, None, None, None, None
 
 
-batch_norm.differentiable = _differentiable(batch_norm, _batch_norm_grad, _batch_norm_setup)
+batch_norm.differentiable = differentiable(batch_norm, _batch_norm_grad, _batch_norm_setup)
 
 
 FORWARD_OPS = (conv2d, linear, max_pool2d, avg_pool2d, relu, leaky_relu, sigmoid, tanh, cross_entropy, dropout,
@@ -621,6 +494,6 @@ FORWARD_OPS = (conv2d, linear, max_pool2d, avg_pool2d, relu, leaky_relu, sigmoid
 BACKWARD_OPS = (conv2d_backward, linear_backward, max_pool2d_backward, avg_pool2d_backward, activation_backward,
                 cross_entropy_backward, dropout_backward, batch_norm_backward)
 for _op in FORWARD_OPS + BACKWARD_OPS:
-    _float32_under_autocast(_op)
+    float32_under_autocast(_op)
 for _op in BACKWARD_OPS:
-    _no_derivative(_op)
+    no_derivative(_op)

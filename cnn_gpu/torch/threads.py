@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 
 import torch
@@ -38,7 +39,7 @@ def _blas_libraries() -> tuple:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # a dependency of cnn_gpu; without it nothing is limited
         return ()
-    import numpy  # noqa: F401  (its BLAS must be loaded to be found)
+    importlib.import_module("numpy")  # its BLAS must be loaded to be found
 
     return tuple(_Blas(c) for c in ThreadpoolController().select(user_api="blas").lib_controllers)
 
