@@ -245,6 +245,20 @@ def test_func_grad_equals_autograd():
         torch.testing.assert_close(g, h)
 
 
+def test_func_grad_under_autocast_returns_the_input_dtype():
+    x, w = torch.randn(2, 3, 6, 6, dtype=torch.bfloat16), torch.randn(4, 3, 3, 3)
+
+    def loss(x):
+        with torch.autocast("cpu", torch.bfloat16):
+            return ours.relu(ours.conv2d(x, w)).sum()
+
+    got = torch.func.grad(loss)(x)
+    x1 = x.clone().requires_grad_(True)
+    loss(x1).backward()
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, x1.grad)
+
+
 def test_vmap_equals_a_loop():
     torch.manual_seed(0)
     xs, w = torch.randn(3, 2, 2, 5, 5), torch.randn(4, 2, 3, 3)

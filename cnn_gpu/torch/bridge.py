@@ -122,8 +122,19 @@ def call(op, *args):
     """op(*args) with autograd: the operator itself, or under a torch.func transform (grad, vmap, jacrev) its
     autograd.Function (the transforms take no operator's registered formula). torch.compile traces the operator."""
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        return op.differentiable.apply(*args)
+        return op.differentiable.apply(*_autocast_inputs(args))
     return op(*args)
+
+
+def _autocast_inputs(args):
+    """The operator's autocast rule applied before an autograd.Function (which saves the inputs it is given):
+    float16 / bfloat16 tensors to float32 where autocast is on for their device, the casts recorded by autograd."""
+    def cast(a):
+        if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16) and a.device.type in AUTOCAST_DEVICES \
+                and torch.is_autocast_enabled(a.device.type):
+            return a.float()
+        return a
+    return tuple(cast(a) for a in args)
 
 
 def float32_under_autocast(op):
