@@ -17,8 +17,8 @@ backward-filter, the bias gradient and the split sum, all in one module per tile
 (TILE_CONFIGS: gemm_{nn,nt,tn,tt} and the split sum); every other family at its kernel defaults; and, for
 the families compiled per layer shape, a sample of the define sets their planners produce (the layers the
 tests compile: a 1-filter and an RGB forward, stride 2, a 3×5 window; 1- and 3-channel backward-filter).
-A kernel renamed on purpose is paired with --rename OLD=NEW; the function's name line is the only text
-not compared. The exit status is 0 only when everything compared is identical.
+A kernel renamed on purpose is paired with --rename OLD=NEW. Not compared: the function's name line, and the
+width of the blanks between columns (cuobjdump aligns them to the widest line of the whole dump). The exit status is 0 only when everything compared is identical.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -136,9 +137,15 @@ def dump(out: Path, families=None, jobs: int = 2) -> int:
     return 1 if failed else 0
 
 
+def normalise(sass: str) -> str:
+    """The SASS with each line's runs of blanks as one space: cuobjdump pads its columns to the widest instruction
+    text of the whole dump, so an unchanged kernel's spacing moves when another kernel's longest line does."""
+    return "\n".join(" ".join(line.split()) for line in sass.splitlines()) + "\n"
+
+
 def _load(folder: Path) -> tuple:
-    """({(arch, variant folder, kernel): sass}, {(arch, variant folder, kernel): ptxas report})."""
-    sass = {(p.parts[-3], p.parts[-2], p.stem): p.read_text() for p in folder.glob("*/*/*.sass")}
+    """({(arch, variant folder, kernel): normalised sass}, {(arch, variant folder, kernel): ptxas report})."""
+    sass = {(p.parts[-3], p.parts[-2], p.stem): normalise(p.read_text()) for p in folder.glob("*/*/*.sass")}
     index = json.loads((folder / "resources.json").read_text())
     resources = {(arch, _folder_name(label), kernel): r for arch, by_label in index["resources"].items()
                  for label, report in by_label.items() for kernel, r in report.items()}
@@ -147,6 +154,16 @@ def _load(folder: Path) -> tuple:
 
 def _instructions(text: str) -> int:
     return sum(1 for line in text.splitlines() if re.match(r"^\s*/\*[0-9a-f]{4,}\*/", line))
+
+
+_OPCODE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def opcode_changes(before: str, after: str) -> str:
+    """'IMAD 239->240, MOV 201->207' for the base opcodes (LDG.E.128 counts as LDG) whose counts differ."""
+    count = lambda text: Counter(m.group(1) for m in map(_OPCODE.match, text.splitlines()) if m)  # noqa: E731
+    a, b = count(before), count(after)
+    return ", ".join(f"{op} {a[op]}->{b[op]}" for op in sorted(set(a) | set(b)) if a[op] != b[op]) or "none"
 
 
 def diff(before: Path, after: Path, renames: dict, diffs: Path | None = None) -> int:
@@ -168,7 +185,7 @@ def diff(before: Path, after: Path, renames: dict, diffs: Path | None = None) ->
         minus = sum(1 for line in delta if line.startswith("-") and not line.startswith("---"))
         res = "" if old_res.get(key) == new_res.get(key) else f"; resources {old_res.get(key)} -> {new_res.get(key)}"
         print(f"DIFFERS {' | '.join(key)}: {_instructions(old_sass[key])} -> {_instructions(new_sass[key])} "
-              f"instructions, -{minus} +{plus} lines{res}")
+              f"instructions, -{minus} +{plus} lines{res}; opcode counts changed: {opcode_changes(old_sass[key], new_sass[key])}")
         if diffs is not None:
             path = diffs / key[0] / _folder_name(key[1]) / f"{key[2]}.diff"
             path.parent.mkdir(parents=True, exist_ok=True)
