@@ -24,30 +24,20 @@
 //   the main loop and the epilogue (gemm_epilogue.cuh's bias + activation and row-major store, and
 //   store_pixel_tile here) know only the GEMM.
 //
-// Tile sizes are the CONV_* defines below (cnn_gpu/ops/conv.py's DEFAULT_TILE; its other CONV_TILES are
-// compiled with -DCONV_BM=... and cnn_gpu/cuda/autotune.py picks one per kernel and shape).
+// Tile sizes are the CONV_* defines, from Python: the default variant's in cnn_gpu/cuda/loader.py's FAMILY_DEFINES
+// (cnn_gpu/ops/conv.py's DEFAULT_TILE), the other CONV_TILES as -DCONV_BM=...; cnn_gpu/cuda/autotune.py picks one
+// per kernel and shape.
 // Indices inside one image are 32-bit, image offsets 64-bit: one ZERO-PADDED image of x
 // (C·(H+pt+pb)·(W+pl+pr)), one image of y, w and the GEMM extents must fit in 32 bits (a gather's offset
 // (c·H + r)·W + s is bounded by the padded image, since R ≤ H+pt+pb and S ≤ W+pl+pr).
 // No float atomics: dw and db are reduced in per-block partials and summed in a fixed order by
-// conv2d_sum_partials, so backward is bit-reproducible.
+// sum_splits_bias_act (sum_splits.cuh), so backward is bit-reproducible.
 #include "conv2d_indexing.cuh"
 #include "gemm_epilogue.cuh"
+#include "sum_splits.cuh"
 
-#ifndef CONV_BM
-#define CONV_BM 64
-#endif
-#ifndef CONV_BN
-#define CONV_BN 64
-#endif
-#ifndef CONV_BK
-#define CONV_BK 16
-#endif
-#ifndef CONV_TM
-#define CONV_TM 4
-#endif
-#ifndef CONV_TN
-#define CONV_TN 4
+#if !defined(CONV_BM) || !defined(CONV_BN) || !defined(CONV_BK) || !defined(CONV_TM) || !defined(CONV_TN) || !defined(BIAS_THREADS)
+#error "the tile sizes and BIAS_THREADS come from cnn_gpu/cuda/loader.py (FAMILY_DEFINES, a variant's defines)"
 #endif
 
 using Tile = BlockTile<CONV_BM, CONV_BN, CONV_BK, CONV_TM, CONV_TN>;
@@ -403,7 +393,7 @@ struct Im2colRows {
 // (store_pixel_tile). Floor: 2·N·K·OH·OW·C·R·S FLOPs; 4·(N·C·H·W + K·C·R·S + N·K·OH·OW) bytes.
 // Split reduction (for layers whose output tiles cannot fill the GPU): block z sums only q in
 // [z·chunk, min(z·chunk + chunk, C·R·S)) (chunk a multiple of BK, no split empty) and, when gridDim.z > 1,
-// writes that partial sum with no epilogue to out + z·N·K·OH·OW; conv2d_sum_partials then adds the
+// writes that partial sum with no epilogue to out + z·N·K·OH·OW; sum_splits_bias_act then adds the
 // splits in order and applies bias and act. With gridDim.z == 1 (chunk >= C·R·S) out is y.
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
@@ -448,7 +438,7 @@ conv2d_bwd_data(const float* __restrict__ dy, const float* __restrict__ w, float
 
 // conv2d_bwd_filter: partials[z][k][q] = Σ over output pixels p in [z·chunk, min(z·chunk + chunk, N·OH·OW))
 // of dy[n,k,p] · im2col(x)[q][p], q = (c, r, s); chunk is a multiple of BK. With gridDim.z == 1,
-// partials is dw itself; otherwise conv2d_sum_partials adds the gridDim.z slices in order.
+// partials is dw itself; otherwise sum_splits_bias_act adds the gridDim.z slices in order.
 // GEMM M = K, N = C·R·S, reduction over the chunk. Grid (cdiv(C·R·S, BN), cdiv(K, BM), splits), block
 // THREADS, smem as forward. Thread writes partials[z][k][q] for its TM filters × TN columns (zeros for an
 // empty chunk). Floor: 2·N·K·OH·OW·C·R·S FLOPs; 4·(N·K·OH·OW + N·C·H·W + 2·splits·K·C·R·S) bytes.
@@ -466,10 +456,8 @@ conv2d_bwd_filter(const float* __restrict__ dy, const float* __restrict__ x, flo
     store_row_major<Tile>(partials, acc, Tile::thread(), k0, q0, K, crs, crs % 4 == 0 && aligned16(partials));
 }
 
-#define BIAS_THREADS 256
-
 // conv2d_bwd_bias: partials[z][k] = Σ dy[n, k, pixel] over flat i = n·OHW + pixel in [z·chunk, z·chunk + chunk) ∩ [0, npix).
-// Grid (K, splits), block BIAS_THREADS (the launch must use it). Each thread sums a strided subset in
+// Grid (K, splits), block BIAS_THREADS (a define from cnn_gpu/cuda/loader.py; the launch uses the same). Each thread sums a strided subset in
 // order, then block_sum's fixed shuffle tree: the same bits every run. Block (k, z) writes
 // partials[z·K + k]; with gridDim.y == 1 partials is db itself. Floor: 4·N·K·OH·OW bytes read.
 extern "C" __global__ void __launch_bounds__(BIAS_THREADS)
@@ -484,19 +472,4 @@ conv2d_bwd_bias(const float* __restrict__ dy, float* __restrict__ partials, int 
     }
     sum = block_sum(sum, warp_totals);
     if (threadIdx.x == 0) partials[blockIdx.y * K + k] = sum;
-}
-
-// conv2d_sum_partials: out[i] = act(Σ_{z < splits} partials[z·n + i] + bias[(i / PIX) % K]), z in increasing
-// order (the deterministic second pass of a split conv2d_fwd_bias_act, conv2d_bwd_filter and conv2d_bwd_bias;
-// the last two pass no bias and ACT_NONE). bias may be null. 1-D grid-stride, any block size.
-// Floor: 4·n·(splits + 1) bytes.
-extern "C" __global__ void conv2d_sum_partials(const float* __restrict__ partials, const float* __restrict__ bias,
-                                               float* __restrict__ out, int64 n, int splits, int K, int PIX, int act,
-                                               float slope) {
-    GRID_STRIDE_LOOP(i, n) {
-        float sum = 0.f;
-        for (int z = 0; z < splits; ++z) sum += partials[z * n + i];
-        if (bias != nullptr) sum += __ldg(bias + i / PIX % K);
-        out[i] = apply_activation(sum, act, slope);
-    }
 }

@@ -28,7 +28,7 @@
 //       (u, r) that meets that row: 4·K·S FMAs each. A warp's lanes with the same ty read one row.
 //   Epilogue: bias and activation (common.cuh's codes); a float4 store a filter and row when OW % 4 == 0 and y is
 //   16-byte aligned, else guarded scalars. Split (gridDim.y > 1): block (·, z) writes slice z of partials
-//   (splits, N, K, OH, OW) with no bias and ACT_NONE, and conv2d.cu's conv2d_sum_partials adds the slices in order
+//   (splits, N, K, OH, OW) with no bias and ACT_NONE, and sum_splits_bias_act (sum_splits.cuh, in conv2d.cu) adds the slices in order
 //   with bias and activation. Every sum in a fixed order, no atomics: the same bits every run.
 // Grid (N·tiles_h·tiles_w, splits), block THREADS, static smem 2·XH·XP·4 bytes (<= 2·FK_MAX_LOADS·THREADS·4 = 24 KB).
 // Indices within an image in 32 bits (conv.py checks one image of x and of y), image offsets in 64.
@@ -246,7 +246,7 @@ conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w,
 // ---- backward filter for layers with few input channels (first layers) ----------------------------
 // conv2d_bwd_filter_few_channels: partials[z][k][q] = Σ over the output pixels of strips [z·chunk, min(z·chunk +
 // chunk, N·cdiv(OH·OW, 4))) of dy[n,k,oh,ow] · x[n, c, oh·sh − pt + r, ow·sw − pl + s], q = (c, r, s) (with
-// gridDim.y == 1 partials is dw itself; otherwise conv2d_sum_partials adds the gridDim.y slices in order).
+// gridDim.y == 1 partials is dw itself; otherwise sum_splits_bias_act adds the gridDim.y slices in order).
 // For layers with C·R·S <= FC_MAX_TAPS, whose implicit GEMM (conv2d.cu) is only C·R·S wide (9 for a 1-channel 3×3
 // layer): its tiles would mostly idle, while the op needs only to stream dy once (memory-bound).
 //   C, R, S, the column stride sw and FC_FILTERS are compile-time (FEWC_* defines: cnn_gpu/ops/conv.py compiles

@@ -1,12 +1,12 @@
-// gemm.cu: single-precision GEMM with a fused bias + activation epilogue, and a deterministic column sum.
+// gemm.cu: single-precision GEMM with a fused bias + activation epilogue, and the deterministic split sum.
 //
 //   gemm_{nn,nt,tn,tt}:   C[z][m][n] = act( sum_{k in split z} op(A)[m][k] * op(B)[k][n] + bias[n] )
 //       op(A)[m][k] = A[m*lda + k] (n) or A[k*lda + m] (t);  op(B)[k][n] = B[k*ldb + n] (n) or B[n*ldb + k] (t)
 //       so x·Wᵀ (nt), dy·W (nn), dyᵀ·x (tn) all read their operands in place, no transpose materialised.
 //       C is dense M×N (ldc = N); split-K slice z (blockIdx.z) covers k in [z*k_per_split, (z+1)*k_per_split)
 //       and writes C + z*M*N. With more than one slice the host passes bias = NULL, act = none and sums the
-//       slices with sum_rows_bias_act, which then applies bias and activation.
-//   sum_rows_bias_act:    out[c] = act( sum_{r = 0..rows-1} x[r*cols + c] + bias[c % bias_period] )
+//       slices with sum_splits_bias_act, which then applies bias and activation.
+//   sum_splits_bias_act (sum_splits.cuh): out[c] = act( sum_{r = 0..rows-1} x[r*cols + c] + bias[c % N] )
 //       the bias gradient (x = dy, no bias, no act) and the split-K reduction (x = slices, rows = splits).
 //
 // GEMM launch: grid (cdiv(M, TILE_M), cdiv(N, TILE_N), splits), block THREADS = (TILE_M/THREAD_M)·(TILE_N/THREAD_N),
@@ -33,26 +33,13 @@
 // (THREAD_M + THREAD_N)/4 LDS.128, 64 per 4 at 8×8.
 // Indexing: element offsets are 64-bit; per-thread row pointers advance by a slab each step.
 #include "gemm_epilogue.cuh"
+#include "sum_splits.cuh"
 
-// Tile sizes: defaults for large GEMMs; cnn_gpu/ops/gemm.py compiles its TILE_CONFIGS variants with -DTILE_M=...,
-// and cnn_gpu/cuda/autotune.py picks one of them (with a split-K) per shape by timing them on the first call.
-#ifndef TILE_M
-#define TILE_M 128
-#endif
-#ifndef TILE_N
-#define TILE_N 128
-#endif
-#ifndef TILE_K
-#define TILE_K 8
-#endif
-#ifndef THREAD_M
-#define THREAD_M 8
-#endif
-#ifndef THREAD_N
-#define THREAD_N 8
-#endif
-#ifndef MIN_BLOCKS_PER_SM
-#define MIN_BLOCKS_PER_SM 2
+// Tile sizes: defines from Python, the default variant's in cnn_gpu/cuda/loader.py's FAMILY_DEFINES; cnn_gpu/ops/gemm.py
+// compiles its other TILE_CONFIGS with -DTILE_M=..., and cnn_gpu/cuda/autotune.py picks one of them (with a split-K)
+// per shape by timing them on the first call.
+#if !defined(TILE_M) || !defined(TILE_N) || !defined(TILE_K) || !defined(THREAD_M) || !defined(THREAD_N) || !defined(MIN_BLOCKS_PER_SM)
+#error "the tile sizes come from cnn_gpu/cuda/loader.py (FAMILY_DEFINES, a variant's defines)"
 #endif
 
 using Tile = BlockTile<TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N>;
@@ -200,31 +187,3 @@ GEMM_ENTRY(gemm_nn, false, false)
 GEMM_ENTRY(gemm_nt, false, true)
 GEMM_ENTRY(gemm_tn, true, false)
 GEMM_ENTRY(gemm_tt, true, true)
-
-// Launch: grid (min(cdiv(cols, 32), 65535)), block (32, SUM_ROW_GROUPS); blocks stride over 32-column tiles.
-// Thread (c, g) adds rows g, g + SUM_ROW_GROUPS, ... of column c in increasing order (a warp reads 32
-// consecutive floats of one row), then thread (c, 0) adds the SUM_ROW_GROUPS partials in order: the same
-// bits on every run, no atomics. Memory bound: floor = 4·rows·cols bytes read.
-#define SUM_ROW_GROUPS 8
-
-extern "C" __global__ void __launch_bounds__(32 * SUM_ROW_GROUPS)
-sum_rows_bias_act(const float* __restrict__ x, float* __restrict__ out, int64 rows, int64 cols,
-                  const float* __restrict__ bias, int64 bias_period, int act, float slope) {
-    __shared__ float partial[SUM_ROW_GROUPS][33];
-    for (int64 c0 = (int64)blockIdx.x * 32; c0 < cols; c0 += (int64)gridDim.x * 32) {
-        const int64 c = c0 + threadIdx.x;
-        float sum = 0.f;
-        if (c < cols)
-            for (int64 r = threadIdx.y; r < rows; r += SUM_ROW_GROUPS) sum += x[r * cols + c];
-        partial[threadIdx.y][threadIdx.x] = sum;
-        __syncthreads();
-        if (threadIdx.y == 0 && c < cols) {
-            float total = partial[0][threadIdx.x];
-#pragma unroll
-            for (int g = 1; g < SUM_ROW_GROUPS; ++g) total += partial[g][threadIdx.x];
-            if (bias != nullptr) total += bias[c % bias_period];
-            out[c] = apply_activation(total, act, slope);
-        }
-        __syncthreads();  // partial is rewritten by the next column tile
-    }
-}

@@ -19,7 +19,7 @@ col2im that adds one strided slice per kernel tap (R*S vectorised adds; a numba 
 no faster).
 
 CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data, conv2d_bwd_filter) and
-deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no float atomics, so backward is
+deterministic split reductions (conv2d_bwd_bias, sum_splits_bias_act): no float atomics, so backward is
 bit-reproducible. Each of the three has variants; cnn_gpu.cuda.autotune times them on the first call of a
 shape and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEFAULT_TILE):
   forward          CONV_TILES; SplitPlan(tile, blocks_per_sm): C·R·S split over blocks, offered where the
@@ -47,11 +47,11 @@ import numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cnn_gpu.cuda import autotune
-from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, require_int32_indexable, sm_count
-from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.launch import cdiv, require_int32_indexable, sm_count
+from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
-from cnn_gpu.ops.gemm import MAX_GRID_Y, cuda_gemm_k_slices, plan_gemm
+from cnn_gpu.ops.gemm import MAX_GRID_Y, cuda_gemm_k_slices, cuda_sum_splits, plan_gemm
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
 _LAYOUTS = {"x": (4, "N, C, H, W"), "w": (4, "K, C, R, S"), "b": (1, "K"), "dy": (4, "N, K, OH, OW")}
@@ -71,13 +71,19 @@ class ConvTile(NamedTuple):
     def threads(self) -> int:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
+    DEFINE_NAMES = ("CONV_BM", "CONV_BN", "CONV_BK", "CONV_TM", "CONV_TN")  # the fields' defines
+
     @property
     def defines(self) -> dict:
-        return {"CONV_BM": self.bm, "CONV_BN": self.bn, "CONV_BK": self.bk, "CONV_TM": self.tm, "CONV_TN": self.tn}
+        return dict(zip(self.DEFINE_NAMES, self))
+
+    @classmethod
+    def from_defines(cls, defines: dict) -> "ConvTile":
+        return cls(*(defines[name] for name in cls.DEFINE_NAMES))
 
 
-# The kernel file's #ifndef defaults (a test checks), so the CI compile check compiles the default variant.
-DEFAULT_TILE = ConvTile(64, 64, 16, 4, 4)
+# The family's default variant (cnn_gpu.cuda.loader.FAMILY_DEFINES), so the CI compile check compiles it.
+DEFAULT_TILE = ConvTile.from_defines(family_defines("conv2d"))
 # The autotuner's candidates for each implicit GEMM, the default first; each has a CUDA-vs-NumPy test and
 # an NVRTC no-spill check. Bigger tiles for many filters and pixels (more FMAs per shared-memory read);
 # 32 x 64 for few filters (first layers' forward); 128 x 32 for backward-filter of few input channels,
@@ -182,7 +188,7 @@ def _numpy_col2im(dcols, g: WindowGeometry, dtype):
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
-_BIAS_THREADS = 256  # conv2d_bwd_bias's block size (its shared buffer is sized for it)
+_BIAS_THREADS = family_defines("conv2d")["BIAS_THREADS"]  # conv2d_bwd_bias's block size (the kernel's define)
 
 
 @functools.lru_cache(maxsize=None)
@@ -557,16 +563,7 @@ def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: 
 def _sum_partials(partials, out, bias=None, K: int = 1, pixels: int = 1, act: int = 0, slope: float = 0.0):
     """out = act(partials.sum(axis=0) + bias) in a fixed order (the deterministic second pass); out is NCHW-like
     with K channels of `pixels` pixels when bias is given (element i takes bias[(i // pixels) % K])."""
-    grid, scalars = _sum_partials_launch(out.size, partials.shape[0], K, pixels, act, slope)
-    _kernel("conv2d_sum_partials")(grid, (256,), (partials, bias, out) + scalars)
-    return out
-
-
-@functools.lru_cache(maxsize=1024)
-def _sum_partials_launch(n: int, splits: int, K: int, pixels: int, act: int, slope: float) -> tuple:
-    """(grid, scalar arguments) of conv2d_sum_partials, worked out once per shape: it runs on every backward."""
-    scalars = (numpy.int64(n), numpy.int32(splits), numpy.int32(K), numpy.int32(pixels), numpy.int32(act), numpy.float32(slope))
-    return (grid_stride_blocks(n),), scalars
+    return cuda_sum_splits("conv2d", partials, partials.shape[0], out.size, out, bias, pixels, act, slope)
 
 
 def _launch_conv2d_bwd_data(dy, w, problem: _Problem, tile):
