@@ -3,14 +3,13 @@ CUDA against NumPy (float64) on odd shapes, every autotuner candidate (tile vari
 and through the NVRTC no-spill check, backward's compute_dx / compute_dw, bit-reproducible backward,
 torch.nn.functional where torch is installed, and one test per bad-input rule."""
 import math
-import re
 
 import numpy
 import pytest
 
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
-from cnn_gpu.cuda.loader import KERNEL_DIR, family_defines
+from cnn_gpu.cuda.loader import family_defines
 from cnn_gpu.ops import conv as conv_ops
 from cnn_gpu.ops import geometry as geometry_ops
 from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
@@ -589,16 +588,6 @@ def test_few_channels_splits_cover_every_strip_once(strips, groups, blocks_per_s
     assert splits == 1 or chunk >= conv_ops._FEW_CHANNELS_MIN_CHUNK
     most = max(1, strips // conv_ops._FEW_CHANNELS_MIN_CHUNK)
     assert groups * splits >= min(blocks_per_sm * sms, groups * most)  # fills the GPU where the strips allow
-
-
-def test_few_channels_constants_match_kernel_source():
-    source = (KERNEL_DIR / "conv2d_direct.cu").read_text()
-    kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
-              for name in ("FC_THREADS", "FC_BLOCKS_AN_SM", "FC_STRIP", "FC_MAX_TAPS", "FC_MAX_FILTERS", "FC_HELD_REGISTERS")}
-    assert kernel == {"FC_THREADS": conv_ops._FEW_CHANNELS_THREADS, "FC_BLOCKS_AN_SM": conv_ops._FEW_CHANNELS_BLOCKS_AN_SM,
-                      "FC_STRIP": conv_ops._FEW_CHANNELS_STRIP,
-                      "FC_MAX_TAPS": conv_ops._FEW_CHANNELS_MAX_TAPS, "FC_MAX_FILTERS": conv_ops._FEW_CHANNELS_MAX_FILTERS,
-                      "FC_HELD_REGISTERS": conv_ops._FEW_CHANNELS_HELD_REGISTERS}
 
 
 @pytest.mark.parametrize("case", FEW_CHANNELS_CASES, ids=case_id)

@@ -44,6 +44,16 @@ FAMILY_DEFINES = {
     # 8 row groups (its sums also run over a batch of rows: the bias gradient)
     "gemm": {"TILE_M": 128, "TILE_N": 128, "TILE_K": 8, "THREAD_M": 8, "THREAD_N": 8, "MIN_BLOCKS_PER_SM": 2,
              "SPLIT_SUM_COLUMNS": 32, "SPLIT_SUM_ROW_GROUPS": 8},
+    # the direct kernels' limits, within which cnn_gpu.ops.conv offers them. conv2d_fwd_few_filters: up to 8
+    # filters, 4 output columns a thread (one float4), 128 threads, 24 staged x elements a thread and channel,
+    # K·R·S <= 72 weights, 32 accumulators and a 16-value row segment held in registers.
+    # conv2d_bwd_filter_few_channels: C·R·S <= 32, up to 6 filters a thread, 4 pixels a strip, 128 threads,
+    # 3 blocks an SM, 128 of its registers holding values.
+    "conv2d_direct": {"FK_MAX_FILTERS": 8, "FK_STRIP": 4, "FK_MAX_THREADS": 128, "FK_MAX_LOADS": 24,
+                      "FK_MAX_WEIGHTS": 72, "FK_MAX_ACCUMULATORS": 32, "FK_MAX_SEGMENT": 16,
+                      "FC_MAX_TAPS": 32, "FC_MAX_FILTERS": 6, "FC_STRIP": 4, "FC_THREADS": 128,
+                      "FC_BLOCKS_AN_SM": 3, "FC_HELD_REGISTERS": 128},
+    "winograd": {"WINOGRAD_THREADS": 256},  # the block size of all its kernels
 }
 
 LAUNCHERS = ("driver", "cupy")

@@ -348,7 +348,7 @@ def _direct_forward_launch(problem: _Problem, variant, act: int, slope: float) -
                    (tile.threads,), problem.args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)), splits)
 
 
-_WINOGRAD_THREADS = 256  # kernels/winograd.cu's WINOGRAD_THREADS
+_WINOGRAD_THREADS = family_defines("winograd")["WINOGRAD_THREADS"]
 
 
 # A Winograd variant's buffers together take at most this many bytes. They are always several times x and y
@@ -446,14 +446,15 @@ def _launch_conv2d_fwd_winograd(x, w, b, problem: _Problem, act: int, slope: flo
     return y
 
 
-# conv2d_fwd_few_filters's constants (kernels/conv2d_direct.cu's FK_*; a test compares them).
-_FEW_FILTERS_MAX_K = 8
-_FEW_FILTERS_STRIP = 4           # output columns a thread
-_FEW_FILTERS_MAX_THREADS = 128
-_FEW_FILTERS_MAX_LOADS = 24      # x elements a thread stages a channel
-_FEW_FILTERS_MAX_WEIGHTS = 72    # K·R·S, held in registers
-_FEW_FILTERS_MAX_SEGMENT = 16    # x values of one row under a thread's 4 windows, rounded up to float4s
-_FEW_FILTERS_MAX_ACCUMULATORS = 32  # a thread's u·4·K outputs, held in registers
+# conv2d_fwd_few_filters's limits: kernels/conv2d_direct.cu's FK_* defines, stated in cnn_gpu.cuda.loader.
+_DIRECT = family_defines("conv2d_direct")
+_FEW_FILTERS_MAX_K = _DIRECT["FK_MAX_FILTERS"]
+_FEW_FILTERS_STRIP = _DIRECT["FK_STRIP"]                  # output columns a thread
+_FEW_FILTERS_MAX_THREADS = _DIRECT["FK_MAX_THREADS"]
+_FEW_FILTERS_MAX_LOADS = _DIRECT["FK_MAX_LOADS"]          # x elements a thread stages a channel
+_FEW_FILTERS_MAX_WEIGHTS = _DIRECT["FK_MAX_WEIGHTS"]      # K·R·S, held in registers
+_FEW_FILTERS_MAX_SEGMENT = _DIRECT["FK_MAX_SEGMENT"]      # x values of one row under a thread's 4 windows, rounded up to float4s
+_FEW_FILTERS_MAX_ACCUMULATORS = _DIRECT["FK_MAX_ACCUMULATORS"]  # a thread's u·4·K outputs, held in registers
 # A split of the channels takes at least this many (each is a staging pipeline's start-up and a slice to sum).
 _FEW_FILTERS_MIN_CHUNK = 4
 
@@ -724,13 +725,13 @@ def _launch_conv2d_bwd_filter_winograd(dy, x, w_shape, problem: _Problem, split:
     return dw
 
 
-# conv2d_bwd_filter_few_channels's constants (kernels/conv2d_direct.cu's FC_*; a test compares them).
-_FEW_CHANNELS_THREADS = 128
-_FEW_CHANNELS_BLOCKS_AN_SM = 3    # resident on an SM at once (its __launch_bounds__)
-_FEW_CHANNELS_STRIP = 4           # output pixels a thread takes at a time
-_FEW_CHANNELS_MAX_TAPS = 32       # the largest C·R·S it is offered for
-_FEW_CHANNELS_MAX_FILTERS = 6
-_FEW_CHANNELS_HELD_REGISTERS = 128
+# conv2d_bwd_filter_few_channels's limits: kernels/conv2d_direct.cu's FC_* defines, stated in cnn_gpu.cuda.loader.
+_FEW_CHANNELS_THREADS = _DIRECT["FC_THREADS"]
+_FEW_CHANNELS_BLOCKS_AN_SM = _DIRECT["FC_BLOCKS_AN_SM"]  # resident on an SM at once (its __launch_bounds__)
+_FEW_CHANNELS_STRIP = _DIRECT["FC_STRIP"]               # output pixels a thread takes at a time
+_FEW_CHANNELS_MAX_TAPS = _DIRECT["FC_MAX_TAPS"]         # the largest C·R·S it is offered for
+_FEW_CHANNELS_MAX_FILTERS = _DIRECT["FC_MAX_FILTERS"]
+_FEW_CHANNELS_HELD_REGISTERS = _DIRECT["FC_HELD_REGISTERS"]
 # Strips a split has at least: 4 a thread, so that the block's closing reduction stays a small part of its work.
 _FEW_CHANNELS_MIN_CHUNK = 4 * _FEW_CHANNELS_THREADS
 
