@@ -28,7 +28,7 @@
 //       (u, r) that meets that row: 4·K·S FMAs each. A warp's lanes with the same ty read one row.
 //   Epilogue: bias and activation (common.cuh's codes); a float4 store a filter and row when OW % 4 == 0 and y is
 //   16-byte aligned, else guarded scalars. Split (gridDim.y > 1): block (·, z) writes slice z of partials
-//   (splits, N, K, OH, OW) with no bias and ACT_NONE, and conv2d.cu's conv2d_sum_partials adds the slices in order
+//   (splits, N, K, OH, OW) with no bias and ACT_NONE, and sum_splits_bias_act (sum_splits.cuh, in conv2d.cu) adds the slices in order
 //   with bias and activation. Every sum in a fixed order, no atomics: the same bits every run.
 // Grid (N·tiles_h·tiles_w, splits), block THREADS, static smem 2·XH·XP·4 bytes (<= 2·FK_MAX_LOADS·THREADS·4 = 24 KB).
 // Indices within an image in 32 bits (conv.py checks one image of x and of y), image offsets in 64.
@@ -69,13 +69,13 @@
 
 constexpr int FK_K = FEWK_K, FK_R = FEWK_R, FK_S = FEWK_S, FK_SH = FEWK_SH, FK_SW = FEWK_SW;
 constexpr int FK_BX = FEWK_BX, FK_BY = FEWK_BY, FK_U = FEWK_U;
-constexpr int FK_MAX_FILTERS = 8;     // cnn_gpu/ops/conv.py offers the kernel up to this K
-constexpr int FK_STRIP = 4;           // output columns a thread: one float4 of y
-constexpr int FK_MAX_THREADS = 128;
-constexpr int FK_MAX_LOADS = 24;      // staged elements a thread and channel: as many registers for their offsets
-constexpr int FK_MAX_WEIGHTS = 72;    // K·R·S held in registers (8 filters of 3×3)
-constexpr int FK_MAX_ACCUMULATORS = 32;  // a thread's U·4·K outputs, held in registers
-constexpr int FK_MAX_SEGMENT = 16;    // a row's x values held in registers
+// The limits FK_MAX_FILTERS, FK_MAX_THREADS, FK_MAX_LOADS, FK_MAX_WEIGHTS, FK_MAX_ACCUMULATORS, FK_MAX_SEGMENT and
+// FK_STRIP (output columns a thread: one float4 of y) are defines from cnn_gpu/cuda/loader.py's FAMILY_DEFINES,
+// where cnn_gpu/ops/conv.py reads them to decide where the kernel is offered.
+#if !defined(FK_MAX_FILTERS) || !defined(FK_STRIP) || !defined(FK_MAX_THREADS) || !defined(FK_MAX_LOADS) || \
+    !defined(FK_MAX_WEIGHTS) || !defined(FK_MAX_ACCUMULATORS) || !defined(FK_MAX_SEGMENT)
+#error "the few-filter kernel's limits come from cnn_gpu/cuda/loader.py's FAMILY_DEFINES"
+#endif
 constexpr int FK_THREADS = (FK_BX * FK_BY + 31) / 32 * 32;
 constexpr int FK_TH = FK_BY * FK_U, FK_TW = FK_BX * FK_STRIP;            // the block's output tile
 constexpr int FK_SEGMENT = (FK_STRIP - 1) * FK_SW + FK_S;                // plane columns under a thread's 4 windows
@@ -246,7 +246,7 @@ conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w,
 // ---- backward filter for layers with few input channels (first layers) ----------------------------
 // conv2d_bwd_filter_few_channels: partials[z][k][q] = Σ over the output pixels of strips [z·chunk, min(z·chunk +
 // chunk, N·cdiv(OH·OW, 4))) of dy[n,k,oh,ow] · x[n, c, oh·sh − pt + r, ow·sw − pl + s], q = (c, r, s) (with
-// gridDim.y == 1 partials is dw itself; otherwise conv2d_sum_partials adds the gridDim.y slices in order).
+// gridDim.y == 1 partials is dw itself; otherwise sum_splits_bias_act adds the gridDim.y slices in order).
 // For layers with C·R·S <= FC_MAX_TAPS, whose implicit GEMM (conv2d.cu) is only C·R·S wide (9 for a 1-channel 3×3
 // layer): its tiles would mostly idle, while the op needs only to stream dy once (memory-bound).
 //   C, R, S, the column stride sw and FC_FILTERS are compile-time (FEWC_* defines: cnn_gpu/ops/conv.py compiles
@@ -287,15 +287,17 @@ conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w,
 
 constexpr int FC_C = FEWC_C, FC_R = FEWC_R, FC_S = FEWC_S, FC_SW = FEWC_SW, FC_FILTERS = FEWC_FILTERS;
 constexpr int FC_TAPS = FC_C * FC_R * FC_S;
-constexpr int FC_MAX_TAPS = 32;                            // cnn_gpu/ops/conv.py offers the kernel up to this C·R·S
-constexpr int FC_MAX_FILTERS = 6;
-constexpr int FC_STRIP = 4;                                // output pixels a thread takes at a time: one float4 of dy
+// FC_MAX_TAPS, FC_MAX_FILTERS, FC_STRIP (output pixels a thread takes at a time: one float4 of dy), FC_THREADS,
+// FC_BLOCKS_AN_SM (__launch_bounds__: 3 blocks of 128 threads, at most 168 registers) and FC_HELD_REGISTERS (the
+// registers a thread holds for values: accumulators, a strip's dy, every tap row's x segment; conv.py picks the
+// most filters under it, the rest of the 168 serve addresses and counters) are defines from
+// cnn_gpu/cuda/loader.py's FAMILY_DEFINES, where cnn_gpu/ops/conv.py reads them.
+#if !defined(FC_MAX_TAPS) || !defined(FC_MAX_FILTERS) || !defined(FC_STRIP) || !defined(FC_THREADS) || \
+    !defined(FC_BLOCKS_AN_SM) || !defined(FC_HELD_REGISTERS)
+#error "the few-channel kernel's limits come from cnn_gpu/cuda/loader.py's FAMILY_DEFINES"
+#endif
 constexpr int FC_SEGMENT = (FC_STRIP - 1) * FC_SW + FC_S;  // x columns under a strip's windows, one tap row
-constexpr int FC_THREADS = 128, FC_WARPS = FC_THREADS / 32;
-constexpr int FC_BLOCKS_AN_SM = 3;                         // __launch_bounds__: at most 65536 / (3·128) = 168 registers
-// Registers a thread holds for values (accumulators, a strip's dy, every tap row's x segment): conv.py picks the
-// most filters under this; the other 40 of 168 serve addresses and counters (NVRTC: no spills, see tests/test_conv.py).
-constexpr int FC_HELD_REGISTERS = 128;
+constexpr int FC_WARPS = FC_THREADS / 32;
 static_assert(FC_TAPS <= FC_MAX_TAPS && FC_FILTERS >= 1 && FC_FILTERS <= FC_MAX_FILTERS,
               "few_channels: C·R·S <= FC_MAX_TAPS, 1 to FC_MAX_FILTERS filters a thread");
 static_assert(FC_FILTERS * (FC_TAPS + FC_STRIP) + FC_C * FC_R * FC_SEGMENT <= FC_HELD_REGISTERS,

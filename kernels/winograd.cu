@@ -99,7 +99,9 @@
 // Deterministic: no atomics, a fixed order of operations per element.
 #include "common.cuh"
 
-#define WINOGRAD_THREADS 256
+#ifndef WINOGRAD_THREADS
+#error "WINOGRAD_THREADS comes from cnn_gpu/cuda/loader.py's FAMILY_DEFINES"
+#endif
 
 // This thread's item in a launch over [0, n) items, n < 2^31; false for the threads past the end.
 __device__ __forceinline__ bool item_of_thread(int n, int& item) {
