@@ -195,3 +195,25 @@ def from_config(name: str, config: dict) -> Loss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
     return LOSSES[name](**config)
+
+
+def to_categorical(x, num_classes=None):
+    """Keras's to_categorical: integer class labels (any shape; a trailing axis of 1 is dropped) as one-hot
+    float32 rows of num_classes (default: the largest label + 1)."""
+    x = numpy.asarray(x)
+    if x.size and (x.dtype.kind not in "iub" and not numpy.array_equal(x, numpy.round(x))):
+        raise ValueError(f"x must hold integer class labels, got {x.dtype} values such as {x.reshape(-1)[0]!r}")
+    labels = x.astype(numpy.int64)
+    if labels.ndim > 1 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"x must hold class labels >= 0, got {int(labels.min())}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    elif not isinstance(num_classes, (int, numpy.integer)) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if labels.size and labels.max() >= num_classes:
+        raise ValueError(f"x holds label {int(labels.max())}, which does not fit num_classes={num_classes}")
+    one_hot = numpy.zeros((*labels.shape, num_classes), dtype=numpy.float32)
+    numpy.put_along_axis(one_hot, labels[..., numpy.newaxis], 1.0, axis=-1)
+    return one_hot

@@ -28,40 +28,27 @@ import numpy
 from tqdm.auto import tqdm
 
 from cnn_gpu import layers as layer_classes
-from cnn_gpu import losses, optimizers
+from cnn_gpu import losses, metrics as metric_classes, optimizers
 from cnn_gpu.backend import asarray, get_backend, to_numpy
+from cnn_gpu.callbacks import CallbackList, History
+from cnn_gpu.keras_model import KerasModelMethods, check_native_file_name, verbosity, write_npz
 from cnn_gpu.layers.base import Layer
+from cnn_gpu.layers.core import InputLayer
 
 FILE_FORMAT = "cnn_gpu.models.Sequential/1"
 SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the device)
-METRICS = ("accuracy", "acc")
 
 
-class History:
-    """What fit returns: ``history`` maps 'loss', 'accuracy', 'val_loss', 'val_accuracy' to per-epoch values."""
-
-    def __init__(self, params: dict):
-        self.history: dict = {}
-        self.epoch: list = []
-        self.params = params
-
-    def append(self, epoch: int, logs: dict) -> None:
-        self.epoch.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-
-    def __repr__(self):
-        return f"<History epochs={len(self.epoch)} keys={list(self.history)}>"
-
-
-class Sequential:
+class Sequential(KerasModelMethods):
     """A linear stack of layers: Sequential(layers=None, seed=None, name='sequential').
 
     seed makes a run reproducible on one backend: the initial weights, the shuffles and the dropout
-    masks all derive from it.
+    masks all derive from it. A keras.Input(shape=...) / InputLayer first gives the input shape (it is
+    not one of model.layers, as in Keras). Keras's model methods beyond fit / evaluate / predict
+    (model(x), get_weights, save_weights, train_on_batch, trainable, ...) are in cnn_gpu.keras_model.
     """
 
-    def __init__(self, layers=None, seed=None, name="sequential"):
+    def __init__(self, layers=None, seed=None, name="sequential", trainable=True):
         self.name = name
         self.seed = seed
         init_seeds, shuffle_seeds = numpy.random.SeedSequence(seed).spawn(2)
@@ -72,16 +59,27 @@ class Sequential:
         self.data_format = None  # from the layers; None means channels_last
         self.optimizer = self.loss = None
         self.metrics: list = []
+        self.compiled_metrics: list = []  # cnn_gpu.metrics.Metric objects, from compile
         self.cuda_graph = False
         self.history = None
+        self.stop_training = False
+        self._trained_layers: list = []  # the layers trainable at compile, which the optimizer updates
+        self._backward_stop = 0  # the index of the last layer backward reaches (_plan_backward)
         self._built = False
         for layer in layers or ():
             self.add(layer)
+        if not trainable:
+            self.trainable = False
 
     # ---- building --------------------------------------------------------------------------------
     def add(self, layer: Layer) -> None:
         if not isinstance(layer, Layer):
             raise TypeError(f"layer must be a cnn_gpu.layers layer, got {type(layer).__name__}")
+        if isinstance(layer, InputLayer):
+            if self.layers or self.input_shape is not None:
+                raise ValueError("an Input / InputLayer must come first in a Sequential model, before any layer")
+            self.input_shape = layer.input_shape
+            return
         if layer.name is None:
             layer.name = self._unique_name(layer.default_name())
         elif any(other.name == layer.name for other in self.layers):
@@ -190,8 +188,11 @@ class Sequential:
         return sum(sum(layer.count_params()) for layer in self.layers)
 
     # ---- training set-up -------------------------------------------------------------------------
-    def compile(self, optimizer="adam", loss=None, metrics=None, cuda_graph=False) -> None:
-        """optimizer: 'adam' | 'sgd' | an Optimizer; loss: a Keras loss name or a Loss; metrics: ['accuracy'] or None.
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, cuda_graph=False) -> None:
+        """optimizer: a Keras name ('rmsprop', Keras's default, 'adam', 'adamw', 'sgd') or an Optimizer; loss: a
+        Keras loss name or a Loss; metrics: Keras names ('accuracy', 'top_k_categorical_accuracy', ...) or
+        cnn_gpu.metrics.Metric objects. The layers trainable now are the ones fit updates (as in Keras, a
+        change of layer.trainable takes effect at the next compile).
 
         cuda_graph=True: on the cuda backend, fit captures its training step once as a CUDA graph and
         replays it for every full batch: one graph launch a step instead of a launch (and its Python)
@@ -203,17 +204,31 @@ class Sequential:
         """
         if loss is None:
             raise ValueError("loss is required: one of " + ", ".join(repr(n) for n in [*losses.LOSSES, *losses.ALIASES]))
-        metrics = list(metrics or [])
-        unknown = [m for m in metrics if m not in METRICS]
-        if unknown:
-            raise ValueError(f"metrics may only hold 'accuracy', got {metrics!r}")
         if not isinstance(cuda_graph, bool):
             raise ValueError(f"cuda_graph must be True or False, got {cuda_graph!r}")
-        self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
-        self.metrics = ["accuracy"] if metrics else []
+        loss = losses.get(loss)
+        metrics = [metrics] if isinstance(metrics, (str, metric_classes.Metric)) else list(metrics or [])
+        compiled_metrics = [metric_classes.get(m, loss) for m in metrics]
+        names = [m.name for m in compiled_metrics]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"metric names must be unique and not 'loss', got {names}")
+        optimizer = optimizers.get(optimizer)
+        self.optimizer, self.loss, self.compiled_metrics, self.metrics = optimizer, loss, compiled_metrics, names
         self.cuda_graph = cuda_graph
         self._check_loss_fits_last_layer()
+        self._freeze_as_flagged()
+
+    def _freeze_as_flagged(self) -> None:
+        """Take the layers' trainable flags: the optimizer updates the parameters of the layers trainable now."""
+        self._trained_layers = [layer for layer in self.layers if layer.trainable]
+
+    def _plan_backward(self) -> None:
+        """Backward stops at the first trained layer with parameters (nothing before it needs a gradient)."""
+        first = next((i for i, layer in enumerate(self.layers) if layer.params and layer in self._trained_layers),
+                     len(self.layers))
+        for index, layer in enumerate(self.layers):
+            layer.needs_input_gradient = index > first
+        self._backward_stop = min(first, len(self.layers) - 1)
 
     def _check_loss_fits_last_layer(self) -> None:
         if not self.layers:
@@ -270,12 +285,12 @@ class Sequential:
         return last.forward(x, training=training, logits=True) if logits else last.forward(x, training=training)
 
     def _backward(self, doutputs) -> None:
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[self._backward_stop:]):  # below the stop nothing takes a gradient
             doutputs = layer.backward(doutputs)
 
     def _apply_gradients(self) -> None:
-        params = {f"{layer.name}/{k}": p for layer in self.layers for k, p in layer.params.items()}
-        grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
+        params = {f"{layer.name}/{k}": p for layer in self._trained_layers for k, p in layer.params.items()}
+        grads = {f"{layer.name}/{k}": g for layer in self._trained_layers for k, g in layer.grads.items()}
         self.optimizer.apply(params, grads)
 
     def _step(self, inputs, targets, training: bool, totals) -> None:
@@ -288,19 +303,32 @@ class Sequential:
         if training:
             self._backward(doutputs)
             self._apply_gradients()
-        totals.add(loss, self.loss.count_correct(outputs, targets) if self.metrics else None, len(inputs))
+        applied = self.loss.fuses  # the activation the outputs still lack (the loss applies it)
+        totals.add(loss, [metric.batch_sum(outputs, targets, applied) for metric in self.compiled_metrics], len(inputs))
 
-    def _run(self, x, targets, order, batch_size: int, runner, bar) -> dict:
+    def _run(self, x, targets, order, batch_size: int, runner, bar, callbacks=None, hooks=("on_train_batch_begin",
+             "on_train_batch_end")) -> dict:
         """One pass over x[order] in batches through runner (an _EagerSteps or _GraphedTrainSteps). Returns
-        the means (loss, accuracy). The running sums are read every SYNC_EVERY batches while the bar
-        shows, and at the end."""
+        the means (loss, metrics). The running sums are read every SYNC_EVERY batches while the bar
+        shows, after every batch when a callback has batch hooks (``hooks``: their names), and at the end.
+        A callback setting model.stop_training ends a training pass after its batch."""
         runner.totals.reset()
+        batch_logs = callbacks is not None and callbacks.needs_batch_logs
         for step, start in enumerate(range(0, len(order), batch_size), 1):
             index = order[start:start + batch_size]
+            if batch_logs:
+                callbacks.call(hooks[0], step - 1, {})
             runner.run(self.to_layer_layout(x[index]), self._host_targets(targets[index]))
             bar.update(1)
-            if not bar.disable and step % SYNC_EVERY == 0:
+            if batch_logs:
+                logs = runner.totals.means()
+                callbacks.call(hooks[1], step - 1, logs)
+                if not bar.disable and step % SYNC_EVERY == 0:
+                    bar.set_postfix(logs, refresh=False)
+            elif not bar.disable and step % SYNC_EVERY == 0:
                 bar.set_postfix(runner.totals.means(), refresh=False)
+            if runner.training and self.stop_training:
+                break
         logs = runner.totals.means()
         bar.set_postfix(logs, refresh=False)
         return logs
@@ -318,70 +346,118 @@ class Sequential:
         return _GraphedTrainSteps(self, batch_size)
 
     # ---- the Keras API ---------------------------------------------------------------------------
-    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, *, validation_split=0.0, validation_data=None,
-            shuffle=True) -> History:
-        """Train for ``epochs`` passes over (x, y); returns a History. verbose: 0 silent, 1 a progress
-        bar per epoch, 2 one line per epoch. validation_split takes the LAST fraction of x, before
-        shuffling, as Keras does; validation_data=(x_val, y_val) overrides it."""
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1) -> History:
+        """Train for epochs initial_epoch..epochs-1 over (x, y); returns the History (also model.history).
+
+        verbose: 'auto' or 1 a tqdm progress bar per epoch, 2 one line per epoch, 0 nothing. callbacks:
+        cnn_gpu.callbacks objects (Keras's hooks and logs). validation_split takes the LAST fraction of x,
+        before shuffling, as Keras does; validation_data=(x_val, y_val) overrides it; validation runs every
+        validation_freq epochs. class_weight, sample_weight and the steps arguments are not supported
+        (an error if given)."""
+        _refuse_unsupported(class_weight=class_weight, sample_weight=sample_weight, steps_per_epoch=steps_per_epoch,
+                            validation_steps=validation_steps)
         self._require_compiled("fit")
         batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
+        validation_batch_size = _positive_int("validation_batch_size", validation_batch_size or batch_size)
         epochs = _positive_int("epochs", epochs)
+        validation_freq = _positive_int("validation_freq", validation_freq)
+        initial_epoch = _non_negative_int("initial_epoch", initial_epoch)
+        verbose = verbosity(verbose)
         x = self._inputs(x)
         targets = self._targets(y, len(x))
-        validation = None
-        if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (x_val, y_val)")
-            x_val = self._inputs(validation_data[0], "validation_data x")
-            validation = (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
-        elif validation_split:
-            if not 0 < validation_split < 1:
-                raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-            split_at = int(len(x) * (1 - validation_split))
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
-                                 f"{split_at} to train on and {len(x) - split_at} to validate on; both need samples")
-            x, validation = x[:split_at], (x[split_at:], targets[split_at:])
-            targets = targets[:split_at]
+        x, targets, validation = self._validation_set(x, targets, validation_split, validation_data)
+        self._plan_backward()
 
         steps = -(-len(x) // batch_size)
-        self.history = history = History({"epochs": epochs, "steps": steps, "verbose": verbose})
+        history = History()
+        callbacks = CallbackList([*(callbacks or []), history], self, {"epochs": epochs, "steps": steps, "verbose": verbose})
+        self.stop_training = False
         training = self._training_steps(batch_size)
-        for epoch in range(epochs):
+        callbacks.call("on_train_begin", {})
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            callbacks.call("on_epoch_begin", epoch, {})
             order = self._shuffle_rng.permutation(len(x)) if shuffle else numpy.arange(len(x))
             with tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", disable=verbose != 1,
                       dynamic_ncols=True) as bar:
-                logs = self._run(x, targets, order, batch_size, training, bar)
-                if validation is not None:
-                    val = self._run(*validation, numpy.arange(len(validation[0])), batch_size,
-                                    _EagerSteps(self, training=False), tqdm(disable=True))
+                logs = self._run(x, targets, order, batch_size, training, bar, callbacks)
+                if validation is not None and (epoch + 1) % validation_freq == 0:
+                    val = self._measure(*validation, validation_batch_size, tqdm(disable=True), callbacks)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                     bar.set_postfix(logs)
+            callbacks.call("on_epoch_end", epoch, logs)
             if verbose == 2:
-                print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-            history.append(epoch, logs)
+                print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4g}" for k, v in logs.items()))
+            if self.stop_training:
+                break
+        callbacks.call("on_train_end", logs)
         history.params["cuda_graph"] = training.replayed  # whether full batches ran as graph replays
+        self.history = history
         return history
 
-    def evaluate(self, x, y, batch_size=32, verbose=1):
-        """[loss, accuracy] (the loss alone without metrics), in inference mode."""
+    def _validation_set(self, x, targets, validation_split, validation_data):
+        """(x, targets, validation): the training part, and (x_val, targets_val) or None."""
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (x_val, y_val) (sample weights are not supported)")
+            x_val = self._inputs(validation_data[0], "validation_data x")
+            return x, targets, (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
+        if not validation_split:
+            return x, targets, None
+        if not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        split_at = int(len(x) * (1 - validation_split))
+        if split_at == 0 or split_at == len(x):
+            raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
+                             f"{split_at} to train on and {len(x) - split_at} to validate on; both need samples")
+        return x[:split_at], targets[:split_at], (x[split_at:], targets[split_at:])
+
+    def _measure(self, x, targets, batch_size, bar, callbacks=None) -> dict:
+        """The loss and metrics over (x, targets) in inference mode, with the test hooks of callbacks."""
+        if callbacks is not None:
+            callbacks.call("on_test_begin", {})
+        logs = self._run(x, targets, numpy.arange(len(x)), batch_size, _EagerSteps(self, training=False), bar,
+                         callbacks, ("on_test_batch_begin", "on_test_batch_end"))
+        if callbacks is not None:
+            callbacks.call("on_test_end", logs)
+        return logs
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False):
+        """[loss, *metrics] in compile's order (the loss alone without metrics), or with return_dict=True
+        {'loss': ..., metric name: ...}; in inference mode."""
+        _refuse_unsupported(sample_weight=sample_weight, steps=steps)
         self._require_compiled("evaluate")
         batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
+        verbose = verbosity(verbose)
         x = self._inputs(x)
         targets = self._targets(y, len(x))
+        callbacks = CallbackList(callbacks, self, {"verbose": verbose, "steps": -(-len(x) // batch_size)}) \
+            if callbacks else None
         with tqdm(total=-(-len(x) // batch_size), desc="evaluate", unit="batch", disable=verbose != 1,
                   dynamic_ncols=True) as bar:
-            logs = self._run(x, targets, numpy.arange(len(x)), batch_size, _EagerSteps(self, training=False), bar)
-        return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
+            logs = self._measure(x, targets, batch_size, bar, callbacks)
+        if return_dict:
+            return logs
+        return [logs["loss"], *(logs[name] for name in self.metrics)] if self.metrics else logs["loss"]
 
-    def predict(self, x, batch_size=32, verbose=0) -> numpy.ndarray:
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None) -> numpy.ndarray:
         """The outputs (after the last activation: probabilities for softmax / sigmoid) as a NumPy array."""
+        _refuse_unsupported(steps=steps)
         batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
+        verbose = verbosity(verbose)
         x = self._inputs(x)
+        callbacks = CallbackList(callbacks, self, {"verbose": verbose}) if callbacks else None
+        if callbacks:
+            callbacks.call("on_predict_begin", {})
         outputs = []
         for start in tqdm(range(0, len(x), batch_size), desc="predict", unit="batch", disable=verbose != 1):
             y = self._forward(asarray(self.to_layer_layout(x[start:start + batch_size])), training=False, logits=False)
             outputs.append(to_numpy(y))
+        if callbacks:
+            callbacks.call("on_predict_end", {})
         return self.to_user_layout(numpy.concatenate(outputs))
 
     # ---- saving ----------------------------------------------------------------------------------
@@ -394,11 +470,13 @@ class Sequential:
             config["compile"] = {"optimizer": {"class_name": type(self.optimizer).__name__,
                                                "config": self.optimizer.get_config()},
                                  "loss": {"name": self.loss.name, "config": self.loss.get_config()},
-                                 "metrics": self.metrics, "cuda_graph": self.cuda_graph}
+                                 "metrics": [metric_classes.serialize(m) for m in self.compiled_metrics],
+                                 "cuda_graph": self.cuda_graph}
         return config
 
     def save(self, path) -> Path:
         """Write the model (config + weights) to ONE .npz file at exactly ``path``; returns the path."""
+        check_native_file_name(path, "path")
         if not self._built:
             raise ValueError("the model is not built yet, so it has no weights to save; fit or build it first")
         path = Path(path)
@@ -406,13 +484,13 @@ class Sequential:
         for layer in self.layers:
             for key, value in {**layer.params, **layer.state}.items():
                 arrays[f"{layer.name}/{key}"] = to_numpy(value)
-        with open(path, "wb") as file:
-            numpy.savez(file, **arrays)
+        write_npz(path, arrays)
         return path
 
 
 def load_model(path) -> Sequential:
     """A Sequential saved by Sequential.save, rebuilt on the current backend (compiled, if it was)."""
+    check_native_file_name(path, "path")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
@@ -448,31 +526,32 @@ def load_model(path) -> Sequential:
 
 
 class _RunningTotals:
-    """Σ loss·n and Σ correct over the batches so far, summed in place on the device (a captured step
+    """Σ loss·n and each metric's Σ over the batches so far, summed in place on the device (a captured step
     adds to the same arrays at every replay), and the count of samples, kept by the host. means()
     reads the sums: one wait for the device."""
 
-    def __init__(self, with_accuracy: bool):
-        self.with_accuracy = with_accuracy
+    def __init__(self, metric_names):
+        self.metric_names = list(metric_names)
         self.loss_sum = asarray(numpy.zeros((), numpy.float64))
-        self.correct = asarray(numpy.zeros((), numpy.float64))
+        self.metric_sums = [asarray(numpy.zeros((), numpy.float64)) for _ in self.metric_names]
         self.count = 0
 
     def reset(self) -> None:
         self.loss_sum.fill(0)
-        self.correct.fill(0)
+        for total in self.metric_sums:
+            total.fill(0)
         self.count = 0
 
-    def add(self, loss, correct, n: int) -> None:
+    def add(self, loss, metric_values, n: int) -> None:
         """Device work only (the runner counts the samples)."""
         self.loss_sum += loss.astype(numpy.float64) * n
-        if correct is not None:
-            self.correct += correct
+        for total, value in zip(self.metric_sums, metric_values, strict=True):
+            total += value
 
     def means(self) -> dict:
         logs = {"loss": float(self.loss_sum) / self.count}
-        if self.with_accuracy:
-            logs["accuracy"] = float(self.correct) / self.count
+        for name, total in zip(self.metric_names, self.metric_sums):
+            logs[name] = float(total) / self.count
         return logs
 
 
@@ -485,7 +564,7 @@ class _EagerSteps:
     def __init__(self, model: Sequential, training: bool):
         self.model = model
         self.training = training
-        self.totals = _RunningTotals(with_accuracy=bool(model.metrics))
+        self.totals = _RunningTotals(model.metrics)
 
     def run(self, inputs: numpy.ndarray, targets: numpy.ndarray) -> None:
         """One batch in the layers' layout: NumPy arrays (uploaded here) or arrays already on the device."""
@@ -637,6 +716,19 @@ def _positive_int(name, value) -> int:
     if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def _non_negative_int(name, value) -> int:
+    if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+def _refuse_unsupported(**arguments) -> None:
+    given = [name for name, value in arguments.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not supported by cnn_gpu's "
+                         f"Sequential; leave {'it' if len(given) == 1 else 'them'} None")
 
 
 def mnist_cnn(num_classes: int = 10, dropout: float = 0.3, seed: int | None = None):

@@ -16,6 +16,7 @@ import pytest
 import cnn_gpu
 from cnn_gpu import functional as F
 from cnn_gpu import optimizers
+from cnn_gpu.optimizers.schedules import CosineDecay, ExponentialDecay
 from cnn_gpu.layers import Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 from cnn_gpu.models import Sequential, _RunningTotals, load_model
 from cnn_gpu.ops.optim import adam_step_size
@@ -142,16 +143,26 @@ def test_cuda_graph_must_be_a_bool():
 
 
 # ---- step scalars: what a replay feeds, reproducing eager steps (on NumPy arrays here) -------------
-def test_step_scalars_read_from_arrays_reproduce_eager_steps(rng):
+OPTIMIZERS_FED = {
+    "adam": lambda: "adam",
+    "sgd_nesterov_schedule": lambda: optimizers.SGD(ExponentialDecay(0.05, 1, 0.5), momentum=0.9, nesterov=True),
+    "rmsprop_centered_momentum": lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+    "adamw_cosine": lambda: optimizers.AdamW(CosineDecay(0.01, 2), weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS_FED)
+def test_step_scalars_read_from_arrays_reproduce_eager_steps(rng, optimizer):
     """A replay, played on NumPy: each layer and the optimizer read their step scalars from arrays the
-    host fills with next_step_scalars() before every step; the weights follow eager steps bit for bit."""
+    host fills with next_step_scalars() before every step; the weights follow eager steps bit for bit
+    (learning-rate schedules included: each step's rate travels as a step scalar)."""
     x, labels = blob_digits(rng, 16, size=12)
     inputs, targets = numpy.ascontiguousarray(x.transpose(0, 3, 1, 2)), labels.astype(numpy.int64)
 
     def model():
         m = Sequential([Conv2D(3, 3, activation="relu", input_shape=(12, 12, 1)), MaxPooling2D(2), Dropout(0.4),
                         Flatten(), Dense(10, activation="softmax")], seed=21)
-        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        m.compile(optimizer=OPTIMIZERS_FED[optimizer](), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return m
 
     eager, fed = model(), model()
@@ -159,7 +170,7 @@ def test_step_scalars_read_from_arrays_reproduce_eager_steps(rng):
     arrays = [tuple(numpy.zeros(1, dtype) for dtype in source.step_scalar_dtypes) for source in sources]
     for source, source_arrays in zip(sources, arrays):
         source.read_step_scalars_from(source_arrays)
-    eager_totals, fed_totals = _RunningTotals(True), _RunningTotals(True)
+    eager_totals, fed_totals = _RunningTotals(["accuracy"]), _RunningTotals(["accuracy"])
     for _ in range(3):
         eager._step(inputs, targets, True, eager_totals)
         for source, source_arrays in zip(sources, arrays):

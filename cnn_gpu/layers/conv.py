@@ -1,15 +1,17 @@
 """Conv2D: Keras's 2-D convolution layer over conv2d, with the bias and activation fused in its epilogue.
 
-Parameters: kernel (filters, C, R, S), the op's layout (Keras stores (R, S, C, filters)), Glorot-uniform
-with fan_in = C·R·S and fan_out = filters·R·S as Keras; bias (filters,), zeros.
+Parameters: kernel (filters, C, R, S), the op's layout (Keras stores (R, S, C, filters); get_weights /
+set_weights exchange Keras's), from kernel_initializer (Glorot-uniform by default) with fan_in = C·R·S
+and fan_out = filters·R·S as Keras; bias (filters,), from bias_initializer (zeros).
 """
 from __future__ import annotations
 
-import numpy
 
 from cnn_gpu import functional as F
 from cnn_gpu.layers.activation import NamedActivation, check_activation, check_softmax_input
-from cnn_gpu.layers.base import Layer, glorot_uniform
+from cnn_gpu import initializers
+from cnn_gpu.initializers import initializer_config
+from cnn_gpu.layers.base import Layer
 from cnn_gpu.ops.geometry import as_pair, window_geometry
 
 PADDINGS = ("valid", "same")
@@ -31,9 +33,11 @@ def spatial_input(layer, input_shape) -> tuple:
 
 
 class Conv2D(Layer):
-    """Conv2D(filters, kernel_size, strides=1, padding='valid', activation=None, use_bias=True)."""
+    """Conv2D(filters, kernel_size, strides=1, padding='valid', activation=None, use_bias=True,
+    kernel_initializer='glorot_uniform', bias_initializer='zeros')."""
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True, **kwargs):
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
             raise ValueError(f"filters must be a positive int, got {filters!r}")
@@ -43,8 +47,10 @@ class Conv2D(Layer):
         self.padding = check_padding(padding)
         self.activation = check_activation(activation)
         self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self._function = NamedActivation(self.activation)
-        self._x = self._y = self._applied = None
+        self._x = self._y = self._z = self._applied = None
 
     def output_shape_for(self, input_shape):
         C, H, W = spatial_input(self, input_shape)
@@ -57,9 +63,10 @@ class Conv2D(Layer):
         C = input_shape[0]
         R, S = self.kernel_size
         shape = (self.filters, C, R, S)
-        self.params = {"kernel": self.new_param(glorot_uniform(rng, shape, C * R * S, self.filters * R * S))}
+        kernel = self.kernel_initializer(shape, fan_in=C * R * S, fan_out=self.filters * R * S, rng=rng)
+        self.params = {"kernel": self.new_param(kernel)}
         if self.use_bias:
-            self.params["bias"] = self.new_param(numpy.zeros(self.filters))
+            self.params["bias"] = self.new_param(self.bias_initializer((self.filters,), rng=rng))
 
     def accepts(self, sample_shape):
         # Any image size works with the same kernel; the channels must match.
@@ -68,14 +75,15 @@ class Conv2D(Layer):
     def forward(self, x, training=False, logits=False):
         self.ensure_built(x)
         self._applied = NamedActivation(None) if logits else self._function
-        y = F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
+        z = F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
                      activation=self._applied.epilogue, negative_slope=self._applied.negative_slope)
-        self._x, self._y = x, self._applied.after_fused_op(y)
+        self._x, self._y = x, self._applied.after_fused_op(z)
+        self._z = z if self._applied.grad_needs_input else None
         return self._y
 
     def backward(self, dy):
         y = self.saved(self._y)
-        dz = self._applied.grad(dy, y)
+        dz = self._applied.grad(dy, y, self._z)
         dx, dw, db = F.conv2d_backward(dz, self._x, self.params["kernel"], self.strides, self.padding,
                                        compute_dx=self.needs_input_gradient)
         self.grads = {"kernel": dw}
@@ -86,4 +94,10 @@ class Conv2D(Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides), "padding": self.padding, "activation": self.activation,
-                "use_bias": self.use_bias}
+                "use_bias": self.use_bias, **initializer_config(self)}
+
+    def keras_layout(self, key, value):
+        return value.transpose(2, 3, 1, 0) if key == "kernel" else value  # (K, C, R, S) -> (R, S, C, K)
+
+    def from_keras_layout(self, key, value):
+        return value.transpose(3, 2, 0, 1) if key == "kernel" else value

@@ -5,7 +5,8 @@ state, non-trainable, as Keras counts them. Keras's momentum m weighs the old mo
 (new = m·old + (1 − m)·batch); the batch_norm op takes PyTorch's meaning, so it is given 1 − m.
 Training normalises with the batch's statistics and updates the moving ones in place (the moving
 variance from the unbiased batch variance, as TF's fused kernel and PyTorch); inference normalises
-with the moving ones.
+with the moving ones. A frozen layer (trainable=False) always normalises with the moving statistics,
+as Keras's does, and its backward is then that of the fixed affine map y = x·gamma/σ + const.
 """
 from __future__ import annotations
 
@@ -42,13 +43,20 @@ class BatchNormalization(Layer):
 
     def forward(self, x, training=False):
         self.ensure_built(x)
+        training = bool(training) and self.trainable
         y, mean, invstd = F.batch_norm(x, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
-                                       self.state["moving_variance"], training=bool(training),
+                                       self.state["moving_variance"], training=training,
                                        momentum=1.0 - self.momentum, eps=self.epsilon)
         self._x, self._saved_mean, self._saved_invstd = (x, mean, invstd) if training else (None, None, None)
+        self._inference_ndim = None if training else x.ndim
         return y
 
     def backward(self, dy):
+        if getattr(self, "_inference_ndim", None) is not None:  # the moving statistics are constants here
+            variance = self.state["moving_variance"]
+            scale = self.params["gamma"] / (variance + variance.dtype.type(self.epsilon)) ** 0.5
+            self.grads = {}
+            return dy * scale.reshape((1, -1) + (1,) * (self._inference_ndim - 2))
         dx, dgamma, dbeta = F.batch_norm_backward(dy, self.saved(self._x), self.params["gamma"],
                                                   self._saved_mean, self._saved_invstd)
         self.grads = {"gamma": dgamma, "beta": dbeta}
