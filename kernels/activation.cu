@@ -85,8 +85,9 @@ __device__ __forceinline__ float smooth_activation(float x, int act, float alpha
     switch (act) {
         case SMOOTH_ELU: return x > 0.f ? x : alpha * expm1f(fminf(x, 0.f));
         case SMOOTH_SELU: return SELU_SCALE * (x > 0.f ? x : SELU_ALPHA * expm1f(fminf(x, 0.f)));
-        case SMOOTH_GELU: return 0.5f * x * (1.f + erff(x * INV_SQRT_2));
-        case SMOOTH_GELU_TANH: return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + GELU_TANH_COEFF * x * x * x)));
+        // x·Φ(x) as ½x·erfc(−x/√2), and ½x(1 + tanh u) as x·sigmoid(2u): no cancellation for negative x
+        case SMOOTH_GELU: return 0.5f * x * erfcf(-x * INV_SQRT_2);
+        case SMOOTH_GELU_TANH: return x * stable_sigmoid(2.f * SQRT_2_OVER_PI * (x + GELU_TANH_COEFF * x * x * x));
         case SMOOTH_SOFTPLUS: return (x > 0.f ? x : (x != x ? x : 0.f)) + log1pf(expf(-fabsf(x)));
         case SMOOTH_SWISH: return x * stable_sigmoid(x);
         default: return x;
@@ -99,13 +100,12 @@ __device__ __forceinline__ float smooth_activation_grad(float dy, float x, int a
         case SMOOTH_ELU: return dy * (x > 0.f ? 1.f : alpha * expf(fminf(x, 0.f)));
         case SMOOTH_SELU: return dy * SELU_SCALE * (x > 0.f ? 1.f : SELU_ALPHA * expf(fminf(x, 0.f)));
         case SMOOTH_GELU: {
-            const float cdf = 0.5f * (1.f + erff(x * INV_SQRT_2));
+            const float cdf = 0.5f * erfcf(-x * INV_SQRT_2);
             return dy * (cdf + x * expf(-0.5f * x * x) * INV_SQRT_2PI);
         }
-        case SMOOTH_GELU_TANH: {
-            const float t = tanhf(SQRT_2_OVER_PI * (x + GELU_TANH_COEFF * x * x * x));
-            return dy * (0.5f * (1.f + t) +
-                         0.5f * x * (1.f - t * t) * SQRT_2_OVER_PI * (1.f + 3.f * GELU_TANH_COEFF * x * x));
+        case SMOOTH_GELU_TANH: {  // s = sigmoid(2u) = ½(1 + tanh u); d/dx = s + 2x·s(1 − s)·u'
+            const float s = stable_sigmoid(2.f * SQRT_2_OVER_PI * (x + GELU_TANH_COEFF * x * x * x));
+            return dy * (s + 2.f * x * s * (1.f - s) * SQRT_2_OVER_PI * (1.f + 3.f * GELU_TANH_COEFF * x * x));
         }
         case SMOOTH_SOFTPLUS: return dy * stable_sigmoid(x);
         case SMOOTH_SWISH: {

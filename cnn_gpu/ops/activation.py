@@ -14,6 +14,7 @@ forward INPUT x. Kernels: smooth_activation_fwd, smooth_activation_bwd (kernels/
     elu(x, alpha=1)         x if x > 0 else alpha·(exp(x) − 1)
     selu(x)                 SELU_SCALE · elu(x, SELU_ALPHA)
     gelu(x, approximate=False)  x·Φ(x) = x/2·(1 + erf(x/√2)); approximate: x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))
+                            (computed as x/2·erfc(−x/√2) and x·sigmoid(2u): the same values, no cancellation)
     softplus(x)             log(1 + exp(x)), as max(x, 0) + log1p(exp(−|x|))
     swish(x) = silu(x)      x·sigmoid(x)
 """
@@ -89,10 +90,9 @@ def numpy_smooth_activation(x, name, alpha=1.0):
         negative = real(alpha) * numpy.expm1(numpy.minimum(x, 0))  # min: no overflow where the branch is unused
         return (real(scale) * numpy.where(x > 0, x, negative)).astype(x.dtype, copy=False)
     if name == "gelu":
-        return (real(0.5) * x * (1 + _erf(x * real(1 / math.sqrt(2))))).astype(x.dtype, copy=False)
+        return (x * _normal_cdf(x)).astype(x.dtype, copy=False)
     if name == "gelu_tanh":
-        inner = real(math.sqrt(2 / math.pi)) * (x + real(GELU_TANH_COEFF) * x * x * x)
-        return (real(0.5) * x * (1 + numpy.tanh(inner))).astype(x.dtype, copy=False)
+        return (x * numpy_activation(_gelu_tanh_inner(x, 2), "sigmoid")).astype(x.dtype, copy=False)
     if name == "softplus":
         return (numpy.where(x > 0, x, real(0)) + numpy.log1p(numpy.exp(-numpy.abs(x)))).astype(x.dtype, copy=False)
     if name == "swish":
@@ -108,14 +108,12 @@ def numpy_smooth_activation_grad(dy, x, name, alpha=1.0):
         slope = numpy.where(x > 0, real(1), real(alpha) * numpy.exp(numpy.minimum(x, 0)))
         return (dy * real(scale) * slope).astype(x.dtype, copy=False)
     if name == "gelu":
-        cdf = real(0.5) * (1 + _erf(x * real(1 / math.sqrt(2))))
         pdf = numpy.exp(real(-0.5) * x * x) * real(1 / math.sqrt(2 * math.pi))
-        return (dy * (cdf + x * pdf)).astype(x.dtype, copy=False)
+        return (dy * (_normal_cdf(x) + x * pdf)).astype(x.dtype, copy=False)
     if name == "gelu_tanh":
-        c = real(math.sqrt(2 / math.pi))
-        t = numpy.tanh(c * (x + real(GELU_TANH_COEFF) * x * x * x))
-        slope = real(0.5) * (1 + t) + real(0.5) * x * (1 - t * t) * c * (1 + real(3 * GELU_TANH_COEFF) * x * x)
-        return (dy * slope).astype(x.dtype, copy=False)
+        s = numpy_activation(_gelu_tanh_inner(x, 2), "sigmoid")  # ½(1 + tanh u) = sigmoid(2u)
+        du = real(math.sqrt(2 / math.pi)) * (1 + real(3 * GELU_TANH_COEFF) * x * x)
+        return (dy * (s + 2 * x * s * (1 - s) * du)).astype(x.dtype, copy=False)
     if name == "softplus":
         return (dy * numpy_activation(x.copy(), "sigmoid")).astype(x.dtype, copy=False)
     if name == "swish":
@@ -124,11 +122,19 @@ def numpy_smooth_activation_grad(dy, x, name, alpha=1.0):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _erf(x):
-    """erf element-wise in x's dtype (NumPy has none; SciPy comes with scikit-learn, a dependency)."""
-    from scipy.special import erf
+def _normal_cdf(x):
+    """Φ(x) = ½·erfc(−x/√2) in x's dtype: erfc keeps Φ's relative accuracy in the lower tail, where 1 + erf
+    cancels (NumPy has no erfc; SciPy comes with scikit-learn, a dependency)."""
+    from scipy.special import erfc
 
-    return erf(x).astype(x.dtype, copy=False)
+    return (x.dtype.type(0.5) * erfc(-x * x.dtype.type(1 / math.sqrt(2)))).astype(x.dtype, copy=False)
+
+
+def _gelu_tanh_inner(x, factor):
+    """factor · √(2/π)(x + 0.044715x³): gelu's tanh form is x·sigmoid(2u) = ½x(1 + tanh u), without 1 + tanh's
+    cancellation for negative x."""
+    real = x.dtype.type
+    return real(factor * math.sqrt(2 / math.pi)) * (x + real(GELU_TANH_COEFF) * x * x * x)
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------
