@@ -393,7 +393,7 @@ class Sequential(KerasModelMethods):
             if self.stop_training:
                 break
         callbacks.call("on_train_end", logs)
-        history.params["cuda_graph"] = training.replayed  # whether full batches ran as graph replays
+        history.params = {**history.params, "cuda_graph": training.replayed}  # whether full batches ran as graph replays
         self.history = history
         return history
 
