@@ -24,7 +24,6 @@ are refused (cnn_gpu writes its own .npz), with an error at construction.
 from __future__ import annotations
 
 import csv
-import functools
 import inspect
 import math
 import os
@@ -32,24 +31,9 @@ import warnings
 
 import numpy
 
+from cnn_gpu.layers.base import listing_accepted_arguments
+
 MODES = ("auto", "min", "max")
-
-
-def _listing_accepted_arguments(cls, init):
-    """init, checking its arguments first: a wrong one is a TypeError that names it and lists the accepted."""
-    signature = inspect.signature(init)
-    accepted = [name for name, p in signature.parameters.items()
-                if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-    @functools.wraps(init)
-    def checked(self, *args, **kwargs):
-        try:
-            signature.bind(self, *args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{cls.__name__}: {exc}; it accepts {', '.join(accepted) or 'no arguments'}") from None
-        init(self, *args, **kwargs)
-
-    return checked
 
 
 class Callback:
@@ -62,7 +46,10 @@ class Callback:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _listing_accepted_arguments(cls, cls.__dict__["__init__"])
+            init = cls.__dict__["__init__"]
+            cls.__init__ = listing_accepted_arguments(cls, init, lambda: [
+                name for name, p in inspect.signature(init).parameters.items()
+                if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)])
 
     def set_model(self, model) -> None:
         self.model = model

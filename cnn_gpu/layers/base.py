@@ -22,6 +22,7 @@ bit for bit those an eager step would draw.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 
@@ -34,6 +35,11 @@ DATA_FORMATS = ("channels_last", "channels_first")
 
 class Layer:
     """Base of every layer; subclasses define build_params, output_shape_for, forward and backward."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = listing_accepted_arguments(cls, cls.__dict__["__init__"], lambda: accepted_arguments(cls))
 
     activation = None  # the activation a layer applies last, by name (Dense, Conv2D and Activation set it)
     step_scalar_dtypes = ()  # most layers take nothing from the host that changes per step (module docstring)
@@ -143,7 +149,8 @@ class Layer:
         """The weights as NumPy arrays in Keras's order and layout (a Conv2D kernel is (R, S, C, filters))."""
         from cnn_gpu.backend import to_numpy
 
-        return [self.keras_layout(key, to_numpy(value)) for key, value in self.weights.items()]
+        # copies, as Keras's: the NumPy backend's parameters are these very arrays, updated in place
+        return [numpy.array(self.keras_layout(key, to_numpy(value))) for key, value in self.weights.items()]
 
     def set_weights(self, weights) -> None:
         """Set every weight from a list as get_weights returns it; shapes are checked before anything is set."""
@@ -196,6 +203,24 @@ def keras_snake_case(name: str) -> str:
     """Keras's to_snake_case: 'ReLU' -> 're_lu', 'MaxPooling2D' -> 'max_pooling2d'."""
     intermediate = re.sub("(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", intermediate).lower()
+
+
+def listing_accepted_arguments(cls, init, accepted):
+    """init, checking its arguments first: arguments that do not fit are a TypeError that names the class
+    and lists what it accepts (``accepted()``: the names)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        try:
+            signature.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            unknown = [name for name in kwargs if name not in accepted()]
+            problem = f"unknown argument(s) {', '.join(unknown)}" if unknown else str(exc)
+            raise TypeError(f"{cls.__name__}: {problem}; it accepts {', '.join(accepted()) or 'no arguments'}") from None
+        init(self, *args, **kwargs)
+
+    return checked
 
 
 def accepted_arguments(cls) -> list:
