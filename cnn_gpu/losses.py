@@ -217,3 +217,8 @@ def to_categorical(x, num_classes=None):
     one_hot = numpy.zeros((*labels.shape, num_classes), dtype=numpy.float32)
     numpy.put_along_axis(one_hot, labels[..., numpy.newaxis], 1.0, axis=-1)
     return one_hot
+
+
+def __getattr__(name):
+    raise AttributeError(f"cnn_gpu.losses has no {name!r}; it has {', '.join(sorted(c.__name__ for c in LOSSES.values()))}, "
+                         f"to_categorical, and the names {', '.join([*LOSSES, *ALIASES])}")

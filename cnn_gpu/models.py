@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import warnings
 import zipfile
 from pathlib import Path
@@ -37,6 +38,18 @@ from cnn_gpu.layers.core import InputLayer
 
 FILE_FORMAT = "cnn_gpu.models.Sequential/1"
 SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the device)
+_unseeded_models = None  # after set_random_seed: where models made without a seed draw theirs
+
+
+def set_random_seed(seed: int) -> None:
+    """keras.utils.set_random_seed: seeds Python's and NumPy's global generators, and makes every model
+    built afterwards without a seed draw one from this seed's stream (the same program, the same run)."""
+    global _unseeded_models
+    if not isinstance(seed, (int, numpy.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    random.seed(int(seed))
+    numpy.random.seed(int(seed) % 2**32)
+    _unseeded_models = numpy.random.SeedSequence(int(seed))
 
 
 class Sequential(KerasModelMethods):
@@ -51,7 +64,9 @@ class Sequential(KerasModelMethods):
     def __init__(self, layers=None, seed=None, name="sequential", trainable=True):
         self.name = name
         self.seed = seed
-        init_seeds, shuffle_seeds = numpy.random.SeedSequence(seed).spawn(2)
+        seeds = numpy.random.SeedSequence(seed) if seed is not None or _unseeded_models is None \
+            else _unseeded_models.spawn(1)[0]
+        init_seeds, shuffle_seeds = seeds.spawn(2)
         self._init_rng = numpy.random.default_rng(init_seeds)
         self._shuffle_rng = numpy.random.default_rng(shuffle_seeds)
         self.layers: list[Layer] = []

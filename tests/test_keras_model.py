@@ -253,3 +253,34 @@ def test_pop_and_get_layer():
     assert removed.name == "out" and model.layers[-1].name == "hidden"
     model.add(layers.Dense(2, activation="softmax"))
     assert model.output_shape == (2,)
+
+
+def test_set_random_seed_makes_unseeded_models_reproducible(rng):
+    x, y = data(rng, 12)
+    runs = []
+    for _ in range(2):
+        keras.utils.set_random_seed(7)
+        model = Sequential([keras.Input(shape=(8, 8, 2)), layers.Flatten(), layers.Dropout(0.3), layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_load_model_restores_the_keras_settings(tmp_path, rng):
+    from cnn_gpu import callbacks, initializers, metrics, optimizers
+
+    x, y = data(rng, 12)
+    model = Sequential([keras.Input(shape=(8, 8, 2)), layers.Conv2D(3, 3, activation="gelu", name="conv",
+                                                                    kernel_initializer=initializers.HeUniform(seed=1)),
+                        layers.GlobalAveragePooling2D(), layers.Dense(3, activation="softmax")], seed=0)
+    model.get_layer("conv").trainable = False
+    model.compile(optimizer=optimizers.AdamW(optimizers.schedules.CosineDecay(0.01, 5), weight_decay=0.01),
+                  loss="sparse_categorical_crossentropy", metrics=["acc", metrics.TopKCategoricalAccuracy(k=2)])
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callbacks.TerminateOnNaN()])
+    again = load_model(model.save(tmp_path / "m.npz"))
+    assert not again.get_layer("conv").trainable and again.get_layer("conv").activation == "gelu"
+    assert type(again.optimizer) is optimizers.AdamW and again.optimizer.weight_decay == 0.01
+    assert again.metrics == ["acc", "top_k_categorical_accuracy"] and again.compiled_metrics[1].k == 2
+    assert again.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0))
