@@ -20,9 +20,10 @@ from cnn_gpu.layers import Input, InputLayer  # noqa: E402
 from cnn_gpu.models import Sequential, load_model  # noqa: E402
 
 __version__ = "0.1.0"
-KERAS_NAMES = ["Input", "InputLayer", "Sequential", "callbacks", "datasets", "initializers", "layers", "load_model",
-               "losses", "metrics", "models", "optimizers", "utils"]
-__all__ = ["asarray", "cuda_status", "get_backend", "set_backend", "to_numpy", "__version__", *KERAS_NAMES]
+__all__ = ["asarray", "cuda_status", "get_backend", "set_backend", "to_numpy", "__version__",
+           "Input", "InputLayer", "Sequential", "callbacks", "datasets", "initializers", "layers", "load_model",
+           "losses", "metrics", "models", "optimizers", "utils"]
+KERAS_NAMES = __all__[6:]
 
 
 def __getattr__(name):
