@@ -44,7 +44,7 @@ def _load_data(args):
 
 def run_train(args) -> int:
     from cnn_gpu import viz
-    from cnn_gpu.models import mnist_cnn
+    from cnn_gpu.networks import mnist_cnn
     from cnn_gpu.optimizers import Adam
 
     name = backends.set_backend(args.backend)

@@ -96,7 +96,7 @@ class KerasModelMethods:
         if training:
             self._plan_backward()
         runner = _EagerSteps(self, training=training)
-        runner.run(asarray(self.to_layer_layout(x)), asarray(self._host_targets(targets)))
+        runner(asarray(self.to_layer_layout(x)), asarray(self._host_targets(targets)))
         logs = runner.totals.means()
         if return_dict:
             return logs
