@@ -158,3 +158,6 @@ def read_idx(path) -> numpy.ndarray:
     return numpy.frombuffer(data, dtype=numpy.uint8, offset=header_size).reshape(dims)
 
 from cnn_gpu.datasets import mnist  # noqa: E402  (keras.datasets.mnist; it reads the readers above)
+
+__all__ = ["MNIST_FILES", "centre_in_frame", "load_digits", "load_mnist", "mnist", "read_idx", "read_mnist_idx",
+           "resize_bilinear"]
