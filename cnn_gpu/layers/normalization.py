@@ -17,10 +17,13 @@ from cnn_gpu.layers.base import Layer
 
 
 class BatchNormalization(Layer):
-    """BatchNormalization(momentum=0.99, epsilon=1e-3)."""
+    """BatchNormalization(axis=-1, momentum=0.99, epsilon=1e-3): axis is Keras's, the channels (the only
+    axis this layer normalises over)."""
 
-    def __init__(self, momentum=0.99, epsilon=1e-3, **kwargs):
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
+        if axis != -1:
+            raise ValueError(f"axis must be -1 (the channels, which this layer normalises over), got {axis!r}")
         if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
             raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
         if not (isinstance(epsilon, (int, float)) and epsilon > 0):
