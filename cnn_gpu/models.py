@@ -88,6 +88,12 @@ class Sequential(KerasModelMethods):
 
     # ---- building --------------------------------------------------------------------------------
     def add(self, layer: Layer) -> None:
+        if isinstance(layer, Sequential):  # a model as a layer: its layers, the same objects (weights, flags)
+            if layer.input_shape is not None and not self.layers and self.input_shape is None:
+                self.input_shape = layer.input_shape
+            for inner in layer.layers:
+                self.add(inner)
+            return
         if not isinstance(layer, Layer):
             raise TypeError(f"layer must be a cnn_gpu.layers layer, got {type(layer).__name__}")
         if isinstance(layer, InputLayer):

@@ -284,3 +284,20 @@ def test_load_model_restores_the_keras_settings(tmp_path, rng):
     assert type(again.optimizer) is optimizers.AdamW and again.optimizer.weight_decay == 0.01
     assert again.metrics == ["acc", "top_k_categorical_accuracy"] and again.compiled_metrics[1].k == 2
     assert again.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0))
+
+
+def test_trained_layers_keep_their_weights_in_a_new_model(rng):
+    """Keras's transfer-learning forms: layers of a trained model, or the model itself, in a new Sequential."""
+    x, y = data(rng, 12)
+    base = Sequential([keras.Input(shape=(8, 8, 2)), layers.Conv2D(4, 3, activation="relu"), layers.MaxPooling2D(2),
+                       layers.Flatten()], seed=1)
+    trained = base.get_weights()
+    base.trainable = False
+    for head_model in (Sequential([base, layers.Dense(3, activation="softmax")]),
+                       Sequential([keras.Input(shape=(8, 8, 2)), *base.layers, layers.Dense(3, activation="softmax")])):
+        assert head_model.input_shape == (8, 8, 2) and head_model.layers[0] is base.layers[0]
+        head_model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        head_model.fit(x, y, epochs=1, verbose=0)
+        for now, before in zip(base.get_weights(), trained):
+            numpy.testing.assert_array_equal(now, before)
+        assert "Trainable params: 111" in head_model.summary(print_fn=None)  # the Dense alone: 36·3 + 3

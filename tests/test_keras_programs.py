@@ -91,6 +91,7 @@ base = keras.Sequential([
 ])
 base.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 base.fit(x_train, y_train, batch_size=64, epochs=2, verbose=0)
+pretrained = base.get_weights()
 
 # A new task: is the digit even? The convolutions are reused frozen, a new head is trained.
 model = keras.Sequential([keras.Input(shape=(28, 28, 1))] + base.layers[:-1]
@@ -156,8 +157,11 @@ def test_simple_mnist_convnet(keras_home):
 def test_transfer_learning_with_frozen_convolutions_and_early_stopping(keras_home):
     namespace, printed = run_program(TRANSFER_LEARNING)
     model, base, frozen = namespace["model"], namespace["base"], namespace["frozen"]
-    # the frozen layers are base's own objects, unchanged by the fine-tuning
+    # the frozen layers are base's own objects, their trained weights kept in the new model and unchanged
+    # by the fine-tuning
     assert model.layers[0] is base.layers[0]
+    for now, trained in zip([w for layer in model.layers[:5] for w in layer.get_weights()], namespace["pretrained"]):
+        numpy.testing.assert_array_equal(now, trained)
     for layer, before in zip(model.layers[:5], frozen):
         for now, then in zip(layer.get_weights(), before):
             numpy.testing.assert_array_equal(now, then)

@@ -71,9 +71,14 @@ class Layer:
     def build(self, input_shape, rng=None) -> tuple:
         """Create the parameters for per-sample input_shape (layers' layout); returns the output shape.
 
-        rng: a numpy Generator for the initial weights (a fresh one when None).
+        rng: a numpy Generator for the initial weights (a fresh one when None). A layer already built for
+        a shape it accepts keeps its weights, as Keras's does: a trained layer put in a new model stays trained.
         """
         input_shape = tuple(int(v) for v in input_shape)
+        if self.built and self.accepts(input_shape):
+            self.output_shape = tuple(self.output_shape_for(input_shape))
+            self.built_shape = input_shape
+            return self.output_shape
         rng = numpy.random.default_rng() if rng is None else rng
         self.output_shape = tuple(self.output_shape_for(input_shape))
         self.build_params(input_shape, rng)
