@@ -14,14 +14,14 @@ The Keras names below are the library's own modules and classes (keras.layers is
 keras.Sequential is cnn_gpu.models.Sequential), not copies.
 """
 from cnn_gpu.backend import asarray, cuda_status, get_backend, set_backend, to_numpy
-from cnn_gpu import (callbacks, datasets, initializers, layers, losses, metrics, models, optimizers,  # noqa: E402
-                     utils)
+from cnn_gpu import (activations, callbacks, datasets, initializers, layers, losses, metrics, models,  # noqa: E402
+                     optimizers, utils)
 from cnn_gpu.layers import Input, InputLayer  # noqa: E402
 from cnn_gpu.models import Sequential, load_model  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["asarray", "cuda_status", "get_backend", "set_backend", "to_numpy", "__version__",
-           "Input", "InputLayer", "Sequential", "callbacks", "datasets", "initializers", "layers", "load_model",
+           "Input", "InputLayer", "Sequential", "activations", "callbacks", "datasets", "initializers", "layers", "load_model",
            "losses", "metrics", "models", "optimizers", "utils"]
 KERAS_NAMES = __all__[6:]
 

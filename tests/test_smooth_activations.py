@@ -158,3 +158,18 @@ def test_conv_and_activation_layer_apply_the_op(rng):
     logits = rng.standard_normal((4, 7))
     expected = numpy.exp(logits) / numpy.exp(logits).sum(1, keepdims=True)
     assert rel_error(Softmax().forward(logits), expected) < 1e-12
+
+
+def test_keras_activations_functions(rng):
+    import cnn_gpu as keras
+    from cnn_gpu.layers import Dense
+
+    x = rng.standard_normal((3, 4))
+    assert rel_error(keras.activations.gelu(x), naive("gelu", x)) < 1e-12
+    assert rel_error(keras.activations.softmax(x), numpy.exp(x) / numpy.exp(x).sum(1, keepdims=True)) < 1e-12
+    assert keras.activations.get("swish") is keras.activations.swish and keras.activations.get(None)(x) is x
+    assert Dense(3, activation=keras.activations.selu).activation == "selu"
+    with pytest.raises(ValueError, match="activation must be one of"):
+        Dense(3, activation=lambda v: v)
+    with pytest.raises(ValueError, match="unknown activation 'mish'"):
+        keras.activations.get("mish")

@@ -29,7 +29,10 @@ _ELEMENTWISE = {"relu": (F.relu, F.relu_backward), "sigmoid": (F.sigmoid, F.sigm
 
 
 def check_activation(name, argument="activation"):
-    """The activation's canonical name (None for none / 'linear'), or a ValueError naming the argument."""
+    """The activation's canonical name (None for none / 'linear'), or a ValueError naming the argument. A
+    function of cnn_gpu.activations (keras.activations.relu, ...) stands for its name."""
+    if callable(name) and getattr(name, "__module__", None) == "cnn_gpu.activations":
+        name = name.__name__
     if name is None or name == "linear":
         return None
     if name not in ACTIVATIONS:
