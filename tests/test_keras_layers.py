@@ -245,3 +245,18 @@ def test_mnist_rejects_a_file_that_is_not_keras_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(ValueError, match="not Keras's mnist.npz: it lacks x_train, y_train, x_test, y_test"):
         mnist.load_data()
+
+
+def test_fashion_mnist_from_keras_cache_folder(tmp_path, rng, monkeypatch):
+    from test_datasets import _write_mnist
+
+    folder = tmp_path / "datasets" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    written = _write_mnist(folder, rng, gzipped=True)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    numpy.testing.assert_array_equal(x_test, written["test_images"])
+    numpy.testing.assert_array_equal(y_train, written["train_labels"])
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="never downloads: put the four files .*fashion-mnist"):
+        keras.datasets.fashion_mnist.load_data()

@@ -9,8 +9,9 @@ channels-last ``(N, H, W, 1)`` like Keras, and int64 class labels 0-9. Nothing i
 - ``load_mnist(path)``: the real MNIST IDX files from a folder the user has, raw or gzipped; the
   headers are checked strictly and a missing or malformed file is named in the error.
 
-``cnn_gpu.datasets.mnist.load_data()`` is Keras's loader (uint8 images (N, 28, 28), uint8 labels),
-reading Keras's own cache file mnist.npz or the IDX files of a folder; see that module.
+``cnn_gpu.datasets.mnist.load_data()`` and ``fashion_mnist.load_data()`` are Keras's loaders (uint8 images
+(N, 28, 28), uint8 labels), reading the files Keras caches (mnist.npz; fashion-mnist's IDX files) or the
+IDX files of a folder; see those modules.
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def read_idx(path) -> numpy.ndarray:
                          f"but the file holds {len(data) - header_size}")
     return numpy.frombuffer(data, dtype=numpy.uint8, offset=header_size).reshape(dims)
 
-from cnn_gpu.datasets import mnist  # noqa: E402  (keras.datasets.mnist; it reads the readers above)
+from cnn_gpu.datasets import fashion_mnist, mnist  # noqa: E402  (keras.datasets.*; they use the readers above)
 
-__all__ = ["MNIST_FILES", "centre_in_frame", "load_digits", "load_mnist", "mnist", "read_idx", "read_mnist_idx",
-           "resize_bilinear"]
+__all__ = ["MNIST_FILES", "centre_in_frame", "fashion_mnist", "load_digits", "load_mnist", "mnist", "read_idx",
+           "read_mnist_idx", "resize_bilinear"]
