@@ -260,3 +260,38 @@ def test_fashion_mnist_from_keras_cache_folder(tmp_path, rng, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="never downloads: put the four files .*fashion-mnist"):
         keras.datasets.fashion_mnist.load_data()
+
+
+# ---- loss functions ---------------------------------------------------------------------------------------
+def test_loss_functions_and_compile_with_them(rng):
+    logits = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 4, 6)
+    p = numpy.exp(logits) / numpy.exp(logits).sum(1, keepdims=True)
+    expected = -numpy.log(p[numpy.arange(6), labels])
+    assert rel_error(losses.sparse_categorical_crossentropy(labels, p), expected) < 1e-12
+    assert rel_error(losses.categorical_crossentropy(losses.to_categorical(labels, 4), logits, from_logits=True), expected) < 1e-12
+    t = rng.integers(0, 2, (6, 3)).astype(float)
+    q = 1 / (1 + numpy.exp(-logits[:, :3]))
+    assert rel_error(losses.binary_crossentropy(t, q), -(t * numpy.log(q) + (1 - t) * numpy.log(1 - q)).mean(1)) < 1e-12
+    assert isinstance(losses.get(losses.sparse_categorical_crossentropy), losses.SparseCategoricalCrossentropy)
+    model = keras.Sequential([keras.Input(shape=(4,)), layers.Dense(4, activation="softmax")], seed=0)
+    model.compile(optimizer="sgd", loss=keras.losses.sparse_categorical_crossentropy)
+    x = rng.standard_normal((6, 4)).astype(numpy.float32)
+    assert model.evaluate(x, labels, verbose=0) == pytest.approx(
+        losses.sparse_categorical_crossentropy(labels, model.predict(x, verbose=0)).mean(), rel=1e-5)
+
+
+def test_loss_functions_match_real_keras(rng):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    real = pytest.importorskip("keras")
+    as_numpy = real.ops.convert_to_numpy
+    p = rng.random((5, 3)) + 0.01
+    p /= p.sum(1, keepdims=True)
+    labels = rng.integers(0, 3, 5)
+    one_hot = losses.to_categorical(labels, 3)
+    t = rng.integers(0, 2, (5, 3)).astype(numpy.float32)
+    for ours, theirs in ((losses.categorical_crossentropy(one_hot, p), real.losses.categorical_crossentropy(one_hot, p)),
+                         (losses.sparse_categorical_crossentropy(labels, p), real.losses.sparse_categorical_crossentropy(labels, p)),
+                         (losses.binary_crossentropy(t, p), real.losses.binary_crossentropy(t, p)),
+                         (losses.mean_squared_error(t, p), real.losses.mean_squared_error(t, p))):
+        assert rel_error(ours, as_numpy(theirs)) < 1e-6
