@@ -1,5 +1,7 @@
-"""Keras's model methods beyond compile / fit / evaluate / predict, mixed into Sequential.
+"""Keras's training loop and model methods, mixed into Sequential (cnn_gpu.models: the model and its step).
 
+    model.fit(x, y, ..., callbacks=[...])      epochs of training steps, with Keras's hooks and logs -> History
+    model.evaluate(x, y) / model.predict(x)    in inference mode
     model(x)                                   inference on one batch (as predict_on_batch)
     model.get_weights() / set_weights(list)    every layer's weights, Keras's order and layouts
     model.save_weights(path) / load_weights(path)
@@ -19,7 +21,12 @@ import zipfile
 from pathlib import Path
 
 import numpy
+from tqdm.auto import tqdm
 
+from cnn_gpu.backend import asarray, to_numpy
+from cnn_gpu.callbacks import CallbackList, History
+
+SYNC_EVERY = 10  # batches between reads of the running loss for the progress bar (each read waits for the device)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 WEIGHTS_FORMAT = "cnn_gpu.weights/1"
 VERBOSITY = ("auto", 0, 1, 2)
@@ -59,15 +66,176 @@ def write_npz(path, arrays: dict) -> None:
         raise
 
 
+def positive_int(name, value) -> int:
+    if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(name, value) -> int:
+    if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+def refuse_unsupported(**arguments) -> None:
+    given = [name for name, value in arguments.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not supported by cnn_gpu's "
+                         f"Sequential; leave {'it' if len(given) == 1 else 'them'} None")
+
+
 class KerasModelMethods:
-    """The methods of the module docstring; a Sequential supplies layers, _inputs, _targets, _forward, _step."""
+    """The methods of the module docstring; a Sequential supplies layers, _inputs, _targets, _forward,
+    make_train_step and _measuring_steps (the runners of its steps)."""
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1) -> History:
+        """Train for epochs initial_epoch..epochs-1 over (x, y); returns the History (also model.history).
+
+        verbose: 'auto' or 1 a tqdm progress bar per epoch, 2 one line per epoch, 0 nothing. callbacks:
+        cnn_gpu.callbacks objects (Keras's hooks and logs). validation_split takes the LAST fraction of x,
+        before shuffling, as Keras does; validation_data=(x_val, y_val) overrides it; validation runs every
+        validation_freq epochs. class_weight, sample_weight and the steps arguments are not supported
+        (an error if given)."""
+        refuse_unsupported(class_weight=class_weight, sample_weight=sample_weight, steps_per_epoch=steps_per_epoch,
+                            validation_steps=validation_steps)
+        self._require_compiled("fit")
+        batch_size = positive_int("batch_size", 32 if batch_size is None else batch_size)
+        validation_batch_size = positive_int("validation_batch_size", validation_batch_size or batch_size)
+        epochs = positive_int("epochs", epochs)
+        validation_freq = positive_int("validation_freq", validation_freq)
+        initial_epoch = non_negative_int("initial_epoch", initial_epoch)
+        verbose = verbosity(verbose)
+        x = self._inputs(x)
+        targets = self._targets(y, len(x))
+        x, targets, validation = self._validation_set(x, targets, validation_split, validation_data)
+        self._plan_backward()
+
+        steps = -(-len(x) // batch_size)
+        history = History()
+        callbacks = CallbackList([*(callbacks or []), history], self, {"epochs": epochs, "steps": steps, "verbose": verbose})
+        self.stop_training = False
+        training = self.make_train_step(batch_size)
+        callbacks.call("on_train_begin", {})
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            callbacks.call("on_epoch_begin", epoch, {})
+            order = self._shuffle_rng.permutation(len(x)) if shuffle else numpy.arange(len(x))
+            with tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", disable=verbose != 1,
+                      dynamic_ncols=True) as bar:
+                logs = self._run(x, targets, order, batch_size, training, bar, callbacks)
+                if validation is not None and (epoch + 1) % validation_freq == 0:
+                    val = self._measure(*validation, validation_batch_size, tqdm(disable=True), callbacks)
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                    bar.set_postfix(logs)
+            callbacks.call("on_epoch_end", epoch, logs)
+            if verbose == 2:
+                print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4g}" for k, v in logs.items()))
+            if self.stop_training:
+                break
+        callbacks.call("on_train_end", logs)
+        history.params = {**history.params, "cuda_graph": training.replayed}  # whether full batches ran as graph replays
+        self.history = history
+        return history
+
+    def _validation_set(self, x, targets, validation_split, validation_data):
+        """(x, targets, validation): the training part, and (x_val, targets_val) or None."""
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (x_val, y_val) (sample weights are not supported)")
+            x_val = self._inputs(validation_data[0], "validation_data x")
+            return x, targets, (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
+        if not validation_split:
+            return x, targets, None
+        if not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        split_at = int(len(x) * (1 - validation_split))
+        if split_at == 0 or split_at == len(x):
+            raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
+                             f"{split_at} to train on and {len(x) - split_at} to validate on; both need samples")
+        return x[:split_at], targets[:split_at], (x[split_at:], targets[split_at:])
+
+    def _measure(self, x, targets, batch_size, bar, callbacks=None) -> dict:
+        """The loss and metrics over (x, targets) in inference mode, with the test hooks of callbacks."""
+        if callbacks is not None:
+            callbacks.call("on_test_begin", {})
+        logs = self._run(x, targets, numpy.arange(len(x)), batch_size, self._measuring_steps(), bar,
+                         callbacks, ("on_test_batch_begin", "on_test_batch_end"))
+        if callbacks is not None:
+            callbacks.call("on_test_end", logs)
+        return logs
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False):
+        """[loss, *metrics] in compile's order (the loss alone without metrics), or with return_dict=True
+        {'loss': ..., metric name: ...}; in inference mode."""
+        refuse_unsupported(sample_weight=sample_weight, steps=steps)
+        self._require_compiled("evaluate")
+        batch_size = positive_int("batch_size", 32 if batch_size is None else batch_size)
+        verbose = verbosity(verbose)
+        x = self._inputs(x)
+        targets = self._targets(y, len(x))
+        callbacks = CallbackList(callbacks, self, {"verbose": verbose, "steps": -(-len(x) // batch_size)}) \
+            if callbacks else None
+        with tqdm(total=-(-len(x) // batch_size), desc="evaluate", unit="batch", disable=verbose != 1,
+                  dynamic_ncols=True) as bar:
+            logs = self._measure(x, targets, batch_size, bar, callbacks)
+        if return_dict:
+            return logs
+        return [logs["loss"], *(logs[name] for name in self.metrics)] if self.metrics else logs["loss"]
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None) -> numpy.ndarray:
+        """The outputs (after the last activation: probabilities for softmax / sigmoid) as a NumPy array."""
+        refuse_unsupported(steps=steps)
+        batch_size = positive_int("batch_size", 32 if batch_size is None else batch_size)
+        verbose = verbosity(verbose)
+        x = self._inputs(x)
+        callbacks = CallbackList(callbacks, self, {"verbose": verbose}) if callbacks else None
+        if callbacks:
+            callbacks.call("on_predict_begin", {})
+        outputs = []
+        for start in tqdm(range(0, len(x), batch_size), desc="predict", unit="batch", disable=verbose != 1):
+            y = self._forward(asarray(self.to_layer_layout(x[start:start + batch_size])), training=False, logits=False)
+            outputs.append(to_numpy(y))
+        if callbacks:
+            callbacks.call("on_predict_end", {})
+        return self.to_user_layout(numpy.concatenate(outputs))
+
+    def _run(self, x, targets, order, batch_size: int, runner, bar, callbacks=None, hooks=("on_train_batch_begin",
+             "on_train_batch_end")) -> dict:
+        """One pass over x[order] in batches through runner (an _EagerSteps or _GraphedTrainSteps). Returns
+        the means (loss, metrics). The running sums are read every SYNC_EVERY batches while the bar
+        shows, after every batch when a callback has batch hooks (``hooks``: their names), and at the end.
+        A callback setting model.stop_training ends a training pass after its batch."""
+        runner.totals.reset()
+        batch_logs = callbacks is not None and callbacks.needs_batch_logs
+        for step, start in enumerate(range(0, len(order), batch_size), 1):
+            index = order[start:start + batch_size]
+            if batch_logs:
+                callbacks.call(hooks[0], step - 1, {})
+            runner(self.to_layer_layout(x[index]), self._host_targets(targets[index]))
+            bar.update(1)
+            if batch_logs:
+                logs = runner.totals.means()
+                callbacks.call(hooks[1], step - 1, logs)
+                if not bar.disable and step % SYNC_EVERY == 0:
+                    bar.set_postfix(logs, refresh=False)
+            elif not bar.disable and step % SYNC_EVERY == 0:
+                bar.set_postfix(runner.totals.means(), refresh=False)
+            if runner.training and self.stop_training:
+                break
+        logs = runner.totals.means()
+        bar.set_postfix(logs, refresh=False)
+        return logs
+
 
     # ---- inference on one batch ------------------------------------------------------------------
     def __call__(self, x, training=False):
         """The model's outputs for the batch x, as a NumPy array (training=True: dropout and batch
         statistics as in training; nothing is updated but BatchNormalization's moving statistics)."""
-        from cnn_gpu.backend import asarray, to_numpy
-
         x = self._inputs(x)
         y = self._forward(asarray(self.to_layer_layout(x)), training=bool(training), logits=False)
         return self.to_user_layout(to_numpy(y))
@@ -86,16 +254,13 @@ class KerasModelMethods:
         return self._one_batch(x, y, False, return_dict, sample_weight=sample_weight)
 
     def _one_batch(self, x, y, training, return_dict, **unsupported):
-        from cnn_gpu.backend import asarray
-        from cnn_gpu.models import _EagerSteps, _refuse_unsupported
-
-        _refuse_unsupported(**unsupported)
+        refuse_unsupported(**unsupported)
         self._require_compiled("train_on_batch" if training else "test_on_batch")
         x = self._inputs(x)
         targets = self._targets(y, len(x))
         if training:
             self._plan_backward()
-        runner = _EagerSteps(self, training=training)
+        runner = self.make_train_step(len(x), cuda_graph=False) if training else self._measuring_steps()
         runner(asarray(self.to_layer_layout(x)), asarray(self._host_targets(targets)))
         logs = runner.totals.means()
         if return_dict:

@@ -1,4 +1,5 @@
-"""Sequential: Keras's model API (add, summary, compile, fit, evaluate, predict, save) over our layers.
+"""Sequential: a Keras model over our layers (add, build, summary, compile, the training step, save / load);
+fit, evaluate, predict and Keras's other model methods are in cnn_gpu.keras_model, mixed in.
 
 Data crosses the model's boundary in the user's layout (channels-last (N, H, W, C) as in Keras, or
 channels-first with data_format='channels_first'); the model transposes each batch ONCE on the host
@@ -7,8 +8,8 @@ to the layers' NCHW, uploads it, and converts 4-D outputs back in predict.
 A training step: one upload of the batch → forward through the layers → the loss, fused with the
 last activation where it can be (the last layer is asked for its logits) → backward in reverse →
 the optimizer updates each parameter in place. The loss and the correct-prediction count stay on
-the device as running sums; the host reads them once every SYNC_EVERY batches (progress bar) and at
-the end of the epoch. Nothing in a step waits for the device (the labels are checked once, on the
+the device as running sums; the host reads them every few batches (progress bar) and at the end of
+the epoch. Nothing in a step waits for the device (the labels are checked once, on the
 host, before the fit), so on the cuda backend the step can be captured as a CUDA graph and replayed:
 compile(..., cuda_graph=True), see _GraphedTrainSteps.
 
@@ -26,18 +27,15 @@ import zipfile
 from pathlib import Path
 
 import numpy
-from tqdm.auto import tqdm
 
 from cnn_gpu import layers as layer_classes
 from cnn_gpu import losses, metrics as metric_classes, optimizers
 from cnn_gpu.backend import asarray, get_backend, to_numpy
-from cnn_gpu.callbacks import CallbackList, History
-from cnn_gpu.keras_model import KerasModelMethods, check_native_file_name, verbosity, write_npz
+from cnn_gpu.keras_model import KerasModelMethods, check_native_file_name, positive_int, write_npz
 from cnn_gpu.layers.base import Layer
 from cnn_gpu.layers.core import InputLayer
 
 FILE_FORMAT = "cnn_gpu.models.Sequential/1"
-SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the device)
 _unseeded_models = None  # after set_random_seed: where models made without a seed draw theirs
 
 
@@ -329,32 +327,9 @@ class Sequential(KerasModelMethods):
         totals.add(loss, [metric.batch_sum(outputs, targets, applied) for metric in self.compiled_metrics], len(inputs))
         return loss
 
-    def _run(self, x, targets, order, batch_size: int, runner, bar, callbacks=None, hooks=("on_train_batch_begin",
-             "on_train_batch_end")) -> dict:
-        """One pass over x[order] in batches through runner (an _EagerSteps or _GraphedTrainSteps). Returns
-        the means (loss, metrics). The running sums are read every SYNC_EVERY batches while the bar
-        shows, after every batch when a callback has batch hooks (``hooks``: their names), and at the end.
-        A callback setting model.stop_training ends a training pass after its batch."""
-        runner.totals.reset()
-        batch_logs = callbacks is not None and callbacks.needs_batch_logs
-        for step, start in enumerate(range(0, len(order), batch_size), 1):
-            index = order[start:start + batch_size]
-            if batch_logs:
-                callbacks.call(hooks[0], step - 1, {})
-            runner(self.to_layer_layout(x[index]), self._host_targets(targets[index]))
-            bar.update(1)
-            if batch_logs:
-                logs = runner.totals.means()
-                callbacks.call(hooks[1], step - 1, logs)
-                if not bar.disable and step % SYNC_EVERY == 0:
-                    bar.set_postfix(logs, refresh=False)
-            elif not bar.disable and step % SYNC_EVERY == 0:
-                bar.set_postfix(runner.totals.means(), refresh=False)
-            if runner.training and self.stop_training:
-                break
-        logs = runner.totals.means()
-        bar.set_postfix(logs, refresh=False)
-        return logs
+    def _measuring_steps(self):
+        """The runner that evaluates batches (inference mode, no update)."""
+        return _EagerSteps(self, training=False)
 
     def prepare_targets(self, y):
         """y (as fit takes it) as what a training step takes: the loss's targets in the layers' layout, checked
@@ -372,7 +347,7 @@ class Sequential(KerasModelMethods):
         cuda_graph (default: compile's setting): on the cuda backend, full batches of batch_size are replayed
         from one captured CUDA graph (see compile); other batches, and every batch elsewhere, run eagerly."""
         self._require_compiled("make_train_step")
-        batch_size = _positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         if cuda_graph is None:
             cuda_graph = self.cuda_graph
         if not isinstance(cuda_graph, bool):
@@ -386,121 +361,6 @@ class Sequential(KerasModelMethods):
                           RuntimeWarning, stacklevel=2)
             return _EagerSteps(self, training=True)
         return _GraphedTrainSteps(self, batch_size)
-
-    # ---- the Keras API ---------------------------------------------------------------------------
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
-            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1) -> History:
-        """Train for epochs initial_epoch..epochs-1 over (x, y); returns the History (also model.history).
-
-        verbose: 'auto' or 1 a tqdm progress bar per epoch, 2 one line per epoch, 0 nothing. callbacks:
-        cnn_gpu.callbacks objects (Keras's hooks and logs). validation_split takes the LAST fraction of x,
-        before shuffling, as Keras does; validation_data=(x_val, y_val) overrides it; validation runs every
-        validation_freq epochs. class_weight, sample_weight and the steps arguments are not supported
-        (an error if given)."""
-        _refuse_unsupported(class_weight=class_weight, sample_weight=sample_weight, steps_per_epoch=steps_per_epoch,
-                            validation_steps=validation_steps)
-        self._require_compiled("fit")
-        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
-        validation_batch_size = _positive_int("validation_batch_size", validation_batch_size or batch_size)
-        epochs = _positive_int("epochs", epochs)
-        validation_freq = _positive_int("validation_freq", validation_freq)
-        initial_epoch = _non_negative_int("initial_epoch", initial_epoch)
-        verbose = verbosity(verbose)
-        x = self._inputs(x)
-        targets = self._targets(y, len(x))
-        x, targets, validation = self._validation_set(x, targets, validation_split, validation_data)
-        self._plan_backward()
-
-        steps = -(-len(x) // batch_size)
-        history = History()
-        callbacks = CallbackList([*(callbacks or []), history], self, {"epochs": epochs, "steps": steps, "verbose": verbose})
-        self.stop_training = False
-        training = self.make_train_step(batch_size)
-        callbacks.call("on_train_begin", {})
-        logs = {}
-        for epoch in range(initial_epoch, epochs):
-            callbacks.call("on_epoch_begin", epoch, {})
-            order = self._shuffle_rng.permutation(len(x)) if shuffle else numpy.arange(len(x))
-            with tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", disable=verbose != 1,
-                      dynamic_ncols=True) as bar:
-                logs = self._run(x, targets, order, batch_size, training, bar, callbacks)
-                if validation is not None and (epoch + 1) % validation_freq == 0:
-                    val = self._measure(*validation, validation_batch_size, tqdm(disable=True), callbacks)
-                    logs.update({f"val_{k}": v for k, v in val.items()})
-                    bar.set_postfix(logs)
-            callbacks.call("on_epoch_end", epoch, logs)
-            if verbose == 2:
-                print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4g}" for k, v in logs.items()))
-            if self.stop_training:
-                break
-        callbacks.call("on_train_end", logs)
-        history.params = {**history.params, "cuda_graph": training.replayed}  # whether full batches ran as graph replays
-        self.history = history
-        return history
-
-    def _validation_set(self, x, targets, validation_split, validation_data):
-        """(x, targets, validation): the training part, and (x_val, targets_val) or None."""
-        if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (x_val, y_val) (sample weights are not supported)")
-            x_val = self._inputs(validation_data[0], "validation_data x")
-            return x, targets, (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
-        if not validation_split:
-            return x, targets, None
-        if not 0 < validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-        split_at = int(len(x) * (1 - validation_split))
-        if split_at == 0 or split_at == len(x):
-            raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
-                             f"{split_at} to train on and {len(x) - split_at} to validate on; both need samples")
-        return x[:split_at], targets[:split_at], (x[split_at:], targets[split_at:])
-
-    def _measure(self, x, targets, batch_size, bar, callbacks=None) -> dict:
-        """The loss and metrics over (x, targets) in inference mode, with the test hooks of callbacks."""
-        if callbacks is not None:
-            callbacks.call("on_test_begin", {})
-        logs = self._run(x, targets, numpy.arange(len(x)), batch_size, _EagerSteps(self, training=False), bar,
-                         callbacks, ("on_test_batch_begin", "on_test_batch_end"))
-        if callbacks is not None:
-            callbacks.call("on_test_end", logs)
-        return logs
-
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
-                 callbacks=None, return_dict=False):
-        """[loss, *metrics] in compile's order (the loss alone without metrics), or with return_dict=True
-        {'loss': ..., metric name: ...}; in inference mode."""
-        _refuse_unsupported(sample_weight=sample_weight, steps=steps)
-        self._require_compiled("evaluate")
-        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
-        verbose = verbosity(verbose)
-        x = self._inputs(x)
-        targets = self._targets(y, len(x))
-        callbacks = CallbackList(callbacks, self, {"verbose": verbose, "steps": -(-len(x) // batch_size)}) \
-            if callbacks else None
-        with tqdm(total=-(-len(x) // batch_size), desc="evaluate", unit="batch", disable=verbose != 1,
-                  dynamic_ncols=True) as bar:
-            logs = self._measure(x, targets, batch_size, bar, callbacks)
-        if return_dict:
-            return logs
-        return [logs["loss"], *(logs[name] for name in self.metrics)] if self.metrics else logs["loss"]
-
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None) -> numpy.ndarray:
-        """The outputs (after the last activation: probabilities for softmax / sigmoid) as a NumPy array."""
-        _refuse_unsupported(steps=steps)
-        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
-        verbose = verbosity(verbose)
-        x = self._inputs(x)
-        callbacks = CallbackList(callbacks, self, {"verbose": verbose}) if callbacks else None
-        if callbacks:
-            callbacks.call("on_predict_begin", {})
-        outputs = []
-        for start in tqdm(range(0, len(x), batch_size), desc="predict", unit="batch", disable=verbose != 1):
-            y = self._forward(asarray(self.to_layer_layout(x[start:start + batch_size])), training=False, logits=False)
-            outputs.append(to_numpy(y))
-        if callbacks:
-            callbacks.call("on_predict_end", {})
-        return self.to_user_layout(numpy.concatenate(outputs))
 
     # ---- saving ----------------------------------------------------------------------------------
     def get_config(self) -> dict:
@@ -755,22 +615,3 @@ def _graph_memory_pool():
     import cupy
 
     return cupy.cuda.MemoryPool()
-
-
-def _positive_int(name, value) -> int:
-    if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _non_negative_int(name, value) -> int:
-    if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return int(value)
-
-
-def _refuse_unsupported(**arguments) -> None:
-    given = [name for name, value in arguments.items() if value is not None]
-    if given:
-        raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not supported by cnn_gpu's "
-                         f"Sequential; leave {'it' if len(given) == 1 else 'them'} None")
