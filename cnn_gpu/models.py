@@ -115,6 +115,7 @@ class Sequential(KerasModelMethods):
         self.layers.append(layer)
         if self._built:
             layer.build(self.layers[-2].output_shape, self._init_rng)
+            self._mark_flattened_images()
         elif self.input_shape is not None and len(self.layers) == 1:
             self.build(self.input_shape)
 
@@ -141,6 +142,22 @@ class Sequential(KerasModelMethods):
             layer_shape = layer.build(layer_shape, self._init_rng)
         self.layers[0].needs_input_gradient = False  # no one takes dL/dx of the data: the first conv skips it
         self._built = True
+        self._mark_flattened_images()
+
+    def _mark_flattened_images(self) -> None:
+        """Tell each Dense whose input is a flattened image (through element-wise layers) the image's (C, H, W):
+        Keras flattens channels-last data in (H, W, C) order, we flatten NCHW, so its get_weights / set_weights
+        reorder the kernel's rows to Keras's order (real Keras weights then load as they are)."""
+        image = None
+        for layer in self.layers:
+            if isinstance(layer, layer_classes.Flatten):
+                image = layer.built_shape if self._channels_last and len(layer.built_shape or ()) == 3 else None
+            elif isinstance(layer, layer_classes.Dense):
+                layer.flattened_image = image
+                image = None
+            elif not isinstance(layer, (layer_classes.Dropout, layer_classes.Activation, layer_classes.ReLU,
+                                        layer_classes.ELU)):
+                image = None  # only element-wise layers without parameters keep the order
 
     @property
     def built(self) -> bool:

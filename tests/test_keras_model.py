@@ -301,3 +301,29 @@ def test_trained_layers_keep_their_weights_in_a_new_model(rng):
         for now, before in zip(base.get_weights(), trained):
             numpy.testing.assert_array_equal(now, before)
         assert "Trainable params: 111" in head_model.summary(print_fn=None)  # the Dense alone: 36·3 + 3
+
+
+def test_flatten_then_dense_takes_keras_weights(rng):
+    """Keras flattens channels-last images in (H, W, C) order: a Dense after Flatten (and Dropout) exchanges its
+    kernel rows in that order, so the MNIST convnet's Keras weights predict as Keras does."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    real = pytest.importorskip("keras")
+    build = lambda k: k.Sequential([k.Input(shape=(10, 9, 2)), k.layers.Conv2D(3, 3, activation="relu"),  # noqa: E731
+                                    k.layers.MaxPooling2D(2), k.layers.Flatten(), k.layers.Dropout(0.5),
+                                    k.layers.Dense(4, activation="softmax")])
+    theirs, ours = build(real), build(keras)
+    ours.set_weights(theirs.get_weights())
+    x = rng.standard_normal((5, 10, 9, 2)).astype(numpy.float32)
+    assert rel_error(ours.predict(x, verbose=0), real.ops.convert_to_numpy(theirs(x, training=False))) < 1e-5
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        numpy.testing.assert_array_equal(a, real.ops.convert_to_numpy(b))
+
+
+def test_flattened_dense_layout_round_trips(rng):
+    model = Sequential([keras.Input(shape=(4, 3, 2)), layers.Flatten(), layers.Dense(5)])
+    assert model.layers[1].flattened_image == (2, 4, 3)
+    kernel = rng.standard_normal((24, 5)).astype(numpy.float32)
+    model.set_weights([kernel, numpy.zeros(5, numpy.float32)])
+    numpy.testing.assert_array_equal(model.get_weights()[0], kernel)
+    x = rng.standard_normal((3, 4, 3, 2)).astype(numpy.float32)
+    assert rel_error(model.predict(x, verbose=0), x.reshape(3, -1) @ kernel) < 1e-6  # Keras's (H, W, C) rows

@@ -1,8 +1,9 @@
 """Dense, Flatten, Dropout, and the InputLayer (keras.Input) a Sequential model may start with.
 
 Flatten flattens the layers' NCHW layout, i.e. in (C, H, W) order, as a view: no copy, and the
-order Keras itself uses for channels-first data. (Keras on channels-last data flattens (H, W, C), so
-a Dense kernel after Flatten is not position-for-position Keras's; nothing here depends on it.)
+order Keras itself uses for channels-first data. Keras on channels-last data flattens (H, W, C), so a
+Dense kernel after Flatten holds its rows in another order than Keras's: a model tells such a Dense the
+image's shape (``flattened_image``), and its get_weights / set_weights reorder the rows to Keras's.
 """
 from __future__ import annotations
 
@@ -70,11 +71,24 @@ class Dense(Layer):
         return {**super().get_config(), "units": self.units, "activation": self.activation, "use_bias": self.use_bias,
                 **initializer_config(self)}
 
+    flattened_image = None  # (C, H, W) when the input is that image flattened from channels-last data (above)
+
     def keras_layout(self, key, value):
-        return value.T if key == "kernel" else value  # (units, features) -> Keras's (features, units)
+        """(units, features) -> Keras's (features, units), rows in (H, W, C) order after a flattened image."""
+        if key != "kernel":
+            return value
+        if self.flattened_image is None:
+            return value.T
+        C, H, W = self.flattened_image
+        return value.T.reshape(C, H, W, -1).transpose(1, 2, 0, 3).reshape(C * H * W, -1)
 
     def from_keras_layout(self, key, value):
-        return value.T if key == "kernel" else value
+        if key != "kernel":
+            return value
+        if self.flattened_image is None:
+            return value.T
+        C, H, W = self.flattened_image
+        return value.reshape(H, W, C, -1).transpose(2, 0, 1, 3).reshape(C * H * W, -1).T
 
 
 class Flatten(Layer):
