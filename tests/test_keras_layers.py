@@ -295,3 +295,20 @@ def test_loss_functions_match_real_keras(rng):
                          (losses.binary_crossentropy(t, p), real.losses.binary_crossentropy(t, p)),
                          (losses.mean_squared_error(t, p), real.losses.mean_squared_error(t, p))):
         assert rel_error(ours, as_numpy(theirs)) < 1e-6
+
+
+def test_reshape_as_keras_reshapes(rng):
+    """An MLP's output reshaped to an image and back: what Keras gives, in the data's channels-last layout."""
+    model = keras.Sequential([keras.Input(shape=(24,)), layers.Reshape((2, 4, 3)), layers.Reshape((-1,))])
+    x = rng.standard_normal((5, 24)).astype(numpy.float32)
+    image_model = keras.Sequential([keras.Input(shape=(24,)), layers.Reshape((2, 4, 3))])
+    numpy.testing.assert_array_equal(image_model.predict(x, verbose=0), x.reshape(5, 2, 4, 3))
+    numpy.testing.assert_array_equal(model.predict(x, verbose=0), x)
+    flat = keras.Sequential([keras.Input(shape=(2, 4, 3)), layers.Reshape((6, 4))])
+    images = rng.standard_normal((5, 2, 4, 3)).astype(numpy.float32)
+    numpy.testing.assert_array_equal(flat.predict(images, verbose=0), images.reshape(5, 6, 4))
+    layer = layers.Reshape((3, 2, 2), dtype="float64")
+    layer.build((2, 3, 2))
+    layer_gradient_check(layer, rng.standard_normal((2, 2, 3, 2)), rng)
+    with pytest.raises(ValueError, match="cannot reshape a sample of 24 values"):
+        keras.Sequential([keras.Input(shape=(24,)), layers.Reshape((5, 5))])

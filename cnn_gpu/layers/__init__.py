@@ -16,11 +16,12 @@ from cnn_gpu.layers.core import Dense, Dropout, Flatten, Input, InputLayer
 from cnn_gpu.layers.normalization import BatchNormalization
 from cnn_gpu.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
                                     SumPooling2D)
-from cnn_gpu.layers.reshaping import Rescaling, ZeroPadding2D
+from cnn_gpu.layers.reshaping import Rescaling, Reshape, ZeroPadding2D
 
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, ELU, Flatten, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, InputLayer, LeakyReLU, MaxPooling2D, ReLU, Rescaling, Softmax, SumPooling2D, ZeroPadding2D)}
+    GlobalMaxPooling2D, InputLayer, LeakyReLU, MaxPooling2D, ReLU, Rescaling, Reshape, Softmax, SumPooling2D,
+    ZeroPadding2D)}
 # Keras's other names for the same layers
 ALIASES = {"Convolution2D": Conv2D, "MaxPool2D": MaxPooling2D, "AvgPool2D": AveragePooling2D,
            "GlobalAvgPool2D": GlobalAveragePooling2D, "GlobalMaxPool2D": GlobalMaxPooling2D}

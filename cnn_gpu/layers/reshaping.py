@@ -1,8 +1,10 @@
-"""Layers that move or scale values without parameters: ZeroPadding2D and Rescaling (Keras's names).
+"""Layers that move or scale values without parameters: ZeroPadding2D, Rescaling and Reshape (Keras's names).
 
 ZeroPadding2D(padding=(1, 1)): Keras's forms, an int (all four sides), (rows, cols) (symmetric), or
 ((top, bottom), (left, right)). Rescaling(scale, offset=0.0): y = x · scale + offset, e.g. 1/255 for
-uint8 images.
+uint8 images. Reshape(target_shape): Keras's reshape of each sample, in the data's layout (channels-last
+unless data_format='channels_first'): the layer moves an image to that layout, reshapes, and moves a
+3-D result back to the layers' NCHW, so it gives what Keras gives (one -1 is inferred).
 """
 from __future__ import annotations
 
@@ -69,3 +71,60 @@ class Rescaling(Layer):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+class Reshape(Layer):
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        target = tuple(target_shape) if isinstance(target_shape, (tuple, list)) else None
+        if not target or any(not isinstance(v, int) or isinstance(v, bool) or (v < 1 and v != -1) for v in target) \
+                or target.count(-1) > 1:
+            raise ValueError(f"target_shape must be a tuple of positive ints (one may be -1), got {target_shape!r}")
+        self.target_shape = target
+
+    @property
+    def _channels_last(self) -> bool:
+        return self.data_format != "channels_first"
+
+    def _user_shape(self, shape) -> tuple:
+        return (shape[1], shape[2], shape[0]) if self._channels_last and len(shape) == 3 else tuple(shape)
+
+    def _resolved_target(self, input_shape) -> tuple:
+        size = 1
+        for v in input_shape:
+            size *= v
+        known = 1
+        for v in self.target_shape:
+            known *= v if v != -1 else 1
+        target = tuple(size // known if v == -1 else v for v in self.target_shape)
+        total = 1
+        for v in target:
+            total *= v
+        if total != size:
+            raise ValueError(f"{self.describe()}: cannot reshape a sample of {size} values ({tuple(input_shape)}) "
+                             f"to {self.target_shape}")
+        return target
+
+    def output_shape_for(self, input_shape):
+        target = self._resolved_target(input_shape)
+        return (target[2], target[0], target[1]) if self._channels_last and len(target) == 3 else target
+
+    def forward(self, x, training=False):
+        self.ensure_built(x)
+        self._x_shape = x.shape
+        if self._channels_last and x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)  # to the data's layout, where Keras reshapes
+        y = x.reshape((len(x), *self._resolved_target(self.built_shape)))
+        return y.transpose(0, 3, 1, 2).copy() if self._channels_last and y.ndim == 4 else y.copy()
+
+    def backward(self, dy):
+        x_shape = self.saved(getattr(self, "_x_shape", None))
+        if self._channels_last and dy.ndim == 4:
+            dy = dy.transpose(0, 2, 3, 1)
+        if self._channels_last and len(x_shape) == 4:
+            N, C, H, W = x_shape
+            return dy.reshape(N, H, W, C).transpose(0, 3, 1, 2).copy()
+        return dy.reshape(x_shape).copy()
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
