@@ -139,10 +139,44 @@ class MeanSquaredError(Metric):
         return (diff * diff).reshape(len(diff), -1).mean(axis=1).sum()
 
 
+# ---- Keras's metric functions: per-sample values on the host, and what compile(metrics=[function]) reports ----
+def categorical_accuracy(y_true, y_pred):
+    """keras.metrics.categorical_accuracy: 1.0 where argmax(y_pred) == argmax(y_true), per sample."""
+    return (numpy.argmax(y_pred, axis=-1) == numpy.argmax(y_true, axis=-1)).astype(numpy.float32)
+
+
+def sparse_categorical_accuracy(y_true, y_pred):
+    """keras.metrics.sparse_categorical_accuracy: 1.0 where argmax(y_pred) == the integer label."""
+    y_pred = numpy.asarray(y_pred)
+    labels = numpy.asarray(y_true).reshape(len(y_pred), -1)[:, 0]
+    return (numpy.argmax(y_pred, axis=-1) == labels).astype(numpy.float32)
+
+
+def binary_accuracy(y_true, y_pred, threshold=0.5):
+    """keras.metrics.binary_accuracy: 1.0 where (y_pred > threshold) == y_true, element by element (as Keras 3)."""
+    return (numpy.asarray(y_true) == (numpy.asarray(y_pred) > threshold)).astype(numpy.float32)
+
+
+def sparse_top_k_categorical_accuracy(y_true, y_pred, k=5):
+    """keras.metrics.sparse_top_k_categorical_accuracy: 1.0 where fewer than k outputs beat the label's."""
+    y_pred = numpy.asarray(y_pred, dtype=numpy.float64)
+    labels = numpy.asarray(y_true).reshape(len(y_pred), -1)[:, 0].astype(numpy.int64)
+    own = numpy.take_along_axis(y_pred, labels[:, None], axis=1)
+    return ((y_pred > own).sum(axis=1) < k).astype(numpy.float32)
+
+
+def top_k_categorical_accuracy(y_true, y_pred, k=5):
+    """keras.metrics.top_k_categorical_accuracy: the top-k test against the class of one-hot y_true."""
+    return sparse_top_k_categorical_accuracy(numpy.argmax(y_true, axis=-1), y_pred, k)
+
+
 METRICS = {keras_snake_case(cls.__name__): cls for cls in (
     CategoricalAccuracy, SparseCategoricalAccuracy, BinaryAccuracy, TopKCategoricalAccuracy,
     SparseTopKCategoricalAccuracy, MeanAbsoluteError, MeanSquaredError)}
 ALIASES = {"mae": "mean_absolute_error", "mse": "mean_squared_error"}
+_FUNCTIONS = {categorical_accuracy: CategoricalAccuracy, sparse_categorical_accuracy: SparseCategoricalAccuracy,
+              binary_accuracy: BinaryAccuracy, top_k_categorical_accuracy: TopKCategoricalAccuracy,
+              sparse_top_k_categorical_accuracy: SparseTopKCategoricalAccuracy}
 ACCURACY_NAMES = ("accuracy", "acc")
 
 
@@ -153,6 +187,8 @@ def get(identifier, loss) -> Metric:
         return identifier
     if isinstance(identifier, dict):
         return deserialize(identifier, loss)
+    if callable(identifier) and identifier in _FUNCTIONS:  # compile(metrics=[keras.metrics.categorical_accuracy])
+        return _FUNCTIONS[identifier]()
     if isinstance(identifier, type) and issubclass(identifier, Metric) and identifier is not Metric \
             and identifier is not LossAccuracy:
         return identifier()

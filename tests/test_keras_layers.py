@@ -312,3 +312,25 @@ def test_reshape_as_keras_reshapes(rng):
     layer_gradient_check(layer, rng.standard_normal((2, 2, 3, 2)), rng)
     with pytest.raises(ValueError, match="cannot reshape a sample of 24 values"):
         keras.Sequential([keras.Input(shape=(24,)), layers.Reshape((5, 5))])
+
+
+def test_metric_functions_match_real_keras_and_compile_with_them(rng):
+    p = rng.random((20, 6))
+    labels = rng.integers(0, 6, 20)
+    one_hot = losses.to_categorical(labels, 6)
+    assert metrics.categorical_accuracy(one_hot, p).tolist() == (p.argmax(1) == labels).astype(float).tolist()
+    assert metrics.sparse_top_k_categorical_accuracy(labels, p, k=2).mean() == pytest.approx(
+        metrics.TopKCategoricalAccuracy(k=2).batch_sum(p, labels, None) / 20)
+    assert isinstance(metrics.get(metrics.sparse_categorical_accuracy, None), metrics.SparseCategoricalAccuracy)
+    try:
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+        import keras as real
+    except ImportError:
+        return
+    as_numpy = real.ops.convert_to_numpy
+    t = rng.integers(0, 2, (20, 6)).astype(numpy.float32)
+    for ours, theirs in ((metrics.categorical_accuracy(one_hot, p), real.metrics.categorical_accuracy(one_hot, p)),
+                         (metrics.sparse_categorical_accuracy(labels, p), real.metrics.sparse_categorical_accuracy(labels, p)),
+                         (metrics.binary_accuracy(t, p), real.metrics.binary_accuracy(t, p)),
+                         (metrics.top_k_categorical_accuracy(one_hot, p, k=3), real.metrics.top_k_categorical_accuracy(one_hot, p, k=3))):
+        numpy.testing.assert_allclose(ours, as_numpy(theirs), rtol=1e-6)
