@@ -334,3 +334,15 @@ def test_metric_functions_match_real_keras_and_compile_with_them(rng):
                          (metrics.binary_accuracy(t, p), real.metrics.binary_accuracy(t, p)),
                          (metrics.top_k_categorical_accuracy(one_hot, p, k=3), real.metrics.top_k_categorical_accuracy(one_hot, p, k=3))):
         numpy.testing.assert_allclose(ours, as_numpy(theirs), rtol=1e-6)
+
+
+@pytest.mark.parametrize("applied", [None, "softmax"])
+def test_metric_sums_on_every_backend(backend, xp, rng, applied):
+    """The sums each metric adds on the device equal the NumPy ones (on CUDA: array ops and our softmax)."""
+    outputs = rng.standard_normal((33, 7)).astype(numpy.float32)
+    labels = rng.integers(0, 7, 33)
+    for metric in (metrics.CategoricalAccuracy(), metrics.TopKCategoricalAccuracy(k=3), metrics.BinaryAccuracy(),
+                   metrics.MeanAbsoluteError(), metrics.MeanSquaredError()):
+        ours = metric.batch_sum(xp.asarray(outputs), xp.asarray(labels), applied)
+        ref = metric.batch_sum(outputs, labels, applied)
+        assert float(ours) == pytest.approx(float(ref), rel=1e-5), metric.name

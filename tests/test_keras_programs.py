@@ -123,7 +123,6 @@ def write_keras_mnist_cache(folder):
 def keras_home(tmp_path, monkeypatch):
     write_keras_mnist_cache(tmp_path / "keras_home" / "datasets")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setenv("CNN_GPU_BACKEND", "numpy")
     return tmp_path / "keras_home"
 
 
