@@ -119,11 +119,17 @@ def write_keras_mnist_cache(folder):
                 x_test=to_bytes(x_test), y_test=y_test.astype(numpy.uint8))
 
 
+@pytest.fixture(scope="module")
+def keras_cache(tmp_path_factory):
+    home = tmp_path_factory.mktemp("keras_home")
+    write_keras_mnist_cache(home / "datasets")
+    return home
+
+
 @pytest.fixture
-def keras_home(tmp_path, monkeypatch):
-    write_keras_mnist_cache(tmp_path / "keras_home" / "datasets")
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    return tmp_path / "keras_home"
+def keras_home(keras_cache, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(keras_cache))
+    return keras_cache
 
 
 def run_program(text):
