@@ -11,7 +11,7 @@ keras.Input: the InputLayer a Sequential model may start with.
 """
 from cnn_gpu.layers.activation import ELU, Activation, LeakyReLU, ReLU, Softmax
 from cnn_gpu.layers.base import Layer
-from cnn_gpu.layers.conv import Conv2D
+from cnn_gpu.layers.conv import Conv2D, DepthwiseConv2D, SeparableConv2D
 from cnn_gpu.layers.core import Dense, Dropout, Flatten, Input, InputLayer
 from cnn_gpu.layers.normalization import BatchNormalization
 from cnn_gpu.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
@@ -19,12 +19,13 @@ from cnn_gpu.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D, Gl
 from cnn_gpu.layers.reshaping import Rescaling, Reshape, ZeroPadding2D
 
 LAYER_CLASSES = {cls.__name__: cls for cls in (
-    Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, ELU, Flatten, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, InputLayer, LeakyReLU, MaxPooling2D, ReLU, Rescaling, Reshape, Softmax, SumPooling2D,
-    ZeroPadding2D)}
+    Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout, ELU, Flatten,
+    GlobalAveragePooling2D, GlobalMaxPooling2D, InputLayer, LeakyReLU, MaxPooling2D, ReLU, Rescaling, Reshape,
+    SeparableConv2D, Softmax, SumPooling2D, ZeroPadding2D)}
 # Keras's other names for the same layers
 ALIASES = {"Convolution2D": Conv2D, "MaxPool2D": MaxPooling2D, "AvgPool2D": AveragePooling2D,
-           "GlobalAvgPool2D": GlobalAveragePooling2D, "GlobalMaxPool2D": GlobalMaxPooling2D}
+           "GlobalAvgPool2D": GlobalAveragePooling2D, "GlobalMaxPool2D": GlobalMaxPooling2D,
+           "SeparableConvolution2D": SeparableConv2D}
 globals().update(ALIASES)
 
 
