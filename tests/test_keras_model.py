@@ -327,3 +327,20 @@ def test_flattened_dense_layout_round_trips(rng):
     numpy.testing.assert_array_equal(model.get_weights()[0], kernel)
     x = rng.standard_normal((3, 4, 3, 2)).astype(numpy.float32)
     assert rel_error(model.predict(x, verbose=0), x.reshape(3, -1) @ kernel) < 1e-6  # Keras's (H, W, C) rows
+
+
+def test_depthwise_and_separable_take_keras_weights(rng):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    real = pytest.importorskip("keras")
+    build = lambda k: k.Sequential([k.Input(shape=(9, 8, 3)),  # noqa: E731
+                                    k.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu"),
+                                    k.layers.SeparableConv2D(4, 3, depth_multiplier=2, activation="gelu"),
+                                    k.layers.Conv2D(5, 2, groups=1, dilation_rate=2),
+                                    k.layers.GlobalAveragePooling2D(), k.layers.Dense(3)])
+    theirs, ours = build(real), build(keras)
+    weights = [rng.standard_normal(w.shape).astype(numpy.float32) * 0.3 for w in theirs.get_weights()]
+    theirs.set_weights(weights)
+    assert [w.shape for w in ours.get_weights()] == [w.shape for w in weights]
+    ours.set_weights(weights)
+    x = rng.standard_normal((4, 9, 8, 3)).astype(numpy.float32)
+    assert rel_error(ours.predict(x, verbose=0), real.ops.convert_to_numpy(theirs(x, training=False))) < 1e-5
