@@ -45,7 +45,10 @@ def test_forward_matches_float64_definition(backend, xp, rng, name, shape):
     x = (rng.standard_normal(shape) * 4).astype(numpy.float32)
     y = forward(name, xp.asarray(x))
     assert y.shape == x.shape and y.dtype == numpy.float32
-    assert rel_error(y, naive(name, x)) < 2e-6
+    ref = naive(name, x)
+    # relative to each value, floored at 1e-3: gelu's lower tail (|y| ~ 1e-11 at x = -7) is exact only to a few
+    # float32 ulps of erfc, which a single-element norm would read as a relative error of ~1e-5
+    assert error_relative_to(y, ref, numpy.maximum(numpy.abs(ref), 1e-3)) < 2e-6
 
 
 @pytest.mark.parametrize("name", NAMES)
