@@ -49,6 +49,7 @@ import numpy
 import cnn_gpu
 from cnn_gpu.bench_cases import Case, cases, op_names
 from cnn_gpu.cuda import autotune
+from cnn_gpu.files import atomic_write, write_text
 
 MIN_REPEATS = 20
 MAX_REPEATS = 100
@@ -601,9 +602,7 @@ def _method(side: Side, quick: bool) -> dict:
 
 
 def _write_json(report: dict, path: Path):
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=_json_default))
-    tmp.replace(path)
+    write_text(path, json.dumps(report, indent=1, default=_json_default))
 
 
 def _json_default(value):
@@ -672,5 +671,6 @@ def plot_speedups(report: dict, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no row has a reference time", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic_write(path) as file:
+        fig.savefig(file, format="png", dpi=100, bbox_inches="tight")
     return path

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from cnn_gpu import layers as layer_classes
 from cnn_gpu import losses, optimizers
 from cnn_gpu.backend import asarray, get_backend, to_numpy
+from cnn_gpu.files import atomic_write
 from cnn_gpu.layers.base import Layer
 
 FILE_FORMAT = "cnn_gpu.models.Sequential/1"
@@ -398,7 +399,8 @@ class Sequential:
         return config
 
     def save(self, path) -> Path:
-        """Write the model (config + weights) to ONE .npz file at exactly ``path``; returns the path."""
+        """Write the model (config + weights) to ONE .npz file at exactly ``path``; returns the path.
+        Atomic: a save that fails (disk full, Ctrl-C) leaves any previous file at path untouched."""
         if not self._built:
             raise ValueError("the model is not built yet, so it has no weights to save; fit or build it first")
         path = Path(path)
@@ -406,7 +408,7 @@ class Sequential:
         for layer in self.layers:
             for key, value in {**layer.params, **layer.state}.items():
                 arrays[f"{layer.name}/{key}"] = to_numpy(value)
-        with open(path, "wb") as file:
+        with atomic_write(path) as file:  # a failed save leaves the previous file as it was
             numpy.savez(file, **arrays)
         return path
 
