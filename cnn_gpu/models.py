@@ -34,6 +34,7 @@ from cnn_gpu import losses, optimizers
 from cnn_gpu.backend import asarray, get_backend, to_numpy
 from cnn_gpu.files import atomic_write
 from cnn_gpu.layers.base import Layer
+from cnn_gpu.ops.arrays import real_number
 
 FILE_FORMAT = "cnn_gpu.models.Sequential/1"
 SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the device)
@@ -329,6 +330,7 @@ class Sequential:
         self._require_compiled("fit")
         batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
         epochs = _positive_int("epochs", epochs)
+        validation_split = real_number("validation_split", validation_split, 0, 1, high_open=True)
         x = self._inputs(x)
         targets = self._targets(y, len(x))
         validation = None
@@ -338,8 +340,6 @@ class Sequential:
             x_val = self._inputs(validation_data[0], "validation_data x")
             validation = (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
         elif validation_split:
-            if not 0 < validation_split < 1:
-                raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
             split_at = int(len(x) * (1 - validation_split))
             if split_at == 0 or split_at == len(x):
                 raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "

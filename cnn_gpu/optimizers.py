@@ -20,6 +20,7 @@ import numpy
 
 from cnn_gpu import functional as F
 from cnn_gpu.backend import asarray
+from cnn_gpu.ops.arrays import real_number
 from cnn_gpu.ops.optim import adam_step_size
 
 
@@ -29,9 +30,7 @@ class Optimizer:
     step_scalar_dtypes = ()  # none: plain SGD and momentum take nothing from the host that changes per step
 
     def __init__(self, learning_rate):
-        if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
-        self.learning_rate = float(learning_rate)
+        self.learning_rate = real_number("learning_rate", learning_rate, 0, low_open=True)
         self.iterations = 0
         self._slots: dict = {}
         self._step_scalars = None  # one-element device arrays the updates read, or None (see the module docstring)
@@ -74,9 +73,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
         super().__init__(learning_rate)
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
-            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = real_number("momentum", momentum, 0, 1)  # Keras's range; 1 never decays the velocity
         self.nesterov = bool(nesterov)
 
     def update(self, key, param, grad):
@@ -92,12 +89,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         super().__init__(learning_rate)
-        for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
-                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-        if not (isinstance(epsilon, (int, float)) and epsilon > 0):
-            raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.beta_1 = real_number("beta_1", beta_1, 0, 1, high_open=True)
+        self.beta_2 = real_number("beta_2", beta_2, 0, 1, high_open=True)
+        self.epsilon = real_number("epsilon", epsilon, 0, low_open=True)
 
     step_scalar_dtypes = (numpy.dtype(numpy.float32),)  # alpha, the step size with the bias corrections
 

@@ -144,7 +144,7 @@ def test_rejects_state_shape_mismatch():
         F.adam_update(_f32(4), _f32(4), _f32(4), _f32(2, 2), 1)
 
 
-@pytest.mark.parametrize("lr", [0.0, -0.1, float("nan")])
+@pytest.mark.parametrize("lr", [0.0, -0.1, float("nan"), float("inf"), 1e400])
 def test_rejects_non_positive_learning_rate(lr):
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         F.sgd_update(_f32(3), _f32(3), None, lr)
@@ -152,7 +152,7 @@ def test_rejects_non_positive_learning_rate(lr):
         F.adam_update(_f32(3), _f32(3), _f32(3), _f32(3), 1, learning_rate=lr)
 
 
-@pytest.mark.parametrize("value", [-0.1, 1.0])
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("inf"), float("nan")])
 def test_rejects_momentum_outside_unit_interval(value):
     with pytest.raises(ValueError, match="momentum must be in"):
         F.sgd_update(_f32(3), _f32(3), _f32(3), 0.1, value)

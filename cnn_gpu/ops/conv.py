@@ -49,7 +49,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from cnn_gpu.cuda import autotune
 from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks, require_int32_indexable, sm_count
 from cnn_gpu.cuda.loader import load_kernel
-from cnn_gpu.ops.activation import activation_code, numpy_activation
+from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
 from cnn_gpu.ops.gemm import MAX_GRID_Y, cuda_gemm_k_slices, plan_gemm
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
@@ -853,14 +853,13 @@ def _cuda_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute
 # ---- public functions ----------------------------------------------------------------------------
 def conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.01):
     """y = act(conv(x, w) + b), (N, C, H, W) x (K, C, R, S) -> (N, K, OH, OW). See the module docstring."""
-    xp = float_operands(_LAYOUTS, x=x, w=w, b=b)
+    xp = float_operands(_LAYOUTS, ("b",), x=x, w=w, b=b)
     g = _geometry(x, w, stride, padding)
     K = w.shape[0]
     if b is not None and tuple(b.shape) != (K,):
         raise ValueError(f"b must have shape (K,) = ({K},) for w of shape {tuple(w.shape)}, got shape {tuple(b.shape)}")
     act = activation_code(activation)  # ValueError for an unknown name
-    if not negative_slope >= 0:
-        raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
+    negative_slope = checked_slope(negative_slope)
     if xp is numpy:
         return _numpy_conv2d(x, w, b, g, activation, negative_slope)
     return _cuda_conv2d(x, w, b, g, act, float(negative_slope))  # a float: it keys the launch cache

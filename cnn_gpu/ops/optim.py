@@ -29,7 +29,7 @@ import numpy
 
 from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
-from cnn_gpu.ops.arrays import array_module, check_same_shape, contiguous, float_operands
+from cnn_gpu.ops.arrays import array_module, check_same_shape, check_writable, contiguous, float_operands, real_number
 
 
 def adam_step_size(learning_rate: float, beta_1: float, beta_2: float, step: int) -> float:
@@ -95,7 +95,8 @@ def _cuda_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
 
 # ---- public functions ----------------------------------------------------------------------------
 def _check_in_place_operands(param, grad, **state):
-    """grad and state shaped like param; param and state C-contiguous, as they are written in place."""
+    """grad and state shaped like param; param and state C-contiguous and writable, as they are written in
+    place: all checked before the update writes anything."""
     check_same_shape("grad", grad, "param", param)
     for name, a in {"param": param, **state}.items():
         if a is None:
@@ -103,26 +104,17 @@ def _check_in_place_operands(param, grad, **state):
         check_same_shape(name, a, "param", param)
         if not a.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (it is updated in place), got strides {a.strides} for shape {a.shape}")
-
-
-def _check_learning_rate(learning_rate):
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-
-
-def _check_unit_interval(name, value):
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    check_writable(param=param, **state)
 
 
 def sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=False):
     """One SGD step in place (param, and velocity when given); returns None. velocity may be None
-    only when momentum == 0."""
-    _check_learning_rate(learning_rate)
-    _check_unit_interval("momentum", momentum)
+    only when momentum == 0. momentum is in [0, 1], Keras's range."""
+    learning_rate = real_number("learning_rate", learning_rate, 0, low_open=True)
+    momentum = real_number("momentum", momentum, 0, 1)
     if velocity is None and momentum != 0:
         raise ValueError(f"velocity is required when momentum != 0 (momentum={momentum!r})")
-    xp = float_operands({}, param=param, grad=grad, velocity=velocity)
+    xp = float_operands({}, ("velocity",), param=param, grad=grad, velocity=velocity)
     _check_in_place_operands(param, grad, velocity=velocity)
     if xp is numpy:
         _numpy_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov)
@@ -135,7 +127,7 @@ def _check_step(step, step_size, param):
     if step_size is not None:
         if step is not None:
             raise ValueError(f"step must be None when step_size is given (step_size holds the step's alpha), got step={step!r}")
-        array_module(param=param, step_size=step_size)  # one backend
+        array_module(("param",), param=param, step_size=step_size)  # one backend (param's own check comes later)
         if step_size.dtype != numpy.float32 or step_size.size != 1:
             raise TypeError(f"step_size must be a one-element float32 array, got {step_size.dtype} of shape {tuple(step_size.shape)}")
         return
@@ -151,11 +143,10 @@ def adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2
     """One Adam step in place (param, m, v); step is the 1-based step count t. Returns None.
     step_size: instead of step (then None), a one-element float32 array holding alpha, read as the update runs."""
     _check_step(step, step_size, param)
-    _check_learning_rate(learning_rate)
-    _check_unit_interval("beta_1", beta_1)
-    _check_unit_interval("beta_2", beta_2)
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+    learning_rate = real_number("learning_rate", learning_rate, 0, low_open=True)
+    beta_1 = real_number("beta_1", beta_1, 0, 1, high_open=True)
+    beta_2 = real_number("beta_2", beta_2, 0, 1, high_open=True)
+    epsilon = real_number("epsilon", epsilon, 0)
     xp = float_operands({}, param=param, grad=grad, m=m, v=v)
     _check_in_place_operands(param, grad, m=m, v=v)
     if step_size is None:

@@ -1,6 +1,8 @@
 """flatten: (N, ...) -> (N, prod(...)) as a reshape (a view when the input is contiguous: no copy)."""
 from __future__ import annotations
 
+import math
+
 from cnn_gpu.ops.arrays import array_module
 
 
@@ -8,7 +10,7 @@ def flatten(x):
     array_module(x=x)
     if x.ndim < 1:
         raise ValueError(f"x must have a batch axis, got shape {tuple(x.shape)}")
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch has no size to infer it from
 
 
 def flatten_backward(dy, x_shape):
