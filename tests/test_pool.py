@@ -547,12 +547,40 @@ def test_backward_rejects_indices_dtype():
         F.max_pool2d_backward(DY, INDICES.astype(numpy.int32), X.shape, 2)
 
 
-@pytest.mark.parametrize("stray", [-1, 36])
-def test_numpy_backward_rejects_indices_outside_the_plane(stray):
-    indices = INDICES.copy()
-    indices[0, 1, 2, 2] = stray
-    with pytest.raises(ValueError, match="indices must lie in"):
-        F.max_pool2d_backward(DY, indices, X.shape, 2)
+def naive_routing(dy, indices, x_shape, kernel, stride):
+    """dx by a loop over the windows: each dy added at its index when the index names an element of its
+    window (no padding here), dropped otherwise."""
+    dx = numpy.zeros(x_shape)
+    (R, S), (sh, sw) = pair(kernel), pair(stride)
+    H, W = x_shape[2:]
+    for n, c, oh, ow in numpy.ndindex(*dy.shape):
+        at = int(indices[n, c, oh, ow])
+        h, w = divmod(at, W)
+        if 0 <= at < H * W and oh * sh <= h < oh * sh + R and ow * sw <= w < ow * sw + S:
+            dx[n, c, h, w] += dy[n, c, oh, ow]
+    return dx
+
+
+# Windows 2x2 at stride 3 (each window's cell is 3x3, larger than the window) and 3x3 at stride 2 (overlapping).
+@pytest.mark.parametrize("way", pool_ops.MAX_BACKWARD_WAYS)
+@pytest.mark.parametrize("kernel, stride", [(2, 3), (3, 2)])
+def test_max_backward_indices_outside_their_window_route_nowhere(backend, xp, rng, monkeypatch, kernel, stride, way):
+    if stride < kernel and way not in pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS:
+        pytest.skip(f"the {way} way serves disjoint windows only")
+    if backend == "numpy" and way != pool_ops.MAX_BACKWARD_WAYS[0]:
+        pytest.skip("the NumPy path has one way")
+    pin_autotune(monkeypatch, lambda family, key, candidates: way)
+    shape = (2, 3, 9, 9)
+    x = rng.standard_normal(shape).astype(numpy.float32)
+    _, indices = F.max_pool2d(x, kernel, stride)
+    dy = rng.standard_normal(indices.shape).astype(numpy.float32)
+    indices[0, 0, 0, 0] = -1                 # before the plane
+    indices[0, 0, 0, 1] = 81                 # past the plane
+    indices[0, 1, 1, 1] = 0                  # in the plane, in another window's place
+    indices[1, 2, 0, 0] = 2 * 9 + 2          # (2, 2): in the first window's cell, outside a 2x2 window
+    indices[1, 2, 1, 1] = int(indices[1, 2, 1, 0])  # the neighbouring window's winner
+    dx = F.max_pool2d_backward(xp.asarray(dy), xp.asarray(indices), shape, kernel, stride)
+    assert rel_error(to_numpy(dx), naive_routing(dy, indices, shape, kernel, stride)) < 1e-6
 
 
 @pytest.mark.parametrize("x_shape", [(2, 6, 6), (1, 0, 6, 6), (1, 2, 6.0, 6), None])
