@@ -333,15 +333,16 @@ def test_max_backward_ways_are_reproducible(backend, xp, rng, monkeypatch, way):
 def test_pool_geometry_is_remembered_per_exact_arguments():
     """pool_geometry's cache: another shape or window gets its own geometry, the same as a fresh computation;
     an argument equal to a remembered one but of another type (bool, float, NumPy integer, list) is still
-    checked as it would be uncached: refused, or (a list) accepted with the pair's geometry."""
+    checked as it would be uncached: refused, or (a NumPy integer, a list) accepted with the int's or pair's geometry."""
     fresh = pool_ops._pool_geometry
     for args in [((1, 2, 9, 9), 2, 2, 0), ((1, 2, 9, 7), 2, 2, 0), ((3, 2, 9, 9), 2, 2, 0), ((1, 2, 9, 9), 3, 2, 1),
                  ((1, 2, 9, 9), (2, 3), None, "same"), ((1, 2, 9, 9), (2, 3), (1, 2), (1, 1))]:
         assert pool_ops.pool_geometry(*args) == fresh(*args, "x")
         assert pool_ops.pool_geometry(*args) == fresh(*args, "x")  # remembered now
-    for stride in (True, 2.0, numpy.int64(2)):
+    for stride in (True, 2.0, numpy.bool_(True)):
         with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
             pool_ops.pool_geometry((1, 2, 9, 9), 2, stride, 0)
+    assert pool_ops.pool_geometry((1, 2, 9, 9), numpy.int64(2), numpy.int32(2), 0) == fresh((1, 2, 9, 9), 2, 2, 0, "x")
     with pytest.raises(ValueError, match="kernel_size must be an int or a pair of ints"):
         pool_ops.pool_geometry((1, 2, 9, 9), (2, True), None, 0)
     assert pool_ops.pool_geometry((1, 2, 9, 9), [2, 3], None, "same") == fresh((1, 2, 9, 9), (2, 3), None, "same", "x")
