@@ -527,6 +527,8 @@ def run(ops=None, quick: bool = False, out="bench-out", budget_s: float | None =
 
     started = time.perf_counter()
     side = Side(device, seed=int.from_bytes(os.urandom(4), "little"))
+    if side.torch is None:
+        print(missing_references_note(device), flush=True)  # once, before the rows it explains
     with _one_thread_per_library(side) if device == "cpu" else contextlib.nullcontext():
         report = {
             "mode": "quick" if quick else "full",
@@ -601,6 +603,16 @@ def _method(side: Side, quick: bool) -> dict:
     }
 
 
+def missing_references_note(device: str) -> str:
+    """Why a run has no reference times, and how to get them: the references are PyTorch's."""
+    if device == "cuda":
+        return ("note: the reference timings (cuDNN, cuBLAS) come from PyTorch with CUDA, which is not usable here, "
+                "so every row is UNCHECKED and has no speed-up; install the torch build for your CUDA version "
+                "(https://pytorch.org/get-started/locally/)")
+    return ("note: the reference timings come from PyTorch, which is not installed here, so every row is UNCHECKED "
+            "and has no speed-up; install it with: pip install torch")
+
+
 def _write_json(report: dict, path: Path):
     write_text(path, json.dumps(report, indent=1, default=_json_default))
 
@@ -669,7 +681,9 @@ def plot_speedups(report: dict, path: Path) -> Path:
         ax.axvline(1.0, color="black", linewidth=1)
         ax.set_xlabel("speed-up = reference time / our time (> 1: ours is faster)")
     else:
-        ax.text(0.5, 0.5, "no row has a reference time", ha="center", va="center", transform=ax.transAxes)
+        why = "" if env.get("torch") else f"\n{missing_references_note(env.get('backend', 'cpu'))}"
+        ax.text(0.5, 0.5, "no row has a reference time" + why, ha="center", va="center", transform=ax.transAxes,
+                wrap=True)
         ax.set_axis_off()
     with atomic_write(path) as file:
         fig.savefig(file, format="png", dpi=100, bbox_inches="tight")
