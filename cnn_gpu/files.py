@@ -39,6 +39,8 @@ def atomic_write(path, mode: str = "wb", *, encoding: str | None = None):
         permissions = target.stat().st_mode & 0o7777
     except FileNotFoundError:
         permissions = 0o666 & ~_UMASK
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {target.parent} does not exist")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         if hasattr(os, "fchmod"):

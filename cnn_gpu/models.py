@@ -491,7 +491,7 @@ def _read_config(archive, info) -> dict:
         raise _InvalidModelFile(f"its config is a {dtype} array of shape {shape}, not one JSON string")
     try:
         config = json.loads(str(_read_array(archive, info, shape, dtype, fortran, offset)[()]))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past Python's stack
         raise _InvalidModelFile(f"its config is not JSON ({exc})") from None
     found = config.get("format") if isinstance(config, dict) else None
     if found != FILE_FORMAT:

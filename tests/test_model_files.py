@@ -275,3 +275,14 @@ def test_a_member_whose_header_lies_about_its_size(saved):
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("dense/bias.npy", header + bytes(8))  # 4 float32 declared, 2 held
     refused(path, "dense/bias")
+
+
+def test_deeply_nested_config_json(saved):
+    path, config, arrays = saved
+    refused(write_npz(path, {"config": numpy.array("[" * 100_000 + "]" * 100_000), **arrays}), "config")
+
+
+def test_saving_into_a_missing_folder_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="the folder .*missing does not exist"):
+        small_model().save(tmp_path / "missing" / "model.npz")
+    assert not (tmp_path / "missing").exists()
