@@ -1,6 +1,6 @@
 """pytest-benchmark tests of every op, on the current backend (`pytest benchmarks/ --benchmark-only`).
 
-The cases are cnn_gpu.bench_cases's: the first case of each (op, variant), GPU-sized on the cuda
+The cases are cnn_gpu.bench.cases's: the first case of each (op, variant), GPU-sized on the cuda
 backend, CPU-sized on numpy. These tests time our calls only (the comparison with cuDNN / cuBLAS,
 and the correctness check before timing, are `cnn-gpu bench`'s). Anything missing makes them skip
 with the reason: pytest-benchmark not installed, an op that raises NotImplementedError.

@@ -133,7 +133,7 @@ def _without_gpu(new_array):
     new(shape, dtype=float32)."""
     from cupy.cuda import runtime
 
-    from cnn_gpu.cuda import autotune, launch, launcher
+    from cnn_gpu.cuda import autotune, device, launcher
 
     def new(shape, dtype=numpy.float32, *_, **__):
         return new_array(shape, dtype)
@@ -145,7 +145,7 @@ def _without_gpu(new_array):
     launcher._current_stream = lambda device: stream
     launcher._launch_kernel = lambda *call: None
     launcher._make_context_current = lambda: None
-    launch._device_attributes = lambda device_id: {"MultiProcessorCount": 132}
+    device._device_attributes = lambda device_id: {"MultiProcessorCount": 132}
     loader._load_module = lambda family, defines: SimpleNamespace(
         get_function=lambda name: SimpleNamespace(kernel=SimpleNamespace(ptr=1), name=name))
     autotune._tuner = autotune.Autotuner(cache_file=os.path.join(tempfile.mkdtemp(), "autotune.json"),
@@ -174,7 +174,7 @@ def python_calls(fn, calls: int = 100) -> int:
 
 def small_op_inputs(new) -> SimpleNamespace:
     """The small ops' inputs, made by new(shape, dtype=float32) (int64 only for class labels), on the shapes of
-    the bench's launch-bound rows (cnn_gpu/bench_cases.py); saved tensors (pool indices, dropout mask,
+    the bench's launch-bound rows (cnn_gpu/bench/cases); saved tensors (pool indices, dropout mask,
     batch-norm statistics) come from our own forward calls."""
     v = SimpleNamespace(
         x=new((32, 32, 24, 24)), xl=new((128, 1024)), wl=new((128, 1024)), bl=new((128,)), dyl=new((128, 128)),

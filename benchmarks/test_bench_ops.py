@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import cnn_gpu
-from cnn_gpu.bench_cases import representative_cases
+from cnn_gpu.bench.cases import representative_cases
 
 try:
     BACKEND = cnn_gpu.get_backend()

@@ -82,7 +82,7 @@ def _check_finite_losses(history) -> None:
 
 def run_train(args) -> int:
     from cnn_gpu import viz
-    from cnn_gpu.models import mnist_cnn
+    from cnn_gpu.networks import mnist_cnn
     from cnn_gpu.optimizers import Adam
 
     if args.path and args.data != "mnist":

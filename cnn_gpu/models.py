@@ -282,17 +282,19 @@ class Sequential:
         grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
         self.optimizer.apply(params, grads)
 
-    def _step(self, inputs, targets, training: bool, totals) -> None:
+    def _step(self, inputs, targets, training: bool, totals):
         """One batch on the device: forward, the loss and its gradient, when training backward and the
-        optimizer's update, and the loss and correct count added to totals. Nothing here waits for the
-        device or reads host data (targets come from loss.targets(), checked on the host, so the loss
-        skips its device check), which is what lets _GraphedTrainSteps capture it."""
+        optimizer's update, and the loss and correct count added to totals; returns the batch's loss (a
+        device scalar). Nothing here waits for the device or reads host data (targets come from
+        loss.targets(), checked on the host, so the loss skips its device check), which is what lets
+        _GraphedTrainSteps capture it."""
         outputs = self._forward(inputs, training, logits=self.loss.fuses is not None)
         loss, doutputs = self.loss(outputs, targets, check_labels=False)
         if training:
             self._backward(doutputs)
             self._apply_gradients()
         totals.add(loss, self.loss.count_correct(outputs, targets) if self.metrics else None, len(inputs))
+        return loss
 
     def _run(self, x, targets, order, batch_size: int, runner, bar) -> dict:
         """One pass over x[order] in batches through runner (an _EagerSteps or _GraphedTrainSteps). Returns
@@ -301,7 +303,7 @@ class Sequential:
         runner.totals.reset()
         for step, start in enumerate(range(0, len(order), batch_size), 1):
             index = order[start:start + batch_size]
-            runner.run(self.to_layer_layout(x[index]), self._host_targets(targets[index]))
+            runner(self.to_layer_layout(x[index]), self._host_targets(targets[index]))
             bar.update(1)
             if not bar.disable and step % SYNC_EVERY == 0:
                 bar.set_postfix(runner.totals.means(), refresh=False)
@@ -309,15 +311,34 @@ class Sequential:
         bar.set_postfix(logs, refresh=False)
         return logs
 
-    def _training_steps(self, batch_size: int):
-        """fit's runner: graph replays when compiled with cuda_graph on the cuda backend, else eager steps."""
-        if not self.cuda_graph or get_backend() != "cuda":
+    def prepare_targets(self, y):
+        """y (as fit takes it) as what a training step takes: the loss's targets in the layers' layout, checked
+        on the host once (class labels in range, shapes), in the model's dtype where they are real values."""
+        self._require_compiled("prepare_targets")
+        return self._host_targets(self._targets(y, len(y)))
+
+    def make_train_step(self, batch_size: int, cuda_graph: bool | None = None):
+        """The training step fit runs, as a callable: ``step(x, targets)`` trains on one batch and returns its
+        loss, a scalar left on the device (reading it waits for the step). x is a batch in the layers' NCHW
+        layout and targets come from prepare_targets(y), NumPy arrays (uploaded) or arrays already on the
+        device. ``step.totals.means()`` gives the mean loss (and accuracy) of the batches so far;
+        ``step.replayed`` says whether a batch ran as a CUDA-graph replay.
+
+        cuda_graph (default: compile's setting): on the cuda backend, full batches of batch_size are replayed
+        from one captured CUDA graph (see compile); other batches, and every batch elsewhere, run eagerly."""
+        self._require_compiled("make_train_step")
+        batch_size = _positive_int("batch_size", batch_size)
+        if cuda_graph is None:
+            cuda_graph = self.cuda_graph
+        if not isinstance(cuda_graph, bool):
+            raise ValueError(f"cuda_graph must be True, False or None, got {cuda_graph!r}")
+        if not cuda_graph or get_backend() != "cuda":
             return _EagerSteps(self, training=True)
         import cupy
 
         if cupy.cuda.runtime.is_hip:
             warnings.warn("cuda_graph: CuPy cannot capture CUDA graphs on ROCm/HIP; fit trains eagerly",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=2)
             return _EagerSteps(self, training=True)
         return _GraphedTrainSteps(self, batch_size)
 
@@ -349,7 +370,7 @@ class Sequential:
 
         steps = -(-len(x) // batch_size)
         self.history = history = History({"epochs": epochs, "steps": steps, "verbose": verbose})
-        training = self._training_steps(batch_size)
+        training = self.make_train_step(batch_size)
         for epoch in range(epochs):
             order = self._shuffle_rng.permutation(len(x)) if shuffle else numpy.arange(len(x))
             with tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", disable=verbose != 1,
@@ -667,10 +688,12 @@ class _EagerSteps:
         self.training = training
         self.totals = _RunningTotals(with_accuracy=bool(model.metrics))
 
-    def run(self, inputs: numpy.ndarray, targets: numpy.ndarray) -> None:
-        """One batch in the layers' layout: NumPy arrays (uploaded here) or arrays already on the device."""
-        self.model._step(asarray(inputs), asarray(targets), self.training, self.totals)
+    def __call__(self, inputs, targets):
+        """One batch in the layers' layout: NumPy arrays (uploaded here) or arrays already on the device.
+        Returns the batch's loss, on the device."""
+        loss = self.model._step(asarray(inputs), asarray(targets), self.training, self.totals)
         self.totals.count += len(inputs)
+        return loss
 
 
 class _GraphedTrainSteps(_EagerSteps):
@@ -696,17 +719,17 @@ class _GraphedTrainSteps(_EagerSteps):
         self._warmed_up = self._given_up = False
         # Everything with step scalars, or (the optimizer's iteration count) host state a step advances.
         self._sources = [*model.layers, model.optimizer]
-        self._buffers = self._feed = None
+        self._buffers = self._feed = self._loss = None
 
-    def run(self, inputs, targets) -> None:
+    def __call__(self, inputs, targets):
         full = len(inputs) == self.batch_size
         if full and self._warmed_up and not self._given_up and self._graph is None:
             self._capture(inputs, targets)
         if full and self._graph is not None:
-            self._replay(inputs, targets)
-            return
-        super().run(inputs, targets)
+            return self._replay(inputs, targets)
+        loss = super().__call__(inputs, targets)
         self._warmed_up = self._warmed_up or full
+        return loss
 
     def _capture(self, inputs, targets) -> None:
         import cupy
@@ -720,7 +743,7 @@ class _GraphedTrainSteps(_EagerSteps):
             with stream, cupy.cuda.using_allocator(_graph_memory_pool().malloc):
                 stream.begin_capture()
                 try:
-                    self.model._step(*self._buffers, True, self.totals)
+                    self._loss = self.model._step(*self._buffers, True, self.totals)
                 finally:
                     graph = stream.end_capture()
         except Exception as exc:  # a real error in the step would also have stopped the eager warm-up step
@@ -740,6 +763,7 @@ class _GraphedTrainSteps(_EagerSteps):
         self._graph.launch()  # on the current stream
         self.totals.count += len(inputs)
         self.replayed = True
+        return self._loss  # the captured step's loss buffer, which every replay rewrites
 
 
 class _StepScalarFeed:
@@ -817,24 +841,3 @@ def _positive_int(name, value) -> int:
     if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
-
-
-def mnist_cnn(num_classes: int = 10, dropout: float = 0.3, seed: int | None = None):
-    """Seed 001's network for 28×28×1 digits, in Keras layers.
-
-    conv 5×5 valid 32 + ReLU → max-pool 2 → conv 5×5 valid 64 + ReLU → max-pool 2 → flatten (4·4·64)
-    → dense 128 ReLU → dense 64 ReLU → dropout → dense 10 softmax.
-    """
-    from cnn_gpu.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
-
-    model = Sequential(seed=seed)
-    model.add(Conv2D(32, 5, activation="relu", input_shape=(28, 28, 1)))
-    model.add(MaxPooling2D(2))
-    model.add(Conv2D(64, 5, activation="relu"))
-    model.add(MaxPooling2D(2))
-    model.add(Flatten())
-    model.add(Dense(128, activation="relu"))
-    model.add(Dense(64, activation="relu"))
-    model.add(Dropout(dropout))
-    model.add(Dense(num_classes, activation="softmax"))
-    return model

@@ -11,7 +11,7 @@ import pytest
 
 from cnn_gpu import bench
 from cnn_gpu.cuda import autotune
-from cnn_gpu.bench_cases import Bound, Case, op_names
+from cnn_gpu.bench.cases import Bound, Case, op_names
 from checks import load_benchmark_script
 
 QUICK_OPS = ["matmul", "relu", "softmax_xent"]  # a few fast ops: the full quick suite is the CLI's job
@@ -91,7 +91,7 @@ def test_unknown_op_names_are_a_value_error_naming_them(tmp_path):
 
 
 def test_every_op_name_has_quick_cases():
-    from cnn_gpu.bench_cases import cases
+    from cnn_gpu.bench.cases import cases
 
     assert {case.op for case in cases(quick=True)} == set(op_names())
 
@@ -121,7 +121,7 @@ def test_a_wrong_result_is_a_fail_row_without_a_time():
     (row,) = bench.run_case(_tiny_case(ours_offset=float("nan")), side, ceilings)
     assert row.status == "FAIL" and row.ours_ms is None
     (row,) = bench.run_case(_tiny_case(ours_offset=0.0), side, ceilings)
-    assert row.status == "OK" and row.ours_ms > 0 and row.repeats >= bench.MIN_REPEATS
+    assert row.status == "OK" and row.ours_ms > 0 and row.repeats >= bench.side.MIN_REPEATS
 
 
 def test_only_ours_over_the_tolerance_fails_and_both_errors_are_reported():
@@ -155,14 +155,14 @@ def test_an_ill_conditioned_case_is_judged_by_each_sides_worst_input_set():
 def test_worst_of_two_checks_keeps_each_sides_larger_error_and_nan():
     a = bench.Check("truth", 1e-4, {"ref": 3e-4, "only a": 1e-5}, 8.0)
     b = bench.Check("truth", 2e-4, {"ref": 1e-4}, 8.0)
-    assert bench._worst(a, b) == bench.Check("truth", 2e-4, {"ref": 3e-4, "only a": 1e-5}, 8.0)
-    nan = bench._worst(a, bench.Check("truth", float("nan"), {}, 8.0)).err_ours
+    assert bench.check._worst(a, b) == bench.Check("truth", 2e-4, {"ref": 3e-4, "only a": 1e-5}, 8.0)
+    nan = bench.check._worst(a, bench.Check("truth", float("nan"), {}, 8.0)).err_ours
     assert nan != nan
 
 
 def test_torch_references_bring_a_float64_truth_of_the_same_call():
     pytest.importorskip("torch")
-    from cnn_gpu.bench_cases import cases
+    from cnn_gpu.bench.cases import cases
 
     side = bench.Side("cpu", seed=1)
     conv_backward = next(case for case in cases(quick=True) if case.variant == "bwd filter")
@@ -216,7 +216,9 @@ def test_error_bound_follows_the_reference_only_when_it_is_worse():
 
 
 def test_without_pytorch_the_run_says_once_at_the_top_how_to_get_references(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "_import_torch", lambda device: None)
+    import cnn_gpu.bench.side
+
+    monkeypatch.setattr(cnn_gpu.bench.side, "_import_torch", lambda device: None)
     report = bench.run(ops=["relu"], quick=True, out=tmp_path)
     lines = capsys.readouterr().out.splitlines()
     note = bench.missing_references_note("cpu")

@@ -11,10 +11,12 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.ops import conv as conv_ops
+from cnn_gpu.cuda import device
+from cnn_gpu.ops.conv import cuda_path, direct, implicit_gemm
 from cnn_gpu.ops import geometry as geometry_ops
-from cnn_gpu.ops.conv import (AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _as_forward_geometry,
-                               _backward_data_candidates, _flipped_filters, _forward_candidates, _numpy_conv2d, _problem)
+from cnn_gpu.ops.conv import AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _numpy_conv2d
+from cnn_gpu.ops.conv.cuda_path import _as_forward_geometry, _backward_data_candidates, _flipped_filters, _forward_candidates
+from cnn_gpu.ops.conv.problem import _problem
 from cnn_gpu.ops.geometry import window_geometry
 import checks
 from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, pin_autotune, rel_error
@@ -463,8 +465,8 @@ def test_geometry_is_remembered_per_exact_arguments():
 
 def test_direct_launches_are_remembered_per_problem_and_epilogue(monkeypatch):
     """A remembered launch serves only its own problem, variant, activation and slope."""
-    monkeypatch.setattr(conv_ops, "_kernel", lambda name, tile=DEFAULT_TILE: (name, tile))  # no compilation
-    launch = conv_ops._direct_forward_launch
+    monkeypatch.setattr(implicit_gemm, "_kernel", lambda name, tile=DEFAULT_TILE: (name, tile))  # no compilation
+    launch = implicit_gemm._direct_forward_launch
     launch.cache_clear()
     try:
         first = _problem(window_geometry((2, 3, 9, 9), (3, 3), 1, 0), 4)
@@ -535,7 +537,7 @@ def few_channels_problem(x_shape, w_shape, stride, padding):
 
 def few_channels_plans(problem):
     """The FEW_CHANNELS candidates backward-filter offers on this layer (one per distinct grid)."""
-    return [p for p in conv_ops._filter_plans(problem) if p.tile == conv_ops.FEW_CHANNELS]
+    return [p for p in cuda_path._filter_plans(problem) if p.tile == direct.FEW_CHANNELS]
 
 
 def pin_filter_plan(monkeypatch, plan):
@@ -558,15 +560,15 @@ def pin_filter_plan(monkeypatch, plan):
     ((8, 2, 16, 16), (16, 2, 4, 4), 1, True), ((8, 4, 16, 16), (16, 4, 3, 3), 1, False),
     ((8, 3, 64, 64), (64, 3, 7, 7), 2, False), ((8, 32, 16, 16), (16, 32, 1, 1), 1, False)])
 def test_few_channels_is_a_candidate_for_few_taps_only(monkeypatch, x_shape, w_shape, stride, offered):
-    monkeypatch.setattr(conv_ops, "sm_count", lambda: 132)  # _filter_plans sizes the split plans for the device
+    monkeypatch.setattr(device, "sm_count", lambda: 132)  # _filter_plans sizes the split plans for the device
     problem = few_channels_problem(x_shape, w_shape, stride, 0)
-    plans = conv_ops._filter_plans(problem)
+    plans = cuda_path._filter_plans(problem)
     assert plans[0] == SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never FEW_CHANNELS
     few = few_channels_plans(problem)
     assert bool(few) == offered and few == plans[len(plans) - len(few):]
     if offered:  # the first blocks-an-SM target, then each other one whose grid differs
-        assert few[0] == SplitPlan(conv_ops.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0])
-        grids = [conv_ops._few_channels_plan(problem, p.blocks_per_sm, 132).grid for p in few]
+        assert few[0] == SplitPlan(direct.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0])
+        grids = [direct._few_channels_plan(problem, p.blocks_per_sm, 132).grid for p in few]
         assert len(set(grids)) == len(grids)
 
 
@@ -575,11 +577,11 @@ def test_few_channels_plans_for_the_seed_first_layers():
     on 132 SMs hold at once) or 18 (1548 of 4 rounds' 1584). Seed 001's conv1 (N 1024): 3 filters, 11 groups, 36
     or 72 splits: 1 or 2 whole rounds."""
     seed002 = few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0)
-    plans = [conv_ops._few_channels_plan(seed002, blocks, 132) for blocks in (2, 6)]
+    plans = [direct._few_channels_plan(seed002, blocks, 132) for blocks in (2, 6)]
     assert dict(plans[0].defines) == {"FEWC_C": 1, "FEWC_R": 3, "FEWC_S": 3, "FEWC_SW": 1, "FEWC_FILTERS": 6}
     assert [p.grid for p in plans] == [(86, 4), (86, 18)] and [p.splits for p in plans] == [4, 18]
     seed001 = few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0)
-    plans = [conv_ops._few_channels_plan(seed001, blocks, 132) for blocks in (2, 6)]
+    plans = [direct._few_channels_plan(seed001, blocks, 132) for blocks in (2, 6)]
     assert dict(plans[0].defines)["FEWC_FILTERS"] == 3 and [p.grid for p in plans] == [(11, 36), (11, 72)]
 
 
@@ -587,10 +589,10 @@ def test_few_channels_plans_for_the_seed_first_layers():
     (307328, 64, 2, 132), (307328, 64, 6, 132), (147456, 11, 2, 132), (100, 3, 2, 132), (1, 1, 6, 132),
     (6400, 5, 2, 132), (1000003, 127, 6, 114), (5000, 1, 2, 7)])
 def test_few_channels_splits_cover_every_strip_once(strips, groups, blocks_per_sm, sms):
-    splits, chunk = conv_ops._few_channels_splits(strips, groups, blocks_per_sm, sms)
+    splits, chunk = direct._few_channels_splits(strips, groups, blocks_per_sm, sms)
     assert (splits - 1) * chunk < strips <= splits * chunk  # no empty split, none missing
-    assert splits == 1 or chunk >= conv_ops._FEW_CHANNELS_MIN_CHUNK
-    most = max(1, strips // conv_ops._FEW_CHANNELS_MIN_CHUNK)
+    assert splits == 1 or chunk >= direct._FEW_CHANNELS_MIN_CHUNK
+    most = max(1, strips // direct._FEW_CHANNELS_MIN_CHUNK)
     assert groups * splits >= min(blocks_per_sm * sms, groups * most)  # fills the GPU where the strips allow
 
 
@@ -598,10 +600,10 @@ def test_few_channels_constants_match_kernel_source():
     source = (KERNEL_DIR / "conv2d_direct.cu").read_text()
     kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
               for name in ("FC_THREADS", "FC_BLOCKS_AN_SM", "FC_STRIP", "FC_MAX_TAPS", "FC_MAX_FILTERS", "FC_HELD_REGISTERS")}
-    assert kernel == {"FC_THREADS": conv_ops._FEW_CHANNELS_THREADS, "FC_BLOCKS_AN_SM": conv_ops._FEW_CHANNELS_BLOCKS_AN_SM,
-                      "FC_STRIP": conv_ops._FEW_CHANNELS_STRIP,
-                      "FC_MAX_TAPS": conv_ops._FEW_CHANNELS_MAX_TAPS, "FC_MAX_FILTERS": conv_ops._FEW_CHANNELS_MAX_FILTERS,
-                      "FC_HELD_REGISTERS": conv_ops._FEW_CHANNELS_HELD_REGISTERS}
+    assert kernel == {"FC_THREADS": direct._FEW_CHANNELS_THREADS, "FC_BLOCKS_AN_SM": direct._FEW_CHANNELS_BLOCKS_AN_SM,
+                      "FC_STRIP": direct._FEW_CHANNELS_STRIP,
+                      "FC_MAX_TAPS": direct._FEW_CHANNELS_MAX_TAPS, "FC_MAX_FILTERS": direct._FEW_CHANNELS_MAX_FILTERS,
+                      "FC_HELD_REGISTERS": direct._FEW_CHANNELS_HELD_REGISTERS}
 
 
 @pytest.mark.parametrize("case", FEW_CHANNELS_CASES, ids=case_id)
@@ -633,7 +635,7 @@ def test_few_channels_scalar_path_for_a_misaligned_dy(backend, xp, rng, monkeypa
     assert dy_misaligned.data.ptr % 16 == 4 and dy_misaligned.flags.c_contiguous
     _, dw_ref, _ = F.conv2d_backward(dy[1:].reshape(2, 5, 4, 7).astype(numpy.float64), x.astype(numpy.float64),
                                      w.astype(numpy.float64), compute_dx=False)
-    pin_filter_plan(monkeypatch, SplitPlan(conv_ops.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
+    pin_filter_plan(monkeypatch, SplitPlan(direct.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
     _, dw, _ = F.conv2d_backward(dy_misaligned, xp.asarray(x), xp.asarray(w), compute_dx=False)
     assert rel_error(dw, dw_ref) < 1e-5
 
@@ -644,7 +646,7 @@ def test_few_channels_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
         pytest.skip("FEW_CHANNELS is a CUDA-path variant")
     x, w, _ = inputs(rng, (16, 1, 41, 39), (33, 1, 3, 3), bias=False)
     dy = xp.asarray(rng.standard_normal((16, 33, 41, 39)).astype(numpy.float32))
-    pin_filter_plan(monkeypatch, SplitPlan(conv_ops.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
+    pin_filter_plan(monkeypatch, SplitPlan(direct.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
     first, second = (to_numpy(F.conv2d_backward(dy, xp.asarray(x), xp.asarray(w), 1, 1, compute_dx=False)[1]) for _ in range(2))
     assert first.tobytes() == second.tobytes()
 
@@ -657,6 +659,6 @@ def test_few_channels_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
     ((8, 3, 32, 32), (64, 3, 3, 3), 2), ((8, 2, 16, 16), (16, 2, 4, 4), 1), ((8, 1, 8, 64), (16, 1, 1, 32), 3),
     ((8, 3, 16, 16), (16, 3, 1, 1), 1)], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_few_channels_variants_compile_without_spills(x_shape, w_shape, stride, arch):
-    plan = conv_ops._few_channels_plan(few_channels_problem(x_shape, w_shape, stride, 0), SPLIT_BLOCKS_PER_SM[0], 132)
+    plan = direct._few_channels_plan(few_channels_problem(x_shape, w_shape, stride, 0), SPLIT_BLOCKS_PER_SM[0], 132)
     report = compile_variant_without_spills("conv2d_direct", arch, dict(plan.defines))
     assert "conv2d_bwd_filter_few_channels" in report

@@ -1,6 +1,6 @@
 """conv2d's forward for few filters (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, the autotuner's FEW_FILTERS
 candidate and its channel splits): which layers get it and the tile each gets (staging, weights and accumulators
-within the kernel's register budget, tiles covering the output), the kernel's constants and parameters as conv.py
+within the kernel's register budget, tiles covering the output), the kernel's constants and parameters as cnn_gpu/ops/conv/direct.py
 launches them, every variant of the layers below through NVRTC with no spill; on a GPU, forced through pin_autotune,
 the forward against NumPy in float64 on odd shapes (every activation, with and without bias, split and not), bit for
 bit run to run, and backward-data of 1- and 3-channel layers through AS_FORWARD. The NumPy reference of those shapes
@@ -15,8 +15,11 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.ops import conv
-from cnn_gpu.ops.conv import AS_FORWARD, DEFAULT_TILE, FEW_FILTERS, SplitPlan, _forward_candidates, _problem
+from cnn_gpu.cuda import device
+from cnn_gpu.ops.conv import cuda_path, direct
+from cnn_gpu.ops.conv import AS_FORWARD, DEFAULT_TILE, FEW_FILTERS, SplitPlan
+from cnn_gpu.ops.conv.cuda_path import _forward_candidates
+from cnn_gpu.ops.conv.problem import _problem
 from cnn_gpu.ops.geometry import window_geometry
 from checks import compile_variant_without_spills, naive_conv2d, pin_autotune, rel_error
 
@@ -88,34 +91,34 @@ def test_few_filters_is_a_candidate_for_few_filters_only(K, window, stride, offe
     ((1, 64, 9, 9), 1, (3, 3), 1, True), ((32, 32, 24, 24), 1, (5, 5), 4, True),
     ((1024, 32, 24, 24), 1, (5, 5), 4, False), ((1, 3, 9, 9), 1, (3, 3), 1, False)])
 def test_few_filters_splits_where_its_grid_leaves_sms_idle(monkeypatch, x_shape, K, window, padding, split):
-    monkeypatch.setattr(conv, "sm_count", lambda: 132)
+    monkeypatch.setattr(device, "sm_count", lambda: 132)
     problem = few_filters_problem(x_shape, K, window, 1, padding)
-    plans = [p for p in conv._forward_split_plans(problem) if is_few_filters(p)]
+    plans = [p for p in cuda_path._forward_split_plans(problem) if is_few_filters(p)]
     assert bool(plans) == split
     for plan in plans:
-        few = conv._few_filters_plan(problem, plan)
+        few = direct._few_filters_plan(problem, plan)
         chunk = int(few.args[-1])
         assert few.splits > 1 and few.grid[1] == few.splits
         assert (few.splits - 1) * chunk < x_shape[1] <= few.splits * chunk  # no empty split, no channel missed
-        assert chunk >= conv._FEW_FILTERS_MIN_CHUNK
-    assert len({conv._few_filters_plan(problem, p).splits for p in plans}) == len(plans)  # one per distinct split
+        assert chunk >= direct._FEW_FILTERS_MIN_CHUNK
+    assert len({direct._few_filters_plan(problem, p).splits for p in plans}) == len(plans)  # one per distinct split
 
 
 def test_few_filters_tiles_of_the_seed_first_layers_backward_data():
     """Backward-data as the forward of dy: seed 002's conv1 (N 128, 512 → 1 filter, 98² → 100², pads 2): 25 × 5
     threads of 4 rows × 4 columns, tiles of 20 × 100 (5 an image, no padded output), 18 loads a thread and channel;
     seed 001's conv1 (N 1024, 32 → 1, 24² → 28², pads 4): 7 × 7 threads, one 28 × 28 tile an image, 2 warps."""
-    seed002 = conv._as_forward_geometry(window_geometry((128, 1, 100, 100), (3, 3), 1, 0), 512)
-    tile = conv._few_filters_tile(seed002, 1)
-    assert tile == conv._FewFiltersTile(25, 5, 4) and tile.threads == 128 and tile.loads(seed002) == 18
-    plan = conv._few_filters_plan(_problem(seed002, 1), FEW_FILTERS)
+    seed002 = cuda_path._as_forward_geometry(window_geometry((128, 1, 100, 100), (3, 3), 1, 0), 512)
+    tile = direct._few_filters_tile(seed002, 1)
+    assert tile == direct._FewFiltersTile(25, 5, 4) and tile.threads == 128 and tile.loads(seed002) == 18
+    plan = direct._few_filters_plan(_problem(seed002, 1), FEW_FILTERS)
     assert plan.grid == (128 * 5, 1) and plan.block == (128,)
     assert dict(plan.defines) == {"FEWK_K": 1, "FEWK_R": 3, "FEWK_S": 3, "FEWK_SH": 1, "FEWK_SW": 1, "FEWK_BX": 25,
                                   "FEWK_BY": 5, "FEWK_U": 4}
-    seed001 = conv._as_forward_geometry(window_geometry((1024, 1, 28, 28), (5, 5), 1, 0), 32)
-    tile = conv._few_filters_tile(seed001, 1)
-    assert tile == conv._FewFiltersTile(7, 7, 4) and tile.threads == 64
-    assert conv._few_filters_plan(_problem(seed001, 1), FEW_FILTERS).grid == (1024, 1)
+    seed001 = cuda_path._as_forward_geometry(window_geometry((1024, 1, 28, 28), (5, 5), 1, 0), 32)
+    tile = direct._few_filters_tile(seed001, 1)
+    assert tile == direct._FewFiltersTile(7, 7, 4) and tile.threads == 64
+    assert direct._few_filters_plan(_problem(seed001, 1), FEW_FILTERS).grid == (1024, 1)
 
 
 # Odd and extreme layers: one pixel; one-column and one-row outputs; wide and tall images; every K; strides 1-3 (3 on
@@ -127,13 +130,13 @@ def test_few_filters_tiles_of_the_seed_first_layers_backward_data():
     ((1, 2, 30, 30), 6, (3, 3), 1, 0), ((1, 2, 100, 100), 7, (1, 1), 2, 0), ((1, 2, 9, 130), 1, (3, 9), 1, 0)])
 def test_few_filters_tiles_cover_the_output_within_the_kernel_budget(x_shape, K, window, stride, padding):
     g = window_geometry(x_shape, window, stride, padding)
-    tile = conv._few_filters_tile(g, K)
+    tile = direct._few_filters_tile(g, K)
     assert tile is not None
-    assert tile.threads <= conv._FEW_FILTERS_MAX_THREADS and tile.loads(g) <= conv._FEW_FILTERS_MAX_LOADS
-    assert tile.u * conv._FEW_FILTERS_STRIP * K <= conv._FEW_FILTERS_MAX_ACCUMULATORS
-    plan = conv._few_filters_plan(_problem(g, K), FEW_FILTERS)
+    assert tile.threads <= direct._FEW_FILTERS_MAX_THREADS and tile.loads(g) <= direct._FEW_FILTERS_MAX_LOADS
+    assert tile.u * direct._FEW_FILTERS_STRIP * K <= direct._FEW_FILTERS_MAX_ACCUMULATORS
+    plan = direct._few_filters_plan(_problem(g, K), FEW_FILTERS)
     tiles_w, tiles_h = int(plan.args[8]), int(plan.args[9])
-    th, tw = tile.by * tile.u, tile.bx * conv._FEW_FILTERS_STRIP
+    th, tw = tile.by * tile.u, tile.bx * direct._FEW_FILTERS_STRIP
     assert (tiles_h - 1) * th < g.OH <= tiles_h * th and (tiles_w - 1) * tw < g.OW <= tiles_w * tw  # none empty
     assert plan.grid == (g.N * tiles_h * tiles_w, 1) and plan.splits == 1 and int(plan.args[-1]) == g.C
 
@@ -141,7 +144,7 @@ def test_few_filters_tiles_cover_the_output_within_the_kernel_budget(x_shape, K,
 def test_few_filters_plan_refuses_what_the_kernel_cannot_take():
     problem = few_filters_problem((1, 2, 9, 9), 9, (3, 3), 1, 1)
     with pytest.raises(ValueError, match="K = 9"):
-        conv._few_filters_plan(problem, FEW_FILTERS)
+        direct._few_filters_plan(problem, FEW_FILTERS)
 
 
 def test_few_filters_constants_match_kernel_source():
@@ -149,11 +152,11 @@ def test_few_filters_constants_match_kernel_source():
     kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
               for name in ("FK_MAX_FILTERS", "FK_STRIP", "FK_MAX_THREADS", "FK_MAX_LOADS", "FK_MAX_WEIGHTS",
                            "FK_MAX_ACCUMULATORS", "FK_MAX_SEGMENT")}
-    assert kernel == {"FK_MAX_FILTERS": conv._FEW_FILTERS_MAX_K, "FK_STRIP": conv._FEW_FILTERS_STRIP,
-                      "FK_MAX_THREADS": conv._FEW_FILTERS_MAX_THREADS, "FK_MAX_LOADS": conv._FEW_FILTERS_MAX_LOADS,
-                      "FK_MAX_WEIGHTS": conv._FEW_FILTERS_MAX_WEIGHTS,
-                      "FK_MAX_ACCUMULATORS": conv._FEW_FILTERS_MAX_ACCUMULATORS,
-                      "FK_MAX_SEGMENT": conv._FEW_FILTERS_MAX_SEGMENT}
+    assert kernel == {"FK_MAX_FILTERS": direct._FEW_FILTERS_MAX_K, "FK_STRIP": direct._FEW_FILTERS_STRIP,
+                      "FK_MAX_THREADS": direct._FEW_FILTERS_MAX_THREADS, "FK_MAX_LOADS": direct._FEW_FILTERS_MAX_LOADS,
+                      "FK_MAX_WEIGHTS": direct._FEW_FILTERS_MAX_WEIGHTS,
+                      "FK_MAX_ACCUMULATORS": direct._FEW_FILTERS_MAX_ACCUMULATORS,
+                      "FK_MAX_SEGMENT": direct._FEW_FILTERS_MAX_SEGMENT}
 
 
 def test_few_filters_arguments_are_the_kernels_parameters_in_order():
@@ -164,8 +167,8 @@ def test_few_filters_arguments_are_the_kernels_parameters_in_order():
     assert names[:4] == ["x", "w", "b", "y"]
     assert names[4:] == ["N", "C", "H", "W", "OH", "OW", "pt", "pl", "tiles_w", "tiles_h", "chunk", "act", "slope"]
     g = window_geometry((3, 5, 17, 19), (3, 3), 1, (1, 2))
-    plan = conv._few_filters_plan(_problem(g, 2), FEW_FILTERS)
-    tile = conv._few_filters_tile(g, 2)
+    plan = direct._few_filters_plan(_problem(g, 2), FEW_FILTERS)
+    tile = direct._few_filters_tile(g, 2)
     assert [int(v) for v in plan.args] == [3, 5, 17, 19, g.OH, g.OW, 1, 2, math.ceil(g.OW / (4 * tile.bx)),
                                            math.ceil(g.OH / (tile.u * tile.by)), 5]
     assert all(v.dtype == numpy.int32 for v in plan.args)
@@ -180,7 +183,7 @@ def test_few_filters_arguments_are_the_kernels_parameters_in_order():
     ((2, 17, 7, 261), 2, (3, 5), 1, "same"), ((2, 4, 30, 30), 1, (7, 7), 1, 3), ((3, 3, 127, 3), 2, (5, 5), 1, "same")],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_few_filters_variants_compile_without_spills(x_shape, K, window, stride, padding, arch):
-    plan = conv._few_filters_plan(few_filters_problem(x_shape, K, window, stride, padding), FEW_FILTERS)
+    plan = direct._few_filters_plan(few_filters_problem(x_shape, K, window, stride, padding), FEW_FILTERS)
     report = compile_variant_without_spills("conv2d_direct", arch, dict(plan.defines))
     assert "conv2d_fwd_few_filters" in report
 
@@ -206,7 +209,7 @@ def pin_forward(monkeypatch, variant, ran=None):
 
 def few_filters_variants(problem):
     """FEW_FILTERS and its channel splits offered on this device."""
-    return [v for v in _forward_candidates(problem) + conv._forward_split_plans(problem) if is_few_filters(v)]
+    return [v for v in _forward_candidates(problem) + cuda_path._forward_split_plans(problem) if is_few_filters(v)]
 
 
 @pytest.mark.parametrize("case", CUDA_CASES, ids=case_id)
@@ -292,7 +295,7 @@ def test_backward_data_of_first_layers_through_few_filters(backend, xp, rng, mon
     dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW))
     dx_ref, _, _ = F.conv2d_backward(dy, x, w, 1, padding, compute_dw=False)
     args = [xp.asarray(a.astype(numpy.float32)) for a in (dy, x, w)]
-    variants = few_filters_variants(_problem(conv._as_forward_geometry(g, w_shape[0]), x_shape[1]))
+    variants = few_filters_variants(_problem(cuda_path._as_forward_geometry(g, w_shape[0]), x_shape[1]))
     assert FEW_FILTERS in variants
     for variant in variants:
         ran = []

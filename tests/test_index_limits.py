@@ -5,8 +5,9 @@ kernel forms (begin + chunk, i + block size) below 2**31 (see the audit in bench
 import numpy
 import pytest
 
-from cnn_gpu.cuda import launch
-from cnn_gpu.ops import conv as conv_ops
+from cnn_gpu.cuda import device, launch
+from cnn_gpu.ops.conv import implicit_gemm
+from cnn_gpu.ops.conv.problem import _problem
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
 LIMIT = launch.INT32_INDEXABLE
@@ -31,11 +32,11 @@ def pixels_geometry(n: int) -> WindowGeometry:
 
 
 def test_conv_problem_admits_the_limit_of_pixels_and_names_one_more():
-    conv_ops._problem(pixels_geometry(LIMIT), 3)
+    _problem(pixels_geometry(LIMIT), 3)
     with pytest.raises(ValueError, match=r"the output pixels N\*OH\*OW .* 32-bit indexing"):
-        conv_ops._problem(pixels_geometry(LIMIT + 1), 3)
+        _problem(pixels_geometry(LIMIT + 1), 3)
     with pytest.raises(ValueError, match="one image of y"):
-        conv_ops._problem(pixels_geometry(1)._replace(OH=2**16, OW=2**15), 1)
+        _problem(pixels_geometry(1)._replace(OH=2**16, OW=2**15), 1)
 
 
 @pytest.mark.parametrize("sms", [1, 8, 132, 264])
@@ -43,10 +44,11 @@ def test_conv_problem_admits_the_limit_of_pixels_and_names_one_more():
 def test_bias_reduction_indices_stay_below_2_to_the_31_at_the_limit(monkeypatch, sms, K):
     """conv2d_bwd_bias over the largest admitted N·OH·OW: block z reduces [z·chunk, z·chunk + min(chunk, npix −
     z·chunk)) stepping by the block size; every index it forms, the last step's included, fits a signed int."""
-    monkeypatch.setattr(conv_ops, "sm_count", lambda: sms)
-    monkeypatch.setattr(conv_ops, "_kernel", lambda name, tile=conv_ops.DEFAULT_TILE: name)  # no compilation
+    monkeypatch.setattr(device, "sm_count", lambda: sms)
+    monkeypatch.setattr(implicit_gemm, "_kernel", lambda name, tile=implicit_gemm.DEFAULT_TILE: name)  # no compilation
     for npix in (LIMIT, LIMIT - 255, 2**30 + 1):
-        bias = conv_ops._bias_launch(conv_ops._problem(pixels_geometry(npix), K))
+        implicit_gemm._bias_launch.cache_clear()  # it remembers launches per problem, not per (patched) GPU
+        bias = implicit_gemm._bias_launch(_problem(pixels_geometry(npix), K))
         k, ohw, pixels, chunk = (int(v) for v in bias.scalars)
         assert (k, ohw, pixels) == (K, 1, npix) and all(isinstance(v, numpy.int32) for v in bias.scalars)
         splits = bias.grid[1]
@@ -55,8 +57,9 @@ def test_bias_reduction_indices_stay_below_2_to_the_31_at_the_limit(monkeypatch,
             assert begin < npix                                       # no empty split
             end = begin + min(chunk, npix - begin)                    # the kernel's end, without begin + chunk
             assert end <= npix <= 2**31 - 1
-            assert end - 1 + conv_ops._BIAS_THREADS <= 2**31 - 1      # the last step of the loop
-        assert (splits - 1) * chunk + conv_ops._BIAS_THREADS < 2**31
+            assert end - 1 + implicit_gemm._BIAS_THREADS <= 2**31 - 1      # the last step of the loop
+        assert (splits - 1) * chunk + implicit_gemm._BIAS_THREADS < 2**31
+    implicit_gemm._bias_launch.cache_clear()
 
 
 def test_window_geometry_refuses_pads_and_strides_past_32_bits_before_any_backend():

@@ -7,7 +7,8 @@ import pytest
 import cnn_gpu
 from cnn_gpu import losses, optimizers
 from cnn_gpu.layers import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D)
-from cnn_gpu.models import Sequential, load_model, mnist_cnn
+from cnn_gpu.models import Sequential, load_model
+from cnn_gpu.networks import mnist_cnn
 from checks import rel_error
 
 # The Keras program at the end of seed 002, with only its import lines changed (keras.models ->
@@ -113,6 +114,52 @@ def test_seed_001_network_learns(rng):
     loss, accuracy = model.evaluate(x, y, verbose=0)
     assert numpy.isfinite(loss) and 0 <= accuracy <= 1
     assert model.predict(x[:5]).shape == (5, 10)
+
+
+def test_make_train_step_is_the_step_fit_runs(rng):
+    """Batches run through make_train_step in fit's order leave the weights bit for bit where fit leaves them,
+    and the step's running mean is fit's epoch loss; each call returns its batch's loss."""
+    x, y = blob_digits(rng, 20)
+    fitted, stepped = seed_001_network(seed=3), seed_001_network(seed=3)
+    for model in (fitted, stepped):
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = fitted.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    step = stepped.make_train_step(8)
+    targets = stepped.prepare_targets(y)
+    losses_seen = [float(cnn_gpu.to_numpy(step(stepped.to_layer_layout(x[i:i + 8]), targets[i:i + 8])))
+                   for i in range(0, 20, 8)]
+    for a, b in zip(fitted.layers, stepped.layers):
+        for name in a.params:
+            numpy.testing.assert_array_equal(cnn_gpu.to_numpy(a.params[name]), cnn_gpu.to_numpy(b.params[name]))
+    means = step.totals.means()
+    assert means["loss"] == pytest.approx(history.history["loss"][0], rel=1e-12)
+    assert means["accuracy"] == history.history["accuracy"][0]
+    assert means["loss"] == pytest.approx((8 * losses_seen[0] + 8 * losses_seen[1] + 4 * losses_seen[2]) / 20, rel=1e-6)
+    assert step.replayed is False
+
+
+def test_make_train_step_needs_a_compiled_model_and_a_batch_size():
+    model = seed_001_network(seed=0)
+    with pytest.raises(ValueError, match="compile"):
+        model.make_train_step(8)
+    model.compile(loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        model.make_train_step(0)
+    with pytest.raises(ValueError, match="cuda_graph must be True, False or None"):
+        model.make_train_step(8, cuda_graph="yes")
+
+
+def test_the_100x100_network_has_its_keras_shapes():
+    """Keras's counts for the 100×100 network: 100 → 98 → 32 → 30 → 10 → 8 → 2 pixels a side, 2·2·128 = 512
+    features; conv (9·C + 1)·K, batch-norm 4·K (2·K non-trainable), dense 513."""
+    from cnn_gpu.networks import cnn_100x100
+
+    model = cnn_100x100(seed=0)
+    assert model.output_shape == (1,)
+    convs = [(9 * 1 + 1) * 512, (9 * 512 + 1) * 256, (9 * 256 + 1) * 128]
+    assert model.count_params() == sum(convs) + 4 * (512 + 256 + 128) + 513
+    assert [layer.output_shape for layer in model.layers if type(layer).__name__ == "MaxPooling2D"] == [
+        (512, 32, 32), (256, 10, 10), (128, 2, 2)]
 
 
 def test_fused_loss_equals_the_loss_of_the_predictions(rng):

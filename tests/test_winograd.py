@@ -16,11 +16,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
+from cnn_gpu.cuda import device
 from cnn_gpu.ops import conv
+from cnn_gpu.ops.conv import winograd
 from cnn_gpu.ops.activation import numpy_activation
-from cnn_gpu.ops.conv import (CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, WINOGRAD, WINOGRAD_4X4, SplitPlan,
-                              _filter_plans, _forward_candidates, _problem, _winograd_chunks, _winograd_filter_plan,
-                              _winograd_plan)
+from cnn_gpu.ops.conv import CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, WINOGRAD, WINOGRAD_4X4, SplitPlan
+from cnn_gpu.ops.conv.cuda_path import _filter_plans, _forward_candidates
+from cnn_gpu.ops.conv.problem import _problem
+from cnn_gpu.ops.conv.winograd import _winograd_chunks, _winograd_filter_plan, _winograd_plan
 from cnn_gpu.ops.gemm import TILE_CONFIGS
 from cnn_gpu.ops.geometry import window_geometry
 from checks import pin_autotune, rel_error
@@ -200,7 +203,7 @@ def filter_grad_transform(P, size, S):
 
 
 def winograd_conv2d_backward_filter(dy, x, padding, size, wanted_chunks):
-    """dw by the backward-filter's transforms and products, the reduction in conv._winograd_chunks' chunks."""
+    """dw by the backward-filter's transforms and products, the reduction in winograd._winograd_chunks' chunks."""
     g = window_geometry(x.shape, (3, 3), 1, padding)
     TH, TW = -(-g.OH // size.m), -(-g.OW // size.m)
     S, chunk = _winograd_chunks(g.N * TH * TW, wanted_chunks)
@@ -346,7 +349,7 @@ WINOGRAD_FILTER_PLANS = [SplitPlan(variant, blocks) for variant in VARIANTS for 
 @pytest.mark.parametrize("window, stride, eligible", [((3, 3), 1, True), ((3, 3), 2, False), ((5, 5), 1, False),
                                                       ((1, 1), 1, False)])
 def test_winograd_filter_is_a_candidate_for_3x3_stride_1_only(monkeypatch, window, stride, eligible):
-    monkeypatch.setattr(conv, "sm_count", lambda: 132)
+    monkeypatch.setattr(device, "sm_count", lambda: 132)
     plans = [p for p in _filter_plans(_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
              if p.tile != conv.FEW_CHANNELS]  # offered for these few channels too: tests/test_conv.py
     assert plans[0] == SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never Winograd
@@ -362,7 +365,7 @@ def test_winograd_filter_is_a_candidate_for_3x3_stride_1_only(monkeypatch, windo
     ((128, 512, 32, 32), 256, (WINOGRAD, WINOGRAD_4X4), ()), ((128, 1, 100, 100), 512, (), (WINOGRAD_4X4,)),
     ((512, 512, 32, 32), 256, (WINOGRAD_4X4,), (WINOGRAD,))])
 def test_winograd_filter_is_no_candidate_past_its_buffer_budget(monkeypatch, x_shape, K, offered, over_budget):
-    monkeypatch.setattr(conv, "sm_count", lambda: 132)
+    monkeypatch.setattr(device, "sm_count", lambda: 132)
     problem = _problem(window_geometry(x_shape, (3, 3), 1, 0), K)
     plans = _filter_plans(problem)
     assert [p for p in plans if p.tile in VARIANTS] == [p for p in WINOGRAD_FILTER_PLANS if p.tile in offered]
@@ -406,8 +409,8 @@ def test_winograd_4x4_filter_chunks_stay_within_their_bound(monkeypatch, N, C, H
 
     S, chunk = chunks(_winograd_filter_plan(problem, WINOGRAD_4X4, blocks_per_sm, sms))
     assert chunk <= 1024
-    size = conv._WINOGRAD_FILTER_SIZES[WINOGRAD_4X4]
-    monkeypatch.setitem(conv._WINOGRAD_FILTER_SIZES, WINOGRAD_4X4, size._replace(max_chunk=0))
+    size = winograd._WINOGRAD_FILTER_SIZES[WINOGRAD_4X4]
+    monkeypatch.setitem(winograd._WINOGRAD_FILTER_SIZES, WINOGRAD_4X4, size._replace(max_chunk=0))
     grid_S, grid_chunk = chunks(_winograd_filter_plan.__wrapped__(problem, WINOGRAD_4X4, blocks_per_sm, sms))
     assert (S, chunk) == (grid_S, grid_chunk) if grid_chunk <= 1024 else S > grid_S
 
@@ -423,7 +426,7 @@ def test_winograd_filter_buffers_past_32_bits_raise_before_allocation(variant):
 def test_winograd_4x4_filter_is_no_candidate_past_the_gemm_grid(monkeypatch):
     # 512 images of 256² with one channel and one filter: small buffers (0.6 GB), but 2 097 152 4×4 tiles in chunks of
     # at most 1024 need 36 · 2048 gemm slices, past a grid's 65 535 layers (F(2×2)'s grid-sized chunks stay few)
-    monkeypatch.setattr(conv, "sm_count", lambda: 132)
+    monkeypatch.setattr(device, "sm_count", lambda: 132)
     problem = _problem(window_geometry((512, 1, 256, 256), (3, 3), 1, 1), 1)
     with pytest.raises(ValueError, match="more slices than one gemm launch holds"):
         _winograd_filter_plan(problem, WINOGRAD_4X4, SPLIT_BLOCKS_PER_SM[0], 132)

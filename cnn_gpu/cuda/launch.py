@@ -1,7 +1,7 @@
 """Launch shapes from problem sizes and the device's properties (never tuned to one GPU by hand)."""
 from __future__ import annotations
 
-import functools
+from cnn_gpu.cuda.device import sm_count  # noqa: F401  (launch shapes' one device property)
 
 INT32_MAX = 2**31 - 1
 # What require_int32_indexable admits: 2**31 - 1 less a margin. Kernels form indices a tile, a block or a
@@ -9,19 +9,6 @@ INT32_MAX = 2**31 - 1
 # margin keeps every such index below 2**31 (the largest step in kernels/*.cu is a few thousand).
 INDEX_HEADROOM = 2**16
 INT32_INDEXABLE = INT32_MAX - INDEX_HEADROOM
-
-
-@functools.lru_cache(maxsize=None)
-def _device_attributes(device_id: int) -> dict:
-    import cupy
-
-    return cupy.cuda.Device(device_id).attributes
-
-
-def sm_count() -> int:
-    import cupy
-
-    return _device_attributes(cupy.cuda.runtime.getDevice())["MultiProcessorCount"]
 
 
 def grid_stride_blocks(n: int, threads: int = 256, waves: int = 8) -> int:
