@@ -587,11 +587,11 @@ def _stand_in_weight(dtype, values):
 
 def _model_from_config(config) -> Sequential:
     model = Sequential(seed=config["seed"], name=config["name"])
+    for layer in _new_layers(config):
+        model.add(layer)
+    if not model.built:
+        model.build(config["input_shape"])
     try:
-        for layer in _new_layers(config):
-            model.add(layer)
-        if not model.built:
-            model.build(config["input_shape"])
         if config["compile"]:
             settings = config["compile"]
             model.compile(optimizer=optimizers.from_config(settings["optimizer"]["class_name"], settings["optimizer"]["config"]),

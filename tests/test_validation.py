@@ -202,3 +202,10 @@ def test_batch_norm_with_a_read_only_running_var_leaves_the_running_mean_untouch
     y, _, _ = F.batch_norm(x, running_mean=running_mean, running_var=read_only(numpy.ones(3, numpy.float32)),
                            training=False)  # inference writes nothing: read-only statistics are fine
     assert y.shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32", "complex64"])
+def test_a_layer_dtype_the_ops_do_not_compute_in_is_refused_at_construction(dtype):
+    with pytest.raises(TypeError, match=f"dtype must be float32 .*got {dtype}"):
+        Dense(3, dtype=dtype)
+    assert Dense(3, dtype="float64").dtype == numpy.float64
