@@ -231,9 +231,11 @@ extern "C" __global__ void maxpool2d_bwd_disjoint(const float* __restrict__ dy, 
     const Span window_rows = in_bounds(o.row * stride_h - pad_top, R, H);
     const Span window_cols = in_bounds(o.col * stride_w - pad_left, S, W);
     const int64 index = indices[i];
-    const int64 index_row = index / W, index_col = index - index_row * W;  // index >= 0 when in the window
-    const bool in_window = index >= 0 && index_row >= window_rows.lo && index_row < window_rows.hi &&
-                           index_col >= window_cols.lo && index_col < window_cols.hi;
+    bool in_window = false;
+    if (index >= 0 && index < (int64)H * W) {  // then 32-bit (the plane is checked to fit)
+        const int at = (int)index, row = at / W, col = at - row * W;
+        in_window = row >= window_rows.lo && row < window_rows.hi && col >= window_cols.lo && col < window_cols.hi;
+    }
     const int64 winner = in_window ? index : -1;
     const float grad = 0.f + dy[i];
     float* __restrict__ dx_plane = dx + o.plane * (H * W);
