@@ -8,7 +8,7 @@ tens preparing it. This measures that host side, which `cnn-gpu bench` (CUDA eve
 sees only as a total:
   1. the launch floor: an empty kernel with 1 and 16 arguments (arrays, numpy scalars, or raw pointers
      as uint64), launched by each CNN_GPU_LAUNCHER path (cupy: CuPy's RawKernel; driver: our
-     cuLaunchKernel wrapper, cnn_gpu/cuda/launcher.py), and cupy.empty;
+     cuLaunchKernel wrapper, cnn_gpu/cuda/driver_launch.py), and cupy.empty;
   2. per op, once per launcher (each in a process of its own: the switch is read when kernels load):
      back-to-back calls with no synchronisation in between, so the time per call is max(host, GPU);
      the ours/torch ratio is what a launch-bound row of the bench reports;
@@ -76,7 +76,7 @@ def floor_cases(one, sixteen, a):
 
 
 def launch_floor():
-    from cnn_gpu.cuda.launcher import DriverKernel
+    from cnn_gpu.cuda.driver_launch import DriverKernel
 
     module = cupy.RawModule(code=EMPTY_KERNELS)
     a = cupy.zeros(16, dtype=numpy.float32)
@@ -99,13 +99,13 @@ def python_only():
     module docstring). Needs CuPy installed, not a GPU; replaces CuPy's allocation for the rest of the process."""
     from cupy.cuda import memory
 
-    from cnn_gpu.cuda import launcher
+    from cnn_gpu.cuda import driver_launch
 
     nowhere = memory.UnownedMemory(0x7F00_0000_0000, 1 << 40, None, device_id=0)  # an address no GPU backs
     new = _without_gpu(lambda shape, dtype: cupy.ndarray(shape, dtype, memptr=memory.MemoryPointer(nowhere, 0)))
-    kernel = launcher.DriverKernel(SimpleNamespace(kernel=SimpleNamespace(ptr=1), name="empty"))
+    kernel = driver_launch.DriverKernel(SimpleNamespace(kernel=SimpleNamespace(ptr=1), name="empty"))
     rows = floor_cases(kernel, kernel, new((16,), numpy.float32))[:2] + [
-        ("the no-op stand-in for cuLaunchKernel alone", lambda: launcher._launch_kernel(*range(11)))]
+        ("the no-op stand-in for cuLaunchKernel alone", lambda: driver_launch._launch_kernel(*range(11)))]
     print("## The driver launcher's Python (µs a call; CPU time, CUDA calls replaced by no-ops, no GPU)")
     for label, fn in rows:
         seconds = min(timeit.repeat(fn, number=100_000, repeat=9, timer=time.thread_time))
@@ -133,18 +133,18 @@ def _without_gpu(new_array):
     new(shape, dtype=float32)."""
     from cupy.cuda import runtime
 
-    from cnn_gpu.cuda import autotune, device, launcher
+    from cnn_gpu.cuda import autotune, device, driver_launch
 
     def new(shape, dtype=numpy.float32, *_, **__):
         return new_array(shape, dtype)
 
     cupy.empty = cupy.zeros = new
     cupy.full = lambda shape, fill, dtype=numpy.float32: new(shape, dtype)
-    runtime.getDevice = launcher._get_device = lambda: 0
+    runtime.getDevice = driver_launch._get_device = lambda: 0
     stream = SimpleNamespace(ptr=0)
-    launcher._current_stream = lambda device: stream
-    launcher._launch_kernel = lambda *call: None
-    launcher._make_context_current = lambda: None
+    driver_launch._current_stream = lambda device: stream
+    driver_launch._launch_kernel = lambda *call: None
+    driver_launch._make_context_current = lambda: None
     device._device_attributes = lambda device_id: {"MultiProcessorCount": 132}
     loader._load_module = lambda family, defines: SimpleNamespace(
         get_function=lambda name: SimpleNamespace(kernel=SimpleNamespace(ptr=1), name=name))
@@ -180,7 +180,7 @@ def small_op_inputs(new) -> SimpleNamespace:
         x=new((32, 32, 24, 24)), xl=new((128, 1024)), wl=new((128, 1024)), bl=new((128,)), dyl=new((128, 128)),
         x3=new((1024, 64)), w3=new((10, 64)), b3=new((10,)), dy3=new((1024, 10)),
         xc=new((128, 1, 28, 28)), wc=new((32, 1, 5, 5)), bc=new((32,)), dyc=new((128, 32, 24, 24)),
-        x1=new((32, 1, 28, 28)), dy1=new((32, 32, 24, 24)),  # seed 001 N32: conv1 (with wc, bc), conv2
+        x1=new((32, 1, 28, 28)), dy1=new((32, 32, 24, 24)),  # the MNIST network at N32: conv1 (with wc, bc), conv2
         x2=new((32, 32, 12, 12)), w2=new((64, 32, 5, 5)), b2=new((64,)), dy2=new((32, 64, 8, 8)),
         logits=new((128, 10)), labels=new((128,), numpy.int64), xd=new((128, 64)),
         xb=new((32, 128, 8, 8)), gamma=new((128,)), beta=new((128,)), running_mean=new((128,)), running_var=new((128,)),

@@ -7,7 +7,9 @@ cuDNN versions, commit), the two ceilings measured in the same run, then one tab
 (op, variant, shape) with its first reference, the one the case lists first (cuDNN, cuBLAS or
 PyTorch; for matmul cupy.matmul, cuBLAS too): ours ms, ref ms, speed-up, rate, fraction of the
 ceiling, status. A case that failed its check, raised or was skipped keeps its line, without times.
-Standard library only: it runs wherever the file is.
+Results files written before the example networks had names call them seed001 (the MNIST network) and
+seed002 (the 100×100 network); their shapes are printed with the names. Standard library only: it runs
+wherever the file is.
 """
 from __future__ import annotations
 
@@ -18,6 +20,15 @@ from pathlib import Path
 
 MISSING = "–"
 COLUMNS = ("op", "variant", "shape", "ours ms", "ref ms", "speed-up", "rate", "of ceiling", "status", "reference")
+# the example networks' labels in older results files -> their names
+NETWORK_NAMES = (("seed001 28²×1", "MNIST network 28²×1"), ("seed002 100²×1", "100×100 network"),
+                 ("seed001 ", "MNIST "), ("seed002 ", "100×100 "))
+
+
+def shape_label(shape: str) -> str:
+    for old, new in NETWORK_NAMES:
+        shape = shape.replace(old, new)
+    return shape
 
 
 def render(report: dict, match: str | None = None) -> str:
@@ -38,7 +49,7 @@ def render(report: dict, match: str | None = None) -> str:
     lines += ["", _table_row(COLUMNS), _table_row("---" for _ in COLUMNS)]
     rows = first_row_per_case(report["rows"])
     if match:
-        rows = [row for row in rows if re.search(match, f"{row['op']} {row['variant']} {row['shape']}")]
+        rows = [row for row in rows if re.search(match, f"{row['op']} {row['variant']} {shape_label(row['shape'])}")]
     lines += [_table_row(_cells(row)) for row in rows]
     lines += ["", "speed-up = ref ms / ours ms (> 1: ours is faster); rate: TFLOP/s or GB/s, whichever floor "
                   "dominates, and its fraction of the measured ceiling (benchmarks/NOTES.md); every row, "
@@ -69,7 +80,7 @@ def _versions_line(env: dict) -> str:
 
 def _cells(row: dict) -> list:
     rate = f"{row['rate']:.2f} {row['rate_unit']}" if row.get("rate") is not None else MISSING
-    return [row["op"], row["variant"], row["shape"], _number(row.get("ours_ms"), ".3f"),
+    return [row["op"], row["variant"], shape_label(row["shape"]), _number(row.get("ours_ms"), ".3f"),
             _number(row.get("ref_ms"), ".3f"), _number(row.get("speedup"), ".2f"), rate,
             _number(row.get("ceiling_fraction"), ".0%"), row["status"], row.get("ref_name") or MISSING]
 

@@ -9,14 +9,13 @@ max / average / sum pooling with padding, dropout, batch-norm training / inferen
 losses, SGD (plain, momentum, Nesterov) and Adam; forced, the variants only timing picks: the Winograd convolution
 forward and backward-filter (F(2×2) and F(4×4)), the split forward, backward-data as a forward convolution,
 backward-filter for few input channels, the forward for few filters (split too) and backward-data
-through it, each max-pool forward and backward way. Shapes
+through it, each max-pool forward and backward way; grouped, dilated and depthwise conv2d (the depthwise kernels forced). Shapes
 divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
 its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
 call and OK at the end; exits 1 if any call raised.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import cupy
@@ -63,24 +62,18 @@ def conv2d():
             call(f"conv2d bwd {x.shape} {w.shape} s{stride} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, stride, padding)
 
 
-@contextlib.contextmanager
-def forced_conv2d(choices: dict):
-    """conv2d's autotuner answers choices[kernel] for those of its kernels (variants only ever chosen by timing
-    would otherwise run here only when this GPU's timing or cache happens to pick them)."""
+def forced(choices: dict):
+    """The named ops run the named variants, every other op its default (variants only ever chosen by timing would
+    otherwise run here only when this GPU's timing or cache happens to pick them; unverified ones never)."""
     from cnn_gpu.cuda import autotune
 
-    pick = autotune.pick
+    return autotune.forced(choices)
 
-    def forced_pick(family, key, candidates, launch):
-        if family == "conv2d" and key[0] in choices:
-            return choices[key[0]]
-        return pick(family, key, candidates, launch)
 
-    autotune.pick = forced_pick
-    try:
-        yield
-    finally:
-        autotune.pick = pick
+def most_split(prefix: str):
+    """A forced choice: of the variants offered whose names start with prefix, the last (the most split where a split
+    is offered; the unsplit one where none is)."""
+    return lambda key, candidates: [c for c in candidates if c.name.startswith(prefix)][-1]
 
 
 def winograd_conv2d():
@@ -88,10 +81,8 @@ def winograd_conv2d():
     backward-filter's five transforms, and the sliced GEMMs (whose tile configuration is tuned as usual). The first
     shape's backward-filter splits its 816 2×2 tiles into 11 chunks, its 216 4×4 tiles into 3, the last one padded
     in both; the second's 2 (1) tiles are one padded chunk. Both shapes' outputs end inside a 4×4 tile."""
-    from cnn_gpu.ops.conv import SPLIT_BLOCKS_PER_SM, WINOGRAD, WINOGRAD_4X4, SplitPlan
-
     shapes = ((3, 17, 31, 33, 5, "same", "relu"), (1, 3, 4, 5, 33, 0, None))
-    with forced_conv2d({"conv2d_fwd_bias_act": WINOGRAD, "conv2d_bwd_filter": SplitPlan(WINOGRAD, SPLIT_BLOCKS_PER_SM[0])}):
+    with forced({"conv2d_fwd": "Winograd F(2x2, 3x3)", "conv2d_bwd_filter": "Winograd F(2x2, 3x3), split to 2 blocks an SM"}):
         for (N, C, H, W, K, padding, activation) in shapes:
             x, w = arr(N, C, H, W), arr(K, C, 3, 3)
             call(f"conv2d fwd winograd {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding, activation)
@@ -99,7 +90,7 @@ def winograd_conv2d():
             if y is not None:
                 call(f"conv2d bwd filter winograd {x.shape} {w.shape} p{padding}", F.conv2d_backward, arr(*y.shape), x, w, 1,
                      padding, compute_dx=False)
-    with forced_conv2d({"conv2d_fwd_bias_act": WINOGRAD_4X4, "conv2d_bwd_filter": SplitPlan(WINOGRAD_4X4, SPLIT_BLOCKS_PER_SM[0])}):
+    with forced({"conv2d_fwd": "Winograd F(4x4, 3x3)", "conv2d_bwd_filter": "Winograd F(4x4, 3x3), split to 2 blocks an SM"}):
         for (N, C, H, W, K, padding, activation) in shapes:
             x, w = arr(N, C, H, W), arr(K, C, 3, 3)
             call(f"conv2d fwd winograd 4x4 {activation} {x.shape} {w.shape} p{padding}", F.conv2d, x, w, arr(K), 1, padding,
@@ -114,9 +105,10 @@ def split_forward_and_as_forward_conv2d():
     """The forward with its C·R·S reduction split (partials, then the sum pass adding bias and activation) and
     backward-data as the forward conv of dy (whose own forward then also runs split), forced. The first shape
     splits (576-long reduction, 225 pixels); the second's 40-long reduction is one chunk."""
-    from cnn_gpu.ops.conv import AS_FORWARD, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan
+    from cnn_gpu.ops.conv import DEFAULT_TILE, BackwardDataAsForward, ImplicitGemmForward
 
-    with forced_conv2d({"conv2d_fwd_bias_act": SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[-1]), "conv2d_bwd_data": AS_FORWARD}):
+    with forced({"conv2d_fwd": most_split(ImplicitGemmForward(DEFAULT_TILE).name),
+                 "conv2d_bwd_data": BackwardDataAsForward().name}):
         for (N, C, H, W, K, R, S, padding) in ((1, 64, 15, 15, 130, 3, 3, 1), (2, 5, 7, 9, 3, 4, 2, "same")):
             x, w = arr(N, C, H, W), arr(K, C, R, S)
             for activation in ACTIVATIONS:
@@ -128,12 +120,10 @@ def split_forward_and_as_forward_conv2d():
 
 
 def few_channels_conv2d():
-    """conv2d's backward-filter through its FEW_CHANNELS candidate, forced: strips crossing output rows with float4
+    """conv2d's backward-filter through its few-input-channel variant, forced: strips crossing output rows with float4
     and with scalar dy loads (OH·OW = 28, 1599), a misaligned dy, column stride 2 with 2 channels, dw written
     directly (one split) and through 12 splits and the sum pass."""
-    from cnn_gpu.ops.conv import FEW_CHANNELS, SPLIT_BLOCKS_PER_SM, SplitPlan
-
-    with forced_conv2d({"conv2d_bwd_filter": SplitPlan(FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0])}):
+    with forced({"conv2d_bwd_filter": "few input channels, split to 2 blocks an SM"}):
         for (N, C, H, W, K, R, S, stride, padding) in ((2, 1, 6, 9, 5, 3, 3, 1, 0), (16, 1, 41, 39, 33, 3, 3, 1, 1),
                                                        (3, 2, 11, 10, 17, 3, 3, 2, 1), (9, 1, 28, 28, 32, 5, 5, 1, 0)):
             x, w = arr(N, C, H, W), arr(K, C, R, S)
@@ -147,23 +137,22 @@ def few_channels_conv2d():
 
 
 def few_filters_conv2d():
-    """conv2d's forward through its FEW_FILTERS candidate, forced, with 1 and 3 filters: float4 stores (OW 16) and
+    """conv2d's forward through its few-filter variant, forced, with 1 and 3 filters: float4 stores (OW 16) and
     guarded scalar ones, tiles cut short at the image's edges, an image 3 tiles wide, stride 2, each activation and
     no bias; the same through its channel split (partials, then the sum pass; the first and last shapes split); then
-    backward-data of 1- and 3-channel layers through AS_FORWARD, whose forward of dy runs FEW_FILTERS."""
-    from cnn_gpu.ops.conv import AS_FORWARD, FEW_FILTERS, SPLIT_BLOCKS_PER_SM, SplitPlan
-
+    backward-data of 1- and 3-channel layers as a forward conv, whose forward of dy runs the few-filter kernel."""
     shapes = ((2, 17, 33, 16, 1, 3, 3, 1, "same"), (3, 5, 9, 261, 3, 3, 5, 1, 1), (1, 64, 15, 15, 3, 3, 3, 2, 2))
-    for variant in (FEW_FILTERS, SplitPlan(FEW_FILTERS, SPLIT_BLOCKS_PER_SM[-1])):
-        with forced_conv2d({"conv2d_fwd_bias_act": variant}):
+    for label, variant in (("few output channels", "few output channels"),
+                           ("few output channels, most split", most_split("few output channels"))):
+        with forced({"conv2d_fwd": variant}):
             for (N, C, H, W, K, R, S, stride, padding) in shapes:
                 x, w = arr(N, C, H, W), arr(K, C, R, S)
                 for activation in ACTIVATIONS:
-                    call(f"conv2d fwd {variant} {activation} {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w,
+                    call(f"conv2d fwd {label} {activation} {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w,
                          arr(K), stride, padding, activation)
-                call(f"conv2d fwd {variant} no bias {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w, None,
+                call(f"conv2d fwd {label} no bias {x.shape} {w.shape} s{stride} p{padding}", F.conv2d, x, w, None,
                      stride, padding)
-    with forced_conv2d({"conv2d_bwd_data": AS_FORWARD, "conv2d_fwd_bias_act": FEW_FILTERS}):
+    with forced({"conv2d_bwd_data": "as forward conv", "conv2d_fwd": "few output channels"}):
         for (N, C, H, W, K, R, S, padding) in ((3, 1, 28, 28, 32, 5, 5, 0), (2, 3, 17, 19, 16, 3, 3, 1)):
             x, w = arr(N, C, H, W), arr(K, C, R, S)
             dy = arr(N, K, H + 2 * padding - R + 1, W + 2 * padding - S + 1)
@@ -213,33 +202,25 @@ def pooling():
                  k, stride, padding, include_pad)
 
 
-def max_pool_ways():
-    """max_pool2d and its backward through each of their ways (chosen by timing, so forced here): the forward's
-    generic and fixed-window kernels; the backward's cells, gather and staged ways on disjoint windows, gather
+def max_pool_variants():
+    """max_pool2d and its backward through each of their variants (chosen by timing, so forced here): the forward's
+    generic and fixed-window kernels; the backward's cells, gather and staged variants on disjoint windows, gather
     and staged on overlapping ones, on planes of several staged pieces."""
-    from cnn_gpu.cuda import autotune
-    from cnn_gpu.ops.pool import max_backward_ways, max_forward_ways, pool_geometry
+    from cnn_gpu.ops.pool import max_backward_variants, max_forward_variants, pool_geometry
 
-    pick = autotune.pick
-
-    def force(op, way):
-        autotune.pick = lambda family, key, candidates, launch: way if key[0] == op else pick(family, key, candidates, launch)
-
-    try:
-        for (N, C, H, W, k, stride, padding) in ((3, 5, 37, 41, 3, 3, 1), (2, 3, 33, 65, 3, 2, 1), (1, 2, 3, 1100, 2, 2, 0)):
-            x, g = arr(N, C, H, W), pool_geometry((N, C, H, W), k, stride, padding)
-            for way in max_forward_ways(g):
-                force("maxpool2d_fwd", way)
-                pooled = call(f"max_pool2d fwd {way} {x.shape} k{k} s{stride} p{padding}", F.max_pool2d, x, k, stride, padding)
-            if pooled is None:
-                continue
-            y, indices = pooled
-            for way in max_backward_ways(g):
-                force("maxpool2d_bwd", way)
-                call(f"max_pool2d bwd {way} {x.shape} k{k} s{stride} p{padding}", F.max_pool2d_backward, arr(*y.shape),
+    for (N, C, H, W, k, stride, padding) in ((3, 5, 37, 41, 3, 3, 1), (2, 3, 33, 65, 3, 2, 1), (1, 2, 3, 1100, 2, 2, 0)):
+        x, g = arr(N, C, H, W), pool_geometry((N, C, H, W), k, stride, padding)
+        for variant in max_forward_variants(g):
+            with forced({"maxpool2d_fwd": variant}):
+                pooled = call(f"max_pool2d fwd {variant} {x.shape} k{k} s{stride} p{padding}", F.max_pool2d, x, k, stride,
+                              padding)
+        if pooled is None:
+            continue
+        y, indices = pooled
+        for variant in max_backward_variants(g):
+            with forced({"maxpool2d_bwd": variant}):
+                call(f"max_pool2d bwd {variant} {x.shape} k{k} s{stride} p{padding}", F.max_pool2d_backward, arr(*y.shape),
                      indices, x.shape, k, stride, padding)
-    finally:
-        autotune.pick = pick
 
 
 def losses():
@@ -288,9 +269,31 @@ def optimizers():
         call(f"adam step 2, transposed grad {shape}", F.adam_update, param, arr(*shape[::-1]).T, m, v, 2)
 
 
+def grouped_conv2d():
+    """Grouped and dilated conv2d through the default (CuPy) path, and depthwise through the direct depthwise kernels,
+    forced: strides 1 and 2, dilation, channel multipliers 1 and 3, windows 3×3, 5×4, 7×7 and 31×31, several tiles and
+    images a block, float4 (OW 16) and scalar stores, a split backward-filter."""
+    depthwise = {op: "direct depthwise" for op in ("conv2d_grouped_fwd", "conv2d_grouped_bwd_data", "conv2d_grouped_bwd_filter")}
+    shapes = ((3, 6, 17, 16, 6, 3, 3, 1, 1, 1), (2, 4, 31, 33, 12, 5, 4, 2, 2, 1), (2, 5, 29, 27, 5, 7, 7, 1, 6, 2),
+              (1, 2, 40, 37, 2, 31, 31, 1, 15, 1), (9, 8, 12, 16, 8, 3, 3, 1, "same", 4))
+    for (N, C, H, W, K, R, S, stride, padding, dilation) in shapes:
+        x, w, b = arr(N, C, H, W), arr(K, 1, R, S), arr(K)
+        for label, choices in (("default", {}), ("depthwise", depthwise)):
+            with forced(choices):
+                y = call(f"conv2d {label} fwd {x.shape} {w.shape} s{stride} p{padding} d{dilation}", F.conv2d, x, w, b,
+                         stride, padding, "relu", dilation=dilation, groups=C)
+                if y is not None:
+                    call(f"conv2d {label} bwd {x.shape} {w.shape} s{stride} p{padding} d{dilation}", F.conv2d_backward,
+                         arr(*y.shape), x, w, stride, padding, dilation=dilation, groups=C)
+    x, w = arr(2, 8, 11, 9), arr(8, 2, 3, 3)  # grouped and dilated, not depthwise: the default path only
+    y = call("conv2d grouped fwd g4 d2", F.conv2d, x, w, None, 1, 2, dilation=2, groups=4)
+    if y is not None:
+        call("conv2d grouped bwd g4 d2", F.conv2d_backward, arr(*y.shape), x, w, 1, 2, dilation=2, groups=4)
+
+
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, few_filters_conv2d, gemm, activations, pooling, max_pool_ways, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, few_filters_conv2d, grouped_conv2d, gemm, activations, pooling, max_pool_variants, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

@@ -17,7 +17,8 @@ import argparse
 
 from cnn_gpu import bench
 from cnn_gpu.bench.check import _outputs
-from cnn_gpu.ops.conv import cuda_path, winograd
+from cnn_gpu.cuda import variants
+from cnn_gpu.ops.conv import WinogradBackwardFilter, WinogradForward
 
 
 def main(argv=None) -> int:
@@ -26,11 +27,10 @@ def main(argv=None) -> int:
                         help="withdraw the F(4×4) variants (forward, backward-filter), or every Winograd variant, from the autotuner")
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.withdraw == "f4x4":
-        del winograd._WINOGRAD_FORWARD_SIZES[winograd.WINOGRAD_4X4]
-        del winograd._WINOGRAD_FILTER_SIZES[winograd.WINOGRAD_4X4]
-    elif args.withdraw == "winograd":
-        cuda_path._winograd_applies = lambda g: False  # no layer is offered a Winograd forward or backward-filter
+    if args.withdraw:
+        sizes = (4,) if args.withdraw == "f4x4" else (2, 4)
+        for op in ("conv2d_fwd", "conv2d_bwd_filter"):
+            variants.withdraw(op, lambda v: isinstance(v, (WinogradForward, WinogradBackwardFilter)) and v.m in sizes)
     case = next(c for c in bench.cases(quick=False) if c.op == "train_step" and "100×100" in c.shape
                 and c.variant == "fwd+bwd+adam")
     label = {None: "every candidate", "f4x4": "F(4×4) withdrawn", "winograd": "every Winograd variant withdrawn"}[args.withdraw]

@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,info,bench}")
 
-    train = commands.add_parser("train", help="train seed 001's CNN on handwritten digits",
-                                description="Train seed 001's CNN (conv 5×5 32 → pool → conv 5×5 64 → pool → "
+    train = commands.add_parser("train", help="train the MNIST network on handwritten digits",
+                                description="Train the MNIST network (conv 5×5 32 → pool → conv 5×5 64 → pool → "
                                             "dense 128 → dense 64 → dropout → dense 10) and save the model and pictures.")
     train.add_argument("--data", choices=("digits", "mnist"), default="digits",
                        help="scikit-learn's bundled digits resized to 28×28 (default), or MNIST from --path")

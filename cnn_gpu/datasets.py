@@ -5,7 +5,7 @@ channels-last ``(N, H, W, 1)`` like Keras, and int64 class labels 0-9. Nothing i
 
 - ``load_digits``: scikit-learn's bundled 8×8 digits (1797 images), split train/test, stratified.
   At ``size=28`` each digit is resized bilinearly to 20×20 and centred in a 28×28 frame with a
-  4-pixel border, the layout of MNIST (20×20 digit in 28×28), so the seed 001 network applies.
+  4-pixel border, the layout of MNIST (20×20 digit in 28×28), so the MNIST network applies.
 - ``load_mnist(path)``: the real MNIST IDX files from a folder the user has, raw or gzipped; the
   headers are checked strictly and a missing or malformed file is named in the error.
 """

@@ -699,16 +699,12 @@ class _EagerSteps:
 class _GraphedTrainSteps(_EagerSteps):
     """fit's training steps on the cuda backend, the full batches replayed from one captured CUDA graph.
 
-    The first full batch runs eagerly: it compiles (and tunes) every kernel the step uses and creates the
-    optimizer's slots. The second is captured, on a stream of its own: Sequential._step on static device
-    buffers holding the batch and the step scalars (Dropout's mask seeds, Adam's step size: see
-    cnn_gpu.layers.base), with every layer and the optimizer reading those scalars from the buffers, and
-    every allocation from the graphs' own memory pool. Capturing runs nothing. That batch and every
-    later full one is then replayed on the current stream, in order with the eager work around it: the
-    host draws the step scalars exactly as an eager step would, writes them and the batch into the
-    static buffers (uploads queued without waiting) and launches the graph. A partial last batch runs
-    eagerly. Where the capture fails (the platform, or something in the step that waits for the
-    device), a RuntimeWarning says why and the fit goes on eagerly, starting with that batch.
+    How a step runs: the first full batch eagerly (it compiles and tunes every kernel the step uses and
+    creates the optimizer's slots); the second is captured (cnn_gpu.cuda.graph.GraphedStep: Sequential._step
+    on static buffers, the layers' and the optimizer's step scalars read from a device buffer) and, with
+    every later full batch, replayed; a partial last batch eagerly. Where the capture fails (the platform,
+    or something in the step that waits for the device), a RuntimeWarning says why and the fit goes on
+    eagerly, starting with that batch.
     """
 
     def __init__(self, model: Sequential, batch_size: int):
@@ -719,7 +715,6 @@ class _GraphedTrainSteps(_EagerSteps):
         self._warmed_up = self._given_up = False
         # Everything with step scalars, or (the optimizer's iteration count) host state a step advances.
         self._sources = [*model.layers, model.optimizer]
-        self._buffers = self._feed = self._loss = None
 
     def __call__(self, inputs, targets):
         full = len(inputs) == self.batch_size
@@ -732,109 +727,21 @@ class _GraphedTrainSteps(_EagerSteps):
         return loss
 
     def _capture(self, inputs, targets) -> None:
-        import cupy
+        from cnn_gpu.cuda.graph import GraphedStep
 
-        self._buffers = (cupy.empty(inputs.shape, inputs.dtype), cupy.empty(targets.shape, targets.dtype))
-        self._feed = _StepScalarFeed(self._sources)
-        for source, arrays in zip(self._sources, self._feed.arrays, strict=True):
-            source.read_step_scalars_from(arrays)
-        stream = _capture_stream(cupy.cuda.Device().id)
         try:
-            with stream, cupy.cuda.using_allocator(_graph_memory_pool().malloc):
-                stream.begin_capture()
-                try:
-                    self._loss = self.model._step(*self._buffers, True, self.totals)
-                finally:
-                    graph = stream.end_capture()
+            self._graph = GraphedStep(lambda x, t: self.model._step(x, t, True, self.totals), (inputs, targets),
+                                      self._sources)
         except Exception as exc:  # a real error in the step would also have stopped the eager warm-up step
             self._given_up = True
             warnings.warn(f"cuda_graph: the training step could not be captured as a CUDA graph "
                           f"({type(exc).__name__}: {exc}); fit trains eagerly", RuntimeWarning, stacklevel=2)
-            return
-        finally:
-            for source in self._sources:
-                source.read_step_scalars_from(None)
-        self._graph = graph
 
-    def _replay(self, inputs, targets) -> None:
-        self._feed.write_next_step()
-        for static, batch in zip(self._buffers, (inputs, targets)):
-            _copy_without_waiting(static, batch)
-        self._graph.launch()  # on the current stream
+    def _replay(self, inputs, targets):
+        loss = self._graph.replay(inputs, targets)  # on the current stream
         self.totals.count += len(inputs)
         self.replayed = True
-        return self._loss  # the captured step's loss buffer, which every replay rewrites
-
-
-class _StepScalarFeed:
-    """The step scalars of some sources (layers, an optimizer) in one device buffer, 8 bytes a value.
-
-    ``arrays`` holds, per source, the one-element device arrays (views into the buffer) it reads its
-    scalars from; write_next_step() asks every source for its next step's values (advancing its host
-    state, as an eager step would) and uploads them all in one copy, queued without waiting.
-    """
-
-    SLOT_BYTES = 8  # room for any scalar dtype, and the alignment of the largest
-
-    def __init__(self, sources):
-        import cupy
-
-        self._sources = list(sources)
-        self._slots = []  # per source: [(byte offset, dtype)]
-        offset = 0
-        for source in self._sources:
-            slots = []
-            for dtype in map(numpy.dtype, source.step_scalar_dtypes):
-                assert dtype.itemsize <= self.SLOT_BYTES, dtype
-                slots.append((offset, dtype))
-                offset += self.SLOT_BYTES
-            self._slots.append(slots)
-        self._host = numpy.zeros(offset, numpy.uint8)
-        self._device = cupy.zeros(offset, numpy.uint8)
-        self.arrays = [tuple(self._device[o:o + dtype.itemsize].view(dtype) for o, dtype in slots)
-                       for slots in self._slots]
-
-    def write_next_step(self) -> None:
-        for source, slots in zip(self._sources, self._slots):
-            for (offset, dtype), value in zip(slots, source.next_step_scalars(), strict=True):
-                self._host[offset:offset + dtype.itemsize].view(dtype)[0] = value
-        if self._host.size:
-            _copy_without_waiting(self._device, self._host)
-
-
-def _copy_without_waiting(device, host: numpy.ndarray) -> None:
-    """host into the device array of its shape and dtype, queued on the current stream: staged through
-    pinned memory as cupy.asarray stages it, so the host neither waits nor may change what is sent."""
-    import cupy
-
-    staged = cupy.asarray(host)
-    if staged.shape != device.shape or staged.dtype != device.dtype:
-        raise ValueError(f"a batch of shape {staged.shape} and dtype {staged.dtype} does not fit the captured "
-                         f"step's buffer of shape {device.shape} and dtype {device.dtype}")
-    device.data.copy_from_device_async(staged.data, staged.nbytes)
-
-
-@functools.lru_cache(maxsize=None)
-def _capture_stream(device_id: int):
-    """The stream training steps are captured on, one per device (capture cannot use the legacy default
-    stream; a non-blocking one is not disturbed by work other code queues there meanwhile)."""
-    import cupy
-
-    with cupy.cuda.Device(device_id):
-        return cupy.cuda.Stream(non_blocking=True)
-
-
-@functools.lru_cache(maxsize=None)
-def _graph_memory_pool():
-    """The memory captures allocate from, kept for the life of the process. A graph reads and writes its
-    capture's allocations at every replay, also those whose arrays Python has since dropped: from the
-    default pool they could be handed to other work or freed (on an out-of-memory retry, or by
-    free_all_blocks()); this pool serves nothing but captures, and never frees. Graphs replayed one
-    after another may share its blocks (each replay writes its scratch before reading it); replays
-    overlapping on two streams may not, hence one cuda_graph fit at a time per device."""
-    import cupy
-
-    return cupy.cuda.MemoryPool()
+        return loss
 
 
 def _positive_int(name, value) -> int:

@@ -1,6 +1,6 @@
 """Pictures of a trained model, as PNG files: training curves, first-layer filters, feature maps.
 
-The feature-map picture is seed 000's "what each layer extracts": one digit, then the maps each
+The feature-map picture shows what each layer extracts: one digit, then the maps each
 convolution produces from it (after its activation), from edge-like detectors to coarser parts.
 
 matplotlib is imported only when a picture is drawn, and only its object API (Figure + the Agg

@@ -87,14 +87,6 @@ def numeric_grad(f, x, dy, eps=1e-6):
     return grad
 
 
-def pin_autotune(monkeypatch, choose):
-    """Autotuned ops run choose(family, key, candidates) instead of timing (ops call cnn_gpu.cuda.autotune.pick):
-    how a test covers one kernel variant on purpose."""
-    from cnn_gpu.cuda import autotune
-
-    monkeypatch.setattr(autotune, "pick", lambda family, key, candidates, launch: choose(family, key, candidates()))
-
-
 def compile_variant_without_spills(family, arch, defines):
     """NVRTC-compile one variant of kernels/<family>.cu as run time does (skips where NVRTC is missing) and
     assert no error, no warning and no register spill; returns the per-kernel report."""

@@ -80,3 +80,19 @@ def on_backend(backend):
     autouse fixture above restores the previous backend afterwards)."""
     cnn_gpu.set_backend(backend)
     return backend
+
+
+@pytest.fixture
+def force():
+    """force({op: variant name}) runs the rest of the test under cnn_gpu.cuda.autotune.forced (the named variants for
+    those ops, the defaults for every other tuned op); a later call adds to and overrides an earlier one."""
+    import contextlib
+
+    from cnn_gpu.cuda import autotune
+
+    choices: dict = {}
+    with contextlib.ExitStack() as stack:
+        def enter(more: dict) -> None:
+            choices.update(more)
+            stack.enter_context(autotune.forced(dict(choices)))
+        yield enter

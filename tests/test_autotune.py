@@ -1,15 +1,16 @@
 """cnn_gpu.cuda.autotune's plumbing with a fake timer and context (no GPU): it picks the fastest candidate,
 remembers it in memory and on disk, ignores stale and corrupt cache files, drops failing candidates and
-honours CNN_GPU_AUTOTUNE; on a GPU, the CUDA-event timer and device context end to end through linear."""
+honours CNN_GPU_AUTOTUNE; offers unverified variants only when asked (CNN_GPU_UNVERIFIED, forced); on a GPU, the CUDA-event timer and device context end to end through linear."""
 import json
 import warnings
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy
 import pytest
 
 from cnn_gpu import functional as F
-from cnn_gpu.cuda import autotune
+from cnn_gpu.cuda import autotune, variants
 from checks import rel_error
 
 
@@ -143,11 +144,11 @@ def test_keeps_what_another_process_wrote_meanwhile(cache_file):
     assert stored_choices(cache_file) == {json.dumps(["other"]): [128, 64], json.dumps(list(KEY)): [32, 32], json.dumps(["third"]): [64, 64]}
 
 
-def test_round_trips_nested_named_tuples_and_dicts(cache_file):
-    from cnn_gpu.ops import gemm
-    from cnn_gpu.ops.conv import CONV_TILES, SplitPlan
+def test_round_trips_variants_named_tuples_and_dicts(cache_file):
+    from cnn_gpu.ops import gemm  # (F's import registered every op's variants)
 
-    for candidates in (gemm.gemm_plans(33, 65, 515, sm_count=132), [SplitPlan(t, 2) for t in CONV_TILES], [{"b": 1, "a": 2}, {"a": 1}]):
+    for candidates in (variants.registered("gemm"), variants.registered("conv2d_bwd_filter")[:12],
+                       gemm.gemm_plans(33, 65, 515, sm_count=132), [{"b": 1, "a": 2}, {"a": 1}]):
         fastest = candidates[-1]
         timed = fake_tuner(cache_file).pick("family", (len(candidates),), lambda: candidates, lambda c: 0.0 if c == fastest else 1.0)
         reloaded = fake_tuner(cache_file).pick("family", (len(candidates),), lambda: candidates, lambda c: pytest.fail("timed again"))
@@ -170,6 +171,82 @@ def test_raises_when_every_candidate_fails(cache_file):
 def test_a_single_candidate_is_not_timed(cache_file):
     tuner = fake_tuner(cache_file)
     assert tuner.pick("gemm", KEY, lambda: [SMALL], lambda c: pytest.fail("timed")) == SMALL
+
+
+# ---- verified variants and forced choices ----------------------------------------------------------
+@dataclass(frozen=True)
+class FakeVariant(variants.Variant):
+    name: str
+    algorithm: str
+    op = "fake_op"
+
+
+VERIFIED_A, VERIFIED_B, UNVERIFIED = FakeVariant("a", "checked"), FakeVariant("b", "checked"), FakeVariant("new", "new")
+
+
+@pytest.fixture
+def fake_variants(monkeypatch):
+    monkeypatch.setitem(variants.VERIFIED, "fake_op", frozenset({"checked"}))
+    monkeypatch.setitem(variants._REGISTRY, "fake_op", [VERIFIED_A, UNVERIFIED, VERIFIED_B])
+    monkeypatch.delenv(variants.UNVERIFIED_VARIABLE, raising=False)
+    return {VERIFIED_A: 3.0, UNVERIFIED: 1.0, VERIFIED_B: 2.0}
+
+
+def test_unverified_variants_are_candidates_only_when_asked(cache_file, monkeypatch, fake_variants):
+    runs = []
+
+    def launch(variant):
+        runs.append(variant)
+        return fake_variants[variant]
+    candidates = lambda: variants.applicable("fake_op", None)  # noqa: E731
+    assert fake_tuner(cache_file).pick("fake_op", KEY, candidates, launch) == VERIFIED_B
+    assert UNVERIFIED not in runs and not UNVERIFIED.verified and VERIFIED_A.verified
+    assert variants.offered("fake_op", None) == (VERIFIED_A, VERIFIED_B)
+    monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "1")
+    tuner = fake_tuner(cache_file)
+    assert tuner.pick("fake_op", KEY, candidates, launch) == UNVERIFIED  # another candidate set: tuned again
+    assert variants.offered("fake_op", None) == (VERIFIED_A, UNVERIFIED, VERIFIED_B)
+    assert tuner.pick("fake_op", KEY, candidates, pytest.fail) == UNVERIFIED  # a choice made is kept
+    monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "0")
+    assert fake_tuner(cache_file).pick("fake_op", KEY, candidates, launch) == VERIFIED_B  # the file's entry: another set
+    monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "maybe")
+    with pytest.raises(ValueError, match="CNN_GPU_UNVERIFIED must be 1"):
+        fake_tuner(cache_file).pick("fake_op", ("another key",), candidates, launch)
+
+
+def test_forced_runs_the_named_variant_and_defaults_elsewhere(cache_file, monkeypatch, fake_variants):
+    tuner = fake_tuner(cache_file)
+    monkeypatch.setattr(autotune, "_tuner", tuner)
+    candidates = lambda: variants.applicable("fake_op", None)  # noqa: E731
+    untimed = lambda variant: pytest.fail("timed while forced")  # noqa: E731
+    with autotune.forced({"fake_op": "new"}):  # unverified, but asked for by name
+        assert autotune.pick("fake_op", KEY, candidates, untimed) == UNVERIFIED
+        assert autotune.pick("gemm", KEY, lambda: CANDIDATES, untimed) == DEFAULT  # not named: the default
+    with autotune.forced():
+        assert autotune.pick("fake_op", KEY, candidates, untimed) == VERIFIED_A
+    assert not cache_file.exists() and tuner.choices() == []  # nothing remembered
+    with pytest.raises(ValueError, match="fake_op has no variant named 'nonsense'"):
+        with autotune.forced({"fake_op": "nonsense"}):
+            pass
+    with autotune.forced({"fake_op": "b"}):
+        with pytest.raises(ValueError, match="forced fake_op variant 'b' does not apply"):
+            autotune.pick("fake_op", KEY, lambda: [VERIFIED_A, UNVERIFIED], untimed)
+
+
+def test_every_op_has_a_verified_default_first():
+    """The default (first registered) variant of every op is verified, and every variant's name is unique in its op."""
+
+    for op in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_filter", "conv2d_grouped_fwd", "conv2d_grouped_bwd_data",
+               "conv2d_grouped_bwd_filter", "gemm", "gemm_k_slices", "maxpool2d_fwd", "maxpool2d_bwd"):
+        registered = variants.registered(op)
+        assert registered[0].verified, op
+        assert len({v.name for v in registered}) == len(registered), op
+    unverified = {(v.op, v.name) for op in variants._REGISTRY if op != "fake_op" for v in variants.registered(op)
+                  if not v.verified}
+    assert {name for _, name in unverified} == {
+        "few output channels", "few output channels, split to 2 blocks an SM", "few output channels, split to 6 blocks an SM",
+        "Winograd F(4x4, 3x3)", "Winograd F(4x4, 3x3), split to 2 blocks an SM", "Winograd F(4x4, 3x3), split to 6 blocks an SM",
+        "direct depthwise"}
 
 
 @pytest.mark.parametrize("value", ["0", "off", "false"])
@@ -292,7 +369,7 @@ def test_threads_tune_a_key_once_and_never_time_against_each_other(cache_file):
     import threading
     import time
 
-    running, overlaps, runs = [0], [], []
+    running, overlaps = [0], []
     guard = threading.Lock()
 
     def timer(run):
@@ -331,3 +408,9 @@ def test_threads_tune_a_key_once_and_never_time_against_each_other(cache_file):
     for thread in threads:
         thread.join()
     assert len(stored_choices(cache_file)) == 1 + 4 * 20
+def test_the_gpu_run_asks_for_unverified_variants():
+    """benchmarks/gpu_run.sh is how unverified variants get run on a GPU: it offers them for the whole run."""
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_run.sh").read_text()
+    assert f"export {variants.UNVERIFIED_VARIABLE}=1" in script

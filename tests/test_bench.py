@@ -136,7 +136,7 @@ def test_only_ours_over_the_tolerance_fails_and_both_errors_are_reported():
 
 
 def test_an_ill_conditioned_case_is_judged_by_each_sides_worst_input_set():
-    """check_sets input sets, errors drawn per set as the seed 002 step's are: ours passes on the first set
+    """check_sets input sets, errors drawn per set as the 100×100 network's step's are: ours passes on the first set
     alone (3e-4 against twice 2e-4) but not against the sides' worst (5e-3 against twice 1e-3)."""
     draws = iter([(1.0003, 1.0002), (1.005, 1.0001), (1.0001, 1.001)])  # (ours scale, reference scale) a set
 

@@ -35,7 +35,7 @@ def test_train_end_to_end_saves_model_and_pictures(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("backend: numpy")
-    assert "Total params: 192,202" in result.stdout  # seed 001's network
+    assert "Total params: 192,202" in result.stdout  # the MNIST network
     last = lines[-1]
     assert last.startswith("test accuracy: ") and 0.0 <= float(last.split(": ")[1]) <= 1.0
     assert len(last.split(": ")[1]) == 6, last  # 0.xxxx

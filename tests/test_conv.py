@@ -11,15 +11,15 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.cuda import device
-from cnn_gpu.ops.conv import cuda_path, direct, implicit_gemm
+from cnn_gpu.cuda import device, variants
+from cnn_gpu.ops.conv import direct, implicit_gemm
 from cnn_gpu.ops import geometry as geometry_ops
-from cnn_gpu.ops.conv import AS_FORWARD, CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, SplitPlan, _numpy_conv2d
-from cnn_gpu.ops.conv.cuda_path import _as_forward_geometry, _backward_data_candidates, _flipped_filters, _forward_candidates
-from cnn_gpu.ops.conv.problem import _problem
+from cnn_gpu.ops.conv import (CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, BackwardDataAsForward, FewChannelsBackwardFilter,
+                              ImplicitGemmBackwardData, ImplicitGemmBackwardFilter, ImplicitGemmForward, _numpy_conv2d,
+                              as_forward_geometry, conv_problem, flipped_filters)
 from cnn_gpu.ops.geometry import window_geometry
 import checks
-from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, pin_autotune, rel_error
+from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
 
@@ -176,24 +176,25 @@ PINNED_CASES = [
 
 
 @pytest.mark.parametrize("tile", CONV_TILES, ids=lambda t: "x".join(map(str, t)))
-def test_every_tile_matches_numpy_float64(backend, xp, rng, monkeypatch, tile):
+def test_every_tile_matches_numpy_float64(backend, xp, rng, force, tile):
     if backend != "cuda":
         pytest.skip("tile variants are a CUDA-path choice")
     for blocks_per_sm in SPLIT_BLOCKS_PER_SM:
         split_forwards = []
 
-        def choose(family, key, candidates):
-            choice = SplitPlan(tile, blocks_per_sm) if key[0] == "conv2d_bwd_filter" else tile
-            # a grid too small for the GPU: the forward's C·R·S split of this tile (one plan per distinct split,
+        def forward(key, candidates):
+            choice = ImplicitGemmForward(tile)
+            # a grid too small for the GPU: the forward's C·R·S split of this tile (one variant per distinct split,
             # so the one offered may carry the other blocks_per_sm)
-            split = [c for c in candidates if isinstance(c, SplitPlan) and c.tile == tile]
-            if key[0] == "conv2d_fwd_bias_act" and split:
+            split = [c for c in candidates if isinstance(c, ImplicitGemmForward) and c.tile == tile and c.blocks_per_sm]
+            if split:
                 choice = split[-1] if blocks_per_sm == SPLIT_BLOCKS_PER_SM[-1] else split[0]
                 split_forwards.append(key)
-            assert family == "conv2d" and choice in candidates, (key, choice)
+            assert choice in candidates, (key, choice)
             return choice
 
-        pin_autotune(monkeypatch, choose)
+        force({"conv2d_fwd": forward, "conv2d_bwd_data": ImplicitGemmBackwardData(tile).name,
+               "conv2d_bwd_filter": ImplicitGemmBackwardFilter(tile, blocks_per_sm).name})
         for x_shape, w_shape, stride, padding in PINNED_CASES:
             x, w, b = inputs(rng, x_shape, w_shape)
             f64 = [a.astype(numpy.float64) for a in (x, w, b)]
@@ -206,7 +207,7 @@ def test_every_tile_matches_numpy_float64(backend, xp, rng, monkeypatch, tile):
         assert split_forwards, "no pinned case ran a split forward"  # PINNED_CASES[0] (C·R·S 576, 225 pixels) does
 
 
-# ---- backward-data as a forward convolution (the AS_FORWARD candidate) ----------------------------------
+# ---- backward-data as a forward convolution (the BackwardDataAsForward variant) ---------------------------
 # (x shape, w shape, padding), stride 1: valid (a full convolution of dy), pads 1 and R−1, 'same' with even
 # windows (asymmetric pads), a rectangular window, pads differing per axis, 1×1, odd sizes, one-pixel-wide x.
 AS_FORWARD_CASES = [
@@ -224,11 +225,11 @@ def test_backward_data_as_forward_conv_equals_col2im(rng, x_shape, w_shape, padd
     """The candidate's identity, in float64 on the NumPy path: conv2d(dy, flipped w) under the as-forward
     geometry is the col2im backward's dx (itself checked against finite differences above)."""
     g = window_geometry(x_shape, w_shape[2:], 1, padding)
-    assert AS_FORWARD in _backward_data_candidates(g)
+    assert BackwardDataAsForward().applies(conv_problem(g, w_shape[0]))
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW))
     dx, _, _ = F.conv2d_backward(dy, x, w, 1, padding, compute_dw=False)
-    as_forward = _numpy_conv2d(dy, _flipped_filters(numpy, w), None, _as_forward_geometry(g, w_shape[0]), None, 0.0)
+    as_forward = _numpy_conv2d(dy, flipped_filters(numpy, w), None, as_forward_geometry(g, w_shape[0]), None, 0.0)
     assert as_forward.shape == x_shape
     assert rel_error(as_forward, dx) < 1e-12
 
@@ -238,33 +239,24 @@ def test_backward_data_as_forward_conv_equals_col2im(rng, x_shape, w_shape, padd
     ((3, 3), 2, 1, False), ((3, 3), (1, 2), 1, False), ((3, 3), 1, 3, False), ((3, 3), 1, (1, 3), False),
     ((1, 1), 1, 1, False)])
 def test_backward_data_as_forward_candidate_only_where_exact(window, stride, padding, eligible):
-    candidates = _backward_data_candidates(window_geometry((2, 3, 9, 9), window, stride, padding))
-    assert candidates[0] == DEFAULT_TILE  # what CNN_GPU_AUTOTUNE=0 runs
-    assert candidates == (CONV_TILES + (AS_FORWARD,) if eligible else CONV_TILES)
+    candidates = variants.applicable("conv2d_bwd_data", conv_problem(window_geometry((2, 3, 9, 9), window, stride, padding), 4))
+    assert candidates[0] == ImplicitGemmBackwardData(DEFAULT_TILE)  # what CNN_GPU_AUTOTUNE=0 runs
+    tiles = tuple(ImplicitGemmBackwardData(tile) for tile in CONV_TILES)
+    assert candidates == (tiles + (BackwardDataAsForward(),) if eligible else tiles)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding", AS_FORWARD_CASES)
-def test_backward_data_as_forward_matches_numpy_float64(backend, xp, rng, monkeypatch, x_shape, w_shape, padding):
-    """AS_FORWARD forced, through each of the forward's own candidates (Winograd for the 3×3 cases)."""
+def test_backward_data_as_forward_matches_numpy_float64(backend, xp, rng, force, x_shape, w_shape, padding):
+    """BackwardDataAsForward forced, through each of the forward's own variants (Winograd for the 3×3 cases)."""
     if backend != "cuda":
-        pytest.skip("AS_FORWARD is a CUDA-path variant")
+        pytest.skip("BackwardDataAsForward is a CUDA-path variant")
     g = window_geometry(x_shape, w_shape[2:], 1, padding)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW))
     dx_ref, _, db_ref = F.conv2d_backward(dy, x, w, 1, padding, compute_dw=False)
     x32, w32, dy32 = (xp.asarray(a.astype(numpy.float32)) for a in (x, w, dy))
-    for forward in _forward_candidates(_problem(_as_forward_geometry(g, w_shape[0]), x_shape[1])):
-        def choose(family, key, candidates):
-            if family == "gemm":  # Winograd's sliced GEMM
-                return candidates[0]
-            assert family == "conv2d", (family, key)
-            if key[0] == "conv2d_bwd_data":
-                assert AS_FORWARD in candidates, key
-                return AS_FORWARD
-            assert key[0] == "conv2d_fwd_bias_act" and forward in candidates, (key, forward)
-            return forward
-
-        pin_autotune(monkeypatch, choose)
+    for forward in variants.applicable("conv2d_fwd", conv_problem(as_forward_geometry(g, w_shape[0]), x_shape[1])):
+        force({"conv2d_bwd_data": BackwardDataAsForward().name, "conv2d_fwd": forward.name})
         dx, dw, db = F.conv2d_backward(dy32, x32, w32, 1, padding, compute_dw=False)
         assert dw is None and dx.dtype == numpy.float32 and dx.shape == x_shape
         assert rel_error(dx, dx_ref) < 1e-5, forward
@@ -464,13 +456,15 @@ def test_geometry_is_remembered_per_exact_arguments():
 
 
 def test_direct_launches_are_remembered_per_problem_and_epilogue(monkeypatch):
-    """A remembered launch serves only its own problem, variant, activation and slope."""
+    """A remembered plan (cnn_gpu.cuda.variants.planned) serves only its own problem, variant, activation and slope."""
     monkeypatch.setattr(implicit_gemm, "_kernel", lambda name, tile=DEFAULT_TILE: (name, tile))  # no compilation
-    launch = implicit_gemm._direct_forward_launch
-    launch.cache_clear()
+
+    def launch(problem, tile, act, slope):
+        return variants.planned(ImplicitGemmForward(tile), problem, act, slope)
+    variants.planned.cache_clear()
     try:
-        first = _problem(window_geometry((2, 3, 9, 9), (3, 3), 1, 0), 4)
-        other = _problem(window_geometry((2, 3, 9, 8), (3, 3), 1, 0), 4)
+        first = conv_problem(window_geometry((2, 3, 9, 9), (3, 3), 1, 0), 4)
+        other = conv_problem(window_geometry((2, 3, 9, 8), (3, 3), 1, 0), 4)
         base = launch(first, DEFAULT_TILE, 1, 0.01)
         assert base.scalars[:len(first.args)] == first.args and base.kernel == ("conv2d_fwd_bias_act", DEFAULT_TILE)
         assert launch(other, DEFAULT_TILE, 1, 0.01).scalars[:len(other.args)] == other.args != first.args
@@ -479,7 +473,7 @@ def test_direct_launches_are_remembered_per_problem_and_epilogue(monkeypatch):
         assert launch(first, DEFAULT_TILE, 2, 0.5).scalars[len(first.args) + 1] == numpy.float32(0.5)
         assert launch(first, DEFAULT_TILE, 1, 0.01) is base
     finally:
-        launch.cache_clear()  # no entry holds the stand-in kernels
+        variants.planned.cache_clear()  # no entry holds the stand-in kernels
 
 
 def test_rejects_integer_input():
@@ -511,11 +505,11 @@ def test_rejects_mixed_backends(backend, xp):
         F.conv2d_backward(xp.ones((1, 1, 3, 3), dtype=numpy.float32), f32(1, 1, 5, 5), f32(1, 1, 3, 3))
 
 
-# ---- backward-filter for few input channels (the FEW_CHANNELS candidate) -----------------------------------
+# ---- backward-filter for few input channels (the FewChannelsBackwardFilter variant) ------------------------
 # conv2d_bwd_filter_few_channels is compiled per layer (C, R, S, column stride) and walks strips of 4 output pixels:
 # images whose OH·OW is a multiple of 4 (float4 dy) and is not (scalar dy), strips crossing output rows (OW % 4 != 0)
 # and spanning several (OW < 4), row and column strides 2-3, asymmetric 'same' pads, a one-column x, K past several
-# filter groups and not a multiple of one, 1-3 channels, seed 001's conv1 (2 splits) and 6400 strips (12 splits).
+# filter groups and not a multiple of one, 1-3 channels, the MNIST network's conv1 (2 splits) and 6400 strips (12 splits).
 FEW_CHANNELS_CASES = [
     ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0),
     ((2, 1, 6, 9), (5, 1, 3, 3), 1, 0),
@@ -532,26 +526,15 @@ FEW_CHANNELS_CASES = [
 
 
 def few_channels_problem(x_shape, w_shape, stride, padding):
-    return _problem(window_geometry(x_shape, w_shape[2:], stride, padding), w_shape[0])
+    return conv_problem(window_geometry(x_shape, w_shape[2:], stride, padding), w_shape[0])
 
 
 def few_channels_plans(problem):
-    """The FEW_CHANNELS candidates backward-filter offers on this layer (one per distinct grid)."""
-    return [p for p in cuda_path._filter_plans(problem) if p.tile == direct.FEW_CHANNELS]
+    """The FewChannelsBackwardFilter variants backward-filter offers on this layer (one per distinct grid)."""
+    return [v for v in variants.applicable("conv2d_bwd_filter", problem) if isinstance(v, FewChannelsBackwardFilter)]
 
 
-def pin_filter_plan(monkeypatch, plan):
-    """Backward-filter runs plan (asserted to be offered); everything else its default."""
-    def choose(family, key, candidates):
-        if key[0] != "conv2d_bwd_filter":
-            return candidates[0]
-        assert plan in candidates, key
-        return plan
-
-    pin_autotune(monkeypatch, choose)
-
-
-# (x shape, w shape, stride, offered): seed 002's and seed 001's conv1; RGB 3×3 at strides 1 and 2 (2 and 1 filters
+# (x shape, w shape, stride, offered): the 100×100 and the MNIST networks' conv1; RGB 3×3 at strides 1 and 2 (2 and 1 filters
 # a thread); 2 channels of 4×4 (32 taps, the cap); 36 taps; RGB 7×7; a 1×1 layer of 32 channels (32 taps, but its 32
 # tap rows of x would not fit the registers).
 @pytest.mark.parametrize("x_shape, w_shape, stride, offered", [
@@ -560,28 +543,28 @@ def pin_filter_plan(monkeypatch, plan):
     ((8, 2, 16, 16), (16, 2, 4, 4), 1, True), ((8, 4, 16, 16), (16, 4, 3, 3), 1, False),
     ((8, 3, 64, 64), (64, 3, 7, 7), 2, False), ((8, 32, 16, 16), (16, 32, 1, 1), 1, False)])
 def test_few_channels_is_a_candidate_for_few_taps_only(monkeypatch, x_shape, w_shape, stride, offered):
-    monkeypatch.setattr(device, "sm_count", lambda: 132)  # _filter_plans sizes the split plans for the device
+    monkeypatch.setattr(device, "sm_count", lambda: 132)  # the split variants are sized for the device
     problem = few_channels_problem(x_shape, w_shape, stride, 0)
-    plans = cuda_path._filter_plans(problem)
-    assert plans[0] == SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never FEW_CHANNELS
+    plans = variants.applicable("conv2d_bwd_filter", problem)
+    assert plans[0] == ImplicitGemmBackwardFilter(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0's
     few = few_channels_plans(problem)
-    assert bool(few) == offered and few == plans[len(plans) - len(few):]
+    assert bool(few) == offered and tuple(few) == plans[len(plans) - len(few):]
     if offered:  # the first blocks-an-SM target, then each other one whose grid differs
-        assert few[0] == SplitPlan(direct.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0])
-        grids = [direct._few_channels_plan(problem, p.blocks_per_sm, 132).grid for p in few]
+        assert few[0] == FewChannelsBackwardFilter(SPLIT_BLOCKS_PER_SM[0])
+        grids = [v.kernel_plan(problem, 132).grid for v in few]
         assert len(set(grids)) == len(grids)
 
 
-def test_few_channels_plans_for_the_seed_first_layers():
-    """Seed 002's conv1 (N 128): 6 filters a thread, 86 filter groups; 4 splits (344 blocks of the 396 that 3 an SM
-    on 132 SMs hold at once) or 18 (1548 of 4 rounds' 1584). Seed 001's conv1 (N 1024): 3 filters, 11 groups, 36
+def test_few_channels_plans_for_the_example_first_layers():
+    """The 100×100 network's conv1 (N 128): 6 filters a thread, 86 filter groups; 4 splits (344 blocks of the 396 that 3 an SM
+    on 132 SMs hold at once) or 18 (1548 of 4 rounds' 1584). The MNIST network's conv1 (N 1024): 3 filters, 11 groups, 36
     or 72 splits: 1 or 2 whole rounds."""
-    seed002 = few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0)
-    plans = [direct._few_channels_plan(seed002, blocks, 132) for blocks in (2, 6)]
+    net100 = few_channels_problem((128, 1, 100, 100), (512, 1, 3, 3), 1, 0)
+    plans = [FewChannelsBackwardFilter(blocks).kernel_plan(net100, 132) for blocks in (2, 6)]
     assert dict(plans[0].defines) == {"FEWC_C": 1, "FEWC_R": 3, "FEWC_S": 3, "FEWC_SW": 1, "FEWC_FILTERS": 6}
     assert [p.grid for p in plans] == [(86, 4), (86, 18)] and [p.splits for p in plans] == [4, 18]
-    seed001 = few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0)
-    plans = [direct._few_channels_plan(seed001, blocks, 132) for blocks in (2, 6)]
+    mnist = few_channels_problem((1024, 1, 28, 28), (32, 1, 5, 5), 1, 0)
+    plans = [FewChannelsBackwardFilter(blocks).kernel_plan(mnist, 132) for blocks in (2, 6)]
     assert dict(plans[0].defines)["FEWC_FILTERS"] == 3 and [p.grid for p in plans] == [(11, 36), (11, 72)]
 
 
@@ -607,9 +590,9 @@ def test_few_channels_constants_match_kernel_source():
 
 
 @pytest.mark.parametrize("case", FEW_CHANNELS_CASES, ids=case_id)
-def test_few_channels_matches_numpy_float64(backend, xp, rng, monkeypatch, case):
+def test_few_channels_matches_numpy_float64(backend, xp, rng, force, case):
     if backend != "cuda":
-        pytest.skip("FEW_CHANNELS is a CUDA-path variant")
+        pytest.skip("FewChannelsBackwardFilter is a CUDA-path variant")
     x_shape, w_shape, stride, padding = case
     g = window_geometry(x_shape, w_shape[2:], stride, padding)
     x, w, _ = inputs(rng, x_shape, w_shape, bias=False)
@@ -618,40 +601,40 @@ def test_few_channels_matches_numpy_float64(backend, xp, rng, monkeypatch, case)
     plans = few_channels_plans(few_channels_problem(*case))
     assert plans, case
     for plan in plans:
-        pin_filter_plan(monkeypatch, plan)
+        force({"conv2d_bwd_filter": plan.name})
         _, dw, db = F.conv2d_backward(xp.asarray(dy), xp.asarray(x), xp.asarray(w), stride, padding, compute_dx=False)
         assert dw.dtype == numpy.float32 and dw.shape == w_shape
         assert rel_error(dw, dw_ref) < 1e-5, plan
         assert rel_error(db, db_ref) < 1e-5, plan
 
 
-def test_few_channels_scalar_path_for_a_misaligned_dy(backend, xp, rng, monkeypatch):
+def test_few_channels_scalar_path_for_a_misaligned_dy(backend, xp, rng, force):
     """OH·OW = 4·7 would take float4 loads; dy 4 bytes past a 16-byte boundary takes the guarded scalar loads."""
     if backend != "cuda":
-        pytest.skip("FEW_CHANNELS is a CUDA-path variant")
+        pytest.skip("FewChannelsBackwardFilter is a CUDA-path variant")
     x, w, _ = inputs(rng, (2, 1, 6, 9), (5, 1, 3, 3), bias=False)
     dy = rng.standard_normal(2 * 5 * 4 * 7 + 1).astype(numpy.float32)
     dy_misaligned = xp.asarray(dy)[1:].reshape(2, 5, 4, 7)
     assert dy_misaligned.data.ptr % 16 == 4 and dy_misaligned.flags.c_contiguous
     _, dw_ref, _ = F.conv2d_backward(dy[1:].reshape(2, 5, 4, 7).astype(numpy.float64), x.astype(numpy.float64),
                                      w.astype(numpy.float64), compute_dx=False)
-    pin_filter_plan(monkeypatch, SplitPlan(direct.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
+    force({"conv2d_bwd_filter": FewChannelsBackwardFilter(SPLIT_BLOCKS_PER_SM[0]).name})
     _, dw, _ = F.conv2d_backward(dy_misaligned, xp.asarray(x), xp.asarray(w), compute_dx=False)
     assert rel_error(dw, dw_ref) < 1e-5
 
 
-def test_few_channels_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
+def test_few_channels_is_bitwise_reproducible(backend, xp, rng, force):
     """Split over blocks and reduced by warp shuffles and shared memory in a fixed order: two runs, the same bits."""
     if backend != "cuda":
-        pytest.skip("FEW_CHANNELS is a CUDA-path variant")
+        pytest.skip("FewChannelsBackwardFilter is a CUDA-path variant")
     x, w, _ = inputs(rng, (16, 1, 41, 39), (33, 1, 3, 3), bias=False)
     dy = xp.asarray(rng.standard_normal((16, 33, 41, 39)).astype(numpy.float32))
-    pin_filter_plan(monkeypatch, SplitPlan(direct.FEW_CHANNELS, SPLIT_BLOCKS_PER_SM[0]))
+    force({"conv2d_bwd_filter": FewChannelsBackwardFilter(SPLIT_BLOCKS_PER_SM[0]).name})
     first, second = (to_numpy(F.conv2d_backward(dy, xp.asarray(x), xp.asarray(w), 1, 1, compute_dx=False)[1]) for _ in range(2))
     assert first.tobytes() == second.tobytes()
 
 
-# Compiled per layer: the variants of the layers above (both seed first layers, RGB 3×3 at strides 1 and 2, the
+# Compiled per layer: the variants of the layers above (both example networks' first layers, RGB 3×3 at strides 1 and 2, the
 # 32-tap cap, a 1×32 window at column stride 3, 3 channels of 1×1) through NVRTC, no spill.
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("x_shape, w_shape, stride", [
@@ -659,6 +642,6 @@ def test_few_channels_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
     ((8, 3, 32, 32), (64, 3, 3, 3), 2), ((8, 2, 16, 16), (16, 2, 4, 4), 1), ((8, 1, 8, 64), (16, 1, 1, 32), 3),
     ((8, 3, 16, 16), (16, 3, 1, 1), 1)], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_few_channels_variants_compile_without_spills(x_shape, w_shape, stride, arch):
-    plan = direct._few_channels_plan(few_channels_problem(x_shape, w_shape, stride, 0), SPLIT_BLOCKS_PER_SM[0], 132)
+    plan = FewChannelsBackwardFilter(SPLIT_BLOCKS_PER_SM[0]).kernel_plan(few_channels_problem(x_shape, w_shape, stride, 0), 132)
     report = compile_variant_without_spills("conv2d_direct", arch, dict(plan.defines))
     assert "conv2d_bwd_filter_few_channels" in report

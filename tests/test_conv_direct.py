@@ -1,9 +1,10 @@
-"""conv2d's forward for few filters (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, the autotuner's FEW_FILTERS
-candidate and its channel splits): which layers get it and the tile each gets (staging, weights and accumulators
-within the kernel's register budget, tiles covering the output), the kernel's constants and parameters as cnn_gpu/ops/conv/direct.py
-launches them, every variant of the layers below through NVRTC with no spill; on a GPU, forced through pin_autotune,
-the forward against NumPy in float64 on odd shapes (every activation, with and without bias, split and not), bit for
-bit run to run, and backward-data of 1- and 3-channel layers through AS_FORWARD. The NumPy reference of those shapes
+"""conv2d's forward for few filters (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, the FewFiltersForward variants,
+unsplit and split over channels): which layers get it (only when unverified variants are asked for) and the tile each
+gets (staging, weights and accumulators within the kernel's register budget, tiles covering the output), the kernel's
+constants and parameters as cnn_gpu/ops/conv/direct.py launches them, every variant of the layers below through NVRTC
+with no spill; on a GPU, forced through cnn_gpu.cuda.autotune.forced, the forward against NumPy in float64 on odd
+shapes (every activation, with and without bias, split and not), bit for bit run to run, and backward-data of 1- and
+3-channel layers as a forward conv (BackwardDataAsForward). The NumPy reference of those shapes
 is itself checked against a plain float64 loop."""
 import json
 import math
@@ -15,23 +16,21 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.cuda.loader import KERNEL_DIR
-from cnn_gpu.cuda import device
-from cnn_gpu.ops.conv import cuda_path, direct
-from cnn_gpu.ops.conv import AS_FORWARD, DEFAULT_TILE, FEW_FILTERS, SplitPlan
-from cnn_gpu.ops.conv.cuda_path import _forward_candidates
-from cnn_gpu.ops.conv.problem import _problem
+from cnn_gpu.cuda import device, variants
+from cnn_gpu.ops.conv import (DEFAULT_TILE, BackwardDataAsForward, FewFiltersForward, ImplicitGemmForward, as_forward_geometry,
+                              conv_problem, direct)
 from cnn_gpu.ops.geometry import window_geometry
-from checks import compile_variant_without_spills, naive_conv2d, pin_autotune, rel_error
+from checks import compile_variant_without_spills, naive_conv2d, rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
 
 
 def few_filters_problem(x_shape, K, window, stride, padding):
-    return _problem(window_geometry(x_shape, window, stride, padding), K)
+    return conv_problem(window_geometry(x_shape, window, stride, padding), K)
 
 
 def is_few_filters(variant):
-    return variant == FEW_FILTERS or isinstance(variant, SplitPlan) and variant.tile == FEW_FILTERS
+    return isinstance(variant, FewFiltersForward)
 
 
 # (x shape, K, window, stride, padding) run on the GPU: K 1, 2, 3, 8; C 1, 3, 17, 64; 1×1, 3×3, 5×5, 3×5 windows;
@@ -78,11 +77,18 @@ def test_numpy_reference_matches_the_definition(rng, case):
     (1, (7, 7), 1, True), (9, (3, 3), 1, False), (16, (1, 1), 1, False),
     (3, (5, 5), 1, False),    # 75 weights a channel: past the 72 a thread holds
     (1, (3, 11), 2, False)])  # a row of 3·2 + 11 = 17 values under a thread's 4 windows: past 16
-def test_few_filters_is_a_candidate_for_few_filters_only(K, window, stride, offered):
-    candidates = _forward_candidates(few_filters_problem((2, 5, 33, 35), K, window, stride, 1))
-    assert candidates[0] == DEFAULT_TILE  # what CNN_GPU_AUTOTUNE=0 runs: never FEW_FILTERS
-    assert (FEW_FILTERS in candidates) == offered
-    assert len({json.dumps(c) for c in candidates}) == len(candidates)  # the tuner's cache tells them apart
+def test_few_filters_is_a_candidate_for_few_filters_only(monkeypatch, K, window, stride, offered):
+    monkeypatch.setattr(device, "sm_count", lambda: 132)  # the split variants are sized for the device
+    monkeypatch.delenv(variants.UNVERIFIED_VARIABLE, raising=False)
+    problem = few_filters_problem((2, 5, 33, 35), K, window, stride, 1)
+    candidates = variants.applicable("conv2d_fwd", problem)
+    assert candidates[0] == ImplicitGemmForward(DEFAULT_TILE)  # what CNN_GPU_AUTOTUNE=0 runs: never FewFiltersForward
+    assert (FewFiltersForward() in candidates) == offered
+    assert len({json.dumps(c.name) for c in candidates}) == len(candidates)  # the tuner's cache tells them apart
+    # not yet run on a GPU: the autotuner offers it only when asked for
+    assert not FewFiltersForward().verified and FewFiltersForward() not in variants.offered("conv2d_fwd", problem)
+    monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "1")
+    assert (FewFiltersForward() in variants.offered("conv2d_fwd", problem)) == offered
 
 
 # (x shape, K, window, stride, padding, split offered): a grid of 1 block (1 image, 1 tile) against 64 channels, seed
@@ -93,32 +99,32 @@ def test_few_filters_is_a_candidate_for_few_filters_only(K, window, stride, offe
 def test_few_filters_splits_where_its_grid_leaves_sms_idle(monkeypatch, x_shape, K, window, padding, split):
     monkeypatch.setattr(device, "sm_count", lambda: 132)
     problem = few_filters_problem(x_shape, K, window, 1, padding)
-    plans = [p for p in cuda_path._forward_split_plans(problem) if is_few_filters(p)]
+    plans = [v for v in variants.applicable("conv2d_fwd", problem) if is_few_filters(v) and v.blocks_per_sm]
     assert bool(plans) == split
     for plan in plans:
-        few = direct._few_filters_plan(problem, plan)
+        few = plan.kernel_plan(problem)
         chunk = int(few.args[-1])
         assert few.splits > 1 and few.grid[1] == few.splits
         assert (few.splits - 1) * chunk < x_shape[1] <= few.splits * chunk  # no empty split, no channel missed
         assert chunk >= direct._FEW_FILTERS_MIN_CHUNK
-    assert len({direct._few_filters_plan(problem, p).splits for p in plans}) == len(plans)  # one per distinct split
+    assert len({p.kernel_plan(problem).splits for p in plans}) == len(plans)  # one per distinct split
 
 
-def test_few_filters_tiles_of_the_seed_first_layers_backward_data():
-    """Backward-data as the forward of dy: seed 002's conv1 (N 128, 512 → 1 filter, 98² → 100², pads 2): 25 × 5
+def test_few_filters_tiles_of_the_example_first_layers_backward_data():
+    """Backward-data as the forward of dy: the 100×100 network's conv1 (N 128, 512 → 1 filter, 98² → 100², pads 2): 25 × 5
     threads of 4 rows × 4 columns, tiles of 20 × 100 (5 an image, no padded output), 18 loads a thread and channel;
-    seed 001's conv1 (N 1024, 32 → 1, 24² → 28², pads 4): 7 × 7 threads, one 28 × 28 tile an image, 2 warps."""
-    seed002 = cuda_path._as_forward_geometry(window_geometry((128, 1, 100, 100), (3, 3), 1, 0), 512)
-    tile = direct._few_filters_tile(seed002, 1)
-    assert tile == direct._FewFiltersTile(25, 5, 4) and tile.threads == 128 and tile.loads(seed002) == 18
-    plan = direct._few_filters_plan(_problem(seed002, 1), FEW_FILTERS)
+    the MNIST network's conv1 (N 1024, 32 → 1, 24² → 28², pads 4): 7 × 7 threads, one 28 × 28 tile an image, 2 warps."""
+    net100 = as_forward_geometry(window_geometry((128, 1, 100, 100), (3, 3), 1, 0), 512)
+    tile = FewFiltersForward().tile(conv_problem(net100, 1))
+    assert tile == (25, 5, 4) and tile.threads == 128 and tile.loads(net100) == 18
+    plan = FewFiltersForward().kernel_plan(conv_problem(net100, 1))
     assert plan.grid == (128 * 5, 1) and plan.block == (128,)
     assert dict(plan.defines) == {"FEWK_K": 1, "FEWK_R": 3, "FEWK_S": 3, "FEWK_SH": 1, "FEWK_SW": 1, "FEWK_BX": 25,
                                   "FEWK_BY": 5, "FEWK_U": 4}
-    seed001 = cuda_path._as_forward_geometry(window_geometry((1024, 1, 28, 28), (5, 5), 1, 0), 32)
-    tile = direct._few_filters_tile(seed001, 1)
-    assert tile == direct._FewFiltersTile(7, 7, 4) and tile.threads == 64
-    assert direct._few_filters_plan(_problem(seed001, 1), FEW_FILTERS).grid == (1024, 1)
+    mnist = as_forward_geometry(window_geometry((1024, 1, 28, 28), (5, 5), 1, 0), 32)
+    tile = FewFiltersForward().tile(conv_problem(mnist, 1))
+    assert tile == (7, 7, 4) and tile.threads == 64
+    assert FewFiltersForward().kernel_plan(conv_problem(mnist, 1)).grid == (1024, 1)
 
 
 # Odd and extreme layers: one pixel; one-column and one-row outputs; wide and tall images; every K; strides 1-3 (3 on
@@ -130,11 +136,11 @@ def test_few_filters_tiles_of_the_seed_first_layers_backward_data():
     ((1, 2, 30, 30), 6, (3, 3), 1, 0), ((1, 2, 100, 100), 7, (1, 1), 2, 0), ((1, 2, 9, 130), 1, (3, 9), 1, 0)])
 def test_few_filters_tiles_cover_the_output_within_the_kernel_budget(x_shape, K, window, stride, padding):
     g = window_geometry(x_shape, window, stride, padding)
-    tile = direct._few_filters_tile(g, K)
+    tile = FewFiltersForward().tile(conv_problem(g, K))
     assert tile is not None
     assert tile.threads <= direct._FEW_FILTERS_MAX_THREADS and tile.loads(g) <= direct._FEW_FILTERS_MAX_LOADS
     assert tile.u * direct._FEW_FILTERS_STRIP * K <= direct._FEW_FILTERS_MAX_ACCUMULATORS
-    plan = direct._few_filters_plan(_problem(g, K), FEW_FILTERS)
+    plan = FewFiltersForward().kernel_plan(conv_problem(g, K))
     tiles_w, tiles_h = int(plan.args[8]), int(plan.args[9])
     th, tw = tile.by * tile.u, tile.bx * direct._FEW_FILTERS_STRIP
     assert (tiles_h - 1) * th < g.OH <= tiles_h * th and (tiles_w - 1) * tw < g.OW <= tiles_w * tw  # none empty
@@ -144,7 +150,7 @@ def test_few_filters_tiles_cover_the_output_within_the_kernel_budget(x_shape, K,
 def test_few_filters_plan_refuses_what_the_kernel_cannot_take():
     problem = few_filters_problem((1, 2, 9, 9), 9, (3, 3), 1, 1)
     with pytest.raises(ValueError, match="K = 9"):
-        direct._few_filters_plan(problem, FEW_FILTERS)
+        FewFiltersForward().kernel_plan(problem)
 
 
 def test_few_filters_constants_match_kernel_source():
@@ -167,14 +173,14 @@ def test_few_filters_arguments_are_the_kernels_parameters_in_order():
     assert names[:4] == ["x", "w", "b", "y"]
     assert names[4:] == ["N", "C", "H", "W", "OH", "OW", "pt", "pl", "tiles_w", "tiles_h", "chunk", "act", "slope"]
     g = window_geometry((3, 5, 17, 19), (3, 3), 1, (1, 2))
-    plan = direct._few_filters_plan(_problem(g, 2), FEW_FILTERS)
-    tile = direct._few_filters_tile(g, 2)
+    plan = FewFiltersForward().kernel_plan(conv_problem(g, 2))
+    tile = FewFiltersForward().tile(conv_problem(g, 2))
     assert [int(v) for v in plan.args] == [3, 5, 17, 19, g.OH, g.OW, 1, 2, math.ceil(g.OW / (4 * tile.bx)),
                                            math.ceil(g.OH / (tile.u * tile.by)), 5]
     assert all(v.dtype == numpy.int32 for v in plan.args)
 
 
-# Compiled per layer: seed 002's and seed 001's backward-data, an RGB layer's (3 filters, U 2), 8 filters (U 1), 4 at
+# Compiled per layer: the 100×100 and the MNIST networks' backward-data, an RGB layer's (3 filters, U 2), 8 filters (U 1), 4 at
 # stride 2, a 1×1 head, a 3×5 window over a wide image, 7×7, a one-column image.
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("x_shape, K, window, stride, padding", [
@@ -183,49 +189,43 @@ def test_few_filters_arguments_are_the_kernels_parameters_in_order():
     ((2, 17, 7, 261), 2, (3, 5), 1, "same"), ((2, 4, 30, 30), 1, (7, 7), 1, 3), ((3, 3, 127, 3), 2, (5, 5), 1, "same")],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
 def test_few_filters_variants_compile_without_spills(x_shape, K, window, stride, padding, arch):
-    plan = direct._few_filters_plan(few_filters_problem(x_shape, K, window, stride, padding), FEW_FILTERS)
+    plan = FewFiltersForward().kernel_plan(few_filters_problem(x_shape, K, window, stride, padding))
     report = compile_variant_without_spills("conv2d_direct", arch, dict(plan.defines))
     assert "conv2d_fwd_few_filters" in report
 
 
 # ---- the CUDA path, forced --------------------------------------------------------------------------
-def pin_forward(monkeypatch, variant, ran=None):
-    """conv2d's forward runs `variant` (asserted offered; appended to `ran`), backward-data AS_FORWARD (asserted offered),
-    everything else its default."""
-    def choose(family, key, candidates):
-        assert family == "conv2d", (family, key)
-        if key[0] == "conv2d_fwd_bias_act":
-            assert variant in candidates, (key, variant)
-            if ran is not None:
-                ran.append(variant)
-            return variant
-        if key[0] == "conv2d_bwd_data":
-            assert AS_FORWARD in candidates, key
-            return AS_FORWARD
-        return candidates[0]
+def pin_forward(force, variant, ran=None):
+    """conv2d's forward runs `variant` (asserted offered; appended to `ran`), backward-data as a forward conv (a
+    ValueError where it does not apply), everything else its default."""
+    def forward(key, candidates):
+        assert variant in candidates, (key, variant)
+        if ran is not None:
+            ran.append(variant)
+        return variant
 
-    pin_autotune(monkeypatch, choose)
+    force({"conv2d_fwd": forward, "conv2d_bwd_data": BackwardDataAsForward().name})
 
 
 def few_filters_variants(problem):
-    """FEW_FILTERS and its channel splits offered on this device."""
-    return [v for v in _forward_candidates(problem) + cuda_path._forward_split_plans(problem) if is_few_filters(v)]
+    """FewFiltersForward and its channel splits, where they apply on this device."""
+    return [v for v in variants.applicable("conv2d_fwd", problem) if is_few_filters(v)]
 
 
 @pytest.mark.parametrize("case", CUDA_CASES, ids=case_id)
-def test_few_filters_matches_numpy_float64(backend, xp, rng, monkeypatch, case):
+def test_few_filters_matches_numpy_float64(backend, xp, rng, force, case):
     if backend != "cuda":
-        pytest.skip("FEW_FILTERS is a CUDA-path variant")
+        pytest.skip("FewFiltersForward is a CUDA-path variant")
     x_shape, K, window, stride, padding = case
     index = CUDA_CASES.index(case)
     activation, bias = ACTIVATIONS[index % len(ACTIVATIONS)], index % 3 != 2
     x, w, b = case_inputs(rng, case, bias)
     ref = F.conv2d(x, w, b, stride, padding, activation, 0.1)
     args = [xp.asarray(a.astype(numpy.float32)) if a is not None else None for a in (x, w, b)]
-    variants = few_filters_variants(few_filters_problem(x_shape, K, window, stride, padding))
-    assert FEW_FILTERS in variants, case
-    for variant in variants:
-        pin_forward(monkeypatch, variant)
+    found = few_filters_variants(few_filters_problem(x_shape, K, window, stride, padding))
+    assert FewFiltersForward() in found, case
+    for variant in found:
+        pin_forward(force, variant)
         y = F.conv2d(*args, stride, padding, activation, 0.1)
         assert y.dtype == numpy.float32 and y.shape == ref.shape
         assert rel_error(y, ref) < 1e-5, variant
@@ -233,50 +233,50 @@ def test_few_filters_matches_numpy_float64(backend, xp, rng, monkeypatch, case):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_few_filters_epilogue_matches_numpy_float64(backend, xp, rng, monkeypatch, activation, bias):
+def test_few_filters_epilogue_matches_numpy_float64(backend, xp, rng, force, activation, bias):
     """Every activation, with and without bias, unsplit (the kernel's epilogue) and split (the sum pass's); 64 channels
     of one 9×9 image: one block, split where the device has SMs to spare."""
     if backend != "cuda":
-        pytest.skip("FEW_FILTERS is a CUDA-path variant")
+        pytest.skip("FewFiltersForward is a CUDA-path variant")
     case = ((1, 64, 9, 9), 3, (3, 3), 1, 1)
     x, w, b = case_inputs(rng, case, bias)
     ref = F.conv2d(x, w, b, 1, 1, activation, 0.2)
-    variants = few_filters_variants(few_filters_problem(*case))
-    assert any(isinstance(v, SplitPlan) for v in variants), variants
-    for variant in variants:
-        pin_forward(monkeypatch, variant)
+    found = few_filters_variants(few_filters_problem(*case))
+    assert any(v.blocks_per_sm for v in found), found
+    for variant in found:
+        pin_forward(force, variant)
         y = F.conv2d(*(xp.asarray(a.astype(numpy.float32)) if a is not None else None for a in (x, w, b)), 1, 1,
                      activation, 0.2)
         assert rel_error(y, ref) < 1e-5, variant
 
 
-def test_few_filters_float4_and_scalar_stores(backend, xp, rng, monkeypatch):
+def test_few_filters_float4_and_scalar_stores(backend, xp, rng, force):
     """OW = 16 takes float4 stores, OW = 15 the guarded scalar ones, each in an image two tiles tall; x 4 bytes past a
     16-byte boundary (its loads are scalar)."""
     if backend != "cuda":
-        pytest.skip("FEW_FILTERS is a CUDA-path variant")
+        pytest.skip("FewFiltersForward is a CUDA-path variant")
     for width in (16, 15):
         x = rng.standard_normal(2 * 3 * 41 * width + 1).astype(numpy.float32)
         x_misaligned = xp.asarray(x)[1:].reshape(2, 3, 41, width)
         w = rng.standard_normal((2, 3, 3, 3)).astype(numpy.float32)
         ref = F.conv2d(x[1:].reshape(2, 3, 41, width).astype(numpy.float64), w.astype(numpy.float64), None, 1, 1)
-        pin_forward(monkeypatch, FEW_FILTERS)
+        pin_forward(force, FewFiltersForward())
         assert rel_error(F.conv2d(x_misaligned, xp.asarray(w), None, 1, 1), ref) < 1e-5, width
 
 
-def test_few_filters_is_bitwise_reproducible(backend, xp, rng, monkeypatch):
+def test_few_filters_is_bitwise_reproducible(backend, xp, rng, force):
     if backend != "cuda":
-        pytest.skip("FEW_FILTERS is a CUDA-path variant")
+        pytest.skip("FewFiltersForward is a CUDA-path variant")
     case = ((2, 64, 33, 31), 1, (3, 3), 1, "same")
     x, w, b = (xp.asarray(a.astype(numpy.float32)) for a in case_inputs(rng, case))
     for variant in few_filters_variants(few_filters_problem(*case)):
-        pin_forward(monkeypatch, variant)
+        pin_forward(force, variant)
         first, second = (to_numpy(F.conv2d(x, w, b, 1, "same", "relu")) for _ in range(2))
         assert first.tobytes() == second.tobytes(), variant
 
 
 # Backward-data of 1- and 3-channel layers (stride 1, pads narrower than the window): dx is the forward of dy with the
-# filters flipped, 1 or 3 filters over the layer's K channels: seed 001's and seed 002's conv1 (smaller N and image),
+# filters flipped, 1 or 3 filters over the layer's K channels: the MNIST and the 100×100 networks' conv1 (smaller N and image),
 # an RGB 3×3 layer with padding 1, an RGB 3×5 'same' layer.
 BACKWARD_DATA_CASES = [
     ((3, 1, 28, 28), (32, 1, 5, 5), 0),
@@ -287,19 +287,19 @@ BACKWARD_DATA_CASES = [
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding", BACKWARD_DATA_CASES)
-def test_backward_data_of_first_layers_through_few_filters(backend, xp, rng, monkeypatch, x_shape, w_shape, padding):
+def test_backward_data_of_first_layers_through_few_filters(backend, xp, rng, force, x_shape, w_shape, padding):
     if backend != "cuda":
-        pytest.skip("AS_FORWARD and FEW_FILTERS are CUDA-path variants")
+        pytest.skip("BackwardDataAsForward and FewFiltersForward are CUDA-path variants")
     g = window_geometry(x_shape, w_shape[2:], 1, padding)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     dy = rng.standard_normal((x_shape[0], w_shape[0], g.OH, g.OW))
     dx_ref, _, _ = F.conv2d_backward(dy, x, w, 1, padding, compute_dw=False)
     args = [xp.asarray(a.astype(numpy.float32)) for a in (dy, x, w)]
-    variants = few_filters_variants(_problem(cuda_path._as_forward_geometry(g, w_shape[0]), x_shape[1]))
-    assert FEW_FILTERS in variants
-    for variant in variants:
+    found = few_filters_variants(conv_problem(as_forward_geometry(g, w_shape[0]), x_shape[1]))
+    assert FewFiltersForward() in found
+    for variant in found:
         ran = []
-        pin_forward(monkeypatch, variant, ran)
+        pin_forward(force, variant, ran)
         dx, dw, _ = F.conv2d_backward(*args, 1, padding, compute_dw=False)
         assert ran == [variant] and dw is None and dx.shape == x_shape
         assert rel_error(dx, dx_ref) < 1e-5, variant

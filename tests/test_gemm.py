@@ -9,8 +9,9 @@ import pytest
 
 import cnn_gpu
 from cnn_gpu import functional as F
+from cnn_gpu.cuda import device
 from cnn_gpu.ops import gemm
-from checks import compile_variant_without_spills, numeric_grad, pin_autotune, rel_error
+from checks import compile_variant_without_spills, numeric_grad, rel_error
 
 ODD = (1, 3, 17, 31, 33, 65, 127, 129)
 ACTIVATIONS = (None, "relu", "leaky_relu", "sigmoid", "tanh")
@@ -204,18 +205,21 @@ PINNED_SHAPES = [(33, 63, 515), (64, 31, 1001), (3, 17, 129)]
 
 @pytest.mark.parametrize("most_splits", [False, True], ids=["no-split", "most-splits"])
 @pytest.mark.parametrize("config", gemm.TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
-def test_every_tile_config_matches_float64_reference(backend, xp, rng, monkeypatch, config, most_splits):
+def test_every_tile_config_matches_float64_reference(backend, xp, rng, force, config, most_splits):
     if backend != "cuda":
         pytest.skip("tile configs are a CUDA-path choice")
     used = []
 
-    def choose(family, key, plans):
-        plans = [p for p in plans if p.config == config]
-        assert plans, f"{config} is not a candidate for {key}"
-        used.append(max(plans, key=lambda p: p.splits) if most_splits else min(plans, key=lambda p: p.splits))
-        return used[-1]
+    def choose(key, variants):
+        _, m, n, k, _, _ = key
+        plans = {v: v.gemm_plan(m, n, k, device.sm_count()) for v in variants}
+        mine = [v for v in variants if plans[v].config == config]
+        assert mine, f"{config} is not a candidate for {key}"
+        chosen = (max if most_splits else min)(mine, key=lambda v: plans[v].splits)
+        used.append(plans[chosen])
+        return chosen
 
-    pin_autotune(monkeypatch, choose)
+    force({"gemm": choose})
     for m, n, k in PINNED_SHAPES:
         x, w, b, dy = host_array(rng, m, k), host_array(rng, n, k), host_array(rng, n), host_array(rng, m, n)
         out = F.linear(xp.asarray(x), xp.asarray(w), xp.asarray(b), "tanh")
@@ -231,18 +235,20 @@ def test_every_tile_config_matches_float64_reference(backend, xp, rng, monkeypat
 # transpose combination (the transposed operands are column-major views, read in place), per config.
 @pytest.mark.parametrize("most_splits", [False, True], ids=["no-split", "most-splits"])
 @pytest.mark.parametrize("config", gemm.TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
-def test_interior_and_edge_blocks_match_float64_reference(backend, xp, rng, monkeypatch, config, most_splits):
+def test_interior_and_edge_blocks_match_float64_reference(backend, xp, rng, force, config, most_splits):
     if backend != "cuda":
         pytest.skip("the interior loop is a CUDA-path choice")
     # multiples of 4 (float4 rows); the 32 x 32 tiles are a candidate only where m or n <= 64
     m = 2 * config.tile_m + 36 if config is not gemm.SMALL_TILES else 60
     n, k = 2 * config.tile_n + 20, 24 * config.tile_k
 
-    def choose(family, key, plans):
-        plans = [p for p in plans if p.config == config]
-        return max(plans, key=lambda p: p.splits) if most_splits else min(plans, key=lambda p: p.splits)
+    def choose(key, variants):
+        _, m, n, k, _, _ = key
+        plans = {v: v.gemm_plan(m, n, k, device.sm_count()) for v in variants}
+        mine = [v for v in variants if plans[v].config == config]
+        return (max if most_splits else min)(mine, key=lambda v: plans[v].splits)
 
-    pin_autotune(monkeypatch, choose)
+    force({"gemm": choose})
     a, b = host_array(rng, m, k), host_array(rng, k, n)
     reference = a.astype(numpy.float64) @ b.astype(numpy.float64)
     for a_transposed in (False, True):

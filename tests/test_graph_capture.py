@@ -19,7 +19,7 @@ from cnn_gpu import optimizers
 from cnn_gpu.layers import Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 from cnn_gpu.models import Sequential, _RunningTotals, load_model
 from cnn_gpu.ops.optim import adam_step_size
-from test_models import blob_digits, seed_001_network
+from test_models import blob_digits, mnist_network
 
 
 def needs_cuda(backend):
@@ -28,9 +28,9 @@ def needs_cuda(backend):
 
 
 # ---- the models each comparison trains twice, eagerly and replayed --------------------------------
-def seed_001_adam(cuda_graph):
-    """Seed 001's network (dropout 0.3) with Adam and sparse labels on 28x28 blobs."""
-    model = seed_001_network(seed=11, dropout=0.3)
+def mnist_adam(cuda_graph):
+    """The MNIST network (dropout 0.3) with Adam and sparse labels on 28x28 blobs."""
+    model = mnist_network(seed=11, dropout=0.3)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"], cuda_graph=cuda_graph)
     return model
 
@@ -48,7 +48,7 @@ def batch_norm_sgd(cuda_graph):
 def data_for(build, rng):
     """180 samples: with validation_split=0.2, 144 to train on, batches of 64, 64 and a partial 16."""
     x, labels = blob_digits(rng, 180)
-    return x, (labels if build is seed_001_adam else labels % 2)
+    return x, (labels if build is mnist_adam else labels % 2)
 
 
 def fell_back(caught) -> list:
@@ -68,7 +68,7 @@ def fit_twice(model, x, y):
 
 
 # ---- on the GPU ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("build", [seed_001_adam, batch_norm_sgd])
+@pytest.mark.parametrize("build", [mnist_adam, batch_norm_sgd])
 def test_graph_fit_equals_eager_fit_bit_for_bit(on_backend, rng, build):
     """The replays launch the eager step's kernels, with the same arguments but the buffers' addresses,
     the same mask seeds and Adam step sizes (drawn on the host as eager steps draw them, read from
@@ -102,8 +102,8 @@ def waits_for_the_device(forward):
 
 def test_a_step_that_cannot_be_captured_trains_eagerly_with_a_warning(on_backend, rng):
     needs_cuda(on_backend)
-    x, y = data_for(seed_001_adam, rng)
-    models = [seed_001_adam(cuda_graph=False), seed_001_adam(cuda_graph=True)]
+    x, y = data_for(mnist_adam, rng)
+    models = [mnist_adam(cuda_graph=False), mnist_adam(cuda_graph=True)]
     for model in models:
         model.layers[5].forward = waits_for_the_device(model.layers[5].forward)
     eager = models[0].fit(x, y, batch_size=64, epochs=2, verbose=0)
@@ -117,11 +117,11 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_with_a_warning(on_backend
 
 # ---- on NumPy: the flag is accepted and changes nothing ---------------------------------------------
 def test_flag_changes_nothing_on_numpy(rng, tmp_path):
-    x, y = data_for(seed_001_adam, rng)
+    x, y = data_for(mnist_adam, rng)
     x, y = x[:40], y[:40]
     runs = []
     for cuda_graph in (False, True):
-        model = seed_001_network(seed=3, dropout=0.5)
+        model = mnist_network(seed=3, dropout=0.5)
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"], cuda_graph=cuda_graph)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -136,7 +136,7 @@ def test_flag_changes_nothing_on_numpy(rng, tmp_path):
 
 
 def test_cuda_graph_must_be_a_bool():
-    model = seed_001_network()
+    model = mnist_network()
     with pytest.raises(ValueError, match="cuda_graph"):
         model.compile(loss="sparse_categorical_crossentropy", cuda_graph="yes")
 

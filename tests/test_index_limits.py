@@ -5,9 +5,10 @@ kernel forms (begin + chunk, i + block size) below 2**31 (see the audit in bench
 import numpy
 import pytest
 
-from cnn_gpu.cuda import device, launch
+from cnn_gpu.cuda import device
+from cnn_gpu.cuda import grid as launch
 from cnn_gpu.ops.conv import implicit_gemm
-from cnn_gpu.ops.conv.problem import _problem
+from cnn_gpu.ops.conv.problem import conv_problem as _problem
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
 LIMIT = launch.INT32_INDEXABLE

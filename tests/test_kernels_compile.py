@@ -11,7 +11,7 @@ import pytest
 
 from cnn_gpu.cuda import compile_check, loader
 
-NO_SPILL_FAMILIES = ("conv2d", "conv2d_direct", "gemm")
+NO_SPILL_FAMILIES = ("conv2d", "conv2d_direct", "conv2d_depthwise", "gemm")
 ARCHS = ("sm_80", "sm_90")
 
 

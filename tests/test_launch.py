@@ -1,4 +1,4 @@
-"""cnn_gpu.cuda.launch and cnn_gpu.cuda.launcher on the host.
+"""cnn_gpu.cuda.grid and cnn_gpu.cuda.driver_launch on the host.
 
 launch: FastDivmod's parameters, checked through a Python transcription of the device formula in
 kernels/common.cuh against // and % (the CPU proof that the kernels' division is exact for every numerator
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy
 import pytest
 
-from cnn_gpu.cuda.launch import INT32_MAX, cdiv, elementwise_blocks, fast_divmod_params, require_int32_indexable
+from cnn_gpu.cuda.grid import INT32_MAX, cdiv, elementwise_blocks, fast_divmod_params, require_int32_indexable
 
 
 def device_divmod(n, divisor, multiplier, shift):
@@ -92,11 +92,11 @@ def test_require_int32_indexable_names_the_array():
         require_int32_indexable("x", (2**16, 2**15))
 
 
-# ---- cnn_gpu.cuda.launcher -------------------------------------------------------------------------
+# ---- cnn_gpu.cuda.driver_launch -------------------------------------------------------------------------
 @pytest.fixture
 def launcher():
-    """cnn_gpu.cuda.launcher (it needs CuPy installed, not a GPU)."""
-    return pytest.importorskip("cnn_gpu.cuda.launcher")
+    """cnn_gpu.cuda.driver_launch (it needs CuPy installed, not a GPU)."""
+    return pytest.importorskip("cnn_gpu.cuda.driver_launch")
 
 
 def device_array(address: int, n: int = 16, subclass: bool = False):
@@ -302,7 +302,7 @@ def test_every_argument_arrives_eagerly_and_from_a_captured_graph(backend, rng, 
         pytest.skip("launches a CUDA kernel")
     import cupy
 
-    from cnn_gpu.cuda.launcher import DriverKernel
+    from cnn_gpu.cuda.driver_launch import DriverKernel
 
     raw = cupy.RawKernel(ECHO_SOURCE, "echo_arguments")
     kernel = DriverKernel(raw) if mode == "driver" else raw

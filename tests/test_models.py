@@ -1,4 +1,4 @@
-"""Sequential end to end: seed 002's program as written, seed 001's network learning, the summary's
+"""Sequential end to end: the 100×100 network's Keras program as written, the MNIST network learning, the summary's
 Keras counts, gradients through the whole model (fused losses included) against finite differences,
 the optimizers' formulas, save / load, reproducibility, and bad input."""
 import numpy
@@ -11,10 +11,10 @@ from cnn_gpu.models import Sequential, load_model
 from cnn_gpu.networks import mnist_cnn
 from checks import rel_error
 
-# The Keras program at the end of seed 002, with only its import lines changed (keras.models ->
+# The Keras program that builds and trains the 100×100 network, with only its import lines changed (keras.models ->
 # cnn_gpu.models, keras.layers / keras.layers.normalization -> cnn_gpu.layers) and epochs=10000 -> 1.
 # X and y are given to it: a handful of 100x100x1 images, since its 512/256/128-filter layers are heavy.
-SEED_002_PROGRAM = """
+PROGRAM_100X100 = """
 from cnn_gpu.models import Sequential
 from cnn_gpu.layers import Dense, Conv2D, Flatten, Activation, Dropout, MaxPooling2D
 from cnn_gpu.layers import BatchNormalization
@@ -48,8 +48,8 @@ model.fit(X, y, batch_size=128, epochs=1, validation_split = 0.2)
 """
 
 
-def seed_002_expected_counts():
-    """(total, trainable, non-trainable) by Keras's formulas for seed 002's model on (100, 100, 1)."""
+def expected_counts_100x100():
+    """(total, trainable, non-trainable) by Keras's formulas for the 100×100 network on (100, 100, 1)."""
     conv = lambda r, s, c, f: (r * s * c + 1) * f  # noqa: E731
     size, trainable, frozen = 100, 0, 0
     channels = 1
@@ -62,16 +62,16 @@ def seed_002_expected_counts():
     return trainable + frozen, trainable, frozen
 
 
-def test_seed_002_program_runs_and_trains(rng, capsys):
+def test_the_100x100_keras_program_runs_and_trains(rng, capsys):
     X = rng.random((5, 100, 100, 1)).astype(numpy.float32)
     y = rng.integers(0, 2, size=5)
     namespace = {"X": X, "y": y}
-    exec(compile(SEED_002_PROGRAM, "seed_002_program", "exec"), namespace)
+    exec(compile(PROGRAM_100X100, "program_100x100", "exec"), namespace)
     model = namespace["model"]
     history = model.history.history
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert all(len(v) == 1 and numpy.isfinite(v[0]) for v in history.values())
-    total, trainable, frozen = seed_002_expected_counts()
+    total, trainable, frozen = expected_counts_100x100()
     printed = capsys.readouterr().out
     assert total == 1_484_161  # the issue's 1,186,945 does not follow from the formulas
     assert f"Total params: {total:,}" in printed
@@ -91,7 +91,7 @@ def test_summary_table():
 
 
 # ---- learning ------------------------------------------------------------------------------------
-def seed_001_network(seed=None, dropout=0.3):
+def mnist_network(seed=None, dropout=0.3):
     return mnist_cnn(seed=seed, dropout=dropout)
 
 
@@ -105,9 +105,9 @@ def blob_digits(rng, count, size=28, classes=10):
     return x, labels
 
 
-def test_seed_001_network_learns(rng):
+def test_the_mnist_network_learns(rng):
     x, y = blob_digits(rng, 48)
-    model = seed_001_network(seed=1)
+    model = mnist_network(seed=1)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x, y, batch_size=16, epochs=4, verbose=0).history
     assert history["loss"][-1] < 0.8 * history["loss"][0]
@@ -120,7 +120,7 @@ def test_make_train_step_is_the_step_fit_runs(rng):
     """Batches run through make_train_step in fit's order leave the weights bit for bit where fit leaves them,
     and the step's running mean is fit's epoch loss; each call returns its batch's loss."""
     x, y = blob_digits(rng, 20)
-    fitted, stepped = seed_001_network(seed=3), seed_001_network(seed=3)
+    fitted, stepped = mnist_network(seed=3), mnist_network(seed=3)
     for model in (fitted, stepped):
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = fitted.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
@@ -139,7 +139,7 @@ def test_make_train_step_is_the_step_fit_runs(rng):
 
 
 def test_make_train_step_needs_a_compiled_model_and_a_batch_size():
-    model = seed_001_network(seed=0)
+    model = mnist_network(seed=0)
     with pytest.raises(ValueError, match="compile"):
         model.make_train_step(8)
     model.compile(loss="sparse_categorical_crossentropy")
@@ -164,7 +164,7 @@ def test_the_100x100_network_has_its_keras_shapes():
 
 def test_fused_loss_equals_the_loss_of_the_predictions(rng):
     x, y = blob_digits(rng, 12)
-    model = seed_001_network(seed=2)
+    model = mnist_network(seed=2)
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     probabilities = model.predict(x).astype(numpy.float64)
     assert numpy.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
@@ -230,7 +230,7 @@ def test_categorical_one_hot_trains_like_sparse_labels(rng):
     x, y = blob_digits(rng, 16)
     histories = []
     for loss, targets in (("sparse_categorical_crossentropy", y), ("categorical_crossentropy", numpy.eye(10)[y])):
-        model = seed_001_network(seed=4)
+        model = mnist_network(seed=4)
         model.compile(loss=loss, metrics=["accuracy"])
         histories.append(model.fit(x, targets, batch_size=8, epochs=2, verbose=0).history)
     assert histories[0] == histories[1]
@@ -238,7 +238,7 @@ def test_categorical_one_hot_trains_like_sparse_labels(rng):
 
 def test_validation_data_and_split(rng):
     x, y = blob_digits(rng, 20)
-    model = seed_001_network(seed=5)
+    model = mnist_network(seed=5)
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x, y, batch_size=8, epochs=2, validation_split=0.25, verbose=2).history
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"} and len(history["val_loss"]) == 2
@@ -346,7 +346,7 @@ def test_same_seed_same_history(rng):
     x, y = blob_digits(rng, 24)
     runs = []
     for seed in (7, 7, 8):
-        model = seed_001_network(seed=seed, dropout=0.5)
+        model = mnist_network(seed=seed, dropout=0.5)
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         history = model.fit(x, y, batch_size=8, epochs=2, validation_split=0.25, verbose=0).history
         runs.append((history, model.layers[0].params["kernel"].copy()))
@@ -366,8 +366,8 @@ def test_runs_on_the_current_backend(backend, rng):
 
 
 # ---- bad input -----------------------------------------------------------------------------------
-def compiled_seed_001():
-    model = seed_001_network(seed=0)
+def compiled_mnist():
+    model = mnist_network(seed=0)
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -387,12 +387,12 @@ def compiled_seed_001():
 ])
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
-        call(compiled_seed_001())
+        call(compiled_mnist())
 
 
 def test_fit_before_compile():
     with pytest.raises(ValueError, match="compile"):
-        seed_001_network().fit(numpy.zeros((2, 28, 28, 1)), numpy.zeros(2))
+        mnist_network().fit(numpy.zeros((2, 28, 28, 1)), numpy.zeros(2))
 
 
 def test_summary_before_build():

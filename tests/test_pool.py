@@ -9,7 +9,7 @@ import pytest
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
 from cnn_gpu.ops import pool as pool_ops
-from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, pin_autotune, rel_error
+from checks import compile_variant_without_spills, naive_axis, numeric_grad, pair, rel_error
 
 # (x shape, kernel_size, stride, padding): odd sizes, non-square windows, strides 1-3, gaps, 'same'.
 CASES = [
@@ -226,13 +226,16 @@ def test_max_matches_numpy(backend, xp, rng, case):
         assert numpy.array_equal(to_numpy(dx), ref_dx)
 
 
-@pytest.mark.parametrize("way", ["generic", "fixed"])
+@pytest.mark.parametrize("variant", ["generic", "fixed"])
 @pytest.mark.parametrize("case", CASES + ODD_CASES, ids=case_id)
-def test_max_forward_ways_match_numpy(backend, xp, rng, monkeypatch, case, way):
-    """Each CUDA forward way (the generic kernel, the variant compiled for the window size) gives the NumPy
+def test_max_forward_variants_match_numpy(backend, xp, rng, force, case, variant):
+    """Each CUDA forward variant (the generic kernel, the one compiled for the window size) gives the NumPy
     path's values and indices, ties, NaN and padding included."""
-    pin_autotune(monkeypatch, lambda family, key, candidates: way)
     shape, kernel, stride, padding = case
+    if backend == "cuda":
+        if variant not in pool_ops.max_forward_variants(pool_ops.pool_geometry(shape, kernel, stride, padding)):
+            pytest.skip(f"the {variant} forward does not apply to this window")
+        force({"maxpool2d_fwd": variant})
     x = numpy.round(rng.standard_normal(shape) * 2).astype(numpy.float32) / 2  # ties
     x.reshape(-1)[rng.integers(0, x.size, max(1, x.size // 9))] = numpy.nan
     ref_y, ref_indices = F.max_pool2d(x, kernel, stride, padding)
@@ -250,12 +253,12 @@ def test_fixed_window_forward_compiles_without_spills(arch, window):
     assert "maxpool2d_fwd_argmax_fixed" in report
 
 
-# Disjoint windows (stride >= kernel_size): the CUDA backward has three ways, each window writing its
+# Disjoint windows (stride >= kernel_size): the CUDA backward has three variants, each window writing its
 # cell of dx ("cells"), each dx element reading its windows ("gather"), or each warp staging a piece of
 # dx in shared memory ("staged"), all tested here. Strides equal to and past the window, padding, sizes
 # no stride divides (trailing rows / columns in the last cell), gaps between windows, a single window
-# along an axis; for the staged way, planes of many pieces, pieces within one row (W > 1024) and pieces
-# across rows of 98 (seed 002's pool1), rows narrower than a float4.
+# along an axis; for the staged variant, planes of many pieces, pieces within one row (W > 1024) and pieces
+# across rows of 98 (the 100×100 network's pool1), rows narrower than a float4.
 DISJOINT_CASES = [
     ((2, 3, 17, 19), 2, 2, 0),
     ((2, 3, 17, 20), 3, 3, 0),
@@ -273,10 +276,10 @@ DISJOINT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("way", pool_ops.MAX_BACKWARD_WAYS)
+@pytest.mark.parametrize("variant", ["cells", "gather", "staged"])
 @pytest.mark.parametrize("case", DISJOINT_CASES, ids=case_id)
-def test_max_backward_disjoint_windows_matches_numpy_bits(backend, xp, rng, monkeypatch, case, way):
-    pin_autotune(monkeypatch, lambda family, key, candidates: way)
+def test_max_backward_disjoint_windows_matches_numpy_bits(backend, xp, rng, force, case, variant):
+    force({"maxpool2d_bwd": variant})
     shape, kernel, stride, padding = case
     assert not overlapping(kernel, stride)
     x = rng.standard_normal(shape).astype(numpy.float32)
@@ -288,7 +291,7 @@ def test_max_backward_disjoint_windows_matches_numpy_bits(backend, xp, rng, monk
     assert numpy.array_equal(to_numpy(dx).view(numpy.uint32), ref_dx.view(numpy.uint32))
 
 
-# Overlapping windows: the gather (the default) and the staged way, whose adds go in another fixed order.
+# Overlapping windows: the gather (the default) and the staged variant, whose adds go in another fixed order.
 # Strides 1 and 2, padding, windows wider than tall, rows wider than a staged piece, 3x3/2 of 113 (the
 # ResNet stem's geometry on an odd size).
 OVERLAPPING_CASES = [
@@ -301,10 +304,10 @@ OVERLAPPING_CASES = [
 ]
 
 
-@pytest.mark.parametrize("way", pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS)
+@pytest.mark.parametrize("variant", ["gather", "staged"])
 @pytest.mark.parametrize("case", OVERLAPPING_CASES, ids=case_id)
-def test_max_backward_overlapping_windows_matches_numpy(backend, xp, rng, monkeypatch, case, way):
-    pin_autotune(monkeypatch, lambda family, key, candidates: way)
+def test_max_backward_overlapping_windows_matches_numpy(backend, xp, rng, force, case, variant):
+    force({"maxpool2d_bwd": variant})
     shape, kernel, stride, padding = case
     assert overlapping(kernel, stride)
     x = rng.standard_normal(shape).astype(numpy.float32)
@@ -316,11 +319,11 @@ def test_max_backward_overlapping_windows_matches_numpy(backend, xp, rng, monkey
     assert rel_error(dx, ref_dx) < 1e-6
 
 
-@pytest.mark.parametrize("way", sorted(set(pool_ops.MAX_BACKWARD_WAYS + pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS)))
-def test_max_backward_ways_are_reproducible(backend, xp, rng, monkeypatch, way):
-    """Each way, run twice on the same inputs, gives the same bits (overlapping windows: sums in a fixed order)."""
-    pin_autotune(monkeypatch, lambda family, key, candidates: way)
-    cases = [DISJOINT_CASES[-3]] + ([OVERLAPPING_CASES[3]] if way in pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS else [])
+@pytest.mark.parametrize("variant", ["cells", "gather", "staged"])
+def test_max_backward_variants_are_reproducible(backend, xp, rng, force, variant):
+    """Each variant, run twice on the same inputs, gives the same bits (overlapping windows: sums in a fixed order)."""
+    force({"maxpool2d_bwd": variant})
+    cases = [DISJOINT_CASES[-3]] + ([OVERLAPPING_CASES[3]] if variant != "cells" else [])
     for shape, kernel, stride, padding in cases:
         x = numpy.round(rng.standard_normal(shape) * 2).astype(numpy.float32) / 2
         y, indices = F.max_pool2d(x, kernel, stride, padding)
@@ -348,16 +351,16 @@ def test_pool_geometry_is_remembered_per_exact_arguments():
     assert pool_ops.pool_geometry((1, 2, 9, 9), [2, 3], None, "same") == fresh((1, 2, 9, 9), (2, 3), None, "same", "x")
 
 
-def test_max_pool_ways_by_geometry():
-    """The cells way only where windows are disjoint, the fixed-window forward only up to FIXED_WINDOW_MAX
-    elements; the default (first) ways stay those of before the tuned candidates."""
+def test_max_pool_variants_by_geometry():
+    """The cells variant only where windows are disjoint, the fixed-window forward only up to FIXED_WINDOW_MAX
+    elements; the default (first) variants stay those of before the tuned candidates."""
     def geometry(kernel, stride, padding):
         return pool_ops.pool_geometry((1, 1, 9, 9), kernel, stride, padding)
 
-    assert pool_ops.max_backward_ways(geometry(3, 3, 0)) == ("cells", "gather", "staged")
-    assert pool_ops.max_backward_ways(geometry(3, 2, 1)) == ("gather", "staged")
-    assert pool_ops.max_forward_ways(geometry(4, 2, 0)) == ("generic", "fixed")
-    assert pool_ops.max_forward_ways(geometry(5, 2, 0)) == ("generic",)
+    assert pool_ops.max_backward_variants(geometry(3, 3, 0)) == ("cells", "gather", "staged")
+    assert pool_ops.max_backward_variants(geometry(3, 2, 1)) == ("gather", "staged")
+    assert pool_ops.max_forward_variants(geometry(4, 2, 0)) == ("generic", "fixed")
+    assert pool_ops.max_forward_variants(geometry(5, 2, 0)) == ("generic",)
 
 
 @pytest.mark.parametrize("case", [ODD_CASES[1], DISJOINT_CASES[-1]], ids=case_id)
@@ -384,8 +387,8 @@ def test_launches_split_by_planes_match_one_launch(backend, xp, rng, monkeypatch
 
 
 @pytest.mark.parametrize("case", [DISJOINT_CASES[-3], OVERLAPPING_CASES[3]], ids=case_id)
-def test_max_backward_ways_split_by_planes_match_numpy(backend, xp, rng, monkeypatch, case):
-    """Every backward way over plane-aligned launches (forced with a small limit; the staged way's pieces
+def test_max_backward_variants_split_by_planes_match_numpy(backend, xp, rng, monkeypatch, force, case):
+    """Every backward variant over plane-aligned launches (forced with a small limit; the staged variant's pieces
     then start at another alignment in each launch)."""
     from cnn_gpu.ops import pool as pool_module
 
@@ -398,10 +401,10 @@ def test_max_backward_ways_split_by_planes_match_numpy(backend, xp, rng, monkeyp
         ref_y, ref_indices = F.max_pool2d(x, kernel, stride, padding)
         dy = rng.standard_normal(ref_y.shape).astype(numpy.float32)
         ref_dx = F.max_pool2d_backward(dy, ref_indices, shape, kernel, stride, padding)
-        for way in pool_module.max_backward_ways(g):
-            pin_autotune(monkeypatch, lambda family, key, candidates: way)
+        for variant in pool_module.max_backward_variants(g):
+            force({"maxpool2d_bwd": variant})
             dx = F.max_pool2d_backward(xp.asarray(dy), xp.asarray(ref_indices), shape, kernel, stride, padding)
-            assert rel_error(dx, ref_dx) < 1e-6, way
+            assert rel_error(dx, ref_dx) < 1e-6, variant
     finally:
         pool_module._launches.cache_clear()
 
@@ -563,14 +566,14 @@ def naive_routing(dy, indices, x_shape, kernel, stride):
 
 
 # Windows 2x2 at stride 3 (each window's cell is 3x3, larger than the window) and 3x3 at stride 2 (overlapping).
-@pytest.mark.parametrize("way", pool_ops.MAX_BACKWARD_WAYS)
+@pytest.mark.parametrize("variant", ["cells", "gather", "staged"])
 @pytest.mark.parametrize("kernel, stride", [(2, 3), (3, 2)])
-def test_max_backward_indices_outside_their_window_route_nowhere(backend, xp, rng, monkeypatch, kernel, stride, way):
-    if stride < kernel and way not in pool_ops.OVERLAPPING_MAX_BACKWARD_WAYS:
-        pytest.skip(f"the {way} way serves disjoint windows only")
-    if backend == "numpy" and way != pool_ops.MAX_BACKWARD_WAYS[0]:
+def test_max_backward_indices_outside_their_window_route_nowhere(backend, xp, rng, force, kernel, stride, variant):
+    if stride < kernel and variant == "cells":
+        pytest.skip("the cells variant serves disjoint windows only")
+    if backend == "numpy" and variant != "cells":
         pytest.skip("the NumPy path has one way")
-    pin_autotune(monkeypatch, lambda family, key, candidates: way)
+    force({"maxpool2d_bwd": variant})
     shape = (2, 3, 9, 9)
     x = rng.standard_normal(shape).astype(numpy.float32)
     _, indices = F.max_pool2d(x, kernel, stride)

@@ -1,11 +1,12 @@
-"""conv2d's Winograd F(2×2, 3×3) and F(4×4, 3×3) forward and backward-filter (kernels/winograd.cu, the autotuner's
-WINOGRAD and WINOGRAD_4X4 candidates): a float64 NumPy transcription of the transforms, formula for formula as the
+"""conv2d's Winograd F(2×2, 3×3) and F(4×4, 3×3) forward and backward-filter (kernels/winograd.cu, the WinogradForward
+and WinogradBackwardFilter variants): a float64 NumPy transcription of the transforms, formula for formula as the
 kernels write them (and of backward-filter's chunked products, zero-padded tiles included), equals the direct
 convolution and its filter gradient (proves the matrices, the tiling, the padding and the odd edges without a
-GPU); the CUDA paths, forced through pin_autotune, against NumPy in float64 on odd shapes (the forward with every
+GPU); the CUDA paths, forced through cnn_gpu.cuda.autotune.forced, against NumPy in float64 on odd shapes (the forward with every
 activation, with and without bias), each tile configuration of their sliced GEMMs, bit for bit run to run; which
 layers get the candidates, the buffer-size rule, backward-filter's chunk bound; the 32-bit checks before any
 allocation."""
+import dataclasses
 import json
 import re
 from typing import Callable, NamedTuple
@@ -16,20 +17,23 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
-from cnn_gpu.cuda import device
-from cnn_gpu.ops import conv
-from cnn_gpu.ops.conv import winograd
+from cnn_gpu.cuda import device, variants
 from cnn_gpu.ops.activation import numpy_activation
-from cnn_gpu.ops.conv import CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, WINOGRAD, WINOGRAD_4X4, SplitPlan
-from cnn_gpu.ops.conv.cuda_path import _filter_plans, _forward_candidates
-from cnn_gpu.ops.conv.problem import _problem
-from cnn_gpu.ops.conv.winograd import _winograd_chunks, _winograd_filter_plan, _winograd_plan
+from cnn_gpu.ops.conv import (CONV_TILES, DEFAULT_TILE, SPLIT_BLOCKS_PER_SM, FewChannelsBackwardFilter, FewFiltersForward,
+                              ImplicitGemmBackwardFilter, ImplicitGemmForward, WinogradBackwardFilter, WinogradForward,
+                              conv_problem)
+from cnn_gpu.ops.conv.winograd import _winograd_chunks
 from cnn_gpu.ops.gemm import TILE_CONFIGS
 from cnn_gpu.ops.geometry import window_geometry
-from checks import pin_autotune, rel_error
+from checks import rel_error
 
 ACTIVATIONS = [None, "relu", "leaky_relu", "sigmoid", "tanh"]
-VARIANTS = [WINOGRAD, WINOGRAD_4X4]  # the Winograd candidates of the forward and of backward-filter
+VARIANTS = [2, 4]  # m of the Winograd variants F(m×m, 3×3), of the forward and of backward-filter
+
+
+def filter_variant(m, blocks_per_sm):
+    """The registered backward-filter variant F(m×m, 3×3) split for blocks_per_sm blocks an SM."""
+    return variants.named("conv2d_bwd_filter", f"Winograd F({m}x{m}, 3x3), split to {blocks_per_sm} blocks an SM")
 
 # The header's matrices of kernels/winograd.cu: F(2×2, 3×3) ...
 B_T = numpy.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=numpy.float64)
@@ -139,7 +143,7 @@ class Size(NamedTuple):
 
 F2X2 = Size(2, input_axis, filter_axis, output_axis, output_grad_axis, filter_grad_axis)
 F4X4 = Size(4, input_axis_4x4, filter_axis_4x4, output_axis_4x4, output_grad_axis_4x4, filter_grad_axis_4x4)
-SIZES = {WINOGRAD: F2X2, WINOGRAD_4X4: F4X4}
+SIZES = {2: F2X2, 4: F4X4}
 
 
 def filter_transform(w, size):
@@ -306,27 +310,30 @@ def test_winograd_chunks_cover_the_tiles_in_aligned_chunks(T, wanted):
 # ---- which layers get the candidates; the buffer rules -------------------------------------------------
 @pytest.mark.parametrize("window, stride, eligible", [((3, 3), 1, True), ((3, 3), 2, False), ((3, 3), (1, 2), False),
                                                       ((5, 5), 1, False), ((3, 1), 1, False), ((1, 1), 1, False)])
-def test_winograd_is_a_candidate_for_3x3_stride_1_only(window, stride, eligible):
-    candidates = tuple(c for c in _forward_candidates(_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
-                       if c != conv.FEW_FILTERS)  # offered for these 4 filters too: tests/test_conv_direct.py
-    assert candidates[0] == DEFAULT_TILE  # what CNN_GPU_AUTOTUNE=0 runs: never Winograd
-    assert candidates == (CONV_TILES + (WINOGRAD, WINOGRAD_4X4) if eligible else CONV_TILES)
-    assert len({json.dumps(c) for c in candidates}) == len(candidates)  # the tuner's cache tells them apart
+def test_winograd_is_a_candidate_for_3x3_stride_1_only(monkeypatch, window, stride, eligible):
+    monkeypatch.setattr(device, "sm_count", lambda: 132)  # the split variants are sized for the device
+    candidates = tuple(c for c in variants.applicable("conv2d_fwd", conv_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
+                       if not isinstance(c, FewFiltersForward)  # offered for these 4 filters too: tests/test_conv_direct.py
+                       and not (isinstance(c, ImplicitGemmForward) and c.blocks_per_sm))
+    tiles = tuple(ImplicitGemmForward(tile) for tile in CONV_TILES)
+    assert candidates[0] == ImplicitGemmForward(DEFAULT_TILE)  # what CNN_GPU_AUTOTUNE=0 runs: never Winograd
+    assert candidates == (tiles + (WinogradForward(2), WinogradForward(4)) if eligible else tiles)
+    assert len({json.dumps(c.name) for c in candidates}) == len(candidates)  # the tuner's cache tells them apart
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_winograd_buffers_past_32_bits_raise_before_allocation(variant):
     # 4096 channels of 512²: x, y and the pixel counts fit in 32 bits, V does not: 16·C·T = 16·4096·256² floats
     # for F(2×2), 36·4096·128² for F(4×4)
-    problem = _problem(window_geometry((1, 4096, 512, 512), (3, 3), 1, 1), 1)
+    problem = conv_problem(window_geometry((1, 4096, 512, 512), (3, 3), 1, 1), 1)
     with pytest.raises(ValueError, match="Winograd buffer V"):
-        _winograd_plan(problem, variant)
+        WinogradForward(variant).plan(problem)
 
 
-# seed002 conv2 at N 128 (32² → 30²): 15 × 15 tiles of 2×2 an image, 8 × 8 of 4×4 (the header's T and buffers)
-@pytest.mark.parametrize("variant, points, T", [(WINOGRAD, 16, 128 * 15 * 15), (WINOGRAD_4X4, 36, 128 * 8 * 8)])
-def test_winograd_forward_plan_of_seed002_conv2(variant, points, T):
-    plan = _winograd_plan(_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256), variant)
+# the 100×100 network's conv2 at N 128 (32² → 30²): 15 × 15 tiles of 2×2 an image, 8 × 8 of 4×4 (the header's T and buffers)
+@pytest.mark.parametrize("variant, points, T", [(2, 16, 128 * 15 * 15), (4, 36, 128 * 8 * 8)])
+def test_winograd_forward_plan_of_the_100x100_conv2(variant, points, T):
+    plan = WinogradForward(variant).plan(conv_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256))
     assert plan.u_shape == (points, 512, 256) and plan.v_shape == (points, 512, T) and plan.m_shape == (points, 256, T)
 
 
@@ -337,61 +344,61 @@ def test_winograd_kernels_are_winograd_cu_entry_points():
         entry_points = set(compile_check.compile_family("winograd", "sm_90").report)
     except compile_check.NVRTCUnavailable as exc:
         pytest.skip(str(exc))
-    problem = _problem(window_geometry((1, 1, 3, 3), (3, 3), 1, 0), 1)
+    problem = conv_problem(window_geometry((1, 1, 3, 3), (3, 3), 1, 0), 1)
     for variant in VARIANTS:
-        assert set(_winograd_plan(problem, variant).kernels) <= entry_points, variant
-        assert set(_winograd_filter_plan(problem, variant, 2, 132).kernels) <= entry_points, variant
+        assert set(WinogradForward(variant).plan(problem).kernels) <= entry_points, variant
+        assert set(filter_variant(variant, 2).plan(problem, 132).kernels) <= entry_points, variant
 
 
-WINOGRAD_FILTER_PLANS = [SplitPlan(variant, blocks) for variant in VARIANTS for blocks in SPLIT_BLOCKS_PER_SM]
+WINOGRAD_FILTER_PLANS = [filter_variant(m, blocks) for m in VARIANTS for blocks in SPLIT_BLOCKS_PER_SM]
 
 
 @pytest.mark.parametrize("window, stride, eligible", [((3, 3), 1, True), ((3, 3), 2, False), ((5, 5), 1, False),
                                                       ((1, 1), 1, False)])
 def test_winograd_filter_is_a_candidate_for_3x3_stride_1_only(monkeypatch, window, stride, eligible):
     monkeypatch.setattr(device, "sm_count", lambda: 132)
-    plans = [p for p in _filter_plans(_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
-             if p.tile != conv.FEW_CHANNELS]  # offered for these few channels too: tests/test_conv.py
-    assert plans[0] == SplitPlan(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never Winograd
-    direct = [SplitPlan(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES]
+    plans = [p for p in variants.applicable("conv2d_bwd_filter", conv_problem(window_geometry((2, 3, 9, 9), window, stride, 1), 4))
+             if not isinstance(p, FewChannelsBackwardFilter)]  # offered for these few channels too: tests/test_conv.py
+    assert plans[0] == ImplicitGemmBackwardFilter(DEFAULT_TILE, SPLIT_BLOCKS_PER_SM[0])  # CNN_GPU_AUTOTUNE=0: never Winograd
+    direct = [ImplicitGemmBackwardFilter(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES]
     assert plans == direct + WINOGRAD_FILTER_PLANS if eligible else plans == direct
-    assert len({json.dumps(p) for p in plans}) == len(plans)  # the tuner's cache tells them apart by their JSON
+    assert len({json.dumps(p.name) for p in plans}) == len(plans)  # the tuner's cache tells them apart by their names
 
 
-# (x shape, K, offered, excluded by _WINOGRAD_MAX_BYTES alone): seed002 conv2 at N 128 (DY, V, P 1.4 GB F(2×2),
+# (x shape, K, offered, excluded by _WINOGRAD_MAX_BYTES alone): the 100×100 network's conv2 at N 128 (DY, V, P 1.4 GB F(2×2),
 # 1.1 GB F(4×4)); its conv1 (F(2×2): a 10 GB DY, past 32 bits too; F(4×4): a 6.0 GB DY within 32 bits); its conv2 at
 # N 512 (F(2×2): 5.7 GB, every buffer within 32 bits; F(4×4): 4.2 GB, within _WINOGRAD_MAX_BYTES).
 @pytest.mark.parametrize("x_shape, K, offered, over_budget", [
-    ((128, 512, 32, 32), 256, (WINOGRAD, WINOGRAD_4X4), ()), ((128, 1, 100, 100), 512, (), (WINOGRAD_4X4,)),
-    ((512, 512, 32, 32), 256, (WINOGRAD_4X4,), (WINOGRAD,))])
+    ((128, 512, 32, 32), 256, (2, 4), ()), ((128, 1, 100, 100), 512, (), (4,)),
+    ((512, 512, 32, 32), 256, (4,), (2,))])
 def test_winograd_filter_is_no_candidate_past_its_buffer_budget(monkeypatch, x_shape, K, offered, over_budget):
     monkeypatch.setattr(device, "sm_count", lambda: 132)
-    problem = _problem(window_geometry(x_shape, (3, 3), 1, 0), K)
-    plans = _filter_plans(problem)
-    assert [p for p in plans if p.tile in VARIANTS] == [p for p in WINOGRAD_FILTER_PLANS if p.tile in offered]
+    problem = conv_problem(window_geometry(x_shape, (3, 3), 1, 0), K)
+    plans = variants.applicable("conv2d_bwd_filter", problem)
+    assert [p for p in plans if isinstance(p, WinogradBackwardFilter)] == [p for p in WINOGRAD_FILTER_PLANS if p.m in offered]
     for variant in over_budget:
         with pytest.raises(ValueError, match="_WINOGRAD_MAX_BYTES"):
-            _winograd_filter_plan(problem, variant, SPLIT_BLOCKS_PER_SM[0], 132)
+            filter_variant(variant, SPLIT_BLOCKS_PER_SM[0]).plan(problem, 132)
 
 
-# (x shape, K, offered): seed002 conv2 at N 128 (both sizes); its conv1 (F(2×2)'s M is past 32 bits, F(4×4)'s
+# (x shape, K, offered): the 100×100 network's conv2 at N 128 (both sizes); its conv1 (F(2×2)'s M is past 32 bits, F(4×4)'s
 # 5.9 GB M is not: excluded by _WINOGRAD_MAX_BYTES alone).
-@pytest.mark.parametrize("x_shape, K, offered", [((128, 512, 32, 32), 256, (WINOGRAD, WINOGRAD_4X4)),
+@pytest.mark.parametrize("x_shape, K, offered", [((128, 512, 32, 32), 256, (2, 4)),
                                                  ((128, 1, 100, 100), 512, ())])
 def test_winograd_forward_is_no_candidate_past_its_buffer_budget(x_shape, K, offered):
-    problem = _problem(window_geometry(x_shape, (3, 3), 1, 0), K)
-    assert _forward_candidates(problem) == CONV_TILES + offered
+    problem = conv_problem(window_geometry(x_shape, (3, 3), 1, 0), K)
+    assert [v.m for v in variants.registered("conv2d_fwd") if isinstance(v, WinogradForward) and v.applies(problem)] == list(offered)
     if not offered:
         with pytest.raises(ValueError, match="_WINOGRAD_MAX_BYTES"):
-            _winograd_plan(problem, WINOGRAD_4X4)
+            WinogradForward(4).plan(problem)
 
 
 # the header's numbers, 132 SMs, 128 × 128 GEMM tiles (2 × 4 of them). F(2×2): 28 800 tiles in 3 chunks of 9600, no
 # padding. F(4×4): 8192 tiles; the grid asks for one chunk (36 · 8 = 288 GEMM blocks already), the chunk bound for 8
 # of 1024.
-@pytest.mark.parametrize("variant, points, S, T", [(WINOGRAD, 16, 3, 28800), (WINOGRAD_4X4, 36, 8, 8192)])
-def test_winograd_filter_split_of_seed002_conv2(variant, points, S, T):
-    plan = _winograd_filter_plan(_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256), variant, 2, 132)
+@pytest.mark.parametrize("variant, points, S, T", [(2, 16, 3, 28800), (4, 36, 8, 8192)])
+def test_winograd_filter_split_of_the_100x100_conv2(variant, points, S, T):
+    plan = filter_variant(variant, 2).plan(conv_problem(window_geometry((128, 512, 32, 32), (3, 3), 1, 0), 256), 132)
     assert plan.dy_shape == (256, points, T) and plan.v_shape == (512, points, T) and plan.p_shape == (points * S, 256, 512)
 
 
@@ -400,55 +407,53 @@ def test_winograd_filter_split_of_seed002_conv2(variant, points, S, T):
 @pytest.mark.parametrize("N, C, H", [(128, 64, 56), (128, 128, 28), (128, 256, 14), (128, 512, 7), (512, 64, 56)])
 @pytest.mark.parametrize("blocks_per_sm", SPLIT_BLOCKS_PER_SM)
 @pytest.mark.parametrize("sms", [132, 16])
-def test_winograd_4x4_filter_chunks_stay_within_their_bound(monkeypatch, N, C, H, blocks_per_sm, sms):
-    problem = _problem(window_geometry((N, C, H, H), (3, 3), 1, 1), C)
+def test_winograd_4x4_filter_chunks_stay_within_their_bound(N, C, H, blocks_per_sm, sms):
+    problem = conv_problem(window_geometry((N, C, H, H), (3, 3), 1, 1), C)
 
     def chunks(plan):
         S = plan.p_shape[0] // 36
         return S, plan.dy_shape[2] // S
 
-    S, chunk = chunks(_winograd_filter_plan(problem, WINOGRAD_4X4, blocks_per_sm, sms))
-    assert chunk <= 1024
-    size = winograd._WINOGRAD_FILTER_SIZES[WINOGRAD_4X4]
-    monkeypatch.setitem(winograd._WINOGRAD_FILTER_SIZES, WINOGRAD_4X4, size._replace(max_chunk=0))
-    grid_S, grid_chunk = chunks(_winograd_filter_plan.__wrapped__(problem, WINOGRAD_4X4, blocks_per_sm, sms))
+    variant = filter_variant(4, blocks_per_sm)
+    S, chunk = chunks(variant.plan(problem, sms))
+    assert chunk <= 1024 and variant.max_chunk == 1024
+    grid_S, grid_chunk = chunks(dataclasses.replace(variant, max_chunk=0).plan(problem, sms))
     assert (S, chunk) == (grid_S, grid_chunk) if grid_chunk <= 1024 else S > grid_S
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_winograd_filter_buffers_past_32_bits_raise_before_allocation(variant):
     # V = α²·C·T_padded floats is past 2^31: 16·4096·256² (F(2×2)), 36·4096·128² (F(4×4)); DY (one filter's) is not
-    problem = _problem(window_geometry((1, 4096, 512, 512), (3, 3), 1, 1), 1)
-    with pytest.raises(ValueError, match=f"Winograd buffer V of backward-filter {re.escape(variant)}"):
-        _winograd_filter_plan(problem, variant, SPLIT_BLOCKS_PER_SM[0], 132)
+    problem = conv_problem(window_geometry((1, 4096, 512, 512), (3, 3), 1, 1), 1)
+    with pytest.raises(ValueError, match=f"Winograd buffer V of backward-filter {re.escape(f'Winograd F({variant}x{variant}, 3x3)')}"):
+        filter_variant(variant, SPLIT_BLOCKS_PER_SM[0]).plan(problem, 132)
 
 
 def test_winograd_4x4_filter_is_no_candidate_past_the_gemm_grid(monkeypatch):
     # 512 images of 256² with one channel and one filter: small buffers (0.6 GB), but 2 097 152 4×4 tiles in chunks of
     # at most 1024 need 36 · 2048 gemm slices, past a grid's 65 535 layers (F(2×2)'s grid-sized chunks stay few)
     monkeypatch.setattr(device, "sm_count", lambda: 132)
-    problem = _problem(window_geometry((512, 1, 256, 256), (3, 3), 1, 1), 1)
+    problem = conv_problem(window_geometry((512, 1, 256, 256), (3, 3), 1, 1), 1)
     with pytest.raises(ValueError, match="more slices than one gemm launch holds"):
-        _winograd_filter_plan(problem, WINOGRAD_4X4, SPLIT_BLOCKS_PER_SM[0], 132)
-    assert [p.tile for p in _filter_plans(problem) if p.tile in VARIANTS] == [WINOGRAD] * len(SPLIT_BLOCKS_PER_SM)
+        filter_variant(4, SPLIT_BLOCKS_PER_SM[0]).plan(problem, 132)
+    plans = variants.applicable("conv2d_bwd_filter", problem)
+    assert [p.m for p in plans if isinstance(p, WinogradBackwardFilter)] == [2] * len(SPLIT_BLOCKS_PER_SM)
 
 
 # ---- the CUDA paths, forced -------------------------------------------------------------------------
-def force_winograd(monkeypatch, gemm_config=None, kernel="conv2d_fwd_bias_act", choice=WINOGRAD):
-    """conv2d's `kernel` (the forward, or conv2d_bwd_filter with a SplitPlan(WINOGRAD | WINOGRAD_4X4, ...)) runs
-    `choice`, its sliced GEMM gemm_config (the default candidate when None)."""
-    def choose(family, key, candidates):
-        if family == "conv2d":
-            assert key[0] == kernel and choice in candidates, (key, choice)
-            return choice
-        assert family == "gemm" and key[0] == "k_slices", (family, key)
+def force_winograd(force, gemm_config=None, op="conv2d_fwd", choice=WinogradForward(2)):
+    """conv2d's `op` (the forward, or conv2d_bwd_filter with a WinogradBackwardFilter) runs `choice`, its sliced GEMM the
+    variant of gemm_config (the default when None); every other op its default."""
+    def sliced(key, candidates):
         if gemm_config is None:
             return candidates[0]
-        if gemm_config not in candidates:
-            pytest.skip(f"{gemm_config} is not a candidate for {key}")
-        return gemm_config
+        _, m, n, k, _, _, _ = key
+        for candidate in candidates:
+            if candidate.tile_config(m, n, k, device.sm_count()) == gemm_config:
+                return candidate
+        pytest.skip(f"{gemm_config} is not a candidate for {key}")
 
-    pin_autotune(monkeypatch, choose)
+    force({op: choice.name, "gemm_k_slices": sliced})
 
 
 # (x shape, K, padding, activation): N 1, 2 and 3; C 1, 3, 17 (a slice of the GEMM's reduction ends inside a slab),
@@ -481,10 +486,10 @@ def run_case(xp, rng, case, bias=True):
 @pytest.mark.parametrize("case", CUDA_CASES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_winograd_matches_numpy_float64(backend, xp, rng, monkeypatch, case, bias, variant):
+def test_winograd_matches_numpy_float64(backend, xp, rng, force, case, bias, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd(monkeypatch, choice=variant)
+    force_winograd(force, choice=WinogradForward(variant))
     y, ref = run_case(xp, rng, case, bias)
     assert y.dtype == numpy.float32 and y.shape == ref.shape
     # The transforms add a few roundings to the direct conv's: a float32 emulation of them over these cases stays
@@ -494,20 +499,20 @@ def test_winograd_matches_numpy_float64(backend, xp, rng, monkeypatch, case, bia
 
 @pytest.mark.parametrize("config", TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_sliced_gemm_config_matches_numpy_float64(backend, xp, rng, monkeypatch, config, variant):
+def test_every_sliced_gemm_config_matches_numpy_float64(backend, xp, rng, force, config, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd(monkeypatch, config, choice=variant)
+    force_winograd(force, config, choice=WinogradForward(variant))
     for case in (CUDA_CASES[2], CUDA_CASES[3], CUDA_CASES[6]):
         y, ref = run_case(xp, rng, case)
         assert rel_error(y, ref) < 1e-5, case
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_winograd_is_bitwise_reproducible(backend, xp, rng, monkeypatch, variant):
+def test_winograd_is_bitwise_reproducible(backend, xp, rng, force, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd(monkeypatch, choice=variant)
+    force_winograd(force, choice=WinogradForward(variant))
     x = xp.asarray(rng.standard_normal((3, 17, 31, 33)).astype(numpy.float32))
     w = xp.asarray(rng.standard_normal((33, 17, 3, 3)).astype(numpy.float32))
     b = xp.asarray(rng.standard_normal(33).astype(numpy.float32))
@@ -528,8 +533,8 @@ def run_filter_case(xp, rng, case):
     return dw, ref
 
 
-def force_winograd_filter(monkeypatch, plan=WINOGRAD_FILTER_PLANS[0], gemm_config=None):
-    force_winograd(monkeypatch, gemm_config, kernel="conv2d_bwd_filter", choice=plan)
+def force_winograd_filter(force, plan=WINOGRAD_FILTER_PLANS[0], gemm_config=None):
+    force_winograd(force, gemm_config, op="conv2d_bwd_filter", choice=plan)
 
 
 # CUDA_CASES' shapes and one more (816 2×2, 216 4×4 tiles): on 132 SMs T from 16 to 816 2×2 tiles in 1 to 11 chunks,
@@ -539,11 +544,11 @@ FILTER_CUDA_CASES = CUDA_CASES + [((3, 2, 31, 33), 4, 1, None)]
 
 
 @pytest.mark.parametrize("case", FILTER_CUDA_CASES)
-@pytest.mark.parametrize("plan", WINOGRAD_FILTER_PLANS, ids=lambda p: f"{p.tile}-{p.blocks_per_sm}-blocks-per-SM")
-def test_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, case, plan):
+@pytest.mark.parametrize("plan", WINOGRAD_FILTER_PLANS, ids=lambda p: p.name)
+def test_winograd_filter_matches_numpy_float64(backend, xp, rng, force, case, plan):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd_filter(monkeypatch, plan)
+    force_winograd_filter(force, plan)
     dw, ref = run_filter_case(xp, rng, case)
     assert dw.dtype == numpy.float32 and dw.shape == ref.shape
     # a CPU emulation of the transform kernels and of the products (running float32 FMA sums) stays under 6e-7
@@ -553,21 +558,21 @@ def test_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, ca
 
 @pytest.mark.parametrize("config", TILE_CONFIGS, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_sliced_gemm_config_of_winograd_filter_matches_numpy_float64(backend, xp, rng, monkeypatch, config,
+def test_every_sliced_gemm_config_of_winograd_filter_matches_numpy_float64(backend, xp, rng, force, config,
                                                                           variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd_filter(monkeypatch, SplitPlan(variant, SPLIT_BLOCKS_PER_SM[-1]), config)
+    force_winograd_filter(force, filter_variant(variant, SPLIT_BLOCKS_PER_SM[-1]), config)
     for case in (FILTER_CUDA_CASES[2], FILTER_CUDA_CASES[3], FILTER_CUDA_CASES[6], FILTER_CUDA_CASES[7]):
         dw, ref = run_filter_case(xp, rng, case)
         assert rel_error(dw, ref) < 1e-5, case
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_winograd_filter_is_bitwise_reproducible(backend, xp, rng, monkeypatch, variant):
+def test_winograd_filter_is_bitwise_reproducible(backend, xp, rng, force, variant):
     if backend != "cuda":
         pytest.skip("Winograd is a CUDA-path variant")
-    force_winograd_filter(monkeypatch, SplitPlan(variant, SPLIT_BLOCKS_PER_SM[-1]))  # several chunks, summed in order
+    force_winograd_filter(force, filter_variant(variant, SPLIT_BLOCKS_PER_SM[-1]))  # several chunks, summed in order
     x = xp.asarray(rng.standard_normal((3, 17, 31, 33)).astype(numpy.float32))
     w = xp.asarray(rng.standard_normal((33, 17, 3, 3)).astype(numpy.float32))
     dy = xp.asarray(rng.standard_normal((3, 33, 31, 33)).astype(numpy.float32))

@@ -112,7 +112,7 @@ def _check(bound, side: Side) -> Check:
     return Check(truth_name, err_ours, err_refs, nbytes)
 
 
-# A problem whose FP32 answer is ill-conditioned (deep nets with batch-norm: the seed 002 training step)
+# A problem whose FP32 answer is ill-conditioned (deep nets with batch-norm: the 100×100 network's training step)
 # puts every FP32 implementation far from the float64 truth; there ours must be no worse than the vendor
 # library's own FP32 error times this slack, rather than within a tolerance nobody's FP32 meets.
 REFERENCE_ERROR_SLACK = 2.0

@@ -1,9 +1,10 @@
 """Choose among compiled variants of a kernel per problem shape, by timing them once (like cudnn.benchmark).
 
-An op calls ``pick(family, key, candidates, launch)``: its kernel family, a problem key (the shape and
-whatever else the best variant depends on: a tuple of ints, bools and strings), a callable returning
-its candidate configurations (called only when a choice has to be made; the first is the default) and
-``launch(candidate)``, which runs the op with one candidate. The first call for a (family, key) runs
+An op calls ``pick(op, key, candidates, launch)``: its name, a problem key (the shape and whatever else
+the best variant depends on: a tuple of ints, bools and strings), a callable returning the variants that
+apply to the problem (cnn_gpu.cuda.variants.applicable; called only when a choice has to be made; the
+first is the default) and ``launch(variant)``, which runs the op with one variant. Only verified variants
+are candidates unless CNN_GPU_UNVERIFIED=1 (cnn_gpu.cuda.variants). The first call for a (family, key) runs
 every candidate (CUDA events around each: warm-ups, then the median of a few runs), drops with a
 warning the candidates that fail to compile or launch, and remembers the fastest in memory and in a
 JSON file; later calls, in this process or another, return it with no timing.
@@ -14,11 +15,17 @@ bit-reproducible within a process and across processes sharing the cache file; a
 timings were close may choose another variant, whose rounding differs. CNN_GPU_AUTOTUNE=0 pins the
 defaults everywhere.
 
+Tests and tools choose a variant through ``forced({op: variant name, ...})``, a context manager: inside
+it, the named ops run the named variants (verified or not; a ValueError where one does not apply to a
+problem) and every other tuned op its default, with nothing timed or remembered.
+
 Environment:
   CNN_GPU_AUTOTUNE=1 (default) | 0   0: always the default candidate, no timing, no cache file.
       Tuning costs, once per shape unless the cache file knows it already, a compile per variant
       (NVRTC; CuPy keeps the binaries on disk) and ~7 runs per candidate: call an op once before timing
       it or capturing it in a CUDA graph (a call made during stream capture is not tuned; it runs the default).
+  CNN_GPU_UNVERIFIED=0 (default) | 1   1: variants no GPU run has verified yet are candidates too. Read when
+      a choice is made for a shape (set it before the process's first call): a choice made is kept.
   CNN_GPU_AUTOTUNE_CACHE=path   the JSON file; default cnn_gpu_autotune.json beside CuPy's kernel cache
       directory ($CUPY_CACHE_DIR, else ~/.cupy/kernel_cache). Choices are filed under a context string
       (family, GPU name and compute capability, CUDA runtime and NVRTC versions, a hash of every kernel
@@ -47,6 +54,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cnn_gpu.cuda.variants import Variant, unverified_allowed
 from cnn_gpu.files import write_text
 
 try:
@@ -132,8 +140,14 @@ def _device_context(family: str, device_id: int) -> str:
 
 
 def _as_json(value) -> str:
-    """A candidate's or key's identity: its JSON text (NamedTuples are lists, dicts have sorted keys)."""
-    return json.dumps(value, sort_keys=True)
+    """A candidate's or key's identity: its JSON text (a Variant by its name; NamedTuples are lists, dicts have
+    sorted keys)."""
+    return json.dumps(value.name if isinstance(value, Variant) else value, sort_keys=True)
+
+
+def _is_candidate(candidate, unverified: bool) -> bool:
+    """Verified variants always; unverified ones when asked for (anything that is not a Variant counts as verified)."""
+    return unverified or getattr(candidate, "verified", True)
 
 
 class Autotuner:
@@ -162,7 +176,10 @@ class Autotuner:
         return self._cache_file
 
     def pick(self, family: str, key: tuple, candidates: Callable[[], Sequence], launch: Callable[[object], object]):
-        """The fastest of candidates() for (family, key); the first candidate when tuning is off."""
+        """The fastest of candidates() for (family, key) (the verified ones, unless CNN_GPU_UNVERIFIED=1); the
+        first candidate when tuning is off."""
+        if _forcing is not None:
+            return _forced_choice(family, key, candidates)
         if not enabled():
             default = self._defaults.get((family, key))
             if default is None:
@@ -181,7 +198,8 @@ class Autotuner:
             return self._choose(family, context, key, candidates, launch)
 
     def _choose(self, family, context, key, candidates, launch):
-        options = list(candidates())
+        unverified = unverified_allowed()
+        options = [c for c in candidates() if _is_candidate(c, unverified)]
         by_identity = {_as_json(c): c for c in options}
         among = hashlib.sha256("\n".join(by_identity).encode()).hexdigest()[:16]  # a new candidate set retunes
         stored = self._stored_choices().get(context, {}).get(_as_json(key))
@@ -295,3 +313,41 @@ def tuner() -> Autotuner:
 def pick(family: str, key: tuple, candidates: Callable[[], Sequence], launch: Callable[[object], object]):
     """The process-wide tuner's choice; see the module docstring."""
     return tuner().pick(family, key, candidates, launch)
+
+
+# ---- forcing a choice ----------------------------------------------------------------------------
+_forcing: dict | None = None  # op -> variant name, while a forced() block runs
+
+
+@contextlib.contextmanager
+def forced(choices: dict | None = None):
+    """Inside the block, each op named in choices ({op: variant name}) runs that variant and every other tuned op
+    its default, nothing timed or remembered: how a test runs one variant on purpose. The named variant must
+    apply to each problem the op meets there (a ValueError otherwise); it need not be verified. A value may also
+    be a function choose(key, variants) -> one of the variants that apply to the problem (verified or not)."""
+    global _forcing
+    choices = dict(choices or {})
+    for op, name in choices.items():
+        from cnn_gpu.cuda import variants
+
+        if op in variants._REGISTRY and not callable(name):
+            variants.named(op, name)  # an unknown name fails here, before the block runs
+    saved, _forcing = _forcing, choices
+    try:
+        yield
+    finally:
+        _forcing = saved
+
+
+def _forced_choice(family: str, key: tuple, candidates: Callable[[], Sequence]):
+    options = list(candidates())
+    name = _forcing.get(family)
+    if name is None:
+        return next(c for c in options if _is_candidate(c, False))
+    if callable(name):
+        return name(key, options)
+    for candidate in options:
+        if (candidate.name if isinstance(candidate, Variant) else candidate) == name:
+            return candidate
+    raise ValueError(f"forced {family} variant {name!r} does not apply to {key}; the variants that do: "
+                     f"{', '.join(str(c) for c in options)}")

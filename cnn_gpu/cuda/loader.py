@@ -12,7 +12,7 @@ autotuner needs. The CI compile check (tests/test_kernels_compile.py) uses ``ass
 Launching: ``load_kernel`` hands out a callable ``kernel(grid, block, args)`` whose launch path the
 environment variable ``CNN_GPU_LAUNCHER`` picks, read when each kernel is first loaded (so in effect
 once per process: set it before the first launch):
-  ``driver`` (default)  cnn_gpu.cuda.launcher.DriverKernel: cuLaunchKernel with reused argument buffers,
+  ``driver`` (default)  cnn_gpu.cuda.driver_launch.DriverKernel: cuLaunchKernel with reused argument buffers,
                         less host time a launch than CuPy (benchmarks/NOTES.md); stricter arguments
   ``cupy``              CuPy's RawKernel itself, for A/B comparison and as a fallback (also what
                         ``driver`` gives on ROCm/HIP, where CuPy launches through another path)
@@ -30,7 +30,7 @@ COMPILE_OPTIONS = ("--std=c++17",)
 
 LAUNCHERS = ("driver", "cupy")
 
-FAMILIES = ("activation", "conv2d", "conv2d_direct", "gemm", "pool", "softmax", "batchnorm", "dropout", "optim", "winograd")
+FAMILIES = ("activation", "conv2d", "conv2d_direct", "conv2d_depthwise", "gemm", "pool", "softmax", "batchnorm", "dropout", "optim", "winograd")
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
@@ -104,7 +104,7 @@ def kernel_launcher(raw_kernel):
 
     if launcher_choice() == "cupy" or cupy.cuda.runtime.is_hip:
         return raw_kernel
-    from cnn_gpu.cuda.launcher import DriverKernel
+    from cnn_gpu.cuda.driver_launch import DriverKernel
 
     return DriverKernel(raw_kernel)
 

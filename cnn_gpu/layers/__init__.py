@@ -10,13 +10,14 @@ Layers compute on NCHW; input_shape / data_format describe a model's data, chann
 """
 from cnn_gpu.layers.activation import Activation, LeakyReLU, ReLU
 from cnn_gpu.layers.base import Layer
-from cnn_gpu.layers.conv import Conv2D
+from cnn_gpu.layers.conv import Conv2D, DepthwiseConv2D, SeparableConv2D
 from cnn_gpu.layers.core import Dense, Dropout, Flatten
 from cnn_gpu.layers.normalization import BatchNormalization
 from cnn_gpu.layers.pooling import AveragePooling2D, MaxPooling2D, SumPooling2D
 
 LAYER_CLASSES = {cls.__name__: cls for cls in (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense,
-                                                Dropout, Flatten, LeakyReLU, MaxPooling2D, ReLU, SumPooling2D)}
+                                                DepthwiseConv2D, Dropout, Flatten, LeakyReLU, MaxPooling2D, ReLU,
+                                                SeparableConv2D, SumPooling2D)}
 
 
 def from_config(class_name: str, config: dict) -> Layer:
@@ -26,5 +27,6 @@ def from_config(class_name: str, config: dict) -> Layer:
     return LAYER_CLASSES[class_name](**config)
 
 
-__all__ = ["Activation", "AveragePooling2D", "BatchNormalization", "Conv2D", "Dense", "Dropout", "Flatten", "Layer",
+__all__ = ["Activation", "AveragePooling2D", "BatchNormalization", "Conv2D", "Dense", "DepthwiseConv2D", "Dropout",
+           "Flatten", "Layer", "SeparableConv2D",
            "LeakyReLU", "MaxPooling2D", "ReLU", "SumPooling2D", "from_config"]

@@ -11,7 +11,7 @@ import functools
 
 import numpy
 
-from cnn_gpu.cuda.launch import elementwise_blocks, is_aligned
+from cnn_gpu.cuda.grid import elementwise_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands, nan_filled, real_number
 

@@ -28,7 +28,7 @@ import math
 
 import numpy
 
-from cnn_gpu.cuda.launch import cdiv, fast_divmod_params, grid_stride_blocks, require_int32_indexable, sm_count
+from cnn_gpu.cuda.grid import cdiv, fast_divmod_params, grid_stride_blocks, require_int32_indexable, sm_count
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import check_same_shape, check_writable, contiguous, float_operands, nan_filled, real_number
 

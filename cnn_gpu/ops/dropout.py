@@ -23,7 +23,7 @@ import numba
 import numpy
 
 from cnn_gpu.backend import is_cuda_array
-from cnn_gpu.cuda.launch import elementwise_blocks, is_aligned
+from cnn_gpu.cuda.grid import elementwise_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import (array_module, check_float, check_same_shape, contiguous, float_operands, nan_filled,
                                 real_number)

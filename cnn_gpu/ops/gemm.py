@@ -15,19 +15,22 @@ gives act(b) (zeros without b), zero rows or columns an empty result.
 Kernels: kernels/gemm.cu. gemm_nn / gemm_nt / gemm_tn / gemm_tt are one tiled SGEMM reading op(A) and op(B)
 as stored (x·wᵀ is nt, dy·w nn, dyᵀ·x tn), with bias + activation in the epilogue; sum_rows_bias_act sums
 columns in a fixed order, for db and to reduce split-K slices deterministically. Each product's tile
-configuration and split-K come from cnn_gpu.cuda.autotune, which times gemm_plans' candidates on the first
-call of a shape (plan_gemm's heuristic choice is the default, used as is with CNN_GPU_AUTOTUNE=0).
+configuration and split-K is a variant (GemmTiles; GemmSliceTiles for cuda_gemm_k_slices) that cnn_gpu.cuda.autotune
+chooses by timing on the first call of a shape (plan_gemm's heuristic choice is the default, used as is with
+CNN_GPU_AUTOTUNE=0).
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy
 
 from cnn_gpu.cuda import autotune
-from cnn_gpu.cuda.launch import INT32_MAX, cdiv, grid_stride_blocks, sm_count
+from cnn_gpu.cuda.grid import INT32_MAX, cdiv, grid_stride_blocks, sm_count
 from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.variants import Variant, applicable, planned, register, registered
 from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
 
@@ -151,31 +154,138 @@ def _split_k(config: TileConfig, k: int, splits: int) -> GemmPlan:
 
 
 def gemm_plans(m: int, n: int, k: int, sm_count: int) -> list:
-    """The autotuner's candidates for an (m, n, k) product, plan_gemm's choice first: each tile config
-    (SMALL_TILES only when m or n <= 64; none whose grid would be too tall) without split-K and with
-    plan_gemm's split-K at both slice floors."""
-    plans = [plan_gemm(m, n, k, sm_count)]
-    for config in TILE_CONFIGS:
-        if (config is SMALL_TILES and min(m, n) > 64) or cdiv(n, config.tile_n) > MAX_GRID_Y:
-            continue
-        plans.append(_split_k(config, k, 1))
-        for min_slabs in (MIN_SLABS_PER_SPLIT, MIN_SLABS_PER_SPLIT_TUNED):
-            plans.append(plan_gemm(m, n, k, sm_count, config, min_slabs))
-    return list(dict.fromkeys(plans))  # without repeats, in order
+    """The distinct GemmPlans of the gemm op's variants that apply to an (m, n, k) product, in autotuner order,
+    plan_gemm's choice first."""
+    return list(_distinct_plans(m, n, k, sm_count).values())
+
+
+def _distinct_plans(m: int, n: int, k: int, sm_count: int) -> dict:
+    """{variant: its GemmPlan} of the gemm variants offered for an (m, n, k) product on sm_count SMs, in order: those
+    whose config applies, the first of each distinct plan."""
+    plans = {}
+    for variant in registered("gemm"):
+        if variant.config is None or _config_applies(variant.config, m, n):
+            plan = variant.gemm_plan(m, n, k, sm_count)
+            if plan not in plans.values():
+                plans[variant] = plan
+    return plans
+
+
+def _config_name(config: TileConfig) -> str:
+    return (f"{config.tile_m}x{config.tile_n}x{config.tile_k} tiles, {config.thread_m}x{config.thread_n} a thread, "
+            f"{config.min_blocks_per_sm} blocks an SM")
+
+
+def _config_applies(config: TileConfig, m: int, n: int) -> bool:
+    """SMALL_TILES only when m or n <= 64; no config whose grid would be too tall."""
+    return not (config is SMALL_TILES and min(m, n) > 64) and cdiv(n, config.tile_n) <= MAX_GRID_Y
+
+
+@dataclass(frozen=True)
+class GemmTiles(Variant):
+    """A product by the gemm kernels compiled with `config` (None: plan_gemm's heuristic choice, the default), K
+    unsplit (min_slabs_per_split 0) or split by plan_gemm at that slice floor. Offered where its plan differs from
+    every earlier variant's (one variant per distinct plan)."""
+    config: TileConfig | None
+    min_slabs_per_split: int = MIN_SLABS_PER_SPLIT
+    op = "gemm"
+    algorithm = "tiled SGEMM"
+
+    @property
+    def name(self) -> str:
+        if self.config is None:
+            return "heuristic tiles and split-K"
+        split = f"split-K of at least {self.min_slabs_per_split} slabs" if self.min_slabs_per_split else "no split-K"
+        return f"{_config_name(self.config)}, {split}"
+
+    def gemm_plan(self, m: int, n: int, k: int, sm_count: int) -> GemmPlan:
+        if self.config is None:
+            return plan_gemm(m, n, k, sm_count)
+        if not self.min_slabs_per_split:
+            return _split_k(self.config, k, 1)
+        return plan_gemm(m, n, k, sm_count, self.config, self.min_slabs_per_split)
+
+    def applies(self, problem: tuple) -> bool:
+        _, m, n, k, _, _ = problem
+        return self in _distinct_plans(m, n, k, sm_count())
+
+    def plan(self, problem: tuple, lda: int, ldb: int, act: int, slope: float) -> tuple:
+        """(kernel, grid, block, scalar arguments, GemmPlan) of the launch on the current device."""
+        _, m, n, k, _, _ = problem
+        return _gemm_launch(problem, lda, ldb, act, slope, self.gemm_plan(m, n, k, sm_count()))
+
+    def launch(self, a: _Operand, b: _Operand, problem: tuple, bias, act: int, slope: float):
+        import cupy
+
+        kernel, grid, block, scalars, plan = planned(self, problem, a.ld, b.ld, act, slope)
+        m, n = a.rows, b.cols
+        c = nan_filled(cupy, (m, n))
+        if plan.splits == 1:
+            kernel(grid, block, (a.array, b.array, _NULL if bias is None else bias, c) + scalars)
+            return c
+        slices = nan_filled(cupy, (plan.splits, m, n))
+        kernel(grid, block, (a.array, b.array, _NULL, slices) + scalars)
+        return _cuda_sum_rows(slices, plan.splits, m * n, bias, act, slope, c)  # slices summed in order, then bias, act
+
+
+@dataclass(frozen=True)
+class GemmSliceTiles(Variant):
+    """cuda_gemm_k_slices by the gemm kernels compiled with `config` (None: plan_gemm's heuristic config, the
+    default); offered where the config differs from every earlier variant's. A config whose grid would be too tall
+    fails its launch with a ValueError and is dropped by the autotuner."""
+    config: TileConfig | None
+    op = "gemm_k_slices"
+    algorithm = "tiled SGEMM"
+
+    @property
+    def name(self) -> str:
+        return "heuristic tiles" if self.config is None else _config_name(self.config)
+
+    def tile_config(self, m: int, n: int, k: int, sm_count: int) -> TileConfig:
+        return plan_gemm(m, n, k, sm_count).config if self.config is None else self.config
+
+    def applies(self, problem: tuple) -> bool:
+        _, m, n, k, _, _, _ = problem
+        if self.config is SMALL_TILES and min(m, n) > 64:
+            return False
+        sms = sm_count()
+        own = self.tile_config(m, n, k, sms)
+        for earlier in registered("gemm_k_slices"):
+            if earlier == self:
+                return True
+            if not (earlier.config is SMALL_TILES and min(m, n) > 64) and earlier.tile_config(m, n, k, sms) == own:
+                return False
+        return True
+
+    def plan(self, problem: tuple, lda: int, ldb: int) -> tuple:
+        """(kernel, grid, block, scalar arguments, GemmPlan) of the launch on the current device."""
+        layout, m, n, k, slices, vec_a, vec_b = problem
+        plan = GemmPlan(self.tile_config(m, n, k, sm_count()), slices, k // slices)
+        return _gemm_launch((layout, m, n, k, vec_a, vec_b), lda, ldb, 0, 0.0, plan)
+
+    def launch(self, a: _Operand, b: _Operand, problem: tuple, out):
+        kernel, grid, block, scalars, _ = planned(self, problem, a.ld, b.ld)
+        kernel(grid, block, (a.array, b.array, _NULL, out) + scalars)
+        return out
+
+
+register(GemmTiles(None), *(GemmTiles(config, min_slabs) for config in TILE_CONFIGS
+                            for min_slabs in (0, MIN_SLABS_PER_SPLIT, MIN_SLABS_PER_SPLIT_TUNED)))
+register(GemmSliceTiles(None), *(GemmSliceTiles(config) for config in TILE_CONFIGS))
 
 
 def _cuda_gemm(a: _Operand, b: _Operand, bias, act: int, slope: float):
     """act(op(A) @ op(B) + bias) into a new dense (M, N) float32 array, with the autotuner's plan."""
     import cupy
 
-    m, k, n = a.rows, a.cols, b.cols
+    m, n = a.rows, b.cols
     if m == 0 or n == 0:
         return nan_filled(cupy, (m, n))
     bias = None if bias is None else contiguous(cupy, bias)
     problem = _problem(a, b)
-    launch = functools.partial(_launch_gemm, a, b, problem, bias, act, slope)
-    plan = autotune.pick("gemm", problem, lambda: gemm_plans(m, n, k, sm_count()), launch)
-    return launch(plan)
+    choice = autotune.pick("gemm", problem, lambda: applicable("gemm", problem),
+                           lambda variant: variant.launch(a, b, problem, bias, act, slope))
+    return choice.launch(a, b, problem, bias, act, slope)
 
 
 def _problem(a: _Operand, b: _Operand) -> tuple:
@@ -185,9 +295,8 @@ def _problem(a: _Operand, b: _Operand) -> tuple:
     return layout, a.rows, b.cols, a.cols, a.vec4, b.vec4
 
 
-@functools.lru_cache(maxsize=1024)
 def _gemm_launch(problem: tuple, lda: int, ldb: int, act: int, slope: float, plan: GemmPlan) -> tuple:
-    """(kernel, grid, block, scalar arguments) of one gemm launch, worked out once per problem and plan."""
+    """(kernel, grid, block, scalar arguments, plan) of one gemm launch."""
     layout, m, n, k, vec_a, vec_b = problem
     config = plan.config
     grid = (cdiv(m, config.tile_m), cdiv(n, config.tile_n), plan.splits)
@@ -199,21 +308,7 @@ def _gemm_launch(problem: tuple, lda: int, ldb: int, act: int, slope: float, pla
     scalars = (numpy.int64(m), numpy.int64(n), numpy.int64(k), numpy.int64(lda), numpy.int64(ldb),
                numpy.int64(plan.k_per_split), numpy.int32(0 if split else act), numpy.float32(slope),
                numpy.int32(vec_a), numpy.int32(vec_b), numpy.int32(n % 4 == 0))
-    return load_kernel("gemm", "gemm_" + layout, **config.defines), grid, (config.threads,), scalars
-
-
-def _launch_gemm(a: _Operand, b: _Operand, problem: tuple, bias, act: int, slope: float, plan: GemmPlan):
-    import cupy
-
-    kernel, grid, block, scalars = _gemm_launch(problem, a.ld, b.ld, act, slope, plan)
-    m, n = a.rows, b.cols
-    c = nan_filled(cupy, (m, n))
-    if plan.splits == 1:
-        kernel(grid, block, (a.array, b.array, _NULL if bias is None else bias, c) + scalars)
-        return c
-    slices = nan_filled(cupy, (plan.splits, m, n))
-    kernel(grid, block, (a.array, b.array, _NULL, slices) + scalars)
-    return _cuda_sum_rows(slices, plan.splits, m * n, bias, act, slope, c)  # slices summed in order, then bias, act
+    return load_kernel("gemm", "gemm_" + layout, **config.defines), grid, (config.threads,), scalars, plan
 
 
 def cuda_gemm_k_slices(a, b, slices: int, out):
@@ -231,25 +326,11 @@ def cuda_gemm_k_slices(a, b, slices: int, out):
     if k != b.rows or k % slices or tuple(out.shape) != (slices, m, n) or not out.flags.c_contiguous:
         raise ValueError(f"cuda_gemm_k_slices: {slices} slices of a {m}x{k} by {b.rows}x{n} product do not fit "
                          f"out of shape {tuple(out.shape)} (or out is not contiguous)")
-    problem = _problem(a, b)
-    launch = functools.partial(_launch_gemm_k_slices, a, b, problem, slices, out)
-    layout, _, _, _, vec_a, vec_b = problem
-    key = ("k_slices", layout, m, n, k, slices, vec_a, vec_b)
-    return launch(autotune.pick("gemm", key, lambda: _k_slice_configs(m, n, k), launch))
-
-
-def _k_slice_configs(m: int, n: int, k: int) -> list:
-    """cuda_gemm_k_slices' candidates: plan_gemm's tile config first, then the others (SMALL_TILES only when m or
-    n <= 64). A config whose grid would be too tall fails its launch with a ValueError and is dropped."""
-    configs = [plan_gemm(m, n, k, sm_count()).config] + [c for c in TILE_CONFIGS if not (c is SMALL_TILES and min(m, n) > 64)]
-    return list(dict.fromkeys(configs))
-
-
-def _launch_gemm_k_slices(a: _Operand, b: _Operand, problem: tuple, slices: int, out, config: TileConfig):
-    plan = GemmPlan(config, slices, a.cols // slices)
-    kernel, grid, block, scalars = _gemm_launch(problem, a.ld, b.ld, 0, 0.0, plan)
-    kernel(grid, block, (a.array, b.array, _NULL, out) + scalars)
-    return out
+    layout, _, _, _, vec_a, vec_b = _problem(a, b)
+    problem = (layout, m, n, k, slices, vec_a, vec_b)
+    choice = autotune.pick("gemm_k_slices", problem, lambda: applicable("gemm_k_slices", problem),
+                           lambda variant: variant.launch(a, b, problem, out))
+    return choice.launch(a, b, problem, out)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -1,8 +1,9 @@
 """Output geometry of sliding-window ops (convolution and pooling), written once for both backends.
 
 padding: an int, a pair (top/bottom, left/right), 'valid' (0) or 'same' (Keras/TF meaning: output
-ceil(H / stride); total pad max((out - 1) * stride + R - H, 0), the odd extra row/column at the
-bottom/right).
+ceil(H / stride); total pad max((out - 1) * stride + R' - H, 0), the odd extra row/column at the
+bottom/right). dilation d spaces a window's taps d apart: an R-tap window spans R' = (R - 1) * d + 1
+input rows, which is what the padding and the output size are worked out from (as in TF/Keras and PyTorch).
 """
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ class WindowGeometry(NamedTuple):
     pad_right: int
     OH: int
     OW: int
+    dilation_h: int = 1  # taps dilation_h rows apart
+    dilation_w: int = 1
+
+    @property
+    def window_extent(self):
+        """(rows, columns) of the input one window spans: (R - 1) * dilation + 1."""
+        return ((self.R - 1) * self.dilation_h + 1, (self.S - 1) * self.dilation_w + 1)
 
     @property
     def input_shape(self):
@@ -72,16 +80,17 @@ def _same_pads(size: int, window: int, stride: int) -> tuple[int, int, int]:
     return total // 2, total - total // 2, out
 
 
-def window_geometry(x_shape, window, stride, padding, *, x_name="x", window_name="kernel_size") -> WindowGeometry:
+def window_geometry(x_shape, window, stride, padding, *, x_name="x", window_name="kernel_size",
+                    dilation=1) -> WindowGeometry:
     """Validate and compute the geometry of a window of size ``window`` (R, S) sliding over ``x_shape``.
 
     Remembered per arguments when window, stride and padding are plain (plain_arguments): an op is called
     with the same few shapes over and over, and its host time is part of every small call's latency. x_shape
     needs no such check (its sizes are read through int()). Invalid arguments are never remembered, so they
     raise every time."""
-    if plain_arguments(window, stride, padding):
-        return _remembered_geometry(tuple(x_shape), window, stride, padding, x_name, window_name)
-    return _window_geometry(x_shape, window, stride, padding, x_name, window_name)
+    if plain_arguments(window, stride, padding, dilation):
+        return _remembered_geometry(tuple(x_shape), window, stride, padding, x_name, window_name, dilation)
+    return _window_geometry(x_shape, window, stride, padding, x_name, window_name, dilation)
 
 
 def plain_arguments(*values) -> bool:
@@ -97,14 +106,16 @@ def plain_arguments(*values) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _remembered_geometry(x_shape, window, stride, padding, x_name, window_name) -> WindowGeometry:
-    return _window_geometry(x_shape, window, stride, padding, x_name, window_name)
+def _remembered_geometry(x_shape, window, stride, padding, x_name, window_name, dilation=1) -> WindowGeometry:
+    return _window_geometry(x_shape, window, stride, padding, x_name, window_name, dilation)
 
 
-def _window_geometry(x_shape, window, stride, padding, x_name, window_name) -> WindowGeometry:
+def _window_geometry(x_shape, window, stride, padding, x_name, window_name, dilation=1) -> WindowGeometry:
     N, C, H, W = (int(v) for v in x_shape)
     R, S = window
     stride_h, stride_w = as_pair("stride", stride, 1)
+    dilation_h, dilation_w = as_pair("dilation", dilation, 1)
+    RE, SE = (R - 1) * dilation_h + 1, (S - 1) * dilation_w + 1  # the input rows and columns a window spans
     if min(N, C, H, W) < 1:
         raise ValueError(f"{x_name} must have positive sizes, got shape {tuple(x_shape)}")
     if isinstance(padding, str):
@@ -113,8 +124,8 @@ def _window_geometry(x_shape, window, stride, padding, x_name, window_name) -> W
             pt = pb = pl = pr = 0
             OH = OW = None
         elif mode == "same":
-            pt, pb, OH = _same_pads(H, R, stride_h)
-            pl, pr, OW = _same_pads(W, S, stride_w)
+            pt, pb, OH = _same_pads(H, RE, stride_h)
+            pl, pr, OW = _same_pads(W, SE, stride_w)
         else:
             raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
@@ -123,15 +134,16 @@ def _window_geometry(x_shape, window, stride, padding, x_name, window_name) -> W
         pl = pr = pw
         OH = OW = None
     Hp, Wp = H + pt + pb, W + pl + pr
-    if max(Hp, Wp, R, S) > INT32_MAX:
+    if max(Hp, Wp, RE, SE) > INT32_MAX:
         raise ValueError(f"{x_name} shape {tuple(x_shape)} padded by {padding!r} ({(Hp, Wp)}) or {window_name} "
-                         f"{(R, S)} exceeds 2**31 - 1, the kernels' 32-bit indexing")
-    if R > Hp or S > Wp:
+                         f"{(R, S)} (spanning {(RE, SE)}) exceeds 2**31 - 1, the kernels' 32-bit indexing")
+    if RE > Hp or SE > Wp:
+        dilated = "" if (dilation_h, dilation_w) == (1, 1) else f" dilated by {dilation!r} (spanning {(RE, SE)})"
         raise ValueError(
-            f"{window_name} {(R, S)} is larger than the padded input {(Hp, Wp)} "
+            f"{window_name} {(R, S)}{dilated} is larger than the padded input {(Hp, Wp)} "
             f"({x_name} shape {tuple(x_shape)}, padding {padding!r})"
         )
     if OH is None:
-        OH = (Hp - R) // stride_h + 1
-        OW = (Wp - S) // stride_w + 1
-    return WindowGeometry(N, C, H, W, R, S, stride_h, stride_w, pt, pb, pl, pr, OH, OW)
+        OH = (Hp - RE) // stride_h + 1
+        OW = (Wp - SE) // stride_w + 1
+    return WindowGeometry(N, C, H, W, R, S, stride_h, stride_w, pt, pb, pl, pr, OH, OW, dilation_h, dilation_w)

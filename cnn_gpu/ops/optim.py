@@ -27,7 +27,7 @@ import operator
 
 import numpy
 
-from cnn_gpu.cuda.launch import grid_stride_blocks, is_aligned
+from cnn_gpu.cuda.grid import grid_stride_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import array_module, check_same_shape, check_writable, contiguous, float_operands, real_number
 

@@ -22,25 +22,27 @@ Contract, shared by every function here:
 NumPy path: vectorised over (N, C, OH, OW) with a loop over the R*S window offsets. CUDA path:
 kernels/pool.cu. Forward: one thread per output element (maxpool2d_fwd_argmax, sumpool2d_fwd). Backward:
 one thread per input element gathering from the windows that contain it (maxpool2d_bwd, sumpool2d_bwd).
-Max pooling has other ways, among which cnn_gpu.cuda.autotune picks the fastest for the shape, the
-first of each list being the default: forward, a variant compiled for the window size
-(maxpool2d_fwd_argmax_fixed; max_forward_ways); backward (max_backward_ways), one warp per 4 KB piece
-of dx, staged in shared memory and stored as whole lines (maxpool2d_bwd_staged), and, for disjoint
-windows (stride >= kernel_size: the common 2/2, 3/3), one thread per window writing the cell of dx
-around it (maxpool2d_bwd_disjoint). Every way gives the NumPy path's bits, but where windows overlap the
-staged way adds in another fixed order (within rounding).
+Max pooling has other variants, among which cnn_gpu.cuda.autotune picks the fastest for the shape, the
+first of each list being the default: forward (MaxPoolForward), a kernel compiled for the window size
+(maxpool2d_fwd_argmax_fixed); backward (MaxPoolBackward), one warp per 4 KB piece of dx, staged in shared
+memory and stored as whole lines (maxpool2d_bwd_staged), and, for disjoint windows (stride >= kernel_size:
+the common 2/2, 3/3), one thread per window writing the cell of dx around it (maxpool2d_bwd_disjoint).
+Every variant gives the NumPy path's bits, but where windows overlap the staged one adds in another fixed
+order (within rounding).
 """
 from __future__ import annotations
 
 import functools
 import operator
+from dataclasses import dataclass
 
 import numba
 import numpy
 
 from cnn_gpu.cuda import autotune
-from cnn_gpu.cuda.launch import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
+from cnn_gpu.cuda.grid import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
 from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.variants import Variant, applicable, planned, register
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
 from cnn_gpu.ops.geometry import WindowGeometry, as_pair, plain_arguments, window_geometry
 
@@ -294,34 +296,9 @@ def _cuda_max_pool2d(x, g: WindowGeometry):
 
     _check_plane_fits_int32(g)
     x = contiguous(cupy, x)
-    launch = functools.partial(_launch_max_pool2d, x, g)
-    way = autotune.pick("pool", ("maxpool2d_fwd",) + _geometry_key(g), lambda: max_forward_ways(g), launch)
-    return launch(way)
-
-
-# "generic": any window, its elements loaded WINDOW_BATCH at a time behind a cursor (~20 instructions an
-# element); "fixed": a variant compiled for the window size, every load at a fixed offset, ~10 instructions
-# an element (benchmarks/NOTES.md, max-pool forward). Up to FIXED_WINDOW_MAX elements: its loads live in
-# registers. The first is the default (CNN_GPU_AUTOTUNE=0).
-FIXED_WINDOW_MAX = 16
-
-
-def max_forward_ways(g: WindowGeometry) -> tuple:
-    """The ways max_pool2d may take for g, the default first."""
-    return ("generic", "fixed") if g.R * g.S <= FIXED_WINDOW_MAX else ("generic",)
-
-
-def _launch_max_pool2d(x, g: WindowGeometry, way: str):
-    import cupy
-
-    y = nan_filled(cupy, _output_shape(g))
-    indices = nan_filled(cupy, _output_shape(g), dtype=numpy.int64)
-    if way == "fixed":
-        _launch("maxpool2d_fwd_argmax_fixed", g, g.OH * g.OW, (x, y, indices), _output_item_args(g),
-                FIXED_WINDOW_R=g.R, FIXED_WINDOW_S=g.S)
-    else:
-        _launch("maxpool2d_fwd_argmax", g, g.OH * g.OW, (x, y, indices), _output_item_args(g))
-    return y, indices
+    choice = autotune.pick("maxpool2d_fwd", _geometry_key(g), lambda: applicable("maxpool2d_fwd", g),
+                           lambda variant: variant.launch(g, x))
+    return choice.launch(g, x)
 
 
 def _cuda_max_pool2d_backward(dy, indices, g: WindowGeometry):
@@ -329,41 +306,97 @@ def _cuda_max_pool2d_backward(dy, indices, g: WindowGeometry):
 
     _check_plane_fits_int32(g)
     dy, indices = contiguous(cupy, dy), contiguous(cupy, indices)
-    launch = functools.partial(_launch_max_pool2d_backward, dy, indices, g)
-    way = autotune.pick("pool", ("maxpool2d_bwd",) + _geometry_key(g), lambda: max_backward_ways(g), launch)
-    return launch(way)
-
-
-# "cells": a thread an output window writes its cell of dx (4-byte stores stride_w apart, so a 32-byte
-# sector arrives in pieces; no index math per element); "gather": a thread a dx element reads the windows
-# holding it (coalesced stores, ~125 instructions an element); "staged": a warp a 4 KB piece of dx, built in
-# shared memory, stored as whole lines of float4s (benchmarks/NOTES.md, max-pool backward). The first
-# way of each tuple is the default (CNN_GPU_AUTOTUNE=0).
-MAX_BACKWARD_WAYS = ("cells", "gather", "staged")  # disjoint windows
-OVERLAPPING_MAX_BACKWARD_WAYS = ("gather", "staged")
-
-
-def max_backward_ways(g: WindowGeometry) -> tuple:
-    """The ways max_pool2d_backward may take for g, the default first."""
-    return MAX_BACKWARD_WAYS if _disjoint_windows(g) else OVERLAPPING_MAX_BACKWARD_WAYS
+    choice = autotune.pick("maxpool2d_bwd", _geometry_key(g), lambda: applicable("maxpool2d_bwd", g),
+                           lambda variant: variant.launch(g, dy, indices))
+    return choice.launch(g, dy, indices)
 
 
 def _geometry_key(g: WindowGeometry) -> tuple:
     return (g.N, g.C, g.H, g.W, g.R, g.S, g.stride_h, g.stride_w, g.pad_top, g.pad_left)
 
 
-def _launch_max_pool2d_backward(dy, indices, g: WindowGeometry, way: str):
-    import cupy
+# Up to this many window elements the fixed-window forward applies: its loads live in registers.
+FIXED_WINDOW_MAX = 16
 
-    dx = nan_filled(cupy, g.input_shape)
-    if way == "cells":
-        _launch("maxpool2d_bwd_disjoint", g, g.OH * g.OW, (dy, indices, dx), _output_item_args(g))
-    elif way == "staged":
-        _launch("maxpool2d_bwd_staged", g, _staged_pieces(g), (dy, indices, dx), _staged_args(g),
-                items_per_block=STAGED_WARPS)
-    else:
-        _launch("maxpool2d_bwd", g, g.H * g.W, (dy, indices, dx), _input_item_args(g))
-    return dx
+
+@dataclass(frozen=True)
+class MaxPoolForward(Variant):
+    """max_pool2d's kernel. "generic" (the default): any window, its elements loaded WINDOW_BATCH at a time behind a
+    cursor (~20 instructions an element); "fixed": compiled for the window size, every load at a fixed offset, ~10
+    instructions an element (benchmarks/NOTES.md, max-pool forward), for windows of up to FIXED_WINDOW_MAX elements."""
+    name: str
+    op = "maxpool2d_fwd"
+
+    @property
+    def algorithm(self) -> str:
+        return f"{self.name} window"
+
+    def applies(self, g: WindowGeometry) -> bool:
+        return self.name == "generic" or g.R * g.S <= FIXED_WINDOW_MAX
+
+    def plan(self, g: WindowGeometry) -> tuple:
+        """(kernel name, compile-time defines) of the launch."""
+        if self.name == "fixed":
+            return "maxpool2d_fwd_argmax_fixed", {"FIXED_WINDOW_R": g.R, "FIXED_WINDOW_S": g.S}
+        return "maxpool2d_fwd_argmax", {}
+
+    def launch(self, g: WindowGeometry, x):
+        import cupy
+
+        name, defines = planned(self, g)
+        y = nan_filled(cupy, _output_shape(g))
+        indices = nan_filled(cupy, _output_shape(g), dtype=numpy.int64)
+        _launch(name, g, g.OH * g.OW, (x, y, indices), _output_item_args(g), **defines)
+        return y, indices
+
+
+@dataclass(frozen=True)
+class MaxPoolBackward(Variant):
+    """max_pool2d_backward's kernel. "cells" (the default where windows are disjoint, stride >= kernel_size): a thread
+    an output window writes its cell of dx (4-byte stores stride_w apart, so a 32-byte sector arrives in pieces; no
+    index math per element); "gather" (the default otherwise): a thread a dx element reads the windows holding it
+    (coalesced stores, ~125 instructions an element); "staged": a warp a 4 KB piece of dx, built in shared memory,
+    stored as whole lines of float4s (benchmarks/NOTES.md, max-pool backward). Every variant gives the NumPy path's
+    bits, but where windows overlap the staged one adds in another fixed order (within rounding)."""
+    name: str
+    op = "maxpool2d_bwd"
+
+    @property
+    def algorithm(self) -> str:
+        return self.name
+
+    def applies(self, g: WindowGeometry) -> bool:
+        return self.name != "cells" or _disjoint_windows(g)
+
+    def plan(self, g: WindowGeometry) -> tuple:
+        """(kernel name, items a plane, scalar arguments, items a block) of the launch."""
+        if self.name == "cells":
+            return "maxpool2d_bwd_disjoint", g.OH * g.OW, _output_item_args(g), THREADS
+        if self.name == "staged":
+            return "maxpool2d_bwd_staged", _staged_pieces(g), _staged_args(g), STAGED_WARPS
+        return "maxpool2d_bwd", g.H * g.W, _input_item_args(g), THREADS
+
+    def launch(self, g: WindowGeometry, dy, indices):
+        import cupy
+
+        name, items_per_plane, scalars, items_per_block = planned(self, g)
+        dx = nan_filled(cupy, g.input_shape)
+        _launch(name, g, items_per_plane, (dy, indices, dx), scalars, items_per_block=items_per_block)
+        return dx
+
+
+register(MaxPoolForward("generic"), MaxPoolForward("fixed"))
+register(MaxPoolBackward("cells"), MaxPoolBackward("gather"), MaxPoolBackward("staged"))
+
+
+def max_forward_variants(g: WindowGeometry) -> tuple:
+    """The names of the variants max_pool2d may take for g (verified or not), the default first."""
+    return tuple(v.name for v in applicable("maxpool2d_fwd", g))
+
+
+def max_backward_variants(g: WindowGeometry) -> tuple:
+    """The names of the variants max_pool2d_backward may take for g (verified or not), the default first."""
+    return tuple(v.name for v in applicable("maxpool2d_bwd", g))
 
 
 def _cuda_sum_pool2d(x, g: WindowGeometry, mode: int):

@@ -30,7 +30,7 @@ import functools
 import numpy
 
 from cnn_gpu.backend import to_numpy
-from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks
+from cnn_gpu.cuda.grid import cdiv, grid_stride_blocks
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.activation import numpy_activation
 from cnn_gpu.ops.arrays import array_module, check_same_shape, contiguous, float_operands, nan_filled

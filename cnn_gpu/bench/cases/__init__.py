@@ -23,16 +23,19 @@ float64 copies) and the training step (its PyTorch twin in float64; see networks
 
 Shapes (full suite): the example networks' layers (cnn_gpu.networks: the MNIST network at batch 32, 128 and
 1024; the 100×100 network at 32 and 128: its first conv's output is 20 GB at batch 1024), the 3×3 layers of ResNet-50 / VGG-16 at
-batch 32 and 128, a 1×1 256→64 at 56², square GEMMs 1024..8192 and the dense layers' skinny GEMMs.
+batch 32 and 128, a 1×1 256→64 at 56², MobileNetV2's, ConvNeXt's and a 31×31 depthwise layer, ResNeXt's grouped
+and DeepLab's dilated 3×3, square GEMMs 1024..8192 and the dense layers' skinny GEMMs.
 The quick suite (CI, no GPU) takes small shapes of the same layers.
 
 Modules: base.py (Case, Bound, the PyTorch reference helpers), kernels.py (convolution, GEMM, dense layers),
+grouped.py (grouped, depthwise and dilated convolution),
 layers.py (pooling, activations, softmax and losses, batch-norm, dropout, optimizers), networks.py (the
 example networks' training steps).
 """
 from __future__ import annotations
 
 from cnn_gpu.bench.cases.base import Bound, Case
+from cnn_gpu.bench.cases.grouped import _grouped_cases
 from cnn_gpu.bench.cases.kernels import _conv_cases, _linear_cases, _matmul_cases
 from cnn_gpu.bench.cases.layers import (_activation_cases, _batchnorm_cases, _dropout_cases, _optimizer_cases,
                                         _pool_cases, _softmax_cases)
@@ -41,7 +44,7 @@ from cnn_gpu.bench.cases.networks import _train_step_cases
 __all__ = ["Bound", "Case", "cases", "op_names", "representative_cases"]
 
 
-OPS = ("conv2d", "matmul", "linear", "train_step", "maxpool", "avgpool", "sumpool", "relu", "leaky_relu",
+OPS = ("conv2d", "conv2d_grouped", "matmul", "linear", "train_step", "maxpool", "avgpool", "sumpool", "relu", "leaky_relu",
        "sigmoid", "tanh", "softmax", "log_softmax", "softmax_xent", "sigmoid_bce", "batchnorm", "dropout",
        "sgd", "adam")
 
@@ -53,7 +56,7 @@ def op_names() -> tuple:
 
 def cases(quick: bool = False) -> list:
     """Every case of the full suite (GPU-sized) or of the quick one (CPU-sized), in report order."""
-    families = (_conv_cases, _matmul_cases, _linear_cases, _train_step_cases, _pool_cases, _activation_cases,
+    families = (_conv_cases, _grouped_cases, _matmul_cases, _linear_cases, _train_step_cases, _pool_cases, _activation_cases,
                 _softmax_cases, _batchnorm_cases, _dropout_cases, _optimizer_cases)
     found = [case for family in families for case in family(quick)]
     order = {op: i for i, op in enumerate(OPS)}

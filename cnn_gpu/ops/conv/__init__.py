@@ -2,147 +2,204 @@
 epilogue, and backward.
 
 Contract:
-  conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.01) -> y
-      x (N, C, H, W), w (K, C, R, S), b (K,) or None -> y (N, K, OH, OW)
-      y[n, k, oh, ow] = act(b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, oh*sh - pt + r, ow*sw - pl + s])
-      (x is zero outside its bounds). stride: int or pair. padding: int, pair, 'valid' or 'same'
-      (geometry: cnn_gpu.ops.geometry.window_geometry; 'same' puts an odd extra row at the bottom/right).
+  conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.01, *, dilation=1, groups=1) -> y
+      x (N, C, H, W), w (K, C // groups, R, S), b (K,) or None -> y (N, K, OH, OW)
+      y[n, k, oh, ow] = act(b[k] + sum_{c', r, s} w[k, c', r, s] * x[n, g*Cg + c', oh*sh - pt + r*dh, ow*sw - pl + s*dw])
+      with Cg = C // groups, Kg = K // groups and g = k // Kg the group of filter k (groups == C: depthwise, each
+      input channel its own K // C filters); x is zero outside its bounds. stride, dilation: int or pair.
+      padding: int, pair, 'valid' or 'same' (geometry: cnn_gpu.ops.geometry.window_geometry; 'same' puts an odd
+      extra row at the bottom/right and counts the dilated window's span, as TF/Keras and PyTorch do).
       activation: None, 'relu', 'leaky_relu', 'sigmoid' or 'tanh', applied in the same pass.
-  conv2d_backward(dy, x, w, stride=1, padding=0, *, compute_dx=True, compute_dw=True) -> (dx, dw, db)
+  conv2d_backward(dy, x, w, stride=1, padding=0, *, dilation=1, groups=1, compute_dx=True, compute_dw=True)
+      -> (dx, dw, db)
       dy is the gradient w.r.t. the PRE-activation output (the caller applies the activation's
       backward first); db = sum of dy over N, OH, OW. dx (dw) is None when compute_dx (compute_dw)
       is False and is then not computed: a network's first layer needs no dx.
+  Bad arguments (groups not dividing C or K, w's channels not C // groups, dilation < 1, a dilated window larger
+  than the padded input) raise ValueError naming the argument and the shapes, before any work.
 
-NumPy path: im2col as a strided view of the padded input (no copy until the GEMM's operand is
-formed), one batched matmul forward; backward as two GEMMs over the channel-major im2col matrix and a
-col2im that adds one strided slice per kernel tap (R*S vectorised adds; a numba scatter-add measured
-no faster).
+NumPy path: im2col as a strided view of the padded input (a dilated window: every dilation-th element of the
+window it spans; no copy until the GEMM's operand is formed), one matmul batched over images and groups forward;
+backward as two GEMMs batched over groups on the channel-major im2col matrix and a col2im that adds one strided
+slice per kernel tap (R*S vectorised adds; a numba scatter-add measured no faster). The same functions, given
+CuPy arrays, are the CUDA path's grouped / dilated fallback (cuda_path.py).
 
 CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data, conv2d_bwd_filter) and
 deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no float atomics, so backward is
-bit-reproducible. Each of the three has variants; cnn_gpu.cuda.autotune times them on the first call of a
-shape and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEFAULT_TILE):
-  forward          CONV_TILES; SplitPlan(tile, blocks_per_sm): C·R·S split over blocks, offered where the
-                   output tiles cannot fill the GPU; for 3×3 stride-1 layers WINOGRAD (F(2×2, 3×3),
-                   kernels/winograd.cu: 2.25× fewer multiplies, the products one launch of kernels/gemm.cu)
-                   and WINOGRAD_4X4 (F(4×4, 3×3): 4× fewer, ~5× F(2×2)'s rounding error); for K <= 8 filters
-                   FEW_FILTERS (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, compiled per layer shape: tiles of
-                   output pixels × all K filters, where the GEMM's tiles are 32-128 filters tall) and
-                   SplitPlan(FEW_FILTERS, ...): its C split over blocks where its tiles cannot fill the GPU
-  backward-data    CONV_TILES; for stride-1 layers with pads narrower than the window AS_FORWARD: dx as the
-                   forward conv of dy with the filters flipped, which then gets the forward's variants
-  backward-filter  SplitPlan(tile, blocks_per_sm): N·OH·OW split; for 3×3 stride-1 layers SplitPlan(WINOGRAD, ...)
-                   and SplitPlan(WINOGRAD_4X4, ...): dy and input transforms, the 16 (36) products over chunks of
-                   the 2×2 (4×4) tiles, a filter-gradient transform summing the chunks in order; for first layers
-                   (C·R·S <= 32) SplitPlan(FEW_CHANNELS, ...): kernels/conv2d_direct.cu's
+bit-reproducible. Each of the three ops (conv2d_fwd, conv2d_bwd_data, conv2d_bwd_filter) has variants
+(cnn_gpu.cuda.variants); cnn_gpu.cuda.autotune times the verified ones that apply on the first call of a shape
+and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEFAULT_TILE; CNN_GPU_UNVERIFIED=1 offers
+the variants no GPU run has verified yet too):
+  forward          ImplicitGemmForward(tile) for each of CONV_TILES, and split (C·R·S over blocks) where the output
+                   tiles cannot fill the GPU; for 3×3 stride-1 layers WinogradForward(2) (F(2×2, 3×3),
+                   kernels/winograd.cu: 2.25× fewer multiplies, the products one launch of kernels/gemm.cu) and
+                   WinogradForward(4) (F(4×4, 3×3): 4× fewer, ~5× F(2×2)'s rounding error); for K <= 8 filters
+                   FewFiltersForward (kernels/conv2d_direct.cu's conv2d_fwd_few_filters, compiled per layer shape:
+                   tiles of output pixels × all K filters, where the GEMM's tiles are 32-128 filters tall), and split
+                   (its C over blocks) where its tiles cannot fill the GPU
+  backward-data    ImplicitGemmBackwardData(tile); for stride-1 layers with pads narrower than the window
+                   BackwardDataAsForward: dx as the forward conv of dy with the filters flipped, which then gets the
+                   forward's variants
+  backward-filter  ImplicitGemmBackwardFilter(tile, blocks_per_sm): N·OH·OW split; for 3×3 stride-1 layers
+                   WinogradBackwardFilter(2 | 4, blocks_per_sm): dy and input transforms, the 16 (36) products over
+                   chunks of the 2×2 (4×4) tiles, a filter-gradient transform summing the chunks in order; for first
+                   layers (C·R·S <= 32) FewChannelsBackwardFilter(blocks_per_sm): kernels/conv2d_direct.cu's
                    conv2d_bwd_filter_few_channels, compiled per layer shape, streaming dy once
 A Winograd variant is offered only where its buffers fit 32-bit indexing and _WINOGRAD_MAX_BYTES.
+A test or tool runs one variant with cnn_gpu.cuda.autotune.forced({"conv2d_fwd": "Winograd F(2x2, 3x3)"}).
 
 Reading order: this module (the contract, validation, the NumPy path, the one dispatch on the array type);
-cuda_path.py (the candidates of each kernel and the launch of the autotuner's choice); problem.py (what every
-algorithm shares); then one module per algorithm family: implicit_gemm.py (kernels/conv2d.cu), winograd.py
-(kernels/winograd.cu + kernels/gemm.cu), direct.py (kernels/conv2d_direct.cu).
+cuda_path.py (each op's variants, registered in autotuner order, and the launch of the autotuner's choice);
+problem.py (what every algorithm shares); then one module per algorithm family: implicit_gemm.py (kernels/conv2d.cu), winograd.py
+(kernels/winograd.cu + kernels/gemm.cu), direct.py (kernels/conv2d_direct.cu). Grouped and dilated problems (groups > 1,
+dilation > 1), which those kernels do not compute, take grouped.py's ops (conv2d_grouped_fwd, _bwd_data, _bwd_filter):
+this module's NumPy path on CuPy arrays by default, and for depthwise layers (groups == C) the unverified direct
+kernels of depthwise.py (kernels/conv2d_depthwise.cu).
 """
 from __future__ import annotations
 
 import numpy
-from numpy.lib.stride_tricks import sliding_window_view
 
 from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
 from cnn_gpu.ops.arrays import float_operands
-from cnn_gpu.ops.conv.cuda_path import AS_FORWARD, _cuda_conv2d, _cuda_conv2d_backward
-from cnn_gpu.ops.conv.direct import FEW_CHANNELS, FEW_FILTERS
-from cnn_gpu.ops.conv.implicit_gemm import CONV_TILES, DEFAULT_TILE, ConvTile
-from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, SplitPlan, _output_shape
-from cnn_gpu.ops.conv.winograd import WINOGRAD, WINOGRAD_4X4
+from cnn_gpu.ops.conv.cuda_path import (BackwardDataAsForward, _cuda_conv2d, _cuda_conv2d_backward, as_forward_geometry,
+                                        flipped_filters)
+from cnn_gpu.ops.conv.grouped import cuda_grouped_conv2d, cuda_grouped_conv2d_backward
+from cnn_gpu.ops.conv.direct import FewChannelsBackwardFilter, FewFiltersForward
+from cnn_gpu.ops.conv.implicit_gemm import (CONV_TILES, DEFAULT_TILE, ConvTile, ImplicitGemmBackwardData,
+                                            ImplicitGemmBackwardFilter, ImplicitGemmForward)
+from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, ConvProblem, _output_shape, conv_problem
+from cnn_gpu.ops.conv.winograd import WinogradBackwardFilter, WinogradForward
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
 
-__all__ = ["conv2d", "conv2d_backward", "AS_FORWARD", "CONV_TILES", "DEFAULT_TILE", "FEW_CHANNELS", "FEW_FILTERS",
-           "SPLIT_BLOCKS_PER_SM", "ConvTile", "SplitPlan", "WINOGRAD", "WINOGRAD_4X4"]
+__all__ = ["conv2d", "conv2d_backward", "CONV_TILES", "DEFAULT_TILE", "SPLIT_BLOCKS_PER_SM", "BackwardDataAsForward",
+           "ConvProblem", "ConvTile", "FewChannelsBackwardFilter", "FewFiltersForward", "ImplicitGemmBackwardData",
+           "ImplicitGemmBackwardFilter", "ImplicitGemmForward", "WinogradBackwardFilter", "WinogradForward",
+           "as_forward_geometry", "conv_problem", "flipped_filters"]
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.01):
-    """y = act(conv(x, w) + b), (N, C, H, W) x (K, C, R, S) -> (N, K, OH, OW). See the module docstring."""
+def conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.01, *, dilation=1, groups=1):
+    """y = act(conv(x, w) + b), (N, C, H, W) x (K, C // groups, R, S) -> (N, K, OH, OW). See the module docstring."""
     xp = float_operands(_LAYOUTS, ("b",), x=x, w=w, b=b)
-    g = _geometry(x, w, stride, padding)
+    g = _geometry(x, w, stride, padding, dilation, groups)
     K = w.shape[0]
     if b is not None and tuple(b.shape) != (K,):
         raise ValueError(f"b must have shape (K,) = ({K},) for w of shape {tuple(w.shape)}, got shape {tuple(b.shape)}")
     act = activation_code(activation)  # ValueError for an unknown name
     negative_slope = checked_slope(negative_slope)
     if xp is numpy:
-        return _numpy_conv2d(x, w, b, g, activation, negative_slope)
+        return _numpy_conv2d(x, w, b, g, activation, negative_slope, groups)
+    if groups != 1 or _dilated(g):
+        return cuda_grouped_conv2d(x, w, b, g, groups, activation, float(negative_slope))
     return _cuda_conv2d(x, w, b, g, act, float(negative_slope))  # a float: it keys the launch cache
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, *, compute_dx=True, compute_dw=True):
+def conv2d_backward(dy, x, w, stride=1, padding=0, *, dilation=1, groups=1, compute_dx=True, compute_dw=True):
     """(dx, dw, db) from dy, the gradient w.r.t. conv2d's pre-activation output; dx / dw are None (and not
     computed) when compute_dx / compute_dw is False."""
     xp = float_operands(_LAYOUTS, dy=dy, x=x, w=w)
-    g = _geometry(x, w, stride, padding)
+    g = _geometry(x, w, stride, padding, dilation, groups)
     expected = _output_shape(g, w.shape[0])
     if tuple(dy.shape) != expected:
         raise ValueError(
             f"dy must have the conv2d output shape {expected} for x of shape {tuple(x.shape)}, "
-            f"w of shape {tuple(w.shape)}, stride {stride!r}, padding {padding!r}; got shape {tuple(dy.shape)}"
+            f"w of shape {tuple(w.shape)}, stride {stride!r}, padding {padding!r}, dilation {dilation!r}; "
+            f"got shape {tuple(dy.shape)}"
         )
     if xp is numpy:
-        return _numpy_conv2d_backward(dy, x, w, g, compute_dx, compute_dw)
+        return _numpy_conv2d_backward(dy, x, w, g, compute_dx, compute_dw, groups)
+    if groups != 1 or _dilated(g):
+        return cuda_grouped_conv2d_backward(dy, x, w, g, groups, compute_dx, compute_dw)
     return _cuda_conv2d_backward(dy, x, w, g, compute_dx, compute_dw)
 
 
-_LAYOUTS = {"x": (4, "N, C, H, W"), "w": (4, "K, C, R, S"), "b": (1, "K"), "dy": (4, "N, K, OH, OW")}
+_LAYOUTS = {"x": (4, "N, C, H, W"), "w": (4, "K, C // groups, R, S"), "b": (1, "K"), "dy": (4, "N, K, OH, OW")}
 
 
-def _geometry(x, w, stride, padding) -> WindowGeometry:
+def _geometry(x, w, stride, padding, dilation=1, groups=1) -> WindowGeometry:
     """Output geometry, after the checks that need both x and w (ndim and dtype are checked already)."""
     if min(w.shape) < 1:
         raise ValueError(f"w must have positive sizes, got shape {tuple(w.shape)}")
-    if w.shape[1] != x.shape[1]:
+    if type(groups) is not int or groups < 1:  # noqa: E721 (a bool or a float is refused too)
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    C, K = x.shape[1], w.shape[0]
+    if C % groups:
+        raise ValueError(f"groups = {groups} must divide the input channels: x has C = {C} (shape {tuple(x.shape)})")
+    if K % groups:
+        raise ValueError(f"groups = {groups} must divide the filters: w has K = {K} (shape {tuple(w.shape)})")
+    if w.shape[1] != C // groups and groups == 1:
         raise ValueError(
-            f"w has {w.shape[1]} input channels (shape {tuple(w.shape)}) but x has {x.shape[1]} (shape {tuple(x.shape)})"
+            f"w has {w.shape[1]} input channels (shape {tuple(w.shape)}) but x has {C} (shape {tuple(x.shape)})"
         )
-    return window_geometry(x.shape, w.shape[2:], stride, padding, window_name="w")
+    if w.shape[1] != C // groups:
+        raise ValueError(f"w must have C // groups = {C // groups} input channels (x shape {tuple(x.shape)}, groups "
+                         f"{groups}), got w of shape {tuple(w.shape)}")
+    return window_geometry(x.shape, w.shape[2:], stride, padding, window_name="w", dilation=dilation)
+
+
+def _dilated(g: WindowGeometry) -> bool:
+    return g.dilation_h != 1 or g.dilation_w != 1
 
 
 def _windows(x, g: WindowGeometry):
-    """The view (N, C, OH, OW, R, S) of every window of the zero-padded x (no copy of the windows)."""
+    """The view (N, C, OH, OW, R, S) of every window of the zero-padded x (no copy of the windows); NumPy or CuPy."""
+    xp = numpy if isinstance(x, numpy.ndarray) else _cupy()
     pads = ((0, 0), (0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
-    padded = numpy.pad(x, pads) if any(sum(p) for p in pads) else x
-    view = sliding_window_view(padded, (g.R, g.S), axis=(2, 3))
+    padded = xp.pad(x, pads) if any(sum(p) for p in pads) else x
+    view = xp.lib.stride_tricks.sliding_window_view(padded, g.window_extent, axis=(2, 3))
+    if _dilated(g):
+        view = view[..., :: g.dilation_h, :: g.dilation_w]
     return view[:, :, : (g.OH - 1) * g.stride_h + 1 : g.stride_h, : (g.OW - 1) * g.stride_w + 1 : g.stride_w]
 
 
-def _numpy_conv2d(x, w, b, g: WindowGeometry, activation, slope):
-    K = w.shape[0]
-    # cols[n] is image n's (C*R*S, OH*OW) im2col matrix; one batched GEMM gives y in (N, K, OH*OW).
-    cols = _windows(x, g).transpose(0, 1, 4, 5, 2, 3).reshape(g.N, -1, g.OH * g.OW)
-    y = numpy.matmul(w.reshape(K, -1), cols)
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def _numpy_conv2d(x, w, b, g: WindowGeometry, activation, slope, groups=1):
+    K, G = w.shape[0], groups
+    # cols[n, g] is image n's (Cg*R*S, OH*OW) im2col matrix of group g; one GEMM batched over images and groups gives
+    # y in (N, G, Kg, OH*OW).
+    cols = _windows(x, g).reshape(g.N, G, g.C // G, g.OH, g.OW, g.R, g.S).transpose(0, 1, 2, 5, 6, 3, 4)
+    y = (w.reshape(G, K // G, -1) @ cols.reshape(g.N, G, -1, g.OH * g.OW)).reshape(g.N, K, g.OH * g.OW)
     if b is not None:
         y += b[:, None]
+    if not isinstance(y, numpy.ndarray):  # the CUDA path's fallback: the activation by its own kernel
+        from cnn_gpu.ops.activation import _cuda_activation
+
+        if activation not in (None, "linear"):
+            y = _cuda_activation(y, activation, slope)
+        return y.reshape(_output_shape(g, K))
     return numpy_activation(y, activation, slope).reshape(_output_shape(g, K))
 
 
-def _numpy_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute_dw: bool):
-    K = w.shape[0]
-    # Channel-major im2col: cols (C*R*S, N*OH*OW) and dy as (K, N*OH*OW), so both gradients are one GEMM.
-    dy_k = dy.transpose(1, 0, 2, 3).reshape(K, -1)
+def _numpy_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, compute_dw: bool, groups=1):
+    K, G = w.shape[0], groups
+    # Channel-major im2col: cols (G, Cg*R*S, N*OH*OW) and dy as (G, Kg, N*OH*OW), so each gradient is one GEMM
+    # batched over groups.
+    dy_k = dy.reshape(g.N, G, K // G, -1).transpose(1, 2, 0, 3).reshape(G, K // G, -1)
     dx = dw = None
     if compute_dw:
-        cols = _windows(x, g).transpose(1, 4, 5, 0, 2, 3).reshape(-1, g.N * g.OH * g.OW)
-        dw = (dy_k @ cols.T).reshape(w.shape)
+        cols = _windows(x, g).reshape(g.N, G, g.C // G, g.OH, g.OW, g.R, g.S).transpose(1, 2, 5, 6, 0, 3, 4)
+        dw = (dy_k @ cols.reshape(G, -1, g.N * g.OH * g.OW).transpose(0, 2, 1)).reshape(w.shape)
     if compute_dx:
-        dx = _numpy_col2im((w.reshape(K, -1).T @ dy_k).reshape(g.C, g.R, g.S, g.N, g.OH, g.OW), g, x.dtype)
+        dcols = w.reshape(G, K // G, -1).transpose(0, 2, 1) @ dy_k
+        dx = _numpy_col2im(dcols.reshape(g.C, g.R, g.S, g.N, g.OH, g.OW), g, x.dtype)
     return dx, dw, dy.sum(axis=(0, 2, 3))
 
 
 def _numpy_col2im(dcols, g: WindowGeometry, dtype):
     """dx (N, C, H, W) from the window gradients dcols (C, R, S, N, OH, OW): tap (r, s) of every window
-    lands on a strided slice of the padded input, one add per tap."""
+    lands on a strided slice of the padded input, one add per tap; NumPy or CuPy."""
+    xp = numpy if isinstance(dcols, numpy.ndarray) else _cupy()
     Hp, Wp = g.padded_hw
-    dx_padded = numpy.zeros((g.C, g.N, Hp, Wp), dtype=dtype)
+    dx_padded = xp.zeros((g.C, g.N, Hp, Wp), dtype=dtype)
     for r in range(g.R):
         for s in range(g.S):
-            dx_padded[:, :, r : r + (g.OH - 1) * g.stride_h + 1 : g.stride_h, s : s + (g.OW - 1) * g.stride_w + 1 : g.stride_w] += dcols[:, r, s]
+            r0, s0 = r * g.dilation_h, s * g.dilation_w
+            dx_padded[:, :, r0 : r0 + (g.OH - 1) * g.stride_h + 1 : g.stride_h,
+                      s0 : s0 + (g.OW - 1) * g.stride_w + 1 : g.stride_w] += dcols[:, r, s]
     dx = dx_padded[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W].transpose(1, 0, 2, 3)
-    return numpy.ascontiguousarray(dx)
+    return xp.ascontiguousarray(dx)

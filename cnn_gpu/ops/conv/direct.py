@@ -1,47 +1,31 @@
 """The direct convolutions of kernels/conv2d_direct.cu, compiled per layer shape: a forward for layers with few
-filters (conv2d_fwd_few_filters) and a backward-filter for layers with few input channels
-(conv2d_bwd_filter_few_channels)."""
+filters (FewFiltersForward: conv2d_fwd_few_filters) and a backward-filter for layers with few input channels
+(FewChannelsBackwardFilter: conv2d_bwd_filter_few_channels)."""
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy
 
 from cnn_gpu.cuda import device
-from cnn_gpu.cuda.launch import cdiv
+from cnn_gpu.cuda.grid import cdiv
 from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.variants import Variant, planned
 from cnn_gpu.ops.activation import activation_code
 from cnn_gpu.ops.arrays import nan_filled
 from cnn_gpu.ops.conv.implicit_gemm import _run
-from cnn_gpu.ops.conv.problem import _Launch, _Problem, _split_count
+from cnn_gpu.ops.conv.problem import ConvProblem, _Launch, _split_count, earlier_split_matches
 from cnn_gpu.ops.geometry import WindowGeometry
-
-
-# The forward's variant for layers with few filters (K <= _FEW_FILTERS_MAX_K; _few_filters_tile): conv2d_fwd_few_filters,
-# compiled per layer shape, never the default. Backward-data of a first layer (C = 1, 3) through AS_FORWARD is one.
-FEW_FILTERS = "few output channels"
 
 
 # conv2d_fwd_few_filters's constants (kernels/conv2d_direct.cu's FK_*; a test compares them).
 _FEW_FILTERS_MAX_K = 8
-
-
 _FEW_FILTERS_STRIP = 4           # output columns a thread
-
-
 _FEW_FILTERS_MAX_THREADS = 128
-
-
 _FEW_FILTERS_MAX_LOADS = 24      # x elements a thread stages a channel
-
-
 _FEW_FILTERS_MAX_WEIGHTS = 72    # K·R·S, held in registers
-
-
 _FEW_FILTERS_MAX_SEGMENT = 16    # x values of one row under a thread's 4 windows, rounded up to float4s
-
-
 _FEW_FILTERS_MAX_ACCUMULATORS = 32  # a thread's u·4·K outputs, held in registers
 
 
@@ -68,7 +52,6 @@ class _FewFiltersTile(NamedTuple):
         return cdiv(rows * ((self.bx - 1) * _FEW_FILTERS_STRIP * g.stride_w + segment), self.threads)
 
 
-@functools.lru_cache(maxsize=1024)
 def _few_filters_tile(g: WindowGeometry, K: int) -> _FewFiltersTile | None:
     """The tile of conv2d_fwd_few_filters on this layer; None where the kernel does not apply: K past
     _FEW_FILTERS_MAX_K, K·R·S past _FEW_FILTERS_MAX_WEIGHTS, a row segment past _FEW_FILTERS_MAX_SEGMENT, or no tile
@@ -93,7 +76,7 @@ def _few_filters_tile(g: WindowGeometry, K: int) -> _FewFiltersTile | None:
 
 
 class _FewFiltersPlan(NamedTuple):
-    """conv2d_fwd_few_filters on one _Problem and variant: its FEWK_* defines ((name, value) pairs), grid, block,
+    """conv2d_fwd_few_filters on one ConvProblem and variant: its FEWK_* defines ((name, value) pairs), grid, block,
     split count and scalar arguments but act and slope (numpy.int32s, in the kernel's order)."""
     defines: tuple
     grid: tuple
@@ -102,11 +85,10 @@ class _FewFiltersPlan(NamedTuple):
     args: tuple
 
 
-@functools.lru_cache(maxsize=1024)
-def _few_filters_plan(problem: _Problem, variant) -> _FewFiltersPlan:
-    """FEW_FILTERS: a block a tile of _few_filters_tile and image, over all C channels; SplitPlan(FEW_FILTERS,
-    blocks_per_sm): C split in chunks of at least _FEW_FILTERS_MIN_CHUNK until the grid gives every SM blocks_per_sm
-    blocks. ValueError where the kernel does not apply."""
+def _few_filters_plan(problem: ConvProblem, blocks_per_sm: int) -> _FewFiltersPlan:
+    """A block a tile of _few_filters_tile and image, over all C channels (blocks_per_sm 0), or C split in chunks of
+    at least _FEW_FILTERS_MIN_CHUNK until the grid gives every SM blocks_per_sm blocks. ValueError where the kernel
+    does not apply."""
     g, K = problem.g, problem.K
     tile = _few_filters_tile(g, K)
     if tile is None:
@@ -114,55 +96,74 @@ def _few_filters_plan(problem: _Problem, variant) -> _FewFiltersPlan:
                          f"{g.stride_h}×{g.stride_w} (output {g.OH}×{g.OW})")
     tiles_h, tiles_w = cdiv(g.OH, tile.by * tile.u), cdiv(g.OW, tile.bx * _FEW_FILTERS_STRIP)
     blocks = g.N * tiles_h * tiles_w
-    splits, chunk = (1, g.C) if variant == FEW_FILTERS else _split_count(g.C, _FEW_FILTERS_MIN_CHUNK, blocks,
-                                                                        variant.blocks_per_sm)
+    splits, chunk = (1, g.C) if not blocks_per_sm else _split_count(g.C, _FEW_FILTERS_MIN_CHUNK, blocks, blocks_per_sm)
     defines = (("FEWK_K", K), ("FEWK_R", g.R), ("FEWK_S", g.S), ("FEWK_SH", g.stride_h), ("FEWK_SW", g.stride_w),
                ("FEWK_BX", tile.bx), ("FEWK_BY", tile.by), ("FEWK_U", tile.u))
     args = tuple(numpy.int32(v) for v in (g.N, g.C, g.H, g.W, g.OH, g.OW, g.pad_top, g.pad_left, tiles_w, tiles_h, chunk))
     return _FewFiltersPlan(defines, (blocks, splits), (tile.threads,), splits, args)
 
 
-def _launch_conv2d_fwd_few_filters(x, w, b, problem: _Problem, act: int, slope: float, variant):
-    """y by conv2d_fwd_few_filters, bias and activation in its epilogue; split (SplitPlan(FEW_FILTERS, ...)): partials
-    over the channel chunks, then the fixed-order sum that adds the bias and applies the activation."""
-    import cupy
-
-    launch = _few_filters_launch(problem, variant, act, slope)  # the checks, before any allocation
-    return _run(launch, (x, w, b if launch.splits == 1 else None), nan_filled(cupy, problem.y_shape),
-                b, problem.K, problem.g.OH * problem.g.OW, act, slope)
+def _split_name(blocks_per_sm: int) -> str:
+    return f", split to {blocks_per_sm} blocks an SM" if blocks_per_sm else ""
 
 
-@functools.lru_cache(maxsize=1024)
-def _few_filters_launch(problem: _Problem, variant, act: int, slope: float) -> _Launch:
-    """conv2d_fwd_few_filters for _few_filters_plan; split, its partials carry no bias and no activation."""
-    plan = _few_filters_plan(problem, variant)
-    if plan.splits > 1:
-        act, slope = activation_code(None), 0.0
-    return _Launch(load_kernel("conv2d_direct", "conv2d_fwd_few_filters", **dict(plan.defines)), plan.grid, plan.block,
-                   plan.args + (numpy.int32(act), numpy.float32(slope)), plan.splits)
+@dataclass(frozen=True)
+class FewFiltersForward(Variant):
+    """y by conv2d_fwd_few_filters, compiled per layer shape (tiles of output pixels × all K filters, where the implicit
+    GEMM's tiles are 32-128 filters tall), bias and activation in its epilogue; offered for layers with few filters
+    (K <= _FEW_FILTERS_MAX_K; _few_filters_tile). blocks_per_sm > 0: its C split over blocks where its tiles cannot
+    fill the GPU, partials over the channel chunks, then the fixed-order sum that adds the bias and applies the
+    activation. Backward-data of a first layer (C = 1, 3) as a forward conv is one."""
+    blocks_per_sm: int = 0
+    op = "conv2d_fwd"
 
+    @property
+    def algorithm(self) -> str:
+        return "few output channels, split" if self.blocks_per_sm else "few output channels"
 
-# Backward-filter's variant for layers with few input channels (C·R·S <= 32 and its values fit a thread's registers:
-# _few_channels_filters): conv2d_bwd_filter_few_channels, compiled per layer shape; never the default.
-FEW_CHANNELS = "few input channels"
+    @property
+    def name(self) -> str:
+        return "few output channels" + _split_name(self.blocks_per_sm)
+
+    def applies(self, problem: ConvProblem) -> bool:
+        if self.tile(problem) is None:
+            return False
+        if not self.blocks_per_sm:
+            return True
+        return (self.kernel_plan(problem).splits > 1
+                and not earlier_split_matches(self, self.blocks_per_sm, lambda b: _few_filters_plan(problem, b).splits))
+
+    def tile(self, problem: ConvProblem) -> _FewFiltersTile | None:
+        """The kernel's block on this problem ((bx, by, u): bx × by threads of u rows × 4 columns of every filter);
+        None where the kernel does not apply."""
+        return _few_filters_tile(problem.g, problem.K)
+
+    def kernel_plan(self, problem: ConvProblem) -> _FewFiltersPlan:
+        """The kernel's compile-time defines, grid and arguments on this problem (ValueError where it does not apply)."""
+        return _few_filters_plan(problem, self.blocks_per_sm)
+
+    def plan(self, problem: ConvProblem, act: int, slope: float) -> _Launch:
+        """The launch; split, its partials carry no bias and no activation."""
+        plan = self.kernel_plan(problem)
+        if plan.splits > 1:
+            act, slope = activation_code(None), 0.0
+        return _Launch(load_kernel("conv2d_direct", "conv2d_fwd_few_filters", **dict(plan.defines)), plan.grid,
+                       plan.block, plan.args + (numpy.int32(act), numpy.float32(slope)), plan.splits)
+
+    def launch(self, problem: ConvProblem, x, w, b, act: int, slope: float):
+        import cupy
+
+        launch = planned(self, problem, act, slope)  # the checks, before any allocation
+        return _run(launch, (x, w, b if launch.splits == 1 else None), nan_filled(cupy, problem.y_shape),
+                    b, problem.K, problem.g.OH * problem.g.OW, act, slope)
 
 
 # conv2d_bwd_filter_few_channels's constants (kernels/conv2d_direct.cu's FC_*; a test compares them).
 _FEW_CHANNELS_THREADS = 128
-
-
 _FEW_CHANNELS_BLOCKS_AN_SM = 3    # resident on an SM at once (its __launch_bounds__)
-
-
 _FEW_CHANNELS_STRIP = 4           # output pixels a thread takes at a time
-
-
 _FEW_CHANNELS_MAX_TAPS = 32       # the largest C·R·S it is offered for
-
-
 _FEW_CHANNELS_MAX_FILTERS = 6
-
-
 _FEW_CHANNELS_HELD_REGISTERS = 128
 
 
@@ -203,7 +204,7 @@ def _few_channels_splits(strips: int, groups: int, blocks_per_sm: int, sms: int)
 
 
 class _FewChannelsPlan(NamedTuple):
-    """conv2d_bwd_filter_few_channels on one _Problem: its FEWC_* defines ((name, value) pairs), grid, split count
+    """conv2d_bwd_filter_few_channels on one ConvProblem: its FEWC_* defines ((name, value) pairs), grid, split count
     and scalar arguments (numpy.int32s, in the kernel's order)."""
     defines: tuple
     grid: tuple
@@ -211,9 +212,8 @@ class _FewChannelsPlan(NamedTuple):
     args: tuple
 
 
-@functools.lru_cache(maxsize=1024)
-def _few_channels_plan(problem: _Problem, blocks_per_sm: int, sms: int) -> _FewChannelsPlan:
-    """The variant compiled for this layer's C, R, S and column stride, _few_channels_filters filters a thread,
+def _few_channels_plan(problem: ConvProblem, blocks_per_sm: int, sms: int) -> _FewChannelsPlan:
+    """The kernel compiled for this layer's C, R, S and column stride, _few_channels_filters filters a thread,
     cdiv(K, filters) filter groups, the N·cdiv(OH·OW, 4) strips split by _few_channels_splits."""
     g, K = problem.g, problem.K
     filters = _few_channels_filters(g)
@@ -226,16 +226,36 @@ def _few_channels_plan(problem: _Problem, blocks_per_sm: int, sms: int) -> _FewC
     return _FewChannelsPlan(defines, (groups, splits), splits, args)
 
 
-def _launch_conv2d_bwd_filter_few_channels(dy, x, w_shape, problem: _Problem, blocks_per_sm: int):
-    """dw by conv2d_bwd_filter_few_channels: per-block partials over splits of the output pixels, then the fixed-order
-    sum (dw written directly when one split does)."""
-    import cupy
+@dataclass(frozen=True)
+class FewChannelsBackwardFilter(Variant):
+    """dw by conv2d_bwd_filter_few_channels, compiled per layer shape, streaming dy once: per-block partials over
+    splits of the output pixels aiming at blocks_per_sm blocks an SM, then the fixed-order sum (dw written directly
+    when one split does). Offered for layers with few input channels (C·R·S <= 32 and its values fit a thread's
+    registers: _few_channels_filters), one variant per distinct grid."""
+    blocks_per_sm: int
+    op = "conv2d_bwd_filter"
+    algorithm = "few input channels"
 
-    return _run(_few_channels_launch(problem, blocks_per_sm, device.sm_count()), (dy, x), nan_filled(cupy, w_shape))
+    @property
+    def name(self) -> str:
+        return "few input channels" + _split_name(self.blocks_per_sm)
 
+    def applies(self, problem: ConvProblem) -> bool:
+        if not _few_channels_filters(problem.g):
+            return False
+        sms = device.sm_count()
+        return not earlier_split_matches(self, self.blocks_per_sm, lambda b: _few_channels_plan(problem, b, sms).grid)
 
-@functools.lru_cache(maxsize=1024)
-def _few_channels_launch(problem: _Problem, blocks_per_sm: int, sms: int) -> _Launch:
-    plan = _few_channels_plan(problem, blocks_per_sm, sms)
-    return _Launch(load_kernel("conv2d_direct", "conv2d_bwd_filter_few_channels", **dict(plan.defines)), plan.grid,
-                   (_FEW_CHANNELS_THREADS,), plan.args, plan.splits)
+    def kernel_plan(self, problem: ConvProblem, sms: int) -> _FewChannelsPlan:
+        """The kernel's compile-time defines, grid and arguments on this problem for a GPU of sms SMs."""
+        return _few_channels_plan(problem, self.blocks_per_sm, sms)
+
+    def plan(self, problem: ConvProblem, sms: int) -> _Launch:
+        plan = self.kernel_plan(problem, sms)
+        return _Launch(load_kernel("conv2d_direct", "conv2d_bwd_filter_few_channels", **dict(plan.defines)), plan.grid,
+                       (_FEW_CHANNELS_THREADS,), plan.args, plan.splits)
+
+    def launch(self, problem: ConvProblem, dy, x, w_shape):
+        import cupy
+
+        return _run(planned(self, problem, device.sm_count()), (dy, x), nan_filled(cupy, w_shape))

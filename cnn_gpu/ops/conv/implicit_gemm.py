@@ -1,18 +1,20 @@
 """The implicit-GEMM convolutions of kernels/conv2d.cu: forward (conv2d_fwd_bias_act), backward-data and
-backward-filter, each compiled per tile size (ConvTile), with its reduction optionally split over blocks
-(SplitPlan), and the deterministic sum of split partials (conv2d_sum_partials) and bias gradient
+backward-filter, each compiled per tile size (ConvTile), with its reduction optionally split over blocks, as
+variants (ImplicitGemmForward, ImplicitGemmBackwardData, ImplicitGemmBackwardFilter), and the deterministic sum of split partials (conv2d_sum_partials) and bias gradient
 (conv2d_bwd_bias) that every split algorithm ends with."""
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy
 
-from cnn_gpu.cuda.launch import cdiv, grid_stride_blocks
+from cnn_gpu.cuda.grid import cdiv, grid_stride_blocks
 from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.variants import Variant, planned
 from cnn_gpu.ops.arrays import nan_filled
-from cnn_gpu.ops.conv.problem import SplitPlan, _Launch, _Problem, _split_count
+from cnn_gpu.ops.conv.problem import ConvProblem, _Launch, _split_count, earlier_split_matches
 
 
 class ConvTile(NamedTuple):
@@ -54,58 +56,120 @@ def _kernel(name, tile: ConvTile = DEFAULT_TILE):
     return load_kernel("conv2d", name, **tile.defines)
 
 
-@functools.lru_cache(maxsize=1024)
 def _gemm_grid(gemm_m: int, gemm_n: int, tile: ConvTile, splits: int = 1) -> tuple:
     """Grid of an implicit GEMM whose C is gemm_m x gemm_n: x over BN-wide columns, y over BM-tall rows."""
     return (cdiv(gemm_n, tile.bn), cdiv(gemm_m, tile.bm), splits)
+
+
+def _tile_name(tile: ConvTile) -> str:
+    return f"{tile.bm}x{tile.bn}x{tile.bk} tile, {tile.tm}x{tile.tn} a thread"
+
+
+def _split_name(blocks_per_sm: int) -> str:
+    return f", split to {blocks_per_sm} blocks an SM" if blocks_per_sm else ""
 
 
 # A split forward keeps at least this many BK-steps of the C·R·S reduction a split.
 FORWARD_MIN_CHUNK_STEPS = 4
 
 
-@functools.lru_cache(maxsize=1024)
-def _forward_split(problem: _Problem, variant) -> tuple:
-    """(tile, splits, chunk) of a direct forward variant: a ConvTile runs unsplit (one chunk of all C·R·S); a
-    SplitPlan splits C·R·S into chunks of at least FORWARD_MIN_CHUNK_STEPS steps until its grid has its blocks an SM."""
-    g, K = problem.g, problem.K
-    crs = g.C * g.R * g.S
-    if isinstance(variant, ConvTile):
-        return variant, 1, crs
-    tile = variant.tile
-    tiles = cdiv(K, tile.bm) * cdiv(g.N * g.OH * g.OW, tile.bn)
-    return (tile,) + _split_count(crs, FORWARD_MIN_CHUNK_STEPS * tile.bk, tiles, variant.blocks_per_sm)
+@dataclass(frozen=True)
+class ImplicitGemmForward(Variant):
+    """conv2d_fwd_bias_act compiled with `tile`: unsplit (blocks_per_sm 0), or its C·R·S reduction split into chunks of
+    at least FORWARD_MIN_CHUNK_STEPS steps until the grid has blocks_per_sm blocks an SM (partials, then a
+    fixed-order sum that adds the bias and applies the activation), offered where that splits at least in two."""
+    tile: ConvTile
+    blocks_per_sm: int = 0
+    op = "conv2d_fwd"
+
+    @property
+    def algorithm(self) -> str:
+        return "implicit GEMM, split" if self.blocks_per_sm else "implicit GEMM"
+
+    @property
+    def name(self) -> str:
+        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
+
+    def split(self, problem: ConvProblem, blocks_per_sm: int | None = None) -> tuple[int, int]:
+        """(splits, chunk) of the C·R·S reduction (at blocks_per_sm, default this variant's)."""
+        g, K, tile = problem.g, problem.K, self.tile
+        crs = g.C * g.R * g.S
+        blocks = self.blocks_per_sm if blocks_per_sm is None else blocks_per_sm
+        if not blocks:
+            return 1, crs
+        tiles = cdiv(K, tile.bm) * cdiv(g.N * g.OH * g.OW, tile.bn)
+        return _split_count(crs, FORWARD_MIN_CHUNK_STEPS * tile.bk, tiles, blocks)
+
+    def applies(self, problem: ConvProblem) -> bool:
+        if not self.blocks_per_sm:
+            return True
+        splits = self.split(problem)[0]
+        return splits > 1 and not earlier_split_matches(self, self.blocks_per_sm, lambda b: self.split(problem, b)[0])
+
+    def plan(self, problem: ConvProblem, act: int, slope: float) -> _Launch:
+        g, tile = problem.g, self.tile
+        splits, chunk = self.split(problem)
+        return _Launch(_kernel("conv2d_fwd_bias_act", tile), _gemm_grid(problem.K, g.N * g.OH * g.OW, tile, splits),
+                       (tile.threads,), problem.args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)), splits)
+
+    def launch(self, problem: ConvProblem, x, w, b, act: int, slope: float):
+        import cupy
+
+        y = nan_filled(cupy, problem.y_shape)
+        return _run(planned(self, problem, act, slope), (x, w, b), y, b, problem.K, problem.g.OH * problem.g.OW, act, slope)
+
+
+@dataclass(frozen=True)
+class ImplicitGemmBackwardData(Variant):
+    """conv2d_bwd_data compiled with `tile`: the implicit GEMM over dx's C × N*H*W, unsplit."""
+    tile: ConvTile
+    op = "conv2d_bwd_data"
+    algorithm = "implicit GEMM"
+
+    @property
+    def name(self) -> str:
+        return f"implicit GEMM {_tile_name(self.tile)}"
+
+    def plan(self, problem: ConvProblem) -> _Launch:
+        g, tile = problem.g, self.tile
+        return _Launch(_kernel("conv2d_bwd_data", tile), _gemm_grid(g.C, g.N * g.H * g.W, tile), (tile.threads,),
+                       problem.args, 1)
+
+    def launch(self, problem: ConvProblem, dy, w):
+        import cupy
+
+        return _run(planned(self, problem), (dy, w), nan_filled(cupy, problem.x_shape))
+
+
+@dataclass(frozen=True)
+class ImplicitGemmBackwardFilter(Variant):
+    """conv2d_bwd_filter compiled with `tile`, its N*OH*OW reduction split until the grid has blocks_per_sm blocks an
+    SM (small filters still fill the GPU): partials, then a fixed-order sum."""
+    tile: ConvTile
+    blocks_per_sm: int
+    op = "conv2d_bwd_filter"
+    algorithm = "implicit GEMM, split"
+
+    @property
+    def name(self) -> str:
+        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
+
+    def plan(self, problem: ConvProblem) -> _Launch:
+        g, K, tile = problem.g, problem.K, self.tile
+        crs = g.C * g.R * g.S
+        tiles = cdiv(K, tile.bm) * cdiv(crs, tile.bn)
+        splits, chunk = _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, self.blocks_per_sm)
+        return _Launch(_kernel("conv2d_bwd_filter", tile), _gemm_grid(K, crs, tile, splits), (tile.threads,),
+                       problem.args + (numpy.int32(chunk),), splits)
+
+    def launch(self, problem: ConvProblem, dy, x, w_shape):
+        import cupy
+
+        return _run(planned(self, problem), (dy, x), nan_filled(cupy, w_shape))
 
 
 @functools.lru_cache(maxsize=1024)
-def _direct_forward_launch(problem: _Problem, variant, act: int, slope: float) -> _Launch:
-    """conv2d_fwd_bias_act for a ConvTile or a SplitPlan of one (_forward_split)."""
-    g = problem.g
-    tile, splits, chunk = _forward_split(problem, variant)
-    return _Launch(_kernel("conv2d_fwd_bias_act", tile), _gemm_grid(problem.K, g.N * g.OH * g.OW, tile, splits),
-                   (tile.threads,), problem.args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)), splits)
-
-
-@functools.lru_cache(maxsize=1024)
-def _direct_data_launch(problem: _Problem, tile: ConvTile) -> _Launch:
-    """conv2d_bwd_data for a ConvTile: the implicit GEMM over dx's C × N*H*W, unsplit."""
-    g = problem.g
-    return _Launch(_kernel("conv2d_bwd_data", tile), _gemm_grid(g.C, g.N * g.H * g.W, tile), (tile.threads,), problem.args, 1)
-
-
-@functools.lru_cache(maxsize=1024)
-def _direct_filter_launch(problem: _Problem, plan: SplitPlan) -> _Launch:
-    """conv2d_bwd_filter for a SplitPlan of a ConvTile: the N*OH*OW reduction split until the grid fills the GPU."""
-    g, K, tile = problem.g, problem.K, plan.tile
-    crs = g.C * g.R * g.S
-    tiles = cdiv(K, tile.bm) * cdiv(crs, tile.bn)
-    splits, chunk = _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, plan.blocks_per_sm)
-    return _Launch(_kernel("conv2d_bwd_filter", tile), _gemm_grid(K, crs, tile, splits), (tile.threads,),
-                   problem.args + (numpy.int32(chunk),), splits)
-
-
-@functools.lru_cache(maxsize=1024)
-def _bias_launch(problem: _Problem) -> _Launch:
+def _bias_launch(problem: ConvProblem) -> _Launch:
     """conv2d_bwd_bias: db's N*OH*OW reduction, split until its K blocks a split fill the GPU."""
     K, pixels_per_image = problem.K, problem.g.OH * problem.g.OW
     pixels = problem.g.N * pixels_per_image

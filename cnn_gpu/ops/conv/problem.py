@@ -1,31 +1,21 @@
-"""What every CUDA convolution algorithm shares: the problem a call poses (geometry, checked once for 32-bit
-indexing), the record of one worked-out kernel launch, and the rule that splits a reduction over blocks."""
+"""What every CUDA convolution algorithm shares: the problem a call poses (ConvProblem: geometry, checked once for
+32-bit indexing), the record of one worked-out kernel launch, and the rule that splits a reduction over blocks."""
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy
 
 from cnn_gpu.cuda import device
-from cnn_gpu.cuda.launch import cdiv, require_int32_indexable
+from cnn_gpu.cuda.grid import cdiv, require_int32_indexable
 from cnn_gpu.ops.geometry import WindowGeometry
 
-if TYPE_CHECKING:
-    from cnn_gpu.ops.conv.implicit_gemm import ConvTile
 
-
-# A SplitPlan splits its reduction until the grid has this many blocks per SM (backward-filter's default is the
-# first): 2 fills the GPU once; 6 also trims the last wave's idle SMs, at the cost of more partials to sum.
+# A split variant splits its reduction (backward-filter's N·OH·OW, a small forward's C·R·S) over blocks until the
+# grid has this many blocks per SM (backward-filter's default is the first): 2 fills the GPU once; 6 also trims
+# the last wave's idle SMs, at the cost of more partials to sum.
 SPLIT_BLOCKS_PER_SM = (2, 6)
-
-
-class SplitPlan(NamedTuple):
-    """A variant whose reduction is split over blocks (backward-filter's N·OH·OW, a small forward's C·R·S): tile
-    sizes (or WINOGRAD, WINOGRAD_4X4 or FEW_CHANNELS, for backward-filter) and the grid size the split aims for, in
-    blocks an SM."""
-    tile: ConvTile | str
-    blocks_per_sm: int
 
 
 def _output_shape(g: WindowGeometry, K: int):
@@ -47,7 +37,7 @@ def _geometry_ints(g: WindowGeometry, K: int) -> tuple:
     return tuple(int(v) for v in (g.N, g.C, g.H, g.W, K, g.R, g.S, g.OH, g.OW, g.stride_h, g.stride_w, g.pad_top, g.pad_left))
 
 
-class _Problem(NamedTuple):
+class ConvProblem(NamedTuple):
     """What every launch for one (geometry, K) needs, checked and converted once: the 32-bit indexing
     checks passed, the autotuner's key, the kernels' geometry arguments (numpy.int32s, in order), x's and y's shapes."""
     g: WindowGeometry
@@ -59,10 +49,12 @@ class _Problem(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1024)
-def _problem(g: WindowGeometry, K: int) -> _Problem:
+def conv_problem(g: WindowGeometry, K: int) -> ConvProblem:
+    """The problem of K filters over geometry g (cnn_gpu.ops.geometry.window_geometry); ValueError where the
+    kernels' 32-bit indexing cannot hold it."""
     _require_int32_geometry(g, K)
     ints = _geometry_ints(g, K)
-    return _Problem(g, K, ints, tuple(numpy.int32(v) for v in ints), g.input_shape, _output_shape(g, K))
+    return ConvProblem(g, K, ints, tuple(numpy.int32(v) for v in ints), g.input_shape, _output_shape(g, K))
 
 
 class _Launch(NamedTuple):
@@ -76,7 +68,6 @@ class _Launch(NamedTuple):
     splits: int
 
 
-@functools.lru_cache(maxsize=1024)
 def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: int = 2) -> tuple[int, int]:
     """(splits, chunk) for a reduction of `work` items shared by `parallel_units` independent outputs:
     enough splits to give every SM blocks_per_sm blocks, no chunk under min_chunk items, no empty split."""
@@ -85,10 +76,10 @@ def _split_count(work: int, min_chunk: int, parallel_units: int, blocks_per_sm: 
     return cdiv(work, chunk), chunk
 
 
-def _fits(plan, *args) -> bool:
-    """plan(*args) passes its buffer checks: a Winograd candidate is offered only then."""
-    try:
-        plan(*args)
-    except ValueError:
-        return False
-    return True
+
+def earlier_split_matches(variant, blocks_per_sm: int, splits) -> bool:
+    """Whether a split variant at an earlier SPLIT_BLOCKS_PER_SM than blocks_per_sm gives the same split (then only
+    that one is offered): splits(blocks) is the split at another blocks-per-SM value."""
+    earlier = SPLIT_BLOCKS_PER_SM[:SPLIT_BLOCKS_PER_SM.index(blocks_per_sm)] if blocks_per_sm in SPLIT_BLOCKS_PER_SM else ()
+    own = splits(blocks_per_sm)
+    return any(splits(b) == own for b in earlier)
