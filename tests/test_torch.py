@@ -214,3 +214,188 @@ def test_ddp_two_processes_match_single_process():
     for name, value in reference.state_dict().items():
         assert torch.equal(out[0][name], out[1][name]), f"ranks disagree on {name}"
         assert rel_error(out[0][name].numpy(), value.numpy()) < 1e-5, name
+
+
+# ---- every input shape and option torch.nn takes, against torch.nn on the same weights --------------
+def _compare_shapes(theirs, mine, x, device):
+    """_compare_module for any output (also empty ones: their gradients must be zeros, as torch's)."""
+    theirs, mine = theirs.to(device), mine.to(device)
+    mine.load_state_dict(theirs.state_dict())
+    x1 = x.to(device).requires_grad_(True)
+    x2 = x.to(device).requires_grad_(True)
+    y1, y2 = theirs(x1), mine(x2)
+    assert y2.shape == y1.shape and y2.dtype == y1.dtype
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
+    dy = torch.randn_like(y1)
+    y1.backward(dy)
+    y2.backward(dy)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-6)
+    for (name, p1), (_, p2) in zip(theirs.named_parameters(), mine.named_parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 7), (2, 3, 7), (2, 1, 3, 7), (0, 7), (2, 0, 7)])
+def test_linear_takes_any_leading_dimensions(device, shape):
+    torch.manual_seed(0)
+    _compare_shapes(torch.nn.Linear(7, 4), ours.Linear(7, 4), torch.randn(shape), device)
+
+
+@pytest.mark.parametrize("pair", [
+    (lambda nn: nn.Conv2d(3, 4, 3, padding=1)),
+    (lambda nn: nn.Conv2d(3, 4, (2, 3), stride=(2, 1))),
+    (lambda nn: nn.MaxPool2d(2)),
+    (lambda nn: nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
+    (lambda nn: nn.AvgPool2d(3, 2, 1)),
+], ids=["conv", "conv-strided", "maxpool", "maxpool-ceil", "avgpool"])
+@pytest.mark.parametrize("shape", [(3, 9, 8), (0, 3, 9, 8)], ids=["unbatched", "empty-batch"])
+def test_unbatched_and_empty_batch_inputs(device, pair, shape):
+    torch.manual_seed(0)
+    _compare_shapes(pair(torch.nn), pair(ours), torch.randn(shape), device)
+
+
+@pytest.mark.parametrize("kernel", [(4, 4), (2, 3)])
+def test_conv2d_same_padding_with_even_kernels(device, kernel):
+    """PyTorch's 'same' puts the odd extra row/column of padding at the bottom/right, as ours."""
+    torch.manual_seed(0)
+    _compare_shapes(torch.nn.Conv2d(2, 3, kernel, padding="same"), ours.Conv2d(2, 3, kernel, padding="same"),
+                    torch.randn(2, 2, 7, 6), device)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    (2, 2, 0, (7, 7)), (3, 2, 1, (8, 9)), (3, 3, 1, (5, 6)), (3, 2, 0, (10, 10)), (4, 3, 2, (6, 6)),
+    (2, 2, 1, (1, 1)), ((3, 2), (2, 1), (1, 0), (9, 4)),
+])
+@pytest.mark.parametrize("return_indices", [False, True])
+def test_max_pool_ceil_mode_matches_torch(device, kernel, stride, padding, size, return_indices):
+    torch.manual_seed(0)
+    theirs = torch.nn.MaxPool2d(kernel, stride, padding, ceil_mode=True, return_indices=return_indices)
+    mine = ours.MaxPool2d(kernel, stride, padding, ceil_mode=True, return_indices=return_indices)
+    x = torch.randn(2, 3, *size, device=device)
+    if return_indices:
+        (y1, i1), (y2, i2) = theirs(x), mine(x)
+        assert torch.equal(i2, i1) and torch.equal(y2, y1)
+    else:
+        _compare_shapes(theirs, mine, x, device)
+
+
+@pytest.mark.parametrize("count_include_pad,divisor_override", [(False, None), (True, 5), (False, 2)])
+def test_avg_pool_options_match_torch(device, count_include_pad, divisor_override):
+    torch.manual_seed(0)
+    args = dict(kernel_size=3, stride=2, padding=1, count_include_pad=count_include_pad, divisor_override=divisor_override)
+    _compare_shapes(torch.nn.AvgPool2d(**args), ours.AvgPool2d(**args), torch.randn(2, 3, 9, 8), device)
+
+
+@pytest.mark.parametrize("slope", [-0.3, 0.0, 0.2, 1.5])
+def test_leaky_relu_any_slope_matches_torch(device, slope):
+    torch.manual_seed(0)
+    _compare_shapes(torch.nn.LeakyReLU(slope), ours.LeakyReLU(slope), torch.randn(4, 3, 5), device)
+
+
+def test_dropout_p_one_and_zero_match_torch(device):
+    x = torch.tensor([[1.0, float("nan"), -2.0, 0.5]], device=device)
+    for p in (0.0, 1.0):
+        theirs, mine = torch.nn.Dropout(p), ours.Dropout(p)
+        x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        y1, y2 = theirs(x1), mine(x2)
+        torch.testing.assert_close(y2, y1, equal_nan=True)
+        y1.sum().backward()
+        y2.sum().backward()
+        torch.testing.assert_close(x2.grad, x1.grad)
+
+
+def _batch_norm_pair(device, **options):
+    torch.manual_seed(0)
+    theirs, mine = torch.nn.BatchNorm2d(3, **options).to(device), ours.BatchNorm2d(3, **options).to(device)
+    if theirs.affine:
+        with torch.no_grad():
+            theirs.weight.uniform_(0.5, 1.5)
+            theirs.bias.uniform_(-0.5, 0.5)
+    if theirs.track_running_stats:
+        with torch.no_grad():
+            theirs.running_mean.uniform_(-1, 1)
+            theirs.running_var.uniform_(0.5, 2)
+    mine.load_state_dict(theirs.state_dict())
+    return theirs, mine
+
+
+@pytest.mark.parametrize("options", [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False},
+                                     {"affine": False, "track_running_stats": False, "momentum": None}],
+                         ids=["default", "cumulative", "no-affine", "no-running-stats", "bare"])
+def test_batch_norm_options_match_torch_over_steps(device, options):
+    """Train and eval alternated over a few steps: outputs, gradients w.r.t. the input and the affine
+    parameters, running statistics and the step count as torch.nn.BatchNorm2d's."""
+    theirs, mine = _batch_norm_pair(device, **options)
+    for step in range(3):
+        x = torch.randn(4, 3, 5, 6) * 2 + step
+        for training in (True, False):
+            theirs.train(training)
+            mine.train(training)
+            _compare_shapes(theirs, mine, x, device)
+            theirs.zero_grad()
+            mine.zero_grad()
+        for (name, b1), (_, b2) in zip(theirs.named_buffers(), mine.named_buffers()):
+            torch.testing.assert_close(b2, b1, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_batch_norm_eval_is_differentiable(device):
+    """In eval mode the gradient reaches the input, weight and bias (the running statistics are constants),
+    in float64 against finite differences too."""
+    theirs, mine = _batch_norm_pair(device)
+    theirs.eval()
+    mine.eval()
+    _compare_shapes(theirs, mine, torch.randn(3, 3, 4, 5), device)
+    if device.type == "cpu":
+        mine.double()
+        x = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, w, b: ours.batch_norm(a, mine.running_mean, mine.running_var, w, b),
+                                        (x, mine.weight, mine.bias))
+
+
+def test_batch_norm_eval_with_an_empty_batch(device):
+    theirs, mine = _batch_norm_pair(device)
+    theirs.eval()
+    mine.eval()
+    _compare_shapes(theirs, mine, torch.randn(0, 3, 4, 5), device)
+
+
+@pytest.mark.parametrize("build,argument", [
+    (lambda: ours.Conv2d(4, 4, 3, groups=2), "groups"),
+    (lambda: ours.Conv2d(4, 4, 3, dilation=2), "dilation"),
+    (lambda: ours.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+    (lambda: ours.MaxPool2d(3, dilation=2), "dilation"),
+    (lambda: ours.AvgPool2d(3, ceil_mode=True), "ceil_mode"),
+])
+def test_refused_options_name_the_argument_and_the_torch_layer(build, argument):
+    with pytest.raises(ValueError, match=rf"{argument}=.*torch\.nn\.\w+ can take its place"):
+        build()
+
+
+def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch):
+    """While an op runs, NumPy's BLAS gets the cores torch's spinning workers leave free; afterwards its own
+    count again (threadpoolctl reads both)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cnn_gpu.torch import threads
+
+    def blas_threads():  # NumPy's BLAS (other libraries may load their own later, e.g. SciPy's)
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS library of NumPy's")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    wanted = max(1, cores - torch.get_num_threads() + 1)
+    seen = []
+    with threads.cpu_threads_for_numpy():
+        seen = blas_threads()
+    assert seen == [min(n, wanted) for n in before]
+    assert blas_threads() == before
+
+    import cnn_gpu.functional as F
+
+    inside_op = []
+    numpy_linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a: inside_op.append(blas_threads()) or numpy_linear(*a))
+    ours.Linear(3, 2)(torch.randn(4, 3))
+    assert inside_op == [[min(n, wanted) for n in before]]
+    assert blas_threads() == before

@@ -14,6 +14,9 @@ Contract:
 - ``batch_norm_backward(dy, x, gamma, saved_mean, saved_invstd) -> (dx, dgamma, dbeta)``: the
   training-mode gradient, batch-statistics terms included (gamma None means 1):
   dbeta = sum dy, dgamma = sum dy xhat, dx = gamma invstd (dy - dbeta/M - xhat dgamma/M), M = N*H*W.
+- ``batch_norm_inference_backward(dy, x, gamma, saved_mean, saved_invstd) -> (dx, dgamma, dbeta)``: the
+  gradient of training=False batch_norm, whose statistics are constants: dx = gamma invstd dy, the
+  parameter gradients as above. Element-wise array code, the same on both backends.
 - momentum in [0, 1], eps > 0. Errors name the argument, before any work.
 
 Kernels: kernels/batchnorm.cu. Training statistics: batchnorm_stats over grid (C, splits), then
@@ -207,6 +210,14 @@ def _cuda_batch_norm_backward(dy, x, gamma, mean, invstd):
     return dx, dgamma, dbeta
 
 
+def _inference_backward(xp, dy, x, gamma, mean, invstd):
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * ((x - _per_channel(mean, x)) * _per_channel(invstd, x))).sum(axis=axes)
+    dx = dy * _per_channel(gamma * invstd, x)
+    return xp.ascontiguousarray(dx), dgamma, dbeta
+
+
 # ---- argument checks -----------------------------------------------------------------------------
 def _check_input_and_channels(x, **per_channel):
     """x is (N, C) or (N, C, H, W) with C >= 1; every given per-channel array is (C,)."""
@@ -264,3 +275,12 @@ def batch_norm_backward(dy, x, gamma, saved_mean, saved_invstd):
     if xp is numpy:
         return _numpy_batch_norm_backward(dy, x, gamma, saved_mean, saved_invstd)
     return _cuda_batch_norm_backward(dy, x, gamma, saved_mean, saved_invstd)
+
+
+def batch_norm_inference_backward(dy, x, gamma, saved_mean, saved_invstd):
+    """(dx, dgamma, dbeta) of batch_norm with training=False, from its saved (running) statistics."""
+    xp = float_operands({}, dy=dy, x=x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
+    _check_input_and_channels(x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
+    check_same_shape("dy", dy, "x", x)
+    gamma = _filled_if_none(gamma, x, xp, 1)
+    return _inference_backward(xp, dy, x, gamma, saved_mean, saved_invstd)

@@ -5,6 +5,8 @@ Contract, shared by every function here:
   a pair, 'valid' or 'same'. The output size and the four pads come from
   cnn_gpu.ops.geometry.window_geometry. An int/pair padding may be at most half the window
   (as PyTorch), so no window lies wholly in padding; 'same' never produces such a window either.
+  max_pool2d(_backward) also take ceil_mode (PyTorch's): the output size rounded up, the last windows
+  running past the input; those parts count as padding (pad_bottom / pad_right grow), read by no kernel.
 - max_pool2d(x, ...) -> (y, indices). Padding never wins: each window's maximum is taken over its
   in-bounds elements. indices (int64, y's shape) hold h * W + w into each input plane, as PyTorch's
   return_indices; the first maximum in row-major window order wins; NaN beats every number and the
@@ -55,28 +57,44 @@ NCHW = (4, "N, C, H, W")
 
 
 # ---- geometry and argument checks ----------------------------------------------------------------
-def pool_geometry(x_shape, kernel_size, stride, padding, x_name="x") -> WindowGeometry:
+def pool_geometry(x_shape, kernel_size, stride, padding, x_name="x", ceil_mode=False) -> WindowGeometry:
     """Validated geometry of a pooling window; stride defaults to kernel_size.
 
     Remembered per arguments when kernel_size, stride and padding are the usual ints, pairs of ints or
     strings (host time is most of a small pool's latency): their exact types are checked first, so an
     argument merely equal to a valid one (True, 2.0, numpy.int64(2)) is still checked and refused."""
-    if plain_arguments(kernel_size, stride, padding):
-        return _remembered_pool_geometry(tuple(x_shape), kernel_size, stride, padding, x_name)
-    return _pool_geometry(x_shape, kernel_size, stride, padding, x_name)
+    if plain_arguments(kernel_size, stride, padding) and type(ceil_mode) is bool:
+        return _remembered_pool_geometry(tuple(x_shape), kernel_size, stride, padding, x_name, ceil_mode)
+    return _pool_geometry(x_shape, kernel_size, stride, padding, x_name, ceil_mode)
 
 
 @functools.lru_cache(maxsize=1024)
-def _remembered_pool_geometry(x_shape, kernel_size, stride, padding, x_name) -> WindowGeometry:
-    return _pool_geometry(x_shape, kernel_size, stride, padding, x_name)
+def _remembered_pool_geometry(x_shape, kernel_size, stride, padding, x_name, ceil_mode) -> WindowGeometry:
+    return _pool_geometry(x_shape, kernel_size, stride, padding, x_name, ceil_mode)
 
 
-def _pool_geometry(x_shape, kernel_size, stride, padding, x_name) -> WindowGeometry:
+def _pool_geometry(x_shape, kernel_size, stride, padding, x_name, ceil_mode=False) -> WindowGeometry:
     window = as_pair("kernel_size", kernel_size, 1)
     g = window_geometry(x_shape, window, window if stride is None else stride, padding, x_name=x_name)
     if not isinstance(padding, str) and (g.pad_top > g.R // 2 or g.pad_left > g.S // 2):
         raise ValueError(f"padding {padding!r} must be at most half of kernel_size {(g.R, g.S)}")
+    if ceil_mode:
+        if isinstance(padding, str):
+            raise ValueError(f"ceil_mode=True needs an int or pair padding, got padding {padding!r}")
+        pad_bottom, OH = _ceil_mode_extent(g.H, g.R, g.stride_h, g.pad_top)
+        pad_right, OW = _ceil_mode_extent(g.W, g.S, g.stride_w, g.pad_left)
+        g = g._replace(pad_bottom=pad_bottom, pad_right=pad_right, OH=OH, OW=OW)
     return g
+
+
+def _ceil_mode_extent(size: int, window: int, stride: int, pad: int) -> tuple[int, int]:
+    """(pad after, output size) of ceil_mode along an axis, as PyTorch counts it: the output size rounded up,
+    less one if the last window would start past the input and its leading pad. The extra windows' part
+    beyond the input and the given pad is more padding, which never wins (and no window is padding only)."""
+    out = -(-(size + 2 * pad - window) // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return max(pad, (out - 1) * stride + window - size - pad), out
 
 
 def _output_shape(g: WindowGeometry):
@@ -420,20 +438,21 @@ def _cuda_sum_pool2d_backward(dy, g: WindowGeometry, mode: int):
 
 
 # ---- public functions ----------------------------------------------------------------------------
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """(y, indices): the maximum of each window and its flat h * W + w position in the input plane."""
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """(y, indices): the maximum of each window and its flat h * W + w position in the input plane.
+    ceil_mode: the output size rounded up as PyTorch's, the last windows running past the input."""
     xp = float_operands({"x": NCHW}, x=x)
-    g = pool_geometry(x.shape, kernel_size, stride, padding)
+    g = pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode=ceil_mode)
     if xp is numpy:
         return _numpy_max_pool2d(x, g)
     return _cuda_max_pool2d(x, g)
 
 
-def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=0):
+def max_pool2d_backward(dy, indices, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False):
     """dx of x_shape: each dy added at the input position its index names."""
     xp = float_operands({"dy": NCHW}, dy=dy)
     array_module(dy=dy, indices=indices)
-    g = pool_geometry(_checked_x_shape(x_shape), kernel_size, stride, padding, x_name="x_shape")
+    g = pool_geometry(_checked_x_shape(x_shape), kernel_size, stride, padding, x_name="x_shape", ceil_mode=ceil_mode)
     _check_dy(dy, g)
     _check_indices(indices, dy)
     if xp is numpy:

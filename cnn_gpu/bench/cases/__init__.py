@@ -30,7 +30,7 @@ The quick suite (CI, no GPU) takes small shapes of the same layers.
 Modules: base.py (Case, Bound, the PyTorch reference helpers), kernels.py (convolution, GEMM, dense layers),
 grouped.py (grouped, depthwise and dilated convolution),
 layers.py (pooling, activations, softmax and losses, batch-norm, dropout, optimizers), networks.py (the
-example networks' training steps).
+example networks' training steps), torch_dropins.py (LeNet's training step with cnn_gpu.torch against torch.nn).
 """
 from __future__ import annotations
 
@@ -40,13 +40,14 @@ from cnn_gpu.bench.cases.kernels import _conv_cases, _linear_cases, _matmul_case
 from cnn_gpu.bench.cases.layers import (_activation_cases, _batchnorm_cases, _dropout_cases, _optimizer_cases,
                                         _pool_cases, _softmax_cases)
 from cnn_gpu.bench.cases.networks import _train_step_cases
+from cnn_gpu.bench.cases.torch_dropins import _torch_dropin_cases
 
 __all__ = ["Bound", "Case", "cases", "op_names", "representative_cases"]
 
 
-OPS = ("conv2d", "conv2d_grouped", "matmul", "linear", "train_step", "maxpool", "avgpool", "sumpool", "relu", "leaky_relu",
-       "sigmoid", "tanh", "softmax", "log_softmax", "softmax_xent", "sigmoid_bce", "batchnorm", "dropout",
-       "sgd", "adam")
+OPS = ("conv2d", "conv2d_grouped", "matmul", "linear", "train_step", "dropins", "maxpool", "avgpool", "sumpool",
+       "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax", "softmax_xent", "sigmoid_bce", "batchnorm",
+       "dropout", "sgd", "adam")
 
 
 def op_names() -> tuple:
@@ -56,8 +57,8 @@ def op_names() -> tuple:
 
 def cases(quick: bool = False) -> list:
     """Every case of the full suite (GPU-sized) or of the quick one (CPU-sized), in report order."""
-    families = (_conv_cases, _grouped_cases, _matmul_cases, _linear_cases, _train_step_cases, _pool_cases, _activation_cases,
-                _softmax_cases, _batchnorm_cases, _dropout_cases, _optimizer_cases)
+    families = (_conv_cases, _grouped_cases, _matmul_cases, _linear_cases, _train_step_cases, _torch_dropin_cases,
+                _pool_cases, _activation_cases, _softmax_cases, _batchnorm_cases, _dropout_cases, _optimizer_cases)
     found = [case for family in families for case in family(quick)]
     order = {op: i for i, op in enumerate(OPS)}
     return sorted(found, key=lambda case: order[case.op])  # stable: a family's own order is kept

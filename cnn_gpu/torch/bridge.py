@@ -1,0 +1,151 @@
+"""How a cnn_gpu op becomes a PyTorch operator (cnn_gpu.torch.ops): the checks its implementation and fake share,
+the zero-copy hand-over of tensors to our ops (NumPy views of CPU tensors, CuPy views of CUDA tensors through
+DLPack, on PyTorch's current stream), and the registration of autograd and autocast rules."""
+import contextlib
+from typing import Optional
+
+import numpy
+import torch
+from torch import Tensor
+from torch.library import register_autocast
+
+from cnn_gpu.torch.threads import cpu_threads_for_numpy
+
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+# ---- checks shared by the implementations and the fakes -----------------------------------------
+def check_tensors(op: str, **tensors):
+    """One device; floating tensors float32 (float64 too on the CPU), all of one dtype."""
+    given = {name: t for name, t in tensors.items() if t is not None}
+    devices = {t.device for t in given.values()}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {t.device}" for n, t in given.items())
+        raise ValueError(f"cnn_gpu::{op}: tensors must be on one device: {listing}")
+    floats = {name: t for name, t in given.items() if t.is_floating_point()}
+    for name, t in floats.items():
+        allowed = (torch.float32, torch.float64) if t.device.type == "cpu" else (torch.float32,)
+        if t.dtype not in allowed:
+            names = " or ".join(str(d) for d in allowed)
+            raise TypeError(
+                f"cnn_gpu::{op}: {name} is {t.dtype} (shape {tuple(t.shape)}); it takes {names} on {t.device.type}. "
+                f"Under torch.autocast it casts its inputs to float32 itself; otherwise convert with .float()")
+    if len({t.dtype for t in floats.values()}) > 1:
+        listing = ", ".join(f"{n} is {t.dtype}" for n, t in floats.items())
+        raise TypeError(f"cnn_gpu::{op}: floating tensors must share one dtype: {listing}")
+
+
+# ---- zero-copy hand-over -------------------------------------------------------------------------
+def _to_array(t):
+    """A NumPy (CPU) or CuPy (CUDA) view of a tensor's storage, or None."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return t.numpy()
+
+
+def _to_tensor(a):
+    """A tensor over an output array, C-contiguous as the fakes promise (the NumPy path keeps the layout of a
+    strided input in places, e.g. an element-wise op on a channels_last view)."""
+    if a is None:
+        return None
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return torch.from_dlpack(a if a.flags.c_contiguous else cupy.ascontiguousarray(a))
+    return torch.from_numpy(a if a.flags.c_contiguous else numpy.ascontiguousarray(a))
+
+
+@contextlib.contextmanager
+def _on_device_of(t):
+    """CuPy launches on the tensor's device and PyTorch's current stream there; NumPy on torch's threads."""
+    if not t.is_cuda:
+        with cpu_threads_for_numpy():
+            yield
+        return
+    import cupy
+
+    stream = torch.cuda.current_stream(t.device)
+    with cupy.cuda.Device(t.device.index), cupy.cuda.ExternalStream(stream.cuda_stream, t.device.index):
+        yield
+
+
+def run(function, *tensors, **kwargs):
+    """function on array views of the tensors; results back as tensors (tuples stay tuples)."""
+    anchor = next(t for t in tensors if t is not None)
+    with _on_device_of(anchor):
+        out = function(*(_to_array(t) for t in tensors), **kwargs)
+        if isinstance(out, tuple):
+            return tuple(_to_tensor(o) for o in out)
+        return _to_tensor(out)
+
+
+# ---- registration helpers ------------------------------------------------------------------------
+def no_derivative(op):
+    """Backward operators: differentiating one (double backward) is an error that names it."""
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{op._qualname} has no derivative: cnn_gpu's ops support first derivatives only (no double backward, "
+            f"create_graph=True followed by another grad, or torch.func.hessian); the torch.nn layer can take "
+            f"its place where second derivatives are needed")
+
+    op.differentiable = differentiable(op, backward, setup_context)
+
+
+def differentiable(op, backward, setup_context):
+    """Registers the op's autograd formula, and returns the same formula as a torch.autograd.Function that
+    calls the op: what the modules call, since the torch.func transforms (grad, vmap, jacrev) take an
+    autograd.Function with setup_context, not an operator's registered formula. Its vmap rule is generated
+    (the op's batching is PyTorch's fallback: a loop over the batch)."""
+    op.register_autograd(backward, setup_context=setup_context)
+    overload = getattr(torch.ops.cnn_gpu, op._name).default
+
+    def forward(*args):
+        return overload(*args)
+
+    return type(f"{op._name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "generate_vmap_rule": True,
+    })
+
+
+def call(op, *args):
+    """op(*args) with autograd: the operator itself, or under a torch.func transform (grad, vmap, jacrev) its
+    autograd.Function (the transforms take no operator's registered formula). torch.compile traces the operator."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return op.differentiable.apply(*_autocast_inputs(args))
+    return op(*args)
+
+
+def _autocast_inputs(args):
+    """The operator's autocast rule applied before an autograd.Function (which saves the inputs it is given):
+    float16 / bfloat16 tensors to float32 where autocast is on for their device, the casts recorded by autograd."""
+    def cast(a):
+        if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16) and a.device.type in AUTOCAST_DEVICES \
+                and torch.is_autocast_enabled(a.device.type):
+            return a.float()
+        return a
+    return tuple(cast(a) for a in args)
+
+
+def float32_under_autocast(op):
+    for device in AUTOCAST_DEVICES:
+        register_autocast(op, device, torch.float32)
+
+
+def empty(like: Tensor, shape=(0,)) -> Tensor:
+    """The placeholder for an output a caller did not ask for (operators return tensors, never None)."""
+    return like.new_empty(shape)
+
+
+def zeros_or_empty(wanted: bool, like: Optional[Tensor]) -> Tensor:
+    return torch.zeros_like(like) if wanted and like is not None else empty(like)
