@@ -8,9 +8,13 @@ traceback; ``--debug`` shows the traceback instead. Ctrl-C exits quietly with st
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy
 
 import cnn_gpu
 from cnn_gpu import backend as backends
@@ -26,6 +30,9 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 # ---- train ---------------------------------------------------------------------------------------
+TRAIN_OUTPUTS = ("model.npz", "training_curves.png", "filters.png", "feature_maps.png")
+
+
 def _load_data(args):
     from cnn_gpu import datasets
 
@@ -39,7 +46,38 @@ def _load_data(args):
         x_train, y_train, x_test, y_test = x_train[:args.limit], y_train[:args.limit], x_test[:args.limit], y_test[:args.limit]
     if x_train.shape[1:] != (28, 28, 1):
         raise ValueError(f"the network takes 28×28×1 images, the data has {x_train.shape[1:]}")
+    for what, x in (("training", x_train), ("test", x_test)):
+        if not len(x):
+            raise ValueError(f"the {what} data holds no images")
+        if not numpy.isfinite(x).all():
+            raise ValueError(f"the {what} images hold NaN or infinite pixel values")
     return (x_train, y_train), (x_test, y_test)
+
+
+def _output_folder(text: str) -> Path:
+    """--out as a folder that exists and takes new files, checked before any training (created if need be)."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot write files there ({exc.strerror or exc})") from None
+    for name in TRAIN_OUTPUTS:
+        if (out / name).is_dir():
+            raise ValueError(f"--out {out}: {name} there is a folder, it would be replaced by a file")
+    return out
+
+
+def _check_finite_losses(history) -> None:
+    """A run whose loss is no longer finite is an error: nothing of it is saved (the previous files stay)."""
+    for key in ("loss", "val_loss"):
+        for epoch, value in enumerate(history.history.get(key, ()), 1):
+            if not math.isfinite(value):
+                raise RuntimeError(f"training diverged: {key} is {value} at epoch {epoch}; nothing was saved "
+                                   f"(try a smaller --lr)")
 
 
 def run_train(args) -> int:
@@ -47,6 +85,9 @@ def run_train(args) -> int:
     from cnn_gpu.networks import mnist_cnn
     from cnn_gpu.optimizers import Adam
 
+    if args.path and args.data != "mnist":
+        raise ValueError(f"--path is read only with --data mnist (--data is {args.data})")
+    out = _output_folder(args.out)
     name = backends.set_backend(args.backend)
     print(f"backend: {name} ({_device_line()})")
     (x_train, y_train), (x_test, y_test) = _load_data(args)
@@ -57,12 +98,12 @@ def run_train(args) -> int:
                   cuda_graph=args.cuda_graph)
     model.summary()
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_split=args.validation_split, verbose=1)
+    with numpy.errstate(all="ignore"):  # a diverging run is reported once, below, not by NumPy's overflow warnings
+        history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+                            validation_split=args.validation_split, verbose=1)
+    _check_finite_losses(history)
     print(f"trained in {time.perf_counter() - started:.1f} s")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     saved = [model.save(out / "model.npz"),
              viz.plot_history(history, out / "training_curves.png"),
              viz.plot_filters(model, out / "filters.png"),
@@ -159,24 +200,44 @@ def run_bench(args) -> int:
 
 
 # ---- command line --------------------------------------------------------------------------------
+# Each type's errors are ArgumentTypeErrors, so that argparse shows the message rather than the function's name.
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return _integer(text, 1, "a positive integer")
+
+
+def _seed(text: str) -> int:
+    return _integer(text, 0, "a non-negative integer")
+
+
+def _float_or_nan(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    value = _float_or_nan(text)
+    if not (math.isfinite(value) and value > 0):  # 1e400 reads as inf
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _float_or_nan(text)
     if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
     return value
 
 
@@ -199,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fraction of the training images held out for the validation curves (default %(default)s)")
     train.add_argument("--backend", choices=("auto", "numpy", "cuda"), default="auto",
                        help="auto (the default) picks cuda when a GPU is usable, numpy otherwise")
-    train.add_argument("--seed", type=int, default=0, help="seeds the weights, shuffling and dropout; the train/test split is fixed (default %(default)s)")
+    train.add_argument("--seed", type=_seed, default=0, help="seeds the weights, shuffling and dropout; the train/test split is fixed (default %(default)s)")
     train.add_argument("--limit", type=_positive_int, help="use only the first N training and N test images (quick trials)")
     train.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
                        help="on the cuda backend, replay each training step as one captured CUDA graph "

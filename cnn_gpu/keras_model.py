@@ -16,7 +16,6 @@ is atomic: a temporary file beside the target, then os.replace, so a failed save
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from tqdm.auto import tqdm
 
 from cnn_gpu.backend import asarray, to_numpy
 from cnn_gpu.callbacks import CallbackList, History
+from cnn_gpu.files import atomic_write
+from cnn_gpu.ops.arrays import real_number
 
 SYNC_EVERY = 10  # batches between reads of the running loss for the progress bar (each read waits for the device)
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -51,19 +52,9 @@ def verbosity(verbose) -> int:
 
 
 def write_npz(path, arrays: dict) -> None:
-    """numpy.savez(arrays) to exactly ``path``, atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            numpy.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """numpy.savez(arrays) to exactly ``path``, atomically (cnn_gpu.files.atomic_write)."""
+    with atomic_write(path) as file:
+        numpy.savez(file, **arrays)
 
 
 def positive_int(name, value) -> int:
@@ -148,10 +139,9 @@ class KerasModelMethods:
                 raise ValueError("validation_data must be a pair (x_val, y_val) (sample weights are not supported)")
             x_val = self._inputs(validation_data[0], "validation_data x")
             return x, targets, (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
+        validation_split = real_number("validation_split", validation_split, 0, 1, high_open=True)
         if not validation_split:
             return x, targets, None
-        if not 0 < validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         split_at = int(len(x) * (1 - validation_split))
         if split_at == 0 or split_at == len(x):
             raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "

@@ -61,7 +61,7 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
 
     def targets(self, y, output_shape):
         classes = _class_count(self.name, output_shape)
-        y = numpy.asarray(y)
+        y = _numeric(self.name, y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
@@ -94,7 +94,7 @@ class CategoricalCrossentropy(SparseCategoricalCrossentropy):
 
     def targets(self, y, output_shape):
         classes = _class_count(self.name, output_shape)
-        y = numpy.asarray(y)
+        y = _numeric(self.name, y)
         if y.ndim != 2 or y.shape[1] != classes:
             raise ValueError(f"y must be (N, {classes}) one-hot rows for {self.name} (the model has {classes} "
                              f"outputs), got shape {y.shape}; use sparse_categorical_crossentropy for labels")
@@ -156,6 +156,14 @@ def _class_count(name, output_shape) -> int:
     return output_shape[0]
 
 
+def _numeric(name, y) -> numpy.ndarray:
+    """y as an array of numbers (bool, integer or float), or a TypeError naming it (strings, objects)."""
+    y = numpy.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"y must hold numbers for {name}, got an array of dtype {y.dtype} (shape {y.shape})")
+    return y
+
+
 def _per_sample(targets) -> int:
     return int(numpy.prod(targets.shape[1:]))
 
@@ -163,7 +171,7 @@ def _per_sample(targets) -> int:
 def _dense_targets(name, y, output_shape) -> numpy.ndarray:
     """float y of shape (N, *output_shape); (N,) is accepted for one output per sample. (float64 on the
     host: each batch is cast to the model's dtype as it is uploaded.)"""
-    y = numpy.asarray(y, dtype=numpy.float64)
+    y = _numeric(name, y).astype(numpy.float64, copy=False)
     output_shape = tuple(output_shape)
     if y.ndim == 1 and output_shape == (1,):
         y = y[:, numpy.newaxis]

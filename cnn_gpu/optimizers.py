@@ -31,21 +31,11 @@ from cnn_gpu import functional as F
 from cnn_gpu import learning_rate_schedules as schedules
 from cnn_gpu.backend import asarray
 from cnn_gpu.learning_rate_schedules import LearningRateSchedule
+from cnn_gpu.ops.arrays import real_number
 from cnn_gpu.ops.optim import adam_step_size
 
 # keras.optimizers.schedules is a module: `from cnn_gpu.optimizers.schedules import CosineDecay` works too.
 sys.modules[f"{__name__}.schedules"] = schedules
-
-
-def _check_number(name, value, low, high=math.inf, low_open=False, high_open=False):
-    """A finite number in the interval, or a ValueError naming it."""
-    ok = isinstance(value, (int, float, numpy.floating, numpy.integer)) and not isinstance(value, bool) \
-        and math.isfinite(value) and (value > low if low_open else value >= low) \
-        and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return float(value)
 
 
 class Optimizer:
@@ -55,7 +45,7 @@ class Optimizer:
         self._schedule = None
         self._learning_rate = None
         self.learning_rate = learning_rate  # checked by the setter (a schedule is kept as it is)
-        self.weight_decay = None if weight_decay is None else _check_number("weight_decay", weight_decay, 0)
+        self.weight_decay = None if weight_decay is None else real_number("weight_decay", weight_decay, 0)
         self.name = name or type(self).__name__.lower()
         self.iterations = 0
         self._slots: dict = {}
@@ -74,7 +64,7 @@ class Optimizer:
             return
         if self._schedule is not None:
             raise TypeError("this optimizer's learning_rate is a LearningRateSchedule; it cannot be set to a number")
-        self._learning_rate = _check_number("learning_rate", value, 0, low_open=True)
+        self._learning_rate = real_number("learning_rate", value, 0, low_open=True)
 
     @property
     def step_scalar_dtypes(self) -> tuple:
@@ -145,7 +135,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, name=None):
         super().__init__(learning_rate, weight_decay, name)
-        self.momentum = _check_number("momentum", momentum, 0, 1)
+        self.momentum = real_number("momentum", momentum, 0, 1)
         self.nesterov = bool(nesterov)
 
     def update(self, key, param, grad, scalars):
@@ -162,9 +152,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None, name=None):
         super().__init__(learning_rate, weight_decay, name)
-        self.beta_1 = _check_number("beta_1", beta_1, 0, 1, high_open=True)
-        self.beta_2 = _check_number("beta_2", beta_2, 0, 1, high_open=True)
-        self.epsilon = _check_number("epsilon", epsilon, 0, low_open=True)
+        self.beta_1 = real_number("beta_1", beta_1, 0, 1, high_open=True)
+        self.beta_2 = real_number("beta_2", beta_2, 0, 1, high_open=True)
+        self.epsilon = real_number("epsilon", epsilon, 0, low_open=True)
 
     def extra_step_scalars(self, step, learning_rate):
         return (adam_step_size(learning_rate, self.beta_1, self.beta_2, step),)  # alpha, bias corrections folded in
@@ -198,9 +188,9 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, weight_decay=None,
                  name=None):
         super().__init__(learning_rate, weight_decay, name)
-        self.rho = _check_number("rho", rho, 0, 1, high_open=True)
-        self.momentum = _check_number("momentum", momentum, 0, 1, high_open=True)
-        self.epsilon = _check_number("epsilon", epsilon, 0, low_open=True)
+        self.rho = real_number("rho", rho, 0, 1, high_open=True)
+        self.momentum = real_number("momentum", momentum, 0, 1, high_open=True)
+        self.epsilon = real_number("epsilon", epsilon, 0, low_open=True)
         self.centered = bool(centered)
 
     def update(self, key, param, grad, scalars):

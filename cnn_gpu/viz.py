@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy
 
 from cnn_gpu.backend import asarray, to_numpy
+from cnn_gpu.files import atomic_write
 
 
 def _figure(width: float, height: float):
@@ -26,7 +27,8 @@ def _save(fig, path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(path))
+    with atomic_write(path) as file:
+        FigureCanvasAgg(fig).print_png(file)
     return path
 
 

@@ -448,7 +448,7 @@ conv2d_bwd_filter(const float* __restrict__ dy, const float* __restrict__ x, flo
     const ConvShape g = CONV_SHAPE;
     const int k0 = blockIdx.y * BM, q0 = blockIdx.x * BN;
     const int crs = C * R * S;
-    const int p_begin = blockIdx.z * chunk, p_end = min(p_begin + chunk, N * OH * OW);
+    const int p_begin = blockIdx.z * chunk, p_end = p_begin + min(chunk, N * OH * OW - p_begin);  // no int overflow
     OutputGradRows a(dy, g, k0, p_begin, p_end);
     Im2colRows b(x, g, q0, p_begin, p_end);
     float acc[TM][TN];
@@ -464,11 +464,12 @@ extern "C" __global__ void __launch_bounds__(BIAS_THREADS)
 conv2d_bwd_bias(const float* __restrict__ dy, float* __restrict__ partials, int K, int OHW, int npix, int chunk) {
     __shared__ float warp_totals[32];
     const int k = blockIdx.x;
-    const int begin = blockIdx.y * chunk, end = min(begin + chunk, npix);
+    const int begin = blockIdx.y * chunk, end = begin + min(chunk, npix - begin);  // begin + chunk may pass 2^31
     float sum = 0.f;
-    for (int i = begin + threadIdx.x; i < end; i += BIAS_THREADS) {
-        const int n = i / OHW;
-        sum += __ldg(dy + ((int64)n * K + k) * OHW + (i - n * OHW));
+    // unsigned: i + BIAS_THREADS stays below 2^32 (end < 2^31), where an int would overflow near 2^31
+    for (uint32 i = begin + threadIdx.x; i < (uint32)end; i += BIAS_THREADS) {
+        const int n = (int)i / OHW;
+        sum += __ldg(dy + ((int64)n * K + k) * OHW + ((int)i - n * OHW));
     }
     sum = block_sum(sum, warp_totals);
     if (threadIdx.x == 0) partials[blockIdx.y * K + k] = sum;

@@ -190,7 +190,7 @@ conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w,
     const int oh0 = tile_row * FK_TH, ow0 = tile_col * FK_TW;
     const int tx = threadIdx.x % FK_BX, ty = threadIdx.x / FK_BX;
     const bool computes = ty < FK_BY;
-    const int c_begin = blockIdx.y * chunk, c_end = min(c_begin + chunk, C);
+    const int c_begin = blockIdx.y * chunk, c_end = c_begin + min(chunk, C - c_begin);  // no int overflow
     const float* x_image = x + (int64)n * C * H * W;
 
     float acc[FK_U][FK_K][FK_STRIP];
@@ -369,7 +369,7 @@ conv2d_bwd_filter_few_channels(const float* __restrict__ dy, const float* __rest
     __shared__ float warp_totals[FC_WARPS][FC_FILTERS * FC_TAPS];
     const int k0 = blockIdx.x * FC_FILTERS, filters_left = K - k0;
     const int OHW = OH * OW, strips_per_image = cdiv(OHW, FC_STRIP);
-    const int begin = blockIdx.y * chunk, end = min(begin + chunk, N * strips_per_image);
+    const int begin = blockIdx.y * chunk, end = begin + min(chunk, N * strips_per_image - begin);  // no int overflow
     const bool vec = OHW % FC_STRIP == 0 && aligned16(dy);
 
     float acc[FC_FILTERS][FC_TAPS];

@@ -217,7 +217,8 @@ extern "C" __global__ void maxpool2d_bwd(const float* __restrict__ dy, const int
 //   its window (window_cell: the cells partition the plane, so every dx element is written exactly
 //   once): dx[p, h, w] = 0 + dy[p, oh, ow] where h*W + w == indices[p, oh, ow], 0 elsewhere. The
 //   "0 +" turns a -0 gradient into +0, as the NumPy path's scatter-add into zeros; same bits.
-//   An index outside the window's cell routes nowhere (max_pool2d's never are).
+//   An index outside the window routes nowhere, as in maxpool2d_bwd (max_pool2d's never are): a cell is
+//   larger than its window where stride > window.
 //   Bytes: (8 + 4) per output element read, 4 per input element written.
 extern "C" __global__ void maxpool2d_bwd_disjoint(const float* __restrict__ dy, const int64* __restrict__ indices,
                                                   float* __restrict__ dx, int n_out, POOL_GEOMETRY,
@@ -227,7 +228,15 @@ extern "C" __global__ void maxpool2d_bwd_disjoint(const float* __restrict__ dy, 
     const PlanePosition o = plane_position(i, FAST_DIVMOD(OH), FAST_DIVMOD(OW));
     const Span rows = window_cell(o.row, stride_h, pad_top, OH, H);
     const Span cols = window_cell(o.col, stride_w, pad_left, OW, W);
-    const int64 winner = indices[i];
+    const Span window_rows = in_bounds(o.row * stride_h - pad_top, R, H);
+    const Span window_cols = in_bounds(o.col * stride_w - pad_left, S, W);
+    const int64 index = indices[i];
+    bool in_window = false;
+    if (index >= 0 && index < (int64)H * W) {  // then 32-bit (the plane is checked to fit)
+        const int at = (int)index, row = at / W, col = at - row * W;
+        in_window = row >= window_rows.lo && row < window_rows.hi && col >= window_cols.lo && col < window_cols.hi;
+    }
+    const int64 winner = in_window ? index : -1;
     const float grad = 0.f + dy[i];
     float* __restrict__ dx_plane = dx + o.plane * (H * W);
     for (int h = rows.lo; h < rows.hi; ++h) {

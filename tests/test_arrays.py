@@ -19,8 +19,10 @@ class Subclass(numpy.ndarray):
 
 def test_array_module_learns_types_not_values():
     valid_call()
-    assert array_module(x=numpy.ones(2).view(Subclass), b=None) is numpy
-    assert array_module() is numpy and array_module(b=None) is numpy
+    assert array_module(("b",), x=numpy.ones(2).view(Subclass), b=None) is numpy
+    assert array_module() is numpy and array_module(("b",), b=None) is numpy
+    with pytest.raises(TypeError, match="b is required: a numpy.ndarray or cupy.ndarray, got None"):
+        array_module(x=numpy.ones(2), b=None)
     with pytest.raises(TypeError, match="w must be a numpy.ndarray or cupy.ndarray, got list"):
         array_module(x=numpy.ones(2), w=[1.0, 2.0])
     with pytest.raises(TypeError, match="x must be a numpy.ndarray or cupy.ndarray, got float"):
@@ -43,5 +45,7 @@ def test_float_operands_fast_path_refuses_what_the_checks_refuse(x, w, error, me
 
 def test_float_operands_accepts_float64_on_numpy_and_absent_operands():
     x, w = numpy.ones((3, 4)), numpy.ones((4, 5))
-    assert float_operands(LAYOUTS, x=x, w=w, b=None) is numpy
-    assert float_operands({}, b=None) is numpy
+    assert float_operands(LAYOUTS, ("b",), x=x, w=w, b=None) is numpy
+    assert float_operands({}, ("b",), b=None) is numpy
+    with pytest.raises(TypeError, match="x is required"):
+        float_operands(LAYOUTS, ("b",), x=None, w=w, b=None)

@@ -329,6 +329,85 @@ def test_tunes_linear_on_the_device_and_files_the_choice(backend, xp, rng, monke
     assert [json.loads(key)[:4] for key in entries] == [["nt", 65, 33, 515]]  # x·wᵀ: (65, 515) @ (515, 33)
 
 
+_WRITER = """
+import sys
+from cnn_gpu.cuda import autotune
+tuner = autotune.Autotuner(cache_file=sys.argv[1], timer=lambda run: run(),
+                           context=lambda family: "gemm | Fake GPU sm_90 | source 1")
+writer, keys = int(sys.argv[2]), int(sys.argv[3])
+for k in range(keys):
+    assert tuner.pick("gemm", ("writer", writer, k), lambda: [[1], [2], [3]], lambda c: c[0] if k % 2 else -c[0]) \
+        == ([1] if k % 2 else [3])
+"""
+
+
+def test_concurrent_processes_lose_no_entry(cache_file):
+    """Four processes tuning 60 keys each at the same time, every one merging into the same cache file:
+    every entry of every process is in the file afterwards (the file lock serialises read-merge-write)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(autotune.__file__).parents[2])
+    writers, keys = 4, 60
+    processes = [subprocess.Popen([sys.executable, "-c", _WRITER, str(cache_file), str(w), str(keys)],
+                                  env={"PYTHONPATH": root, "PATH": ""}, stderr=subprocess.PIPE, text=True)
+                 for w in range(writers)]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+    stored = stored_choices(cache_file)
+    assert len(stored) == writers * keys
+    for w in range(writers):
+        for k in range(keys):
+            assert stored[json.dumps(["writer", w, k])] == ([1] if k % 2 else [3])
+    assert not [p for p in cache_file.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
+def test_threads_tune_a_key_once_and_never_time_against_each_other(cache_file):
+    """Eight threads' first calls for one key: one thread times the candidates, the others wait for its choice;
+    no two timed runs overlap. Other keys, from other threads meanwhile, all reach the file."""
+    import threading
+    import time
+
+    running, overlaps = [0], []
+    guard = threading.Lock()
+
+    def timer(run):
+        with guard:
+            running[0] += 1
+            overlaps.append(running[0] > 1)
+        time.sleep(0.01)
+        with guard:
+            running[0] -= 1
+        return run()
+
+    tuner = autotune.Autotuner(cache_file=cache_file, timer=timer, context=lambda family: "gemm | Fake GPU sm_90 | source 1")
+    op = FakeOp({DEFAULT: 3.0, WIDE: 1.0, SMALL: 2.0})
+    results = []
+    barrier = threading.Barrier(8)
+
+    def first_call():
+        barrier.wait()
+        results.append(op.pick(tuner))
+
+    threads = [threading.Thread(target=first_call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [WIDE] * 8
+    assert sorted(op.runs) == sorted(CANDIDATES) and not any(overlaps)  # each candidate timed once, alone
+
+    def other_keys(t):
+        for k in range(20):
+            FakeOp({DEFAULT: 1.0, WIDE: 2.0, SMALL: 3.0}).pick(tuner, key=("thread", t, k))
+
+    threads = [threading.Thread(target=other_keys, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(stored_choices(cache_file)) == 1 + 4 * 20
 def test_the_gpu_run_asks_for_unverified_variants():
     """benchmarks/gpu_run.sh is how unverified variants get run on a GPU: it offers them for the whole run."""
     from pathlib import Path

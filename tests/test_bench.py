@@ -213,3 +213,16 @@ def test_error_bound_follows_the_reference_only_when_it_is_worse():
     assert error_bound(1e-4, {"ref": 1e-6}) == 1e-4
     assert error_bound(1e-4, {"a": 3e-3, "b": 1e-3}) == 2e-3  # twice the best reference's own error
     assert error_bound(1e-4, {"a": None, "b": float("nan")}) == 1e-4
+
+
+def test_without_pytorch_the_run_says_once_at_the_top_how_to_get_references(tmp_path, monkeypatch, capsys):
+    import cnn_gpu.bench.side
+
+    monkeypatch.setattr(cnn_gpu.bench.side, "_import_torch", lambda device: None)
+    report = bench.run(ops=["relu"], quick=True, out=tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    note = bench.missing_references_note("cpu")
+    assert lines[0] == note and lines.count(note) == 1
+    assert "pip install torch" in note
+    assert report["rows"] and all(row["status"] == "UNCHECKED" and row["speedup"] is None for row in report["rows"])
+    assert (tmp_path / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -110,3 +110,90 @@ def test_train_replays_cuda_graphs_unless_told_not_to(monkeypatch, tmp_path):
     for flag, expected in (([], True), (["--no-cuda-graph"], False)):
         assert cli.main(["train", "--backend", "numpy", "--epochs", "1", "--limit", "40", "--out", str(tmp_path), *flag]) == 0
         assert seen.pop() is expected
+
+
+# ---- checks before any work ----------------------------------------------------------------------
+def assert_no_work_done(result):
+    assert "Model:" not in result.stdout and "Epoch" not in result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--lr", "inf"], ["--lr", "inf"]),
+    (["--lr", "1e400"], ["--lr", "1e400"]),
+    (["--lr", "nan"], ["--lr", "nan"]),
+    (["--lr", "-1"], ["--lr"]),
+    (["--validation-split", "nan"], ["--validation-split"]),
+    (["--seed", "-1"], ["--seed", "-1"]),
+    (["--epochs", "abc"], ["--epochs", "'abc'"]),
+    (["--batch-size", "2.5"], ["--batch-size"]),
+    (["--path", "/tmp"], ["--path", "--data mnist"]),
+])
+def test_argument_ranges_are_checked_before_work(args, words):
+    result = run_cli("train", *args)
+    assert_one_line_error(result, *words)
+    assert "_positive_int" not in result.stderr and "_seed" not in result.stderr and "invalid" not in result.stderr
+    assert_no_work_done(result)
+
+
+def test_out_that_cannot_be_a_folder_fails_before_training(tmp_path):
+    existing_file = tmp_path / "a file"
+    existing_file.write_text("keep me")
+    for out, words in ((existing_file, ["--out", "not a folder"]), (existing_file / "below", ["--out", "cannot write"])):
+        result = run_cli("train", "--epochs", "1", "--limit", "40", "--out", str(out))
+        assert_one_line_error(result, *words)
+        assert_no_work_done(result)
+    assert existing_file.read_text() == "keep me"
+    (tmp_path / "run" / "model.npz").mkdir(parents=True)  # where the model file would go
+    result = run_cli("train", "--epochs", "1", "--limit", "40", "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, "model.npz")
+    assert_no_work_done(result)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_without_write_permission_fails_before_training(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run_cli("train", "--epochs", "1", "--limit", "40", "--out", str(locked))
+    assert_one_line_error(result, "--out", "cannot write")
+    assert_no_work_done(result)
+
+
+def test_a_corrupt_gzip_idx_file_is_one_line_error(tmp_path):
+    import gzip
+
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for name in names:
+        valid = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")
+        (tmp_path / f"{name}.gz").write_bytes(valid[:10] + b"\xff" * 20)  # a gzip header, then invalid deflate data
+    result = run_cli("train", "--data", "mnist", "--path", str(tmp_path))
+    assert_one_line_error(result, "train-images-idx3-ubyte.gz", "gzip")
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_the_previous_model(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.npz").write_bytes(b"the previous model")
+    result = run_cli("train", "--limit", "64", "--epochs", "1", "--lr", "1e30", "--out", str(out))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("cnn-gpu: error: training diverged: loss is nan")
+    assert (out / "model.npz").read_bytes() == b"the previous model"
+    assert sorted(p.name for p in out.iterdir()) == ["model.npz"]
+
+
+def test_images_with_nan_are_refused_before_training(monkeypatch, tmp_path, capsys):
+    import numpy
+
+    from cnn_gpu import datasets
+
+    def digits_with_a_nan(size):
+        x = numpy.zeros((50, 28, 28, 1), numpy.float32)
+        x[7, 3, 3, 0] = numpy.nan
+        y = numpy.arange(50) % 10
+        return (x, y), (x[:10].copy() * 0, y[:10])
+
+    monkeypatch.setattr(datasets, "load_digits", digits_with_a_nan)
+    assert cli.main(["train", "--backend", "numpy", "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "cnn-gpu: error: the training images hold NaN or infinite pixel values\n"
+    assert "Model:" not in captured.out

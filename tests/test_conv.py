@@ -433,8 +433,8 @@ def test_rejects_negative_slope():
 
 def test_geometry_is_remembered_per_exact_arguments():
     """window_geometry's cache: each shape and argument set gets the geometry a fresh computation gives; an argument
-    equal to a remembered one but of another type is still checked as uncached: refused (bool, float, NumPy integer)
-    or (a list) accepted with the pair's geometry."""
+    equal to a remembered one but of another type is still checked as uncached: refused (bool, float) or (a NumPy
+    integer, a list) accepted with the int's or the pair's geometry."""
     fresh = geometry_ops._window_geometry
     for args in [((2, 3, 9, 9), (3, 3), 1, 0), ((2, 3, 9, 8), (3, 3), 1, 0), ((2, 3, 9, 9), (3, 2), (2, 1), (1, 0)),
                  ((2, 3, 9, 9), (3, 3), 2, "same"), ((2, 3, 9, 9), (3, 3), 1, "valid")]:
@@ -442,9 +442,10 @@ def test_geometry_is_remembered_per_exact_arguments():
             assert window_geometry(*args, window_name="w") == fresh(*args, "x", "w")
     x, w = f32(1, 1, 5, 5), f32(1, 1, 3, 3)
     F.conv2d(x, w, stride=1, padding=1)
-    for stride in (True, 1.0, numpy.int64(1)):
+    for stride in (True, 1.0, numpy.bool_(True)):
         with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
             F.conv2d(x, w, stride=stride, padding=1)
+    assert F.conv2d(x, w, stride=numpy.int64(2), padding=numpy.int32(1)).shape == (1, 1, 3, 3)
     for padding in (True, (1, True), 1.0):
         with pytest.raises(ValueError, match="padding must be an int or a pair of ints"):
             F.conv2d(x, w, padding=padding)

@@ -138,7 +138,7 @@ def test_bad_op_arguments():
         F.rmsprop_update(ones(3), ones(3), ones(3), ones(4), None, 0.1)
     with pytest.raises(ValueError, match="rho must be in"):
         F.rmsprop_update(ones(3), ones(3), ones(3), None, None, 0.1, rho=1.0)
-    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="weight_decay must be >= 0 and finite"):
         F.weight_decay_update(ones(3), 0.1, -1.0)
     with pytest.raises(TypeError, match="learning_rate_from must be a one-element float32 array"):
         F.sgd_update(ones(3), ones(3), None, None, learning_rate_from=numpy.ones(2, numpy.float32))
@@ -240,7 +240,7 @@ def test_learning_rate_property_and_setter():
     optimizer = optimizers.RMSprop(0.01)
     optimizer.learning_rate = 0.5
     assert optimizer.learning_rate == 0.5
-    with pytest.raises(ValueError, match="learning_rate must be a finite number"):
+    with pytest.raises(ValueError, match="learning_rate must be > 0 and finite"):
         optimizer.learning_rate = float("nan")
     scheduled = optimizers.SGD(schedules.ExponentialDecay(1.0, 1, 0.5))
     scheduled.iterations = 2

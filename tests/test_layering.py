@@ -9,7 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "cnn_gpu"
 
 # (layer, module-name prefixes), bottom first; a module may import its own layer and the ones below it.
 LAYERS = [
-    ("cuda", ("cnn_gpu.cuda", "cnn_gpu.backend")),
+    ("cuda", ("cnn_gpu.cuda", "cnn_gpu.backend", "cnn_gpu.files")),
     ("ops", ("cnn_gpu.ops",)),
     ("functional", ("cnn_gpu.functional",)),
     ("layers", ("cnn_gpu.layers", "cnn_gpu.losses", "cnn_gpu.optimizers", "cnn_gpu.learning_rate_schedules",

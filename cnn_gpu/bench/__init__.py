@@ -45,7 +45,7 @@ from pathlib import Path
 import cnn_gpu
 from cnn_gpu.bench.cases import Bound, Case, cases, op_names
 from cnn_gpu.bench.check import ROTATION_L2_MULTIPLE, Check, Row, error_bound, relative_error, run_case
-from cnn_gpu.bench.report import _write_json, environment, format_table, plot_speedups
+from cnn_gpu.bench.report import _write_json, environment, format_table, missing_references_note, plot_speedups
 from cnn_gpu.bench.side import MAX_REPEATS, MIN_REPEATS, Side, measure_ceilings
 from cnn_gpu.cuda import autotune
 
@@ -80,6 +80,8 @@ def run(ops=None, quick: bool = False, out="bench-out", budget_s: float | None =
 
     started = time.perf_counter()
     side = Side(device, seed=int.from_bytes(os.urandom(4), "little"))
+    if side.torch is None:
+        print(missing_references_note(device), flush=True)  # once, before the rows it explains
     with _one_thread_per_library(side) if device == "cpu" else contextlib.nullcontext():
         report = {
             "mode": "quick" if quick else "full",

@@ -13,6 +13,7 @@ import numpy
 
 import cnn_gpu
 from cnn_gpu.bench.side import Side
+from cnn_gpu.files import atomic_write, write_text
 
 
 def environment(side: Side) -> dict:
@@ -106,10 +107,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def missing_references_note(device: str) -> str:
+    """Why a run has no reference times, and how to get them: the references are PyTorch's."""
+    if device == "cuda":
+        return ("note: the reference timings (cuDNN, cuBLAS) come from PyTorch with CUDA, which is not usable here, "
+                "so every row is UNCHECKED and has no speed-up; install the torch build for your CUDA version "
+                "(https://pytorch.org/get-started/locally/)")
+    return ("note: the reference timings come from PyTorch, which is not installed here, so every row is UNCHECKED "
+            "and has no speed-up; install it with: pip install torch")
+
+
 def _write_json(report: dict, path: Path):
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=_json_default))
-    tmp.replace(path)
+    write_text(path, json.dumps(report, indent=1, default=_json_default))
 
 
 def _json_default(value):
@@ -176,7 +185,10 @@ def plot_speedups(report: dict, path: Path) -> Path:
         ax.axvline(1.0, color="black", linewidth=1)
         ax.set_xlabel("speed-up = reference time / our time (> 1: ours is faster)")
     else:
-        ax.text(0.5, 0.5, "no row has a reference time", ha="center", va="center", transform=ax.transAxes)
+        why = "" if env.get("torch") else f"\n{missing_references_note(env.get('backend', 'cpu'))}"
+        ax.text(0.5, 0.5, "no row has a reference time" + why, ha="center", va="center", transform=ax.transAxes,
+                wrap=True)
         ax.set_axis_off()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic_write(path) as file:
+        fig.savefig(file, format="png", dpi=100, bbox_inches="tight")
     return path

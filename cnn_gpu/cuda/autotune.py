@@ -33,6 +33,12 @@ Environment:
       options), so entries made on another GPU, toolkit or kernel version are ignored, and carry a digest of
       the candidate set, so a choice made among other candidates is made again; an unreadable or malformed
       file is ignored too (and replaced at the next write).
+
+Concurrency: threads and processes may tune at once. A choice is made once per (context, key) in a
+process: a second thread asking for a key being tuned waits for that tuning (so no two threads time the
+same problem against each other; different keys may still be tuned at the same time). Writers of the
+cache file take an exclusive lock on a sidecar file (``<cache file>.lock``, fcntl.flock where the
+platform has it) around reading, merging and replacing the file, so no process's entries are lost.
 """
 from __future__ import annotations
 
@@ -43,12 +49,18 @@ import json
 import math
 import os
 import statistics
-import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 from cnn_gpu.cuda.variants import Variant, unverified_allowed
+from cnn_gpu.files import write_text
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; threads are still serialised, processes are not
+    fcntl = None
 
 SWITCH_VARIABLE = "CNN_GPU_AUTOTUNE"
 CACHE_VARIABLE = "CNN_GPU_AUTOTUNE_CACHE"
@@ -155,6 +167,8 @@ class Autotuner:
         # {context: {key json: {"choice": candidate as JSON, "among": digest of the candidate set}}}, read at the first miss
         self._stored: dict | None = None
         self._write_failed = False
+        self._lock = threading.Lock()  # guards the dicts above and the per-key locks' table
+        self._key_locks: dict = {}     # (context, key) -> RLock held while that key is being tuned
 
     @property
     def cache_file(self) -> Path:
@@ -176,6 +190,15 @@ class Autotuner:
         choice = self._chosen.get((context, key))
         if choice is not None:
             return choice
+        with self._lock:
+            key_lock = self._key_locks.setdefault((context, key), threading.RLock())
+        with key_lock:  # a thread arriving while another tunes this key waits, then takes its choice
+            choice = self._chosen.get((context, key))
+            if choice is not None:
+                return choice
+            return self._choose(family, context, key, candidates, launch)
+
+    def _choose(self, family, context, key, candidates, launch):
         unverified = unverified_allowed()
         options = [c for c in candidates() if _is_candidate(c, unverified)]
         by_identity = {_as_json(c): c for c in options}
@@ -209,7 +232,7 @@ class Autotuner:
                 raise
             except Exception as exc:  # compile or launch failure: this variant does not exist here
                 warnings.warn(f"autotune {family} {key}: candidate {candidate} dropped ({type(exc).__name__}: {exc})",
-                              RuntimeWarning, stacklevel=4)
+                              RuntimeWarning, stacklevel=5)
                 error = exc
                 continue
             if elapsed < best_time:  # ties keep the earlier candidate, the default first
@@ -220,24 +243,28 @@ class Autotuner:
 
     # ---- the cache file --------------------------------------------------------------------------
     def _stored_choices(self) -> dict:
-        if self._stored is None:
-            self._stored = _read_cache(self.cache_file)
-        return self._stored
+        with self._lock:
+            if self._stored is None:
+                self._stored = _read_cache(self.cache_file)
+            return self._stored
 
     def _store(self, context: str, key_json: str, entry: dict) -> None:
-        self._stored_choices().setdefault(context, {})[key_json] = entry
-        if self._write_failed:
-            return
-        merged = _read_cache(self.cache_file)  # keep what other processes wrote since we read it
-        for ctx, entries in self._stored.items():
-            merged.setdefault(ctx, {}).update(entries)
-        self._stored = merged
-        try:
-            _write_atomically(self.cache_file, {"format": CACHE_FORMAT, "choices": merged})
-        except OSError as exc:
-            self._write_failed = True
-            warnings.warn(f"autotune: cannot write {self.cache_file} ({exc}); choices are kept in memory only",
-                          RuntimeWarning, stacklevel=3)
+        self._stored_choices()
+        with self._lock:
+            self._stored.setdefault(context, {})[key_json] = entry
+            if self._write_failed:
+                return
+            try:
+                with _exclusive_lock(self.cache_file):
+                    merged = _read_cache(self.cache_file)  # keep what other processes wrote since we read it
+                    for ctx, entries in self._stored.items():
+                        merged.setdefault(ctx, {}).update(entries)
+                    self._stored = merged
+                    _write_atomically(self.cache_file, {"format": CACHE_FORMAT, "choices": merged})
+            except OSError as exc:
+                self._write_failed = True
+                warnings.warn(f"autotune: cannot write {self.cache_file} ({exc}); choices are kept in memory only",
+                              RuntimeWarning, stacklevel=4)
 
 
 def _read_cache(path: Path) -> dict:
@@ -252,16 +279,25 @@ def _read_cache(path: Path) -> dict:
 
 
 def _write_atomically(path: Path, data: dict) -> None:
-    """Readers see the old file or the new one, never half of one (a temporary file, then a rename)."""
+    """Readers see the old file or the new one, never half of one (cnn_gpu.files.atomic_write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):
+    """An exclusive flock on ``<path>.lock`` for the block: one writer at a time merges into path. The
+    sidecar is never deleted (deleting it would let two writers lock two different files)."""
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
 _tuner: Autotuner | None = None

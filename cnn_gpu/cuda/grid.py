@@ -4,6 +4,11 @@ from __future__ import annotations
 from cnn_gpu.cuda.device import sm_count  # noqa: F401  (launch shapes' one device property)
 
 INT32_MAX = 2**31 - 1
+# What require_int32_indexable admits: 2**31 - 1 less a margin. Kernels form indices a tile, a block or a
+# grid-stride step past an extent before testing them against it (p0 + a tile column, i + blockDim.x); the
+# margin keeps every such index below 2**31 (the largest step in kernels/*.cu is a few thousand).
+INDEX_HEADROOM = 2**16
+INT32_INDEXABLE = INT32_MAX - INDEX_HEADROOM
 
 
 def grid_stride_blocks(n: int, threads: int = 256, waves: int = 8) -> int:
@@ -35,12 +40,14 @@ def is_aligned(alignment: int, *arrays) -> bool:
 
 
 def require_int32_indexable(name: str, shape) -> None:
-    """Kernels that index with 32-bit ints call this before launch: a clear error instead of wrap-around."""
+    """Kernels that index with 32-bit ints call this before launch: a clear error instead of wrap-around.
+    Admits up to INT32_INDEXABLE elements (2**31 - 1 less INDEX_HEADROOM)."""
     size = 1
     for extent in shape:
         size *= int(extent)
-    if size > INT32_MAX:
-        raise ValueError(f"{name} of shape {tuple(shape)} has {size} elements, more than this kernel's 32-bit indexing allows (2**31 - 1)")
+    if size > INT32_INDEXABLE:
+        raise ValueError(f"{name} of shape {tuple(shape)} has {size} elements, more than this kernel's 32-bit "
+                         f"indexing allows (2**31 - 1 - {INDEX_HEADROOM}: {INT32_INDEXABLE})")
 
 
 def fast_divmod_params(divisor: int) -> tuple[int, int]:

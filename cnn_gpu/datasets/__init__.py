@@ -16,6 +16,7 @@ IDX files of a folder; see those modules.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy
@@ -137,12 +138,12 @@ def read_idx(path) -> numpy.ndarray:
     big-endian uint32; the data must be exactly the product of the dimensions.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (gzip.BadGzipFile, EOFError) as exc:
-        raise ValueError(f"{path}: not a valid gzip file ({exc})") from None
+    data = path.read_bytes()  # an unreadable file is the OSError that names it
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # bad header, truncated stream, corrupt deflate data
+            raise ValueError(f"{path}: not a valid gzip file ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     if data[2] != _IDX_UBYTE:

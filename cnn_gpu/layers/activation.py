@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from cnn_gpu import functional as F
 from cnn_gpu.layers.base import Layer
+from cnn_gpu.ops.activation import checked_slope
 
 EPILOGUES = ("relu", "leaky_relu", "sigmoid", "tanh")  # what conv2d / linear fuse
 FROM_INPUT = {"elu": (F.elu, F.elu_backward), "selu": (F.selu, F.selu_backward), "gelu": (F.gelu, F.gelu_backward),
@@ -128,9 +129,7 @@ class ReLU(Layer):
 
     def __init__(self, negative_slope=0.0, **kwargs):
         super().__init__(**kwargs)
-        if not negative_slope >= 0:
-            raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = checked_slope(negative_slope)
         self.activation = "leaky_relu" if self.negative_slope > 0 else "relu"
         self._function = NamedActivation(self.activation, self.negative_slope)
         self._y = None

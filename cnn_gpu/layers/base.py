@@ -58,6 +58,8 @@ class Layer:
         self.data_format = data_format
         self.name = name
         self.dtype = numpy.dtype(dtype)
+        if self.dtype not in (numpy.float32, numpy.float64):  # the ops compute in these only
+            raise TypeError(f"dtype must be float32 (or float64 on the numpy backend), got {self.dtype}")
         self.params: dict = {}
         self.grads: dict = {}
         self.state: dict = {}

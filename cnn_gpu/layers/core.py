@@ -14,6 +14,7 @@ from cnn_gpu.layers.activation import NamedActivation, check_activation
 from cnn_gpu import initializers
 from cnn_gpu.initializers import initializer_config
 from cnn_gpu.layers.base import Layer
+from cnn_gpu.ops.arrays import real_number
 
 
 class Dense(Layer):
@@ -124,9 +125,7 @@ class Dropout(Layer):
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not (isinstance(rate, (int, float)) and 0 <= rate < 1):
-            raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
-        self.rate = float(rate)
+        self.rate = real_number("rate", rate, 0, 1, high_open=True)
         self.seed = seed
         self._mask_seeds = None
         self._seed_source = None  # a one-element device array the seed is read from, or None: draw it

@@ -14,6 +14,7 @@ import numpy
 
 from cnn_gpu import functional as F
 from cnn_gpu.layers.base import Layer
+from cnn_gpu.ops.arrays import real_number
 
 
 class BatchNormalization(Layer):
@@ -24,12 +25,8 @@ class BatchNormalization(Layer):
         super().__init__(**kwargs)
         if axis != -1:
             raise ValueError(f"axis must be -1 (the channels, which this layer normalises over), got {axis!r}")
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
-            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-        if not (isinstance(epsilon, (int, float)) and epsilon > 0):
-            raise ValueError(f"epsilon must be a positive number, got {epsilon!r}")
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        self.momentum = real_number("momentum", momentum, 0, 1)
+        self.epsilon = real_number("epsilon", epsilon, 0, low_open=True)
         self._x = self._saved_mean = self._saved_invstd = None
 
     def output_shape_for(self, input_shape):

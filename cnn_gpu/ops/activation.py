@@ -27,7 +27,7 @@ import numpy
 
 from cnn_gpu.cuda.grid import elementwise_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
-from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands, nan_filled
+from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands, nan_filled, real_number
 
 # Codes shared with kernels/common.cuh (ACT_*).
 ACTIVATION_CODES = {None: 0, "linear": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
@@ -187,14 +187,14 @@ def _cuda_activation_grad(dy, y, name, slope):
 
 
 # ---- public functions ----------------------------------------------------------------------------
-def _check_slope(slope):
-    # backward reads the sign of y for the sign of x, which needs slope >= 0
-    if not slope >= 0:
-        raise ValueError(f"negative_slope must be >= 0, got {slope!r}")
+def checked_slope(slope) -> float:
+    """negative_slope as a float, a finite number >= 0 (backward reads the sign of y for the sign of x, which
+    needs slope >= 0); TypeError / ValueError naming it otherwise."""
+    return real_number("negative_slope", slope, 0)
 
 
 def _forward(name, x, slope=0.01):
-    _check_slope(slope)
+    slope = checked_slope(slope)
     xp = float_operands({}, x=x)
     if xp is numpy:
         return numpy_activation(numpy.array(x, copy=True), name, slope)
@@ -202,7 +202,7 @@ def _forward(name, x, slope=0.01):
 
 
 def _backward(name, dy, y, slope=0.01):
-    _check_slope(slope)
+    slope = checked_slope(slope)
     xp = float_operands({}, dy=dy, y=y)
     check_same_shape("dy", dy, "y", y)
     if xp is numpy:

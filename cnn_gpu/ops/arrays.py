@@ -1,10 +1,12 @@
-"""Argument checks shared by every op: one array library per call, float dtype, ndim, named errors.
+"""Argument checks shared by every op: one array library per call, float dtype, ndim, required and
+writable operands, real-number and int arguments, named errors.
 
 Every error names the argument and its shape, and is raised before any work is done.
 """
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import numpy
@@ -16,20 +18,31 @@ from cnn_gpu.backend import is_cuda_array
 _NONE_TYPE = type(None)
 _MODULE_OF_TYPE = {numpy.ndarray: numpy}  # array type -> its library, learnt by _checked_array_module
 _FLOAT32, _FLOAT64 = numpy.dtype(numpy.float32), numpy.dtype(numpy.float64)
+_REAL_TYPES = (int, float, numpy.integer, numpy.floating)
 
 
-def array_module(**arrays):
-    """numpy or cupy, from the given (name=array) operands; None values are skipped.
+def array_module(optional=(), **arrays):
+    """numpy or cupy, from the given (name=array) operands; None is allowed only for the names in optional
+    (and skipped), a TypeError naming the operand otherwise.
 
     Mixed NumPy/CuPy operands, or something that is not an array at all, is a TypeError naming them.
     """
     kinds = {type(a) for a in arrays.values()}
-    kinds.discard(_NONE_TYPE)
+    if _NONE_TYPE in kinds:
+        kinds.discard(_NONE_TYPE)
+        check_required(optional, **arrays)
     if len(kinds) == 1:  # the common case, one array type already seen: no per-operand checks
         module = _MODULE_OF_TYPE.get(kinds.pop())
         if module is not None:
             return module
     return _checked_array_module(arrays)
+
+
+def check_required(optional=(), **arrays) -> None:
+    """A TypeError naming the first operand that is None without being optional."""
+    for name, a in arrays.items():
+        if a is None and name not in optional:
+            raise TypeError(f"{name} is required: a numpy.ndarray or cupy.ndarray, got None")
 
 
 def _checked_array_module(arrays: dict):
@@ -84,12 +97,13 @@ def check_same_shape(name_a: str, a, name_b: str, b) -> None:
         raise ValueError(f"{name_a} shape {tuple(a.shape)} must equal {name_b} shape {tuple(b.shape)}")
 
 
-def float_operands(layouts: dict, **arrays):
+def float_operands(layouts: dict, optional=(), **arrays):
     """The usual preamble: one array library, float dtype, one dtype, expected ndim. Returns xp.
 
-    layouts maps an argument name to (ndim, layout text), e.g. {"x": (4, "N, C, H, W")}.
+    layouts maps an argument name to (ndim, layout text), e.g. {"x": (4, "N, C, H, W")}; optional names
+    the operands that may be None (any other None is a TypeError naming it).
     """
-    xp = array_module(**arrays)
+    xp = array_module(optional, **arrays)
     if not _plainly_valid(layouts, arrays, xp):
         for name, a in arrays.items():
             if a is None:
@@ -114,6 +128,46 @@ def _plainly_valid(layouts: dict, arrays: dict, xp) -> bool:
         if a.dtype is not dtype or (name in layouts and a.ndim != layouts[name][0]):
             return False
     return dtype is None or dtype is _FLOAT32 or (dtype is _FLOAT64 and xp is numpy)
+
+
+def check_writable(**arrays) -> None:
+    """Operands an op writes in place must take writes: checked for all of them before the op writes any, so
+    a refusal leaves every operand as it was (NumPy's read-only arrays; CuPy arrays are always writable)."""
+    for name, a in arrays.items():
+        if a is not None and not getattr(a.flags, "writeable", True):
+            raise ValueError(f"{name} is read-only, but it is updated in place (shape {tuple(a.shape)})")
+
+
+def real_number(name: str, value, low=None, high=None, *, low_open=False, high_open=False) -> float:
+    """value as a float, or a TypeError / ValueError naming the argument: a real number (int, float or a
+    NumPy integer or floating scalar, as PyTorch takes them; not a bool), finite, in [low, high] (an open
+    end where low_open / high_open; None: unbounded)."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, _REAL_TYPES):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    below = low is not None and (number <= low if low_open else number < low)
+    above = high is not None and (number >= high if high_open else number > high)
+    if not math.isfinite(number) or below or above:
+        if low is not None and high is not None:
+            bounds = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            bounds = f" {'>' if low_open else '>='} {low}"
+        elif high is not None:
+            bounds = f" {'<' if high_open else '<='} {high}"
+        else:
+            bounds = ""
+        raise ValueError(f"{name} must be{bounds} and finite, got {value!r}" if bounds else
+                         f"{name} must be finite, got {value!r}")
+    return number
+
+
+def integer(name: str, value, low=None) -> int:
+    """value as an int (an int or a NumPy integer, not a bool), >= low, or a TypeError / ValueError naming it."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, (int, numpy.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return int(value)
 
 
 def contiguous(xp, a):

@@ -33,7 +33,7 @@ import numpy
 
 from cnn_gpu.cuda.grid import cdiv, fast_divmod_params, grid_stride_blocks, require_int32_indexable, sm_count
 from cnn_gpu.cuda.loader import load_kernel
-from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands, nan_filled
+from cnn_gpu.ops.arrays import check_same_shape, check_writable, contiguous, float_operands, nan_filled, real_number
 
 
 def _values_per_channel(x) -> int:
@@ -237,25 +237,26 @@ def _check_batch_statistics_defined(x):
 
 
 def _check_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps):
-    xp = float_operands({}, x=x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    """xp, momentum and eps as floats; every check before the running statistics are written."""
+    xp = float_operands({}, ("gamma", "beta", "running_mean", "running_var"),
+                        x=x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
     _check_input_and_channels(x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
-    if not 0 <= momentum <= 1:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
+    momentum = real_number("momentum", momentum, 0, 1)
+    eps = real_number("eps", eps, 0, low_open=True)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be given together (both or neither)")
     if training:
         _check_batch_statistics_defined(x)
+        check_writable(running_mean=running_mean, running_var=running_var)
     elif running_mean is None:
         raise ValueError("running_mean and running_var are required when training=False")
-    return xp
+    return xp, momentum, eps
 
 
 # ---- public functions ----------------------------------------------------------------------------
 def batch_norm(x, gamma=None, beta=None, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
     """(y, saved_mean, saved_invstd); updates running_mean / running_var in place when training."""
-    xp = _check_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    xp, momentum, eps = _check_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps)
     gamma, beta = _filled_if_none(gamma, x, xp, 1), _filled_if_none(beta, x, xp, 0)
     if xp is numpy:
         return _numpy_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps)
@@ -266,7 +267,7 @@ def batch_norm_backward(dy, x, gamma, saved_mean, saved_invstd):
     """(dx, dgamma, dbeta) of training-mode batch_norm, from the forward's saved statistics."""
     if saved_mean is None or saved_invstd is None:
         raise ValueError("saved_mean and saved_invstd (returned by batch_norm) are required")
-    xp = float_operands({}, dy=dy, x=x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
+    xp = float_operands({}, ("gamma",), dy=dy, x=x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
     _check_input_and_channels(x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
     check_same_shape("dy", dy, "x", x)
     _check_batch_statistics_defined(x)

@@ -25,7 +25,8 @@ import numpy
 from cnn_gpu.backend import is_cuda_array
 from cnn_gpu.cuda.grid import elementwise_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
-from cnn_gpu.ops.arrays import array_module, check_float, check_same_shape, contiguous, float_operands, nan_filled
+from cnn_gpu.ops.arrays import (array_module, check_float, check_same_shape, contiguous, float_operands, nan_filled,
+                                real_number)
 
 # The hash's top 24 bits against a 24-bit threshold: rate resolves to 2**-24 on both backends.
 THRESHOLD_BITS = 24
@@ -121,9 +122,8 @@ def _cuda_dropout_backward(dy, mask, rate):
 
 
 # ---- public functions ----------------------------------------------------------------------------
-def _check_rate(rate):
-    if not 0 <= rate < 1:
-        raise ValueError(f"rate must be in [0, 1), got {rate!r}")
+def _check_rate(rate) -> float:
+    return real_number("rate", rate, 0, 1, high_open=True)
 
 
 def _check_seed(seed, x):
@@ -146,7 +146,7 @@ def _check_seed(seed, x):
 def dropout(x, rate, seed):
     """(y, mask): y = x * mask / (1 - rate), mask uint8 (1 = kept), drawn from (seed, flat index).
     seed: an int, or a one-element uint64 array on x's backend holding it (read when the mask is drawn)."""
-    _check_rate(rate)
+    rate = _check_rate(rate)
     xp = float_operands({}, x=x)
     seed = _check_seed(seed, x)
     if xp is numpy:
@@ -158,7 +158,7 @@ def dropout(x, rate, seed):
 
 def dropout_backward(dy, mask, rate):
     """dx = dy * mask / (1 - rate), with the mask and rate of the forward pass."""
-    _check_rate(rate)
+    rate = _check_rate(rate)
     xp = array_module(dy=dy, mask=mask)
     check_float("dy", dy, xp)
     if mask.dtype != numpy.uint8:

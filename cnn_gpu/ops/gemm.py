@@ -32,7 +32,7 @@ from cnn_gpu.cuda import autotune
 from cnn_gpu.cuda.grid import INT32_MAX, cdiv, grid_stride_blocks, sm_count
 from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register, registered
-from cnn_gpu.ops.activation import activation_code, numpy_activation
+from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
 
 
@@ -389,8 +389,9 @@ def matmul(a, b):
 def linear(x, w, b=None, activation=None, negative_slope=0.01):
     """act(x @ wᵀ + b): x (N, in_features), w (out_features, in_features), b (out_features,) or None."""
     act = activation_code(activation)
+    negative_slope = checked_slope(negative_slope)
     xp = float_operands({"x": (2, "N, in_features"), "w": (2, "out_features, in_features"), "b": (1, "out_features")},
-                        x=x, w=w, b=b)
+                        ("b",), x=x, w=w, b=b)
     _check_linear_shapes(x, w, b)
     if xp is numpy:
         return _numpy_linear(x, w, b, activation, negative_slope)

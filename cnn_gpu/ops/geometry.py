@@ -10,17 +10,32 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import numpy
+
+
+# The kernels take every size, stride and pad as a 32-bit int: a larger one is refused here, before either
+# backend runs, so that both give the same error.
+INT32_MAX = 2**31 - 1
+
+
+def _is_int(value) -> bool:
+    """An int or a NumPy integer (PyTorch takes both), not a bool."""
+    return isinstance(value, (int, numpy.integer)) and not isinstance(value, (bool, numpy.bool_))
+
 
 def as_pair(name: str, value, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints -> (h, w), each >= minimum, or a ValueError naming the argument."""
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        pair = (value, value)
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    """An int or a pair of ints (Python or NumPy integers) -> (h, w), each in [minimum, 2**31 - 1], or a
+    ValueError naming the argument."""
+    if _is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
         pair = (int(value[0]), int(value[1]))
     else:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(pair) > INT32_MAX:
+        raise ValueError(f"{name} must be at most 2**31 - 1 (the kernels index in 32 bits), got {value!r}")
     return pair
 
 
@@ -119,6 +134,9 @@ def _window_geometry(x_shape, window, stride, padding, x_name, window_name, dila
         pl = pr = pw
         OH = OW = None
     Hp, Wp = H + pt + pb, W + pl + pr
+    if max(Hp, Wp, RE, SE) > INT32_MAX:
+        raise ValueError(f"{x_name} shape {tuple(x_shape)} padded by {padding!r} ({(Hp, Wp)}) or {window_name} "
+                         f"{(R, S)} (spanning {(RE, SE)}) exceeds 2**31 - 1, the kernels' 32-bit indexing")
     if RE > Hp or SE > Wp:
         dilated = "" if (dilation_h, dilation_w) == (1, 1) else f" dilated by {dilation!r} (spanning {(RE, SE)})"
         raise ValueError(

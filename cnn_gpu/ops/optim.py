@@ -45,7 +45,7 @@ import numpy
 
 from cnn_gpu.cuda.grid import grid_stride_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
-from cnn_gpu.ops.arrays import array_module, check_same_shape, contiguous, float_operands
+from cnn_gpu.ops.arrays import array_module, check_same_shape, check_writable, contiguous, float_operands, real_number
 
 
 def adam_step_size(learning_rate: float, beta_1: float, beta_2: float, step: int) -> float:
@@ -156,7 +156,8 @@ def _cuda_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
 
 # ---- public functions ----------------------------------------------------------------------------
 def _check_in_place_operands(param, grad, **state):
-    """grad and state shaped like param; param and state C-contiguous, as they are written in place."""
+    """grad and state shaped like param; param and state C-contiguous and writable, as they are written in
+    place: all checked before the update writes anything."""
     check_same_shape("grad", grad, "param", param)
     for name, a in {"param": param, **state}.items():
         if a is None:
@@ -164,25 +165,19 @@ def _check_in_place_operands(param, grad, **state):
         check_same_shape(name, a, "param", param)
         if not a.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (it is updated in place), got strides {a.strides} for shape {a.shape}")
+    check_writable(param=param, **state)
 
 
 def _check_learning_rate(learning_rate):
     # 0 is a rate schedules reach (CosineDecay's end); the step then still moves Adam's moments and the velocity
-    if not (learning_rate >= 0 and math.isfinite(learning_rate)):
-        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
-
-
-def _check_unit_interval(name, value):
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return real_number("learning_rate", learning_rate, 0)
 
 
 def _learning_rate(learning_rate, learning_rate_from, param, xp):
     """The learning rate as the paths take it: a float, or (learning_rate_from given, learning_rate None) a
     one-element float32 array, read on the host by the NumPy path and by the kernel on CUDA."""
     if learning_rate_from is None:
-        _check_learning_rate(learning_rate)
-        return learning_rate
+        return _check_learning_rate(learning_rate)
     if learning_rate is not None:
         raise ValueError(f"learning_rate must be None when learning_rate_from is given, got {learning_rate!r}")
     array_module(param=param, learning_rate_from=learning_rate_from)  # one backend
@@ -194,11 +189,11 @@ def _learning_rate(learning_rate, learning_rate_from, param, xp):
 
 def sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=False, *, learning_rate_from=None):
     """One SGD step in place (param, and velocity when given); returns None. velocity may be None
-    only when momentum == 0."""
-    _check_unit_interval("momentum", momentum)
+    only when momentum == 0. momentum is in [0, 1], Keras's range."""
+    momentum = real_number("momentum", momentum, 0, 1)
     if velocity is None and momentum != 0:
         raise ValueError(f"velocity is required when momentum != 0 (momentum={momentum!r})")
-    xp = float_operands({}, param=param, grad=grad, velocity=velocity)
+    xp = float_operands({}, ("velocity",), param=param, grad=grad, velocity=velocity)
     _check_in_place_operands(param, grad, velocity=velocity)
     lr = _learning_rate(learning_rate, learning_rate_from, param, xp)
     if xp is numpy:
@@ -211,15 +206,14 @@ def rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, learnin
                    epsilon=1e-7, *, learning_rate_from=None):
     """One RMSprop step in place (param, velocity, and average_grad / momentum_buffer when given); returns
     None. average_grad is given exactly when centered; momentum_buffer exactly when momentum > 0."""
-    _check_unit_interval("rho", rho)
-    _check_unit_interval("momentum", momentum)
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+    rho = real_number("rho", rho, 0, 1, high_open=True)
+    momentum = real_number("momentum", momentum, 0, 1, high_open=True)
+    epsilon = real_number("epsilon", epsilon, 0)
     if (momentum_buffer is None) != (momentum == 0):
         raise ValueError(f"momentum_buffer must be given exactly when momentum > 0 (momentum={momentum!r}, "
                          f"momentum_buffer {'None' if momentum_buffer is None else 'given'})")
-    xp = float_operands({}, param=param, grad=grad, velocity=velocity, average_grad=average_grad,
-                        momentum_buffer=momentum_buffer)
+    xp = float_operands({}, ("average_grad", "momentum_buffer"), param=param, grad=grad, velocity=velocity,
+                        average_grad=average_grad, momentum_buffer=momentum_buffer)
     _check_in_place_operands(param, grad, velocity=velocity, average_grad=average_grad, momentum_buffer=momentum_buffer)
     lr = _learning_rate(learning_rate, learning_rate_from, param, xp)
     if xp is numpy:
@@ -230,8 +224,7 @@ def rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, learnin
 
 def weight_decay_update(param, learning_rate, weight_decay, *, learning_rate_from=None):
     """Keras's decoupled weight decay in place: param -= param * weight_decay * lr; returns None."""
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    weight_decay = real_number("weight_decay", weight_decay, 0)
     xp = float_operands({}, param=param)
     if not param.flags.c_contiguous:
         raise ValueError(f"param must be C-contiguous (it is updated in place), got strides {param.strides} for shape {param.shape}")
@@ -247,7 +240,7 @@ def _check_step(step, step_size, param):
     if step_size is not None:
         if step is not None:
             raise ValueError(f"step must be None when step_size is given (step_size holds the step's alpha), got step={step!r}")
-        array_module(param=param, step_size=step_size)  # one backend
+        array_module(("param",), param=param, step_size=step_size)  # one backend (param's own check comes later)
         if step_size.dtype != numpy.float32 or step_size.size != 1:
             raise TypeError(f"step_size must be a one-element float32 array, got {step_size.dtype} of shape {tuple(step_size.shape)}")
         return
@@ -263,11 +256,10 @@ def adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2
     """One Adam step in place (param, m, v); step is the 1-based step count t. Returns None.
     step_size: instead of step (then None), a one-element float32 array holding alpha, read as the update runs."""
     _check_step(step, step_size, param)
-    _check_learning_rate(learning_rate)
-    _check_unit_interval("beta_1", beta_1)
-    _check_unit_interval("beta_2", beta_2)
-    if not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+    learning_rate = _check_learning_rate(learning_rate)
+    beta_1 = real_number("beta_1", beta_1, 0, 1, high_open=True)
+    beta_2 = real_number("beta_2", beta_2, 0, 1, high_open=True)
+    epsilon = real_number("epsilon", epsilon, 0)
     xp = float_operands({}, param=param, grad=grad, m=m, v=v)
     _check_in_place_operands(param, grad, m=m, v=v)
     if step_size is None:

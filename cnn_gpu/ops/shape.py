@@ -2,6 +2,8 @@
 copy), and zero_pad2d, zeros around images (array slicing on either backend: no kernel of ours)."""
 from __future__ import annotations
 
+import math
+
 from cnn_gpu.ops.arrays import array_module
 
 
@@ -9,7 +11,7 @@ def flatten(x):
     array_module(x=x)
     if x.ndim < 1:
         raise ValueError(f"x must have a batch axis, got shape {tuple(x.shape)}")
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch has no size to infer it from
 
 
 def flatten_backward(dy, x_shape):

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import numpy
 
-from cnn_gpu.ops.activation import activation_code, numpy_activation
+from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
 from cnn_gpu.ops.arrays import float_operands
 from cnn_gpu.ops.conv.cuda_path import (BackwardDataAsForward, _cuda_conv2d, _cuda_conv2d_backward, as_forward_geometry,
                                         flipped_filters)
@@ -80,14 +80,13 @@ __all__ = ["conv2d", "conv2d_backward", "CONV_TILES", "DEFAULT_TILE", "SPLIT_BLO
 
 def conv2d(x, w, b=None, stride=1, padding=0, activation=None, negative_slope=0.01, *, dilation=1, groups=1):
     """y = act(conv(x, w) + b), (N, C, H, W) x (K, C // groups, R, S) -> (N, K, OH, OW). See the module docstring."""
-    xp = float_operands(_LAYOUTS, x=x, w=w, b=b)
+    xp = float_operands(_LAYOUTS, ("b",), x=x, w=w, b=b)
     g = _geometry(x, w, stride, padding, dilation, groups)
     K = w.shape[0]
     if b is not None and tuple(b.shape) != (K,):
         raise ValueError(f"b must have shape (K,) = ({K},) for w of shape {tuple(w.shape)}, got shape {tuple(b.shape)}")
     act = activation_code(activation)  # ValueError for an unknown name
-    if not negative_slope >= 0:
-        raise ValueError(f"negative_slope must be >= 0, got {negative_slope!r}")
+    negative_slope = checked_slope(negative_slope)
     if xp is numpy:
         return _numpy_conv2d(x, w, b, g, activation, negative_slope, groups)
     if groups != 1 or _dilated(g):
