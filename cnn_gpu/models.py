@@ -34,6 +34,7 @@ from cnn_gpu import layers as layer_classes
 from cnn_gpu import losses, metrics as metric_classes, optimizers
 from cnn_gpu.backend import asarray, get_backend, to_numpy
 from cnn_gpu.keras_model import KerasModelMethods, check_native_file_name, positive_int, write_npz
+from cnn_gpu.initializers import Initializer
 from cnn_gpu.layers.base import Layer
 from cnn_gpu.layers.core import InputLayer
 
@@ -543,6 +544,9 @@ def _planned_weights(config) -> dict:
     try:
         for layer in _new_layers(config):
             layer.new_param = functools.partial(_stand_in_weight, layer.dtype)
+            for name, value in vars(layer).items():  # initializers draw full-size arrays: shapes only here
+                if isinstance(value, Initializer):
+                    setattr(layer, name, _shape_only_initializer)
             probe.add(layer)
         if not probe.built:
             if config["input_shape"] is None:
@@ -554,6 +558,10 @@ def _planned_weights(config) -> dict:
         raise _InvalidModelFile("its layers are too large to build") from None
     return {f"{layer.name}/{key}": (tuple(value.shape), value.dtype)
             for layer in probe.layers for arrays in (layer.params, layer.state) for key, value in arrays.items()}
+
+
+def _shape_only_initializer(shape, dtype=None, **kwargs):
+    return numpy.broadcast_to(numpy.float64(0), shape)
 
 
 def _stand_in_weight(dtype, values):
