@@ -8,63 +8,47 @@
 // x is zero outside its bounds; pt/pl are the top/left pads (bottom/right follow from OH, OW).
 //
 // Each of the three convolutions is one GEMM C[M][N] = Σ_q A[m][q] · B[q][n] whose operands are never
-// materialised: a pair of "loaders" gathers the A and B tiles straight from the tensors (im2col on
-// the fly) and one shared main loop (implicit_gemm) does the tiled multiply:
+// materialised: a pair of "loaders" gathers the A and B tiles straight from the tensors (im2col on the fly)
+// and gemm_core.cuh's main loop, the one gemm.cu runs, does the tiled multiply:
 //
-//   block tile BM × BN of C, reduction in steps of BK; THREADS = (BM/TM)·(BN/TN) threads (256 by default);
-//   shared memory As[2][BK][BM+4], Bs[2][BK][BN+4] (k-major; double-buffered: tile t+1 is loaded from
-//   global memory into registers while tile t is multiplied, then stored to the other buffer; one barrier
-//   a step). Rows of BM+4 / BN+4 floats keep every float4 of them 16-byte aligned.
-//   Thread mapping as gemm.cu: a warp is 8 (n) × 4 (m) threads; thread (tx, ty) owns TM×TN outputs as
-//   (TM/4)×(TN/4) 4×4 blocks, rows q·4·THREADS_Y + 4·ty + i and columns q·4·THREADS_X + 4·tx + j, so both
-//   fragments are float4 reads (per k, TM/4 + TN/4 LDS.128 for TM·TN FMAs; a warp's 8 tx read 128
-//   consecutive bytes of Bs, its 4 ty 4 float4 of As: no bank conflict).
+//   block tile BM × BN of C, reduction in steps of BK; THREADS = (BM/TM)·(BN/TN) threads (256 by default), each
+//   owning TM × TN outputs in gemm_core.cuh's thread mapping (float4 fragments, no bank conflict); shared
+//   memory As[2][BK][BM+4], Bs[2][BK][BN+4], double-buffered, one barrier a step.
 //   A tile loads: thread tid loads A elements (m = tid/BK + i·THREADS/BK, q = tid%BK), stored transposed.
 //   B tile loads: chunks of 4 CONSECUTIVE columns of one reduction row (b_chunk_row / b_chunk_col), stored
 //   with one float4: the row's reduction index is decoded once per chunk (mixed-radix counters stepped by
 //   BK, no division) and only the per-column parts, decoded once per block, differ between its 4 loads.
 //   B columns past the GEMM's edge are clamped onto its last column: they only feed outputs the epilogue
 //   does not write, and every load they make is in bounds. Reduction rows past the end load zeros.
+//   A convolution's whole geometry (strides, padding, the decoding of taps and pixels) is in its two loaders;
+//   the main loop and the epilogue (gemm_epilogue.cuh's bias + activation and row-major store, and
+//   store_pixel_tile here) know only the GEMM.
 //
-// Tile sizes are the CONV_* defines below (cnn_gpu/ops/conv.py's DEFAULT_TILE; its other CONV_TILES are
-// compiled with -DCONV_BM=... and cnn_gpu/cuda/autotune.py picks one per kernel and shape).
+// Tile sizes are the CONV_* defines, from Python: the default variant's in cnn_gpu/cuda/loader.py's FAMILY_DEFINES
+// (cnn_gpu/ops/conv/implicit_gemm.py's DEFAULT_TILE), the other CONV_TILES as -DCONV_BM=...; cnn_gpu/cuda/autotune.py picks one
+// per kernel and shape.
 // Indices inside one image are 32-bit, image offsets 64-bit: one ZERO-PADDED image of x
 // (C·(H+pt+pb)·(W+pl+pr)), one image of y, w and the GEMM extents must fit in 32 bits (a gather's offset
 // (c·H + r)·W + s is bounded by the padded image, since R ≤ H+pt+pb and S ≤ W+pl+pr).
 // No float atomics: dw and db are reduced in per-block partials and summed in a fixed order by
-// conv2d_sum_partials, so backward is bit-reproducible.
+// sum_splits_bias_act (sum_splits.cuh), so backward is bit-reproducible.
 #include "conv2d_indexing.cuh"
+#include "gemm_epilogue.cuh"
+#include "sum_splits.cuh"
 
-#ifndef CONV_BM
-#define CONV_BM 64
-#endif
-#ifndef CONV_BN
-#define CONV_BN 64
-#endif
-#ifndef CONV_BK
-#define CONV_BK 16
-#endif
-#ifndef CONV_TM
-#define CONV_TM 4
-#endif
-#ifndef CONV_TN
-#define CONV_TN 4
+#if !defined(CONV_BM) || !defined(CONV_BN) || !defined(CONV_BK) || !defined(CONV_TM) || !defined(CONV_TN) || !defined(BIAS_THREADS)
+#error "the tile sizes and BIAS_THREADS come from cnn_gpu/cuda/loader.py (FAMILY_DEFINES, a variant's defines)"
 #endif
 
-constexpr int BM = CONV_BM, BN = CONV_BN, BK = CONV_BK, TM = CONV_TM, TN = CONV_TN;
-constexpr int THREADS_X = BN / TN;                 // threads along n (a row of the block tile)
-constexpr int THREADS_Y = BM / TM;                 // threads along m
-constexpr int THREADS = THREADS_X * THREADS_Y;
-constexpr int SMEM_PAD = 4;                        // breaks the power-of-two row stride, keeps float4 alignment
+using Tile = BlockTile<CONV_BM, CONV_BN, CONV_BK, CONV_TM, CONV_TN>;
+constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, TM = Tile::TM, TN = Tile::TN;
+constexpr int THREADS = Tile::THREADS, SMEM_PAD = Tile::SMEM_PAD;
 constexpr int A_LOADS = BM * BK / THREADS;         // A-tile elements each thread loads per step
 constexpr int A_ROW_STEP = THREADS / BK;           // rows between one thread's A elements
 constexpr int B_CHUNKS_PER_ROW = BN / 4;           // float4 chunks in one reduction row of the B tile
 constexpr int B_CHUNKS = BK * BN / 4 / THREADS;    // B-tile chunks each thread loads per step
 constexpr int B_ROW_STEP = THREADS / B_CHUNKS_PER_ROW;  // reduction rows between one thread's B chunks
 
-static_assert(TM % 4 == 0 && TN % 4 == 0, "a thread's outputs are 4x4 blocks (float4 fragments)");
-static_assert(BM % TM == 0 && BN % TN == 0, "the block tile must split into thread tiles");
-static_assert(THREADS_X % 8 == 0 && THREADS_Y % 4 == 0, "warps are 8 (n) x 4 (m) threads");
 static_assert(THREADS % BK == 0 && (BM * BK) % THREADS == 0, "each thread loads whole A columns");
 static_assert(THREADS % B_CHUNKS_PER_ROW == 0 && B_CHUNKS * THREADS * 4 == BK * BN,
               "each thread loads the same number of whole B chunks, all in the same 4 columns");
@@ -76,101 +60,88 @@ struct ConvShape {
 #define CONV_SHAPE_PARAMS int N, int C, int H, int W, int K, int R, int S, int OH, int OW, int sh, int sw, int pt, int pl
 #define CONV_SHAPE {N, C, H, W, K, R, S, OH, OW, sh, sw, pt, pl}
 
-// This thread's coordinates in the block tile (gemm.cu's mapping): a warp is 8 (tx) × 4 (ty) threads.
-__device__ __forceinline__ int thread_x() { return (threadIdx.x / 32 % (THREADS_X / 8)) * 8 + threadIdx.x % 8; }
-__device__ __forceinline__ int thread_y() { return (threadIdx.x / 32 / (THREADS_X / 8)) * 4 + threadIdx.x % 32 / 8; }
-
-// The C element a thread's acc[i][j] holds, relative to the block tile's corner.
-__device__ __forceinline__ int tile_row(int i) { return (i / 4) * 4 * THREADS_Y + 4 * thread_y() + i % 4; }
-__device__ __forceinline__ int tile_col(int j) { return (j / 4) * 4 * THREADS_X + 4 * thread_x() + j % 4; }
-
 // The B-tile chunks a thread loads each step: chunk i is reduction row b_chunk_row(i), columns
 // b_chunk_col() .. +3 (the same 4 columns for all of a thread's chunks).
 __device__ __forceinline__ int b_chunk_row(int i) { return threadIdx.x / B_CHUNKS_PER_ROW + i * B_ROW_STEP; }
 __device__ __forceinline__ int b_chunk_col() { return 4 * (threadIdx.x % B_CHUNKS_PER_ROW); }
 
-// ---- the shared GEMM main loop ------------------------------------------------------------------
-// acc[i][j] = Σ_q A[tile_row(i)][q] · B[q][tile_col(j)] over num_tiles steps of BK, where the loaders'
-// load() fill a thread's A_LOADS elements / B_CHUNKS chunks of the current step (zero past the reduction's
-// end) and next() moves them to the following step. Every thread of the block must call it.
+// ---- the loaders in gemm_core.cuh's main loop -------------------------------------------------------
+// Each loader below computes this thread's values of the current step (load) and moves to the next (next),
+// checking its own bounds. StagedA / StagedB present a loader and the registers that hold its values to the
+// main loop, and store those values to shared memory.
+// A: A_LOADS elements of column tid % BK, rows tid / BK + i·A_ROW_STEP, stored transposed (16 threads of a
+// warp store 16 k-rows of one column: a 2-way bank conflict at most).
+template <class Loader>
+struct StagedA {
+    static constexpr bool CHECKS_OWN_BOUNDS = true;
+    Loader& loader;
+    float (&staged)[A_LOADS];
+    template <bool INTERIOR>
+    __device__ __forceinline__ void load_first(int) { loader.load(staged); }
+    template <bool INTERIOR>
+    __device__ __forceinline__ void load_next(int) {
+        loader.next();
+        loader.load(staged);
+    }
+    __device__ __forceinline__ void store(float (*tile)[BM + SMEM_PAD]) const {
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) tile[threadIdx.x % BK][threadIdx.x / BK + i * A_ROW_STEP] = staged[i];
+    }
+};
+
+// B: B_CHUNKS chunks of 4 columns, each stored with one float4 (a quarter-warp stores 8 consecutive chunks of
+// one row, 128 contiguous bytes).
+template <class Loader>
+struct StagedB {
+    static constexpr bool CHECKS_OWN_BOUNDS = true;
+    Loader& loader;
+    float4 (&staged)[B_CHUNKS];
+    template <bool INTERIOR>
+    __device__ __forceinline__ void load_first(int) { loader.load(staged); }
+    template <bool INTERIOR>
+    __device__ __forceinline__ void load_next(int) {
+        loader.next();
+        loader.load(staged);
+    }
+    __device__ __forceinline__ void store(float (*tile)[BN + SMEM_PAD]) const {
+#pragma unroll
+        for (int i = 0; i < B_CHUNKS; ++i) store_float4(&tile[b_chunk_row(i)][b_chunk_col()], staged[i]);
+    }
+};
+
+// acc = Σ_q A[row(i)][q] · B[q][col(j)] over the k_len reduction values from the loaders' start (zero when
+// k_len <= 0). Every thread of the block must call it.
 template <class ALoader, class BLoader>
-__device__ __forceinline__ void implicit_gemm(ALoader& a, BLoader& b, int num_tiles, float (&acc)[TM][TN]) {
+__device__ __forceinline__ void implicit_gemm(ALoader& a, BLoader& b, int k_len, float (&acc)[TM][TN]) {
     __shared__ __align__(16) float As[2][BK][BM + SMEM_PAD];
     __shared__ __align__(16) float Bs[2][BK][BN + SMEM_PAD];
-    const int a_row = threadIdx.x / BK, a_col = threadIdx.x % BK;
-    const int tx = thread_x(), ty = thread_y();
-
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
-
+    zero_accumulators(acc);
     float a_regs[A_LOADS];
     float4 b_regs[B_CHUNKS];
-    // A: 16 threads of a warp store 16 k-rows of one column (2-way bank conflict at most, A_LOADS stores a
-    // step); B: a quarter-warp stores 8 consecutive chunks of one row, 128 contiguous bytes.
-    auto store_tile = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) As[buf][a_col][a_row + i * A_ROW_STEP] = a_regs[i];
-#pragma unroll
-        for (int i = 0; i < B_CHUNKS; ++i) store_float4(&Bs[buf][b_chunk_row(i)][b_chunk_col()], b_regs[i]);
-    };
-
-    a.load(a_regs);
-    b.load(b_regs);
-    store_tile(0);
-    __syncthreads();
-    for (int t = 0; t < num_tiles; ++t) {
-        const int cur = t & 1;
-        const bool more = t + 1 < num_tiles;  // uniform across the block
-        if (more) {                           // global loads of the next step, in flight during the FMAs
-            a.next();
-            b.next();
-            a.load(a_regs);
-            b.load(b_regs);
-        }
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            float af[TM], bf[TN];
-#pragma unroll
-            for (int q = 0; q < TM / 4; ++q) {
-                const float4 v = load_float4(&As[cur][kk][q * 4 * THREADS_Y + 4 * ty]);
-                af[4 * q] = v.x; af[4 * q + 1] = v.y; af[4 * q + 2] = v.z; af[4 * q + 3] = v.w;
-            }
-#pragma unroll
-            for (int q = 0; q < TN / 4; ++q) {
-                const float4 v = load_float4(&Bs[cur][kk][q * 4 * THREADS_X + 4 * tx]);
-                bf[4 * q] = v.x; bf[4 * q + 1] = v.y; bf[4 * q + 2] = v.z; bf[4 * q + 3] = v.w;
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(af[i], bf[j], acc[i][j]);
-        }
-        if (more) store_tile(cur ^ 1);  // buffer cur^1 was last read before the previous barrier
-        __syncthreads();
-    }
+    StagedA<ALoader> staged_a{a, a_regs};
+    StagedB<BLoader> staged_b{b, b_regs};
+    gemm_mainloop<Tile, /*INTERIOR=*/false>(staged_a, staged_b, As, Bs, k_len, acc);
 }
 
-// ---- epilogues ----------------------------------------------------------------------------------
+// ---- epilogue: NCHW stores (bias + activation and row-major stores are gemm_epilogue.cuh's) -----------
 // out[n][m][pixel] = acc (an NCHW tensor of M channels and PIX pixels an image) for the block's C rows
-// m = m0 + tile_row(i) < M and columns p = n·PIX + pixel = p0 + tile_col(j) < N·PIX. A thread's 4
-// consecutive columns are 4 consecutive pixels (p0 and 4·tx are multiples of 4): one float4 store when
-// PIX % 4 == 0 (then they are in one image and 16-byte aligned), else up to 4 scalar stores that may
-// cross into the next images. A warp's 8 tx store 32 consecutive pixels of one channel.
-__device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const float (&acc)[TM][TN], int m0, int p0,
-                                                 int M, int N, int PIX) {
+// m = t.row(m0, i) < M and columns p = n·PIX + pixel = t.col(p0, j) < N·PIX. A thread's 4 consecutive columns
+// are 4 consecutive pixels (p0 and 4·tx are multiples of 4): one float4 store when PIX % 4 == 0 (then they
+// are in one image and 16-byte aligned), else up to 4 scalar stores that may cross into the next images. A
+// warp's 8 tx store 32 consecutive pixels of one channel.
+__device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const float (&acc)[TM][TN], const Tile::Thread& t,
+                                                 int m0, int p0, int M, int N, int PIX) {
     const int npix = N * PIX;
     const bool vec = PIX % 4 == 0 && aligned16(out);
 #pragma unroll
     for (int g = 0; g < TN / 4; ++g) {
-        const int p = p0 + tile_col(4 * g);
+        const int p = t.col4(p0, g);
         if (p >= npix) continue;
         int n = p / PIX, pixel = p - n * PIX;
         if (vec) {
 #pragma unroll
             for (int i = 0; i < TM; ++i) {
-                const int m = m0 + tile_row(i);
+                const int m = t.row(m0, i);
                 if (m < M)
                     store_float4(out + ((int64)n * M + m) * PIX + pixel,
                                  make_float4(acc[i][4 * g], acc[i][4 * g + 1], acc[i][4 * g + 2], acc[i][4 * g + 3]));
@@ -181,7 +152,7 @@ __device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const 
                 if (p + j < npix) {
 #pragma unroll
                     for (int i = 0; i < TM; ++i) {
-                        const int m = m0 + tile_row(i);
+                        const int m = t.row(m0, i);
                         if (m < M) out[((int64)n * M + m) * PIX + pixel] = acc[i][4 * g + j];
                     }
                 }
@@ -191,43 +162,6 @@ __device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const 
                 }
             }
         }
-    }
-}
-
-// out[m][col] = acc (row-major, cols wide) for the block's C rows m0 + tile_row(i) < M and columns
-// col0 + tile_col(j) < cols; float4 stores when cols % 4 == 0.
-__device__ __forceinline__ void store_row_major_tile(float* __restrict__ out, const float (&acc)[TM][TN], int m0, int col0,
-                                                     int M, int cols) {
-    const bool vec = cols % 4 == 0 && aligned16(out);
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int m = m0 + tile_row(i);
-        if (m >= M) continue;
-        float* row = out + (int64)m * cols;
-#pragma unroll
-        for (int g = 0; g < TN / 4; ++g) {
-            const int col = col0 + tile_col(4 * g);
-            if (vec && col < cols) {
-                store_float4(row + col, make_float4(acc[i][4 * g], acc[i][4 * g + 1], acc[i][4 * g + 2], acc[i][4 * g + 3]));
-            } else if (!vec) {
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    if (col + j < cols) row[col + j] = acc[i][4 * g + j];
-            }
-        }
-    }
-}
-
-// acc[i][j] = act(acc[i][j] + bias[k0 + tile_row(i)]) (no bias where bias is null or the row is past K).
-// One activation branch per tile, not per element (as gemm.cu): keeps the epilogue's registers low.
-template <int ACT>
-__device__ __forceinline__ void bias_act_tile(float (&acc)[TM][TN], const float* __restrict__ bias, int k0, int K, float slope) {
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int k = k0 + tile_row(i);
-        const float b = bias != nullptr && k < K ? __ldg(bias + k) : 0.f;
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = apply_activation(acc[i][j] + b, ACT, slope);
     }
 }
 
@@ -459,7 +393,7 @@ struct Im2colRows {
 // (store_pixel_tile). Floor: 2·N·K·OH·OW·C·R·S FLOPs; 4·(N·C·H·W + K·C·R·S + N·K·OH·OW) bytes.
 // Split reduction (for layers whose output tiles cannot fill the GPU): block z sums only q in
 // [z·chunk, min(z·chunk + chunk, C·R·S)) (chunk a multiple of BK, no split empty) and, when gridDim.z > 1,
-// writes that partial sum with no epilogue to out + z·N·K·OH·OW; conv2d_sum_partials then adds the
+// writes that partial sum with no epilogue to out + z·N·K·OH·OW; sum_splits_bias_act then adds the
 // splits in order and applies bias and act. With gridDim.z == 1 (chunk >= C·R·S) out is y.
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
@@ -471,20 +405,19 @@ conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, co
     FilterRows a(w, K, crs, k0, q_begin);
     Im2colColumns b(x, g, p0, q_begin);
     float acc[TM][TN];
-    implicit_gemm(a, b, cdiv(min(chunk, crs - q_begin), BK), acc);
+    implicit_gemm(a, b, min(chunk, crs - q_begin), acc);
     if (gridDim.z > 1) {
-        store_pixel_tile(out + (int64)blockIdx.z * N * K * OH * OW, acc, k0, p0, K, N, OH * OW);
+        store_pixel_tile(out + (int64)blockIdx.z * N * K * OH * OW, acc, Tile::thread(), k0, p0, K, N, OH * OW);
         return;
     }
 
-    switch (act) {
-        case ACT_RELU: bias_act_tile<ACT_RELU>(acc, bias, k0, K, slope); break;
-        case ACT_LEAKY_RELU: bias_act_tile<ACT_LEAKY_RELU>(acc, bias, k0, K, slope); break;
-        case ACT_SIGMOID: bias_act_tile<ACT_SIGMOID>(acc, bias, k0, K, slope); break;
-        case ACT_TANH: bias_act_tile<ACT_TANH>(acc, bias, k0, K, slope); break;
-        default: bias_act_tile<ACT_NONE>(acc, bias, k0, K, slope);
-    }
-    store_pixel_tile(out, acc, k0, p0, K, N, OH * OW);
+    const Tile::Thread t = Tile::thread();
+    const auto filter_bias = [&](int i) {  // no bias where bias is null or the row is past K
+        const int k = t.row(k0, i);
+        return bias != nullptr && k < K ? __ldg(bias + k) : 0.f;
+    };
+    bias_act</*ALONG_ROWS=*/true>(acc, filter_bias, act, slope);
+    store_pixel_tile(out, acc, t, k0, p0, K, N, OH * OW);
 }
 
 // conv2d_bwd_data: dx = the gather form above (every dx element written, zero where no window covers it).
@@ -499,13 +432,13 @@ conv2d_bwd_data(const float* __restrict__ dy, const float* __restrict__ w, float
     FilterColumns a(w, g, c0);
     OutputGradGather b(dy, g, p0);
     float acc[TM][TN];
-    implicit_gemm(a, b, cdiv(K * R * S, BK), acc);
-    store_pixel_tile(dx, acc, c0, p0, C, N, H * W);
+    implicit_gemm(a, b, K * R * S, acc);
+    store_pixel_tile(dx, acc, Tile::thread(), c0, p0, C, N, H * W);
 }
 
 // conv2d_bwd_filter: partials[z][k][q] = Σ over output pixels p in [z·chunk, min(z·chunk + chunk, N·OH·OW))
 // of dy[n,k,p] · im2col(x)[q][p], q = (c, r, s); chunk is a multiple of BK. With gridDim.z == 1,
-// partials is dw itself; otherwise conv2d_sum_partials adds the gridDim.z slices in order.
+// partials is dw itself; otherwise sum_splits_bias_act adds the gridDim.z slices in order.
 // GEMM M = K, N = C·R·S, reduction over the chunk. Grid (cdiv(C·R·S, BN), cdiv(K, BM), splits), block
 // THREADS, smem as forward. Thread writes partials[z][k][q] for its TM filters × TN columns (zeros for an
 // empty chunk). Floor: 2·N·K·OH·OW·C·R·S FLOPs; 4·(N·K·OH·OW + N·C·H·W + 2·splits·K·C·R·S) bytes.
@@ -519,14 +452,12 @@ conv2d_bwd_filter(const float* __restrict__ dy, const float* __restrict__ x, flo
     OutputGradRows a(dy, g, k0, p_begin, p_end);
     Im2colRows b(x, g, q0, p_begin, p_end);
     float acc[TM][TN];
-    implicit_gemm(a, b, max(cdiv(p_end - p_begin, BK), 0), acc);
-    store_row_major_tile(partials + (int64)blockIdx.z * K * crs, acc, k0, q0, K, crs);
+    implicit_gemm(a, b, p_end - p_begin, acc);
+    store_row_major<Tile>(partials, acc, Tile::thread(), k0, q0, K, crs, crs % 4 == 0 && aligned16(partials));
 }
 
-#define BIAS_THREADS 256
-
 // conv2d_bwd_bias: partials[z][k] = Σ dy[n, k, pixel] over flat i = n·OHW + pixel in [z·chunk, z·chunk + chunk) ∩ [0, npix).
-// Grid (K, splits), block BIAS_THREADS (the launch must use it). Each thread sums a strided subset in
+// Grid (K, splits), block BIAS_THREADS (a define from cnn_gpu/cuda/loader.py; the launch uses the same). Each thread sums a strided subset in
 // order, then block_sum's fixed shuffle tree: the same bits every run. Block (k, z) writes
 // partials[z·K + k]; with gridDim.y == 1 partials is db itself. Floor: 4·N·K·OH·OW bytes read.
 extern "C" __global__ void __launch_bounds__(BIAS_THREADS)
@@ -541,19 +472,4 @@ conv2d_bwd_bias(const float* __restrict__ dy, float* __restrict__ partials, int 
     }
     sum = block_sum(sum, warp_totals);
     if (threadIdx.x == 0) partials[blockIdx.y * K + k] = sum;
-}
-
-// conv2d_sum_partials: out[i] = act(Σ_{z < splits} partials[z·n + i] + bias[(i / PIX) % K]), z in increasing
-// order (the deterministic second pass of a split conv2d_fwd_bias_act, conv2d_bwd_filter and conv2d_bwd_bias;
-// the last two pass no bias and ACT_NONE). bias may be null. 1-D grid-stride, any block size.
-// Floor: 4·n·(splits + 1) bytes.
-extern "C" __global__ void conv2d_sum_partials(const float* __restrict__ partials, const float* __restrict__ bias,
-                                               float* __restrict__ out, int64 n, int splits, int K, int PIX, int act,
-                                               float slope) {
-    GRID_STRIDE_LOOP(i, n) {
-        float sum = 0.f;
-        for (int z = 0; z < splits; ++z) sum += partials[z * n + i];
-        if (bias != nullptr) sum += __ldg(bias + i / PIX % K);
-        out[i] = apply_activation(sum, act, slope);
-    }
 }

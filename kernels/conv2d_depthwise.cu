@@ -2,7 +2,7 @@
 // (DEPTHWISE_* defines) so that its window loops unroll into registers:
 //   conv2d_depthwise_fwd_bias_act   y = act(b + depthwise(x, w))
 //   conv2d_depthwise_bwd_data       dx
-//   conv2d_depthwise_bwd_filter     per-block partials of dw and db (conv2d.cu's conv2d_sum_partials adds them in order)
+//   conv2d_depthwise_bwd_filter     per-block partials of dw and db (sum_splits_bias_act, compiled into conv2d.cu, adds them in order)
 // Channel multiplier M = K / C >= 1: output channel k reads input channel c = k / M (PyTorch's groups == C), w is
 // (K, 1, R, S). Window R × S (any, odd or even), strides sh × sw, dilations dh × dw, pads pt (top) and pl (left):
 //   y[n,k,oh,ow] = act(b[k] + Σ_{r,s} w[k,r,s] · x[n, k/M, oh·sh − pt + r·dh, ow·sw − pl + s·dw])   (x zero outside)

@@ -3,14 +3,13 @@ CUDA against NumPy (float64) on odd shapes, every autotuner candidate (tile vari
 and through the NVRTC no-spill check, backward's compute_dx / compute_dw, bit-reproducible backward,
 torch.nn.functional where torch is installed, and one test per bad-input rule."""
 import math
-import re
 
 import numpy
 import pytest
 
 from cnn_gpu import functional as F
 from cnn_gpu import to_numpy
-from cnn_gpu.cuda.loader import KERNEL_DIR
+from cnn_gpu.cuda.loader import family_defines
 from cnn_gpu.cuda import device, variants
 from cnn_gpu.ops.conv import direct, implicit_gemm
 from cnn_gpu.ops import geometry as geometry_ops
@@ -118,7 +117,7 @@ def test_backward_finite_differences(rng, x_shape, w_shape, stride, padding):
 
 # ---- CUDA against NumPy (float64) -----------------------------------------------------------------
 # Odd sizes that divide no tile; several filter and pixel tiles; C·R·S and K·R·S past one BK step;
-# N·OH·OW long enough that dw and db are split over several blocks (conv2d_sum_partials).
+# N·OH·OW long enough that dw and db are split over several blocks (sum_splits_bias_act).
 BACKEND_CASES = [
     ((1, 1, 1, 1), (1, 1, 1, 1), 1, 0),
     ((2, 3, 17, 13), (17, 3, 3, 3), 1, 1),
@@ -346,11 +345,9 @@ def test_matches_torch(backend, xp, rng, x_shape, w_shape, stride, padding):
         assert rel_error(got, ref.numpy()) < tol
 
 
-# ---- the kernels' tile defaults are the ones the Python side launches with -------------------------
-def test_tile_defaults_match_kernel_source():
-    source = (KERNEL_DIR / "conv2d.cu").read_text()
-    defaults = {name: int(value) for name, value in re.findall(r"#ifndef (CONV_\w+)\n#define \1 (\d+)", source)}
-    assert defaults == DEFAULT_TILE.defines
+# ---- the default variant is the family's defines (the kernel file has none of its own: test_kernels_compile) --
+def test_default_tile_is_the_families_default_variant():
+    assert DEFAULT_TILE.defines.items() <= family_defines("conv2d").items()
     assert CONV_TILES[0] == DEFAULT_TILE  # the autotuner's default, what CNN_GPU_AUTOTUNE=0 runs
 
 
@@ -576,16 +573,6 @@ def test_few_channels_splits_cover_every_strip_once(strips, groups, blocks_per_s
     assert splits == 1 or chunk >= direct._FEW_CHANNELS_MIN_CHUNK
     most = max(1, strips // direct._FEW_CHANNELS_MIN_CHUNK)
     assert groups * splits >= min(blocks_per_sm * sms, groups * most)  # fills the GPU where the strips allow
-
-
-def test_few_channels_constants_match_kernel_source():
-    source = (KERNEL_DIR / "conv2d_direct.cu").read_text()
-    kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
-              for name in ("FC_THREADS", "FC_BLOCKS_AN_SM", "FC_STRIP", "FC_MAX_TAPS", "FC_MAX_FILTERS", "FC_HELD_REGISTERS")}
-    assert kernel == {"FC_THREADS": direct._FEW_CHANNELS_THREADS, "FC_BLOCKS_AN_SM": direct._FEW_CHANNELS_BLOCKS_AN_SM,
-                      "FC_STRIP": direct._FEW_CHANNELS_STRIP,
-                      "FC_MAX_TAPS": direct._FEW_CHANNELS_MAX_TAPS, "FC_MAX_FILTERS": direct._FEW_CHANNELS_MAX_FILTERS,
-                      "FC_HELD_REGISTERS": direct._FEW_CHANNELS_HELD_REGISTERS}
 
 
 @pytest.mark.parametrize("case", FEW_CHANNELS_CASES, ids=case_id)

@@ -143,7 +143,7 @@ def test_emulated_backward_filter_matches_float64(run):
     partials = emulate.run(MAIN, launch, [dy, x, nans((launch.splits, p.K, taps + 1))], launch.scalars)
     assert not numpy.isnan(partials).any()
     out = partials[0].copy()
-    for z in range(1, launch.splits):  # conv2d_sum_partials's order
+    for z in range(1, launch.splits):  # sum_splits_bias_act's order
         out += partials[z]
     # a float32 sum over N·OH·OW products (up to 1122 here): a few 1e-7 relative
     assert rel(out[:, :taps].reshape(ref.shape), ref) < 2e-6

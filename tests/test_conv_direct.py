@@ -153,18 +153,6 @@ def test_few_filters_plan_refuses_what_the_kernel_cannot_take():
         FewFiltersForward().kernel_plan(problem)
 
 
-def test_few_filters_constants_match_kernel_source():
-    source = (KERNEL_DIR / "conv2d_direct.cu").read_text()
-    kernel = {name: int(re.search(rf"\b{name} = (\d+)", source).group(1))
-              for name in ("FK_MAX_FILTERS", "FK_STRIP", "FK_MAX_THREADS", "FK_MAX_LOADS", "FK_MAX_WEIGHTS",
-                           "FK_MAX_ACCUMULATORS", "FK_MAX_SEGMENT")}
-    assert kernel == {"FK_MAX_FILTERS": direct._FEW_FILTERS_MAX_K, "FK_STRIP": direct._FEW_FILTERS_STRIP,
-                      "FK_MAX_THREADS": direct._FEW_FILTERS_MAX_THREADS, "FK_MAX_LOADS": direct._FEW_FILTERS_MAX_LOADS,
-                      "FK_MAX_WEIGHTS": direct._FEW_FILTERS_MAX_WEIGHTS,
-                      "FK_MAX_ACCUMULATORS": direct._FEW_FILTERS_MAX_ACCUMULATORS,
-                      "FK_MAX_SEGMENT": direct._FEW_FILTERS_MAX_SEGMENT}
-
-
 def test_few_filters_arguments_are_the_kernels_parameters_in_order():
     """The plan's scalars, then act and slope, are conv2d_fwd_few_filters's parameters after its 4 pointers."""
     source = (KERNEL_DIR / "conv2d_direct.cu").read_text()

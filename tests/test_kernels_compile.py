@@ -1,6 +1,6 @@
 """Compile every kernel family through NVRTC for sm_80 and sm_90, with no GPU needed.
 
-Same source assembly and options as run time (cnn_gpu.cuda.loader). Asserts no error and no warning,
+Same source assembly, options and family defines as run time (cnn_gpu.cuda.loader). Asserts no error and no warning,
 prints each kernel's registers / shared memory / spills from -Xptxas -v, and fails on any spill in the
 convolution and GEMM kernels. Skipped (with the reason) where CuPy's NVRTC binding or libnvrtc is
 missing: `pip install -e ".[nvrtc]"` brings both.
@@ -43,6 +43,16 @@ def test_kernel_family_compiles_cleanly(family, arch):
     if family in NO_SPILL_FAMILIES:
         spilling = {n: r for n, r in report.items() if r["spill_stores"] or r["spill_loads"]}
         assert not spilling, f"{family}.cu spills registers on {arch}: {spilling}"
+
+
+@pytest.mark.parametrize("family", sorted(loader.FAMILY_DEFINES))
+def test_family_defines_have_no_second_source_in_the_kernel(family, monkeypatch):
+    """The constants FAMILY_DEFINES states (tile sizes, block sizes) have no defaults in the kernel files: without
+    them the compile stops at the file's #error, so Python is the one place they live."""
+    _nvrtc()
+    monkeypatch.setattr(loader, "FAMILY_DEFINES", {})
+    result = compile_check.compile_family(family, "sm_90")
+    assert not result.ok and "FAMILY_DEFINES" in result.log, result.log
 
 
 def test_compile_error_names_file_and_line(tmp_path, monkeypatch):

@@ -122,7 +122,8 @@ def _device_context(family: str, device_id: int) -> str:
     props = cupy.cuda.runtime.getDeviceProperties(device_id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     # every family's source, not only `family`'s: a conv2d choice may run winograd.cu, gemm.cu or conv2d_direct.cu
-    source = "\0".join(loader.assemble_source(f) for f in loader.FAMILIES) + "\0" + " ".join(loader.COMPILE_OPTIONS)
+    source = ("\0".join(loader.assemble_source(f) for f in loader.FAMILIES) + "\0" + " ".join(loader.COMPILE_OPTIONS)
+              + "\0" + repr(sorted((f, sorted(d.items())) for f, d in loader.FAMILY_DEFINES.items())))
     return (f"{family} | {name} sm_{props['major']}{props['minor']} | CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
             f" | NVRTC {compile_check.nvrtc_version()} | source {hashlib.sha256(source.encode()).hexdigest()[:16]}")
 

@@ -54,8 +54,8 @@ _compile_count = 0
 
 
 def compile_family(family: str, arch: str, defines: dict | None = None, want_cubin: bool = False) -> CompileResult:
-    """Compile kernels/<family>.cu for ``arch`` (e.g. 'sm_90') like run time does; never raises on a compile error.
-    ``want_cubin`` keeps the CUBIN (for SASS inspection with cuobjdump)."""
+    """Compile kernels/<family>.cu for ``arch`` (e.g. 'sm_90') like run time does (the family's defines, then
+    ``defines``); never raises on a compile error. ``want_cubin`` keeps the CUBIN (for SASS inspection with cuobjdump)."""
     nvrtc = nvrtc_module()
     # With a driver present, NVRTC's ptxas goes through CUDA's compute cache: a repeat of a compile it
     # has cached (e.g. one CuPy did at run time, or an earlier test) prints no -v report (seen on the
@@ -65,7 +65,7 @@ def compile_family(family: str, arch: str, defines: dict | None = None, want_cub
     global _compile_count
     _compile_count += 1
     source = loader.assemble_source(family) + f"__device__ int cnn_gpu_compile_check_{os.getpid()}_{_compile_count};\n"
-    options = (list(loader.COMPILE_OPTIONS) + list(loader.define_options(defines or {}))
+    options = (list(loader.COMPILE_OPTIONS) + list(loader.define_options(loader.family_defines(family, **(defines or {}))))
                + [f"-arch={arch}", "-Xptxas=-v"])
     program = nvrtc.createProgram(source, f"{family}.cu", [], [])
     try:

@@ -6,8 +6,11 @@ key (which hashes the source text) changes whenever a header does.
 
 Tile sizes and other compile-time constants come in as ``-D`` defines: ``load_kernel("gemm",
 "gemm_nn", TILE_M=128)`` compiles (and caches) a separate module for that variant, which is what an
-autotuner needs. The CI compile check (tests/test_kernels_compile.py) uses ``assemble_source`` and
-``COMPILE_OPTIONS`` from here, so it compiles exactly what run time compiles.
+autotuner needs. Constants that a kernel file and its launch code share (block sizes, the default
+variant's tile sizes) are stated once, in FAMILY_DEFINES below: every compile of the family starts from
+them, and the ops read them from there. The CI compile check (tests/test_kernels_compile.py) uses
+``assemble_source``, ``COMPILE_OPTIONS`` and ``family_defines`` from here, so it compiles exactly what run
+time compiles.
 
 Launching: ``load_kernel`` hands out a callable ``kernel(grid, block, args)`` whose launch path the
 environment variable ``CNN_GPU_LAUNCHER`` picks, read when each kernel is first loaded (so in effect
@@ -27,6 +30,31 @@ from pathlib import Path
 # Options for every kernel, at run time and in the compile check. No fast-math: the kernels are
 # tested against the NumPy reference at 1e-5 relative error, and __expf & co. would miss it.
 COMPILE_OPTIONS = ("--std=c++17",)
+
+# Compile-time constants that a kernel file and the Python code launching it share, stated only here: every
+# compile of the family gets them as -D defines (a variant's own defines, e.g. another tile size, override
+# them), and the ops read their launch shapes and default variants from here. The kernel files have no
+# defaults for them: a compile without them stops at an #error.
+FAMILY_DEFINES = {
+    # the default implicit-GEMM tile (cnn_gpu.ops.conv.DEFAULT_TILE), conv2d_bwd_bias's block size, and
+    # sum_splits_bias_act's block: 256 columns, one row group (its sums are over a few splits of many values)
+    "conv2d": {"CONV_BM": 64, "CONV_BN": 64, "CONV_BK": 16, "CONV_TM": 4, "CONV_TN": 4, "BIAS_THREADS": 256,
+               "SPLIT_SUM_COLUMNS": 256, "SPLIT_SUM_ROW_GROUPS": 1},
+    # the default tile config (cnn_gpu.ops.gemm.LARGE_TILES), and sum_splits_bias_act's block: 32 columns by
+    # 8 row groups (its sums also run over a batch of rows: the bias gradient)
+    "gemm": {"TILE_M": 128, "TILE_N": 128, "TILE_K": 8, "THREAD_M": 8, "THREAD_N": 8, "MIN_BLOCKS_PER_SM": 2,
+             "SPLIT_SUM_COLUMNS": 32, "SPLIT_SUM_ROW_GROUPS": 8},
+    # the direct kernels' limits, within which cnn_gpu.ops.conv offers them. conv2d_fwd_few_filters: up to 8
+    # filters, 4 output columns a thread (one float4), 128 threads, 24 staged x elements a thread and channel,
+    # K·R·S <= 72 weights, 32 accumulators and a 16-value row segment held in registers.
+    # conv2d_bwd_filter_few_channels: C·R·S <= 32, up to 6 filters a thread, 4 pixels a strip, 128 threads,
+    # 3 blocks an SM, 128 of its registers holding values.
+    "conv2d_direct": {"FK_MAX_FILTERS": 8, "FK_STRIP": 4, "FK_MAX_THREADS": 128, "FK_MAX_LOADS": 24,
+                      "FK_MAX_WEIGHTS": 72, "FK_MAX_ACCUMULATORS": 32, "FK_MAX_SEGMENT": 16,
+                      "FC_MAX_TAPS": 32, "FC_MAX_FILTERS": 6, "FC_STRIP": 4, "FC_THREADS": 128,
+                      "FC_BLOCKS_AN_SM": 3, "FC_HELD_REGISTERS": 128},
+    "winograd": {"WINOGRAD_THREADS": 256},  # the block size of all its kernels
+}
 
 LAUNCHERS = ("driver", "cupy")
 
@@ -72,12 +100,18 @@ def _assemble(path: Path, seen: set) -> str:
     return "\n".join(out) + "\n"
 
 
+def family_defines(family: str, **overrides) -> dict:
+    """The defines a compile of kernels/<family>.cu gets: FAMILY_DEFINES[family] (if any), then overrides."""
+    return {**FAMILY_DEFINES.get(family, {}), **overrides}
+
+
 def define_options(defines: dict) -> tuple:
     return tuple(f"-D{key}={value}" for key, value in sorted(defines.items()))
 
 
 @functools.lru_cache(maxsize=None)
 def _load_module(family: str, defines: tuple):
+    """kernels/<family>.cu compiled with exactly `defines` (the family's, merged: see load_kernel)."""
     import cupy
 
     options = COMPILE_OPTIONS + define_options(dict(defines))
@@ -115,5 +149,7 @@ def load_kernel(family: str, name: str, **defines):
     called as ``kernel(grid, block, args)`` and launched by the path CNN_GPU_LAUNCHER picks (above).
 
     Cached: an op's launch path pays one dictionary lookup here, not a module lookup (the kernel loads
-    itself on each device it is launched on)."""
-    return kernel_launcher(_load_module(family, tuple(sorted(defines.items()))).get_function(name))
+    itself on each device it is launched on). Modules are cached by the merged define set, so a variant
+    named by its defines and the same variant reached through the family's defaults compile once."""
+    merged = family_defines(family, **defines)
+    return kernel_launcher(_load_module(family, tuple(sorted(merged.items()))).get_function(name))

@@ -13,7 +13,8 @@ their shapes, before any work. Any strides are accepted: the CUDA path reads row
 gives act(b) (zeros without b), zero rows or columns an empty result.
 
 Kernels: kernels/gemm.cu. gemm_nn / gemm_nt / gemm_tn / gemm_tt are one tiled SGEMM reading op(A) and op(B)
-as stored (x·wᵀ is nt, dy·w nn, dyᵀ·x tn), with bias + activation in the epilogue; sum_rows_bias_act sums
+as stored (x·wᵀ is nt, dy·w nn, dyᵀ·x tn), with bias + activation in the epilogue; sum_splits_bias_act
+(kernels/sum_splits.cuh, compiled into gemm.cu and conv2d.cu; cuda_sum_splits here launches it for both) sums
 columns in a fixed order, for db and to reduce split-K slices deterministically. Each product's tile
 configuration and split-K is a variant (GemmTiles; GemmSliceTiles for cuda_gemm_k_slices) that cnn_gpu.cuda.autotune
 chooses by timing on the first call of a shape (plan_gemm's heuristic choice is the default, used as is with
@@ -29,7 +30,7 @@ import numpy
 
 from cnn_gpu.cuda import autotune
 from cnn_gpu.cuda.grid import INT32_MAX, cdiv, grid_stride_blocks, sm_count
-from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register, registered
 from cnn_gpu.ops.activation import activation_code, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
@@ -98,17 +99,22 @@ class TileConfig(NamedTuple):
     thread_n: int
     min_blocks_per_sm: int  # __launch_bounds__ occupancy goal: caps registers at 64K / (threads · this)
 
+    DEFINE_NAMES = ("TILE_M", "TILE_N", "TILE_K", "THREAD_M", "THREAD_N", "MIN_BLOCKS_PER_SM")  # the fields' defines
+
     @property
     def threads(self) -> int:
         return (self.tile_m // self.thread_m) * (self.tile_n // self.thread_n)
 
     @property
     def defines(self) -> dict:
-        return dict(TILE_M=self.tile_m, TILE_N=self.tile_n, TILE_K=self.tile_k, THREAD_M=self.thread_m,
-                    THREAD_N=self.thread_n, MIN_BLOCKS_PER_SM=self.min_blocks_per_sm)
+        return dict(zip(self.DEFINE_NAMES, self))
+
+    @classmethod
+    def from_defines(cls, defines: dict) -> "TileConfig":
+        return cls(*(defines[name] for name in cls.DEFINE_NAMES))
 
 
-LARGE_TILES = TileConfig(128, 128, 8, 8, 8, 2)   # the kernel file's defaults: big, square GEMMs
+LARGE_TILES = TileConfig.from_defines(family_defines("gemm"))  # the family's default variant: big, square GEMMs
 SKINNY_TILES = TileConfig(64, 64, 8, 8, 4, 4)    # M or N <= 64 (dense layers at small batch, class scores)
 DEEP_TILES = TileConfig(128, 64, 16, 8, 4, 2)    # half the tiles' area, twice the slab: mid-sized products
 SMALL_TILES = TileConfig(32, 32, 8, 4, 4, 8)     # 64 threads: more blocks for M or N <= 64
@@ -120,8 +126,6 @@ MIN_SLABS_PER_SPLIT = 16  # split-K slices keep at least 16·tile_k of K each, s
 MIN_SLABS_PER_SPLIT_TUNED = 4  # the autotuner also tries slices this short (more blocks, a longer extra pass)
 MAX_SPLITS = 16
 MAX_GRID_Y = 65535
-
-SUM_ROW_GROUPS = 8  # kernels/gemm.cu's: a sum_rows_bias_act block is 32 columns x 8 row groups
 
 # A null device pointer for an absent optional kernel argument (bias).
 _NULL = numpy.uint64(0)
@@ -225,7 +229,7 @@ class GemmTiles(Variant):
             return c
         slices = nan_filled(cupy, (plan.splits, m, n))
         kernel(grid, block, (a.array, b.array, _NULL, slices) + scalars)
-        return _cuda_sum_rows(slices, plan.splits, m * n, bias, act, slope, c)  # slices summed in order, then bias, act
+        return cuda_sum_splits("gemm", slices, plan.splits, m * n, c, bias, 1, act, slope)  # slices in order, then bias, act
 
 
 @dataclass(frozen=True)
@@ -333,22 +337,30 @@ def cuda_gemm_k_slices(a, b, slices: int, out):
     return choice.launch(a, b, problem, out)
 
 
-@functools.lru_cache(maxsize=1024)
-def _sum_rows_launch(rows: int, cols: int, bias_period: int, act: int, slope: float) -> tuple:
-    """(grid, scalar arguments) of sum_rows_bias_act over a rows x cols matrix."""
-    scalars = (numpy.int64(rows), numpy.int64(cols), numpy.int64(bias_period), numpy.int32(act), numpy.float32(slope))
-    return (grid_stride_blocks(cols, threads=32),), scalars
-
-
-def _cuda_sum_rows(x, rows: int, cols: int, bias, act: int, slope: float, out):
-    """out[c] = act(sum over rows of x[r, c] + bias[c % len(bias)]), in a fixed order, for x and out dense
-    buffers of rows x cols and cols elements (of any shape: no reshaping on the way)."""
+def cuda_sum_splits(family: str, x, rows: int, cols: int, out, bias=None, bias_stride: int = 1, act: int = 0,
+                    slope: float = 0.0):
+    """out[c] = act(sum over r < rows of x[r·cols + c] + bias[(c // bias_stride) % len(bias)]), each column's rows
+    added in a fixed order (kernels/sum_splits.cuh's sum_splits_bias_act, as compiled into kernels/<family>.cu
+    with that family's block shape), for x and out dense buffers of rows x cols and cols elements (of any
+    shape: no reshaping on the way). gemm's bias is per column (bias_stride 1), conv2d's per channel of an NCHW
+    output (bias_stride OH·OW)."""
     if cols == 0:
         return out
-    grid, (rows_, cols_, period, act_, slope_) = _sum_rows_launch(rows, cols, 1 if bias is None else bias.size, act, slope)
-    load_kernel("gemm", "sum_rows_bias_act")(
-        grid, (32, SUM_ROW_GROUPS), (x, out, rows_, cols_, _NULL if bias is None else bias, period, act_, slope_))
+    period = 1 if bias is None else bias.size
+    kernel, grid, block, scalars = _sum_splits_launch(family, rows, cols, bias_stride, period, act, slope)
+    kernel(grid, block, (x, _NULL if bias is None else bias, out) + scalars)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _sum_splits_launch(family: str, rows: int, cols: int, bias_stride: int, bias_period: int, act: int,
+                       slope: float) -> tuple:
+    """(kernel, grid, block, scalar arguments) of sum_splits_bias_act in `family`, worked out once per shape."""
+    defines = family_defines(family)
+    block = (defines["SPLIT_SUM_COLUMNS"], defines["SPLIT_SUM_ROW_GROUPS"])
+    scalars = (numpy.int64(rows), numpy.int64(cols), numpy.int64(bias_stride), numpy.int64(bias_period),
+               numpy.int32(act), numpy.float32(slope))
+    return load_kernel(family, "sum_splits_bias_act"), (grid_stride_blocks(cols, threads=block[0]),), block, scalars
 
 
 def _cuda_linear_backward(dy, x, w):
@@ -359,7 +371,7 @@ def _cuda_linear_backward(dy, x, w):
     dw = _cuda_gemm(dy_op.T, _operand(cupy, x), None, 0, 0.0)
     dy = contiguous(cupy, dy)
     rows, cols = dy.shape
-    db = _cuda_sum_rows(dy, rows, cols, None, 0, 0.0, nan_filled(cupy, (cols,)))
+    db = cuda_sum_splits("gemm", dy, rows, cols, nan_filled(cupy, (cols,)))
     return dx, dw, db
 
 

@@ -25,7 +25,7 @@ slice per kernel tap (R*S vectorised adds; a numba scatter-add measured no faste
 CuPy arrays, are the CUDA path's grouped / dilated fallback (cuda_path.py).
 
 CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data, conv2d_bwd_filter) and
-deterministic split reductions (conv2d_bwd_bias, conv2d_sum_partials): no float atomics, so backward is
+deterministic split reductions (conv2d_bwd_bias, sum_splits_bias_act): no float atomics, so backward is
 bit-reproducible. Each of the three ops (conv2d_fwd, conv2d_bwd_data, conv2d_bwd_filter) has variants
 (cnn_gpu.cuda.variants); cnn_gpu.cuda.autotune times the verified ones that apply on the first call of a shape
 and keeps the fastest (CNN_GPU_AUTOTUNE=0 runs the first of each list, DEFAULT_TILE; CNN_GPU_UNVERIFIED=1 offers

@@ -10,7 +10,7 @@ import numpy
 
 from cnn_gpu.cuda import device
 from cnn_gpu.cuda.grid import cdiv
-from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, planned
 from cnn_gpu.ops.activation import activation_code
 from cnn_gpu.ops.arrays import nan_filled
@@ -19,14 +19,15 @@ from cnn_gpu.ops.conv.problem import ConvProblem, _Launch, _split_count, earlier
 from cnn_gpu.ops.geometry import WindowGeometry
 
 
-# conv2d_fwd_few_filters's constants (kernels/conv2d_direct.cu's FK_*; a test compares them).
-_FEW_FILTERS_MAX_K = 8
-_FEW_FILTERS_STRIP = 4           # output columns a thread
-_FEW_FILTERS_MAX_THREADS = 128
-_FEW_FILTERS_MAX_LOADS = 24      # x elements a thread stages a channel
-_FEW_FILTERS_MAX_WEIGHTS = 72    # K·R·S, held in registers
-_FEW_FILTERS_MAX_SEGMENT = 16    # x values of one row under a thread's 4 windows, rounded up to float4s
-_FEW_FILTERS_MAX_ACCUMULATORS = 32  # a thread's u·4·K outputs, held in registers
+# conv2d_fwd_few_filters's limits: kernels/conv2d_direct.cu's FK_* defines, stated in cnn_gpu.cuda.loader.
+_DIRECT = family_defines("conv2d_direct")
+_FEW_FILTERS_MAX_K = _DIRECT["FK_MAX_FILTERS"]
+_FEW_FILTERS_STRIP = _DIRECT["FK_STRIP"]                  # output columns a thread
+_FEW_FILTERS_MAX_THREADS = _DIRECT["FK_MAX_THREADS"]
+_FEW_FILTERS_MAX_LOADS = _DIRECT["FK_MAX_LOADS"]          # x elements a thread stages a channel
+_FEW_FILTERS_MAX_WEIGHTS = _DIRECT["FK_MAX_WEIGHTS"]      # K·R·S, held in registers
+_FEW_FILTERS_MAX_SEGMENT = _DIRECT["FK_MAX_SEGMENT"]      # x values of one row under a thread's 4 windows, rounded up to float4s
+_FEW_FILTERS_MAX_ACCUMULATORS = _DIRECT["FK_MAX_ACCUMULATORS"]  # a thread's u·4·K outputs, held in registers
 
 
 # A split of the channels takes at least this many (each is a staging pipeline's start-up and a slice to sum).
@@ -158,13 +159,13 @@ class FewFiltersForward(Variant):
                     b, problem.K, problem.g.OH * problem.g.OW, act, slope)
 
 
-# conv2d_bwd_filter_few_channels's constants (kernels/conv2d_direct.cu's FC_*; a test compares them).
-_FEW_CHANNELS_THREADS = 128
-_FEW_CHANNELS_BLOCKS_AN_SM = 3    # resident on an SM at once (its __launch_bounds__)
-_FEW_CHANNELS_STRIP = 4           # output pixels a thread takes at a time
-_FEW_CHANNELS_MAX_TAPS = 32       # the largest C·R·S it is offered for
-_FEW_CHANNELS_MAX_FILTERS = 6
-_FEW_CHANNELS_HELD_REGISTERS = 128
+# conv2d_bwd_filter_few_channels's limits: kernels/conv2d_direct.cu's FC_* defines, stated in cnn_gpu.cuda.loader.
+_FEW_CHANNELS_THREADS = _DIRECT["FC_THREADS"]
+_FEW_CHANNELS_BLOCKS_AN_SM = _DIRECT["FC_BLOCKS_AN_SM"]  # resident on an SM at once (its __launch_bounds__)
+_FEW_CHANNELS_STRIP = _DIRECT["FC_STRIP"]               # output pixels a thread takes at a time
+_FEW_CHANNELS_MAX_TAPS = _DIRECT["FC_MAX_TAPS"]         # the largest C·R·S it is offered for
+_FEW_CHANNELS_MAX_FILTERS = _DIRECT["FC_MAX_FILTERS"]
+_FEW_CHANNELS_HELD_REGISTERS = _DIRECT["FC_HELD_REGISTERS"]
 
 
 # Strips a split has at least: 4 a thread, so that the block's closing reduction stays a small part of its work.

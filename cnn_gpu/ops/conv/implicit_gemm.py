@@ -1,6 +1,6 @@
 """The implicit-GEMM convolutions of kernels/conv2d.cu: forward (conv2d_fwd_bias_act), backward-data and
 backward-filter, each compiled per tile size (ConvTile), with its reduction optionally split over blocks, as
-variants (ImplicitGemmForward, ImplicitGemmBackwardData, ImplicitGemmBackwardFilter), and the deterministic sum of split partials (conv2d_sum_partials) and bias gradient
+variants (ImplicitGemmForward, ImplicitGemmBackwardData, ImplicitGemmBackwardFilter), and the deterministic sum of split partials (sum_splits_bias_act) and bias gradient
 (conv2d_bwd_bias) that every split algorithm ends with."""
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import NamedTuple
 
 import numpy
 
-from cnn_gpu.cuda.grid import cdiv, grid_stride_blocks
-from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.grid import cdiv
+from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, planned
 from cnn_gpu.ops.arrays import nan_filled
+from cnn_gpu.ops.gemm import cuda_sum_splits
 from cnn_gpu.ops.conv.problem import ConvProblem, _Launch, _split_count, earlier_split_matches
 
 
@@ -30,13 +31,19 @@ class ConvTile(NamedTuple):
     def threads(self) -> int:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
+    DEFINE_NAMES = ("CONV_BM", "CONV_BN", "CONV_BK", "CONV_TM", "CONV_TN")  # the fields' defines
+
     @property
     def defines(self) -> dict:
-        return {"CONV_BM": self.bm, "CONV_BN": self.bn, "CONV_BK": self.bk, "CONV_TM": self.tm, "CONV_TN": self.tn}
+        return dict(zip(self.DEFINE_NAMES, self))
+
+    @classmethod
+    def from_defines(cls, defines: dict) -> "ConvTile":
+        return cls(*(defines[name] for name in cls.DEFINE_NAMES))
 
 
-# The kernel file's #ifndef defaults (a test checks), so the CI compile check compiles the default variant.
-DEFAULT_TILE = ConvTile(64, 64, 16, 4, 4)
+# The family's default variant (cnn_gpu.cuda.loader.FAMILY_DEFINES), so the CI compile check compiles it.
+DEFAULT_TILE = ConvTile.from_defines(family_defines("conv2d"))
 
 
 # The autotuner's candidates for each implicit GEMM, the default first; each has a CUDA-vs-NumPy test and
@@ -47,7 +54,7 @@ CONV_TILES = (DEFAULT_TILE, ConvTile(128, 64, 16, 8, 4), ConvTile(64, 128, 16, 4
               ConvTile(32, 64, 16, 4, 4), ConvTile(128, 32, 16, 8, 4))
 
 
-_BIAS_THREADS = 256  # conv2d_bwd_bias's block size (its shared buffer is sized for it)
+_BIAS_THREADS = family_defines("conv2d")["BIAS_THREADS"]  # conv2d_bwd_bias's block size (the kernel's define)
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,13 +200,4 @@ def _run(launch: _Launch, inputs: tuple, out, *epilogue):
 def _sum_partials(partials, out, bias=None, K: int = 1, pixels: int = 1, act: int = 0, slope: float = 0.0):
     """out = act(partials.sum(axis=0) + bias) in a fixed order (the deterministic second pass); out is NCHW-like
     with K channels of `pixels` pixels when bias is given (element i takes bias[(i // pixels) % K])."""
-    grid, scalars = _sum_partials_launch(out.size, partials.shape[0], K, pixels, act, slope)
-    _kernel("conv2d_sum_partials")(grid, (256,), (partials, bias, out) + scalars)
-    return out
-
-
-@functools.lru_cache(maxsize=1024)
-def _sum_partials_launch(n: int, splits: int, K: int, pixels: int, act: int, slope: float) -> tuple:
-    """(grid, scalar arguments) of conv2d_sum_partials, worked out once per shape: it runs on every backward."""
-    scalars = (numpy.int64(n), numpy.int32(splits), numpy.int32(K), numpy.int32(pixels), numpy.int32(act), numpy.float32(slope))
-    return (grid_stride_blocks(n),), scalars
+    return cuda_sum_splits("conv2d", partials, partials.shape[0], out.size, out, bias, pixels, act, slope)

@@ -10,7 +10,7 @@ import numpy
 
 from cnn_gpu.cuda import device
 from cnn_gpu.cuda.grid import cdiv, require_int32_indexable
-from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, fits, planned
 from cnn_gpu.ops.arrays import nan_filled
 from cnn_gpu.ops.conv.problem import ConvProblem, _output_shape
@@ -33,7 +33,7 @@ def _winograd_applies(g: WindowGeometry) -> bool:
     return (g.R, g.S, g.stride_h, g.stride_w) == (3, 3, 1, 1)
 
 
-_WINOGRAD_THREADS = 256  # kernels/winograd.cu's WINOGRAD_THREADS
+_WINOGRAD_THREADS = family_defines("winograd")["WINOGRAD_THREADS"]
 
 
 # A Winograd variant's buffers together take at most this many bytes. They are always several times x and y
