@@ -83,6 +83,17 @@ def on_backend(backend):
 
 
 @pytest.fixture
+def device(backend):
+    """torch device for the backend under test: cpu for numpy, cuda for cuda (torch imported only here: it is an
+    optional extra, and the tests that take this fixture importorskip it first)."""
+    import torch
+
+    if backend == "cuda" and not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    return torch.device("cuda" if backend == "cuda" else "cpu")
+
+
+@pytest.fixture
 def force():
     """force({op: variant name}) runs the rest of the test under cnn_gpu.cuda.autotune.forced (the named variants for
     those ops, the defaults for every other tuned op); a later call adds to and overrides an earlier one."""

@@ -33,10 +33,17 @@ def _op_cases(device="cpu", dtype=torch.float32):
     stats = (r(3, grad=False), torch.rand(3, device=device, dtype=dtype) + 0.5)
     bn_out = ops.batch_norm(x.detach(), None, None, None, None, True, 0.1, 1e-5)
     return [
-        ("conv2d", (x, w, b, [1, 2], [1, 0], False)),
-        ("conv2d", (x, r(4, 3, 2, 3), None, [1, 1], [0, 0], True)),
-        ("conv2d_backward", (r(2, 4, 9, 3, grad=False), xc, wc, [1, 2], [1, 0], False, [True, True, True])),
-        ("conv2d_backward", (r(2, 4, 7, 6, grad=False), xc, wc, [1, 1], [0, 0], False, [False, True, False])),
+        ("conv2d", (x, w, b, [1, 2], [1, 0], [1, 1], 1, False)),
+        ("conv2d", (x, r(4, 3, 2, 3), None, [1, 1], [0, 0], [1, 1], 1, True)),
+        ("conv2d", (x, r(6, 1, 3, 2), r(6), [2, 1], [1, 2], [2, 3], 3, False)),  # depthwise x2, dilated
+        ("conv2d", (x, r(3, 1, 3, 3), None, [1, 1], [0, 0], [2, 1], 3, True)),
+        ("conv2d_backward", (r(2, 4, 9, 3, grad=False), xc, wc, [1, 2], [1, 0], [1, 1], 1, False, [True, True, True])),
+        ("conv2d_backward", (r(2, 4, 7, 6, grad=False), xc, wc, [1, 1], [0, 0], [1, 1], 1, False,
+                             [False, True, False])),
+        ("conv2d_backward", (r(2, 6, 4, 9, grad=False), xc, r(6, 1, 3, 2, grad=False), [2, 1], [1, 2], [2, 3], 3,
+                             False, [True, True, True])),
+        ("conv2d_backward", (r(2, 3, 9, 8, grad=False), xc, r(3, 1, 3, 3, grad=False), [1, 1], [0, 0], [2, 1], 3,
+                             True, [True, False, True])),
         ("linear", (r(5, 7), r(3, 7), r(3))),
         ("linear", (r(0, 7), r(3, 7), None)),
         ("linear_backward", (r(5, 3, grad=False), r(5, 7, grad=False), r(3, 7, grad=False))),
@@ -48,7 +55,8 @@ def _op_cases(device="cpu", dtype=torch.float32):
         ("avg_pool2d_backward", (r(2, 3, 5, 4, grad=False), [2, 3, 9, 8], [3, 3], [2, 2], [1, 1], True, None)),
         ("relu", (x,)),
         ("relu", (x.detach().to(memory_format=torch.channels_last).requires_grad_(True),)),
-        ("conv2d", (x.detach().to(memory_format=torch.channels_last).requires_grad_(True), w, b, [1, 1], [1, 1], False)),
+        ("conv2d", (x.detach().to(memory_format=torch.channels_last).requires_grad_(True), w, b, [1, 1], [1, 1],
+                    [1, 1], 1, False)),
         ("sigmoid", (x,)),
         ("tanh", (x,)),
         ("leaky_relu", (x, 0.1)),

@@ -46,14 +46,15 @@ def _batched(x, name: str):
 
 
 # ---- functions (each a leaf for torch.fx.symbolic_trace, wrapped below) -------------------------
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """torch.nn.functional.conv2d with dilation 1 and groups 1; padding an int, a pair, 'valid' or 'same'."""
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """torch.nn.functional.conv2d: weight (K, C // groups, R, S); padding an int, a pair, 'valid' or 'same'
+    (zeros; the Conv2d module pads with its padding_mode first)."""
     x, unbatched = _batched(x, "conv2d")
-    same = padding == "same"
-    pads = [0, 0] if isinstance(padding, str) else _pair(padding)
     if isinstance(padding, str) and padding not in ("same", "valid"):
         raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    y = ops.call(ops.conv2d, x, weight, bias, _pair(stride), pads, same)
+    same = padding == "same"
+    pads = [0, 0] if isinstance(padding, str) else _pair(padding)
+    y = ops.call(ops.conv2d, x, weight, bias, _pair(stride), pads, _pair(dilation), int(groups), same)
     return y.squeeze(0) if unbatched else y
 
 
@@ -133,19 +134,15 @@ for _name in ("conv2d", "linear", "max_pool2d", "avg_pool2d", "dropout", "batch_
 
 # ---- modules (torch.nn subclasses: same parameters, buffers and state_dict) -----------------------
 class Conv2d(torch.nn.Conv2d):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 padding_mode="zeros", device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
-        if self.dilation != (1, 1):
-            _refuse("Conv2d", "dilation", dilation, "dilation=1")
-        if self.groups != 1:
-            _refuse("Conv2d", "groups", groups, "groups=1")
-        if self.padding_mode != "zeros":
-            _refuse("Conv2d", "padding_mode", padding_mode, "padding_mode='zeros'")
+    """torch.nn.Conv2d with every option: groups, dilation, padding_mode ('zeros', 'reflect', 'replicate',
+    'circular') and padding='same'."""
 
     def forward(self, x):
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        if self.padding_mode == "zeros":
+            return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        # torch.nn.Conv2d's own steps: pad with the mode (torch's pad, any device, traceable), then no padding
+        x = torch.nn.functional.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        return conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class Linear(torch.nn.Linear):

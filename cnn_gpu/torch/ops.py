@@ -36,10 +36,10 @@ def _conv_padding(padding, same):
 # Output shapes where no kernel runs (the fakes, an empty batch) are torch's own shape rules on the same
 # arguments: the ops follow torch.nn's sizes, and torch's rules take symbolic sizes (torch.compile's dynamic
 # shapes), which our geometry, computed once per concrete shape, does not.
-def _conv2d_shape(x, weight, bias, stride, padding, same):
+def _conv2d_shape(x, weight, bias, stride, padding, dilation, groups, same):
     if same:  # ceil(size / stride): torch's 'same' (stride 1), Keras's for any stride
         return (x.shape[0], weight.shape[0], -(-x.shape[2] // stride[0]), -(-x.shape[3] // stride[1]))
-    return torch.nn.functional.conv2d(x, weight, bias, stride, padding).shape
+    return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups).shape
 
 
 def _pool_shape(x, kernel_size, stride, padding, ceil_mode=False):
@@ -48,22 +48,25 @@ def _pool_shape(x, kernel_size, stride, padding, ceil_mode=False):
 
 @custom_op("cnn_gpu::conv2d", mutates_args=(), device_types=DEVICES)
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
-           same: bool) -> Tensor:
-    """conv(x, weight) + bias, NCHW; padding (h, w), or Keras/PyTorch 'same' when same is True."""
+           dilation: list[int], groups: int, same: bool) -> Tensor:
+    """conv(x, weight) + bias, NCHW, weight (K, C // groups, R, S); padding (h, w) of zeros, or Keras/PyTorch
+    'same' when same is True."""
     check_tensors("conv2d", x=x, weight=weight, bias=bias)
     if x.shape[0] == 0:
-        return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, same))
-    return run(F.conv2d, x, weight, bias, stride=tuple(stride), padding=_conv_padding(padding, same))
+        return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, dilation, groups, same))
+    return run(F.conv2d, x, weight, bias, stride=tuple(stride), padding=_conv_padding(padding, same),
+               dilation=tuple(dilation), groups=groups)
 
 
 @conv2d.register_fake
-def _(x, weight, bias, stride, padding, same):
+def _(x, weight, bias, stride, padding, dilation, groups, same):
     check_tensors("conv2d", x=x, weight=weight, bias=bias)
-    return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, same))
+    return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, dilation, groups, same))
 
 
 @custom_op("cnn_gpu::conv2d_backward", mutates_args=(), device_types=DEVICES)
-def conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int], same: bool,
+def conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int],
+                    dilation: list[int], groups: int, same: bool,
                     output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias); those output_mask leaves out are empty tensors (and not computed)."""
     check_tensors("conv2d_backward", grad=grad, x=x, weight=weight)
@@ -72,29 +75,30 @@ def conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: list[int], 
         return (torch.zeros_like(x) if want_dx else empty(x), zeros_or_empty(want_dw, weight),
                 weight.new_zeros(weight.shape[0]) if want_db else empty(weight))
     dx, dw, db = run(lambda g, a, w: F.conv2d_backward(g, a, w, tuple(stride), _conv_padding(padding, same),
+                                                        dilation=tuple(dilation), groups=groups,
                                                         compute_dx=want_dx, compute_dw=want_dw), grad, x, weight)
     return (dx if want_dx else empty(x), dw if want_dw else empty(weight), db if want_db else empty(weight))
 
 
 @conv2d_backward.register_fake
-def _(grad, x, weight, stride, padding, same, output_mask):
+def _(grad, x, weight, stride, padding, dilation, groups, same, output_mask):
     want_dx, want_dw, want_db = output_mask
     return (x.new_empty(x.shape) if want_dx else empty(x), weight.new_empty(weight.shape) if want_dw else empty(weight),
             weight.new_empty(weight.shape[0]) if want_db else empty(weight))
 
 
 def _conv2d_setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, same = inputs
+    x, weight, bias, stride, padding, dilation, groups, same = inputs
     ctx.save_for_backward(x, weight)
-    ctx.conf = (stride, padding, same, bias is not None)
+    ctx.conf = (stride, padding, dilation, groups, same, bias is not None)
 
 
 def _conv2d_grad(ctx, grad):
     x, weight = ctx.saved_tensors
-    stride, padding, same, has_bias = ctx.conf
+    stride, padding, dilation, groups, same, has_bias = ctx.conf
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
-    dx, dw, db = call(conv2d_backward, grad, x, weight, stride, padding, same, mask)
-    return dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None, None, None
+    dx, dw, db = call(conv2d_backward, grad, x, weight, stride, padding, dilation, groups, same, mask)
+    return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None) + (None,) * 5
 
 
 conv2d.differentiable = differentiable(conv2d, _conv2d_grad, _conv2d_setup)
