@@ -183,6 +183,14 @@ def activations():
             y = call(f"{name} fwd {label}", forward, x)
             if y is not None:
                 call(f"{name} bwd {label}", backward, dy, y)
+    for name in ("elu", "selu", "gelu", "softplus", "swish"):  # backward from the input x
+        forward, backward = getattr(F, name), getattr(F, f"{name}_backward")
+        for label, x, dy in (("aligned", arr(4 * 33), arr(4 * 33)), ("odd", arr(3, 17, 31), arr(3, 17, 31)),
+                             ("misaligned", misaligned(129), misaligned(129))):
+            call(f"{name} fwd {label}", forward, x)
+            call(f"{name} bwd {label}", backward, dy, x)
+    call("gelu tanh fwd", F.gelu, arr(3, 17, 31), True)
+    call("gelu tanh bwd", F.gelu_backward, arr(3, 17, 31), arr(3, 17, 31), True)
 
 
 def pooling():
@@ -267,6 +275,18 @@ def optimizers():
         m, v = cupy.zeros(shape, dtype=numpy.float32), cupy.zeros(shape, dtype=numpy.float32)
         call(f"adam {shape}", F.adam_update, param, grad, m, v, 1)
         call(f"adam step 2, transposed grad {shape}", F.adam_update, param, arr(*shape[::-1]).T, m, v, 2)
+        lr_from = cupy.asarray(numpy.float32([0.01]))
+        call(f"sgd nesterov, rate from memory {shape}", F.sgd_update, param, grad, velocity, None, 0.9, True,
+             learning_rate_from=lr_from)
+        velocity.fill(1)
+        average, buffer = cupy.zeros(shape, dtype=numpy.float32), cupy.zeros(shape, dtype=numpy.float32)
+        call(f"rmsprop plain {shape}", F.rmsprop_update, param, grad, velocity, None, None, 0.01)
+        call(f"rmsprop centered momentum {shape}", F.rmsprop_update, param, grad, velocity, average, buffer, 0.01,
+             momentum=0.5)
+        call(f"rmsprop rate from memory {shape}", F.rmsprop_update, param, grad, velocity, None, None, None,
+             learning_rate_from=lr_from)
+        call(f"weight decay {shape}", F.weight_decay_update, param, 0.01, 0.004)
+        call(f"weight decay rate from memory {shape}", F.weight_decay_update, param, None, 0.004, learning_rate_from=lr_from)
 
 
 def grouped_conv2d():

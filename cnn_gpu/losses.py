@@ -175,6 +175,55 @@ def _dense_targets(name, y, output_shape) -> numpy.ndarray:
 
 LOSSES = {cls.name: cls for cls in (BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy,
                                     MeanSquaredError)}
+
+
+# ---- Keras's loss functions: per-sample values on the host, and what compile(loss=function) trains with -----
+_EPSILON = 1e-7  # Keras's clip of probabilities away from 0 and 1
+
+
+def _probabilities(y_pred, from_logits, activation):
+    y_pred = numpy.asarray(y_pred, dtype=numpy.float64)
+    if not from_logits:
+        return numpy.clip(y_pred, _EPSILON, 1 - _EPSILON)
+    if activation == "softmax":
+        shifted = numpy.exp(y_pred - y_pred.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    return 1 / (1 + numpy.exp(-y_pred))
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """keras.losses.categorical_crossentropy: −Σ y_true·log(p) over the last axis, per sample (probabilities
+    normalised and clipped to [1e-7, 1 − 1e-7] as Keras does)."""
+    p = _probabilities(y_pred, from_logits, "softmax")
+    if not from_logits:
+        p = p / numpy.asarray(y_pred, dtype=numpy.float64).sum(axis=-1, keepdims=True).clip(_EPSILON)
+        p = numpy.clip(p, _EPSILON, 1 - _EPSILON)
+    return -(numpy.asarray(y_true, dtype=numpy.float64) * numpy.log(p)).sum(axis=-1)
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """keras.losses.sparse_categorical_crossentropy: categorical_crossentropy against integer labels."""
+    y_pred = numpy.asarray(y_pred)
+    return categorical_crossentropy(to_categorical(numpy.asarray(y_true).reshape(len(y_pred), -1)[:, 0], y_pred.shape[-1]),
+                                    y_pred, from_logits)
+
+
+def binary_crossentropy(y_true, y_pred, from_logits=False):
+    """keras.losses.binary_crossentropy: the mean over the last axis of −(y·log p + (1 − y)·log(1 − p))."""
+    p = numpy.clip(_probabilities(y_pred, from_logits, "sigmoid"), _EPSILON, 1 - _EPSILON)
+    y = numpy.asarray(y_true, dtype=numpy.float64)
+    return -(y * numpy.log(p) + (1 - y) * numpy.log(1 - p)).mean(axis=-1)
+
+
+def mean_squared_error(y_true, y_pred):
+    """keras.losses.mean_squared_error: the mean over the last axis of (y_true − y_pred)²."""
+    diff = numpy.asarray(y_true, dtype=numpy.float64) - numpy.asarray(y_pred, dtype=numpy.float64)
+    return (diff * diff).mean(axis=-1)
+
+
+mse = mean_squared_error
+_FUNCTIONS = {categorical_crossentropy: CategoricalCrossentropy, sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
+              binary_crossentropy: BinaryCrossentropy, mean_squared_error: MeanSquaredError}
 ALIASES = {"mse": "mean_squared_error"}
 
 
@@ -183,6 +232,8 @@ def get(identifier) -> Loss:
     'sparse_categorical_crossentropy', 'mse' / 'mean_squared_error') or an instance."""
     if isinstance(identifier, Loss):
         return identifier
+    if callable(identifier) and identifier in _FUNCTIONS:  # compile(loss=keras.losses.categorical_crossentropy)
+        return _FUNCTIONS[identifier]()
     if isinstance(identifier, str):
         name = ALIASES.get(identifier.lower(), identifier.lower())
         if name in LOSSES:
@@ -195,3 +246,30 @@ def from_config(name: str, config: dict) -> Loss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
     return LOSSES[name](**config)
+
+
+def to_categorical(x, num_classes=None):
+    """Keras's to_categorical: integer class labels (any shape; a trailing axis of 1 is dropped) as one-hot
+    float32 rows of num_classes (default: the largest label + 1)."""
+    x = numpy.asarray(x)
+    if x.size and (x.dtype.kind not in "iub" and not numpy.array_equal(x, numpy.round(x))):
+        raise ValueError(f"x must hold integer class labels, got {x.dtype} values such as {x.reshape(-1)[0]!r}")
+    labels = x.astype(numpy.int64)
+    if labels.ndim > 1 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"x must hold class labels >= 0, got {int(labels.min())}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    elif not isinstance(num_classes, (int, numpy.integer)) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if labels.size and labels.max() >= num_classes:
+        raise ValueError(f"x holds label {int(labels.max())}, which does not fit num_classes={num_classes}")
+    one_hot = numpy.zeros((*labels.shape, num_classes), dtype=numpy.float32)
+    numpy.put_along_axis(one_hot, labels[..., numpy.newaxis], 1.0, axis=-1)
+    return one_hot
+
+
+def __getattr__(name):
+    raise AttributeError(f"cnn_gpu.losses has no {name!r}; it has {', '.join(sorted(c.__name__ for c in LOSSES.values()))}, "
+                         f"the functions {', '.join([*LOSSES, *ALIASES])}, and to_categorical")

@@ -1,4 +1,5 @@
-"""Sequential: Keras's model API (add, summary, compile, fit, evaluate, predict, save) over our layers.
+"""Sequential: a Keras model over our layers (add, build, summary, compile, the training step, save / load);
+fit, evaluate, predict and Keras's other model methods are in cnn_gpu.keras_model, mixed in.
 
 Data crosses the model's boundary in the user's layout (channels-last (N, H, W, C) as in Keras, or
 channels-first with data_format='channels_first'); the model transposes each batch ONCE on the host
@@ -7,8 +8,8 @@ to the layers' NCHW, uploads it, and converts 4-D outputs back in predict.
 A training step: one upload of the batch → forward through the layers → the loss, fused with the
 last activation where it can be (the last layer is asked for its logits) → backward in reverse →
 the optimizer updates each parameter in place. The loss and the correct-prediction count stay on
-the device as running sums; the host reads them once every SYNC_EVERY batches (progress bar) and at
-the end of the epoch. Nothing in a step waits for the device (the labels are checked once, on the
+the device as running sums; the host reads them every few batches (progress bar) and at the end of
+the epoch. Nothing in a step waits for the device (the labels are checked once, on the
 host, before the fit), so on the cuda backend the step can be captured as a CUDA graph and replayed:
 compile(..., cuda_graph=True), see _GraphedTrainSteps.
 
@@ -19,51 +20,50 @@ The optimizer's state (moments, velocity) is not saved: a loaded model starts it
 from __future__ import annotations
 
 import json
+import random
 import warnings
 import zipfile
 from pathlib import Path
 
 import numpy
-from tqdm.auto import tqdm
 
 from cnn_gpu import layers as layer_classes
-from cnn_gpu import losses, optimizers
+from cnn_gpu import losses, metrics as metric_classes, optimizers
 from cnn_gpu.backend import asarray, get_backend, to_numpy
+from cnn_gpu.keras_model import KerasModelMethods, check_native_file_name, positive_int, write_npz
 from cnn_gpu.layers.base import Layer
+from cnn_gpu.layers.core import InputLayer
 
 FILE_FORMAT = "cnn_gpu.models.Sequential/1"
-SYNC_EVERY = 10  # batches between reads of the running loss (each read waits for the device)
-METRICS = ("accuracy", "acc")
+_unseeded_models = None  # after set_random_seed: where models made without a seed draw theirs
 
 
-class History:
-    """What fit returns: ``history`` maps 'loss', 'accuracy', 'val_loss', 'val_accuracy' to per-epoch values."""
-
-    def __init__(self, params: dict):
-        self.history: dict = {}
-        self.epoch: list = []
-        self.params = params
-
-    def append(self, epoch: int, logs: dict) -> None:
-        self.epoch.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-
-    def __repr__(self):
-        return f"<History epochs={len(self.epoch)} keys={list(self.history)}>"
+def set_random_seed(seed: int) -> None:
+    """keras.utils.set_random_seed: seeds Python's and NumPy's global generators, and makes every model
+    built afterwards without a seed draw one from this seed's stream (the same program, the same run)."""
+    global _unseeded_models
+    if not isinstance(seed, (int, numpy.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    random.seed(int(seed))
+    numpy.random.seed(int(seed) % 2**32)
+    _unseeded_models = numpy.random.SeedSequence(int(seed))
 
 
-class Sequential:
+class Sequential(KerasModelMethods):
     """A linear stack of layers: Sequential(layers=None, seed=None, name='sequential').
 
     seed makes a run reproducible on one backend: the initial weights, the shuffles and the dropout
-    masks all derive from it.
+    masks all derive from it. A keras.Input(shape=...) / InputLayer first gives the input shape (it is
+    not one of model.layers, as in Keras). Keras's model methods beyond fit / evaluate / predict
+    (model(x), get_weights, save_weights, train_on_batch, trainable, ...) are in cnn_gpu.keras_model.
     """
 
-    def __init__(self, layers=None, seed=None, name="sequential"):
+    def __init__(self, layers=None, seed=None, name="sequential", trainable=True):
         self.name = name
         self.seed = seed
-        init_seeds, shuffle_seeds = numpy.random.SeedSequence(seed).spawn(2)
+        seeds = numpy.random.SeedSequence(seed) if seed is not None or _unseeded_models is None \
+            else _unseeded_models.spawn(1)[0]
+        init_seeds, shuffle_seeds = seeds.spawn(2)
         self._init_rng = numpy.random.default_rng(init_seeds)
         self._shuffle_rng = numpy.random.default_rng(shuffle_seeds)
         self.layers: list[Layer] = []
@@ -71,16 +71,33 @@ class Sequential:
         self.data_format = None  # from the layers; None means channels_last
         self.optimizer = self.loss = None
         self.metrics: list = []
+        self.compiled_metrics: list = []  # cnn_gpu.metrics.Metric objects, from compile
         self.cuda_graph = False
         self.history = None
+        self.stop_training = False
+        self._trained_layers: list = []  # the layers trainable at compile, which the optimizer updates
+        self._backward_stop = 0  # the index of the last layer backward reaches (_plan_backward)
         self._built = False
         for layer in layers or ():
             self.add(layer)
+        if not trainable:
+            self.trainable = False
 
     # ---- building --------------------------------------------------------------------------------
     def add(self, layer: Layer) -> None:
+        if isinstance(layer, Sequential):  # a model as a layer: its layers, the same objects (weights, flags)
+            if layer.input_shape is not None and not self.layers and self.input_shape is None:
+                self.input_shape = layer.input_shape
+            for inner in layer.layers:
+                self.add(inner)
+            return
         if not isinstance(layer, Layer):
             raise TypeError(f"layer must be a cnn_gpu.layers layer, got {type(layer).__name__}")
+        if isinstance(layer, InputLayer):
+            if self.layers or self.input_shape is not None:
+                raise ValueError("an Input / InputLayer must come first in a Sequential model, before any layer")
+            self.input_shape = layer.input_shape
+            return
         if layer.name is None:
             layer.name = self._unique_name(layer.default_name())
         elif any(other.name == layer.name for other in self.layers):
@@ -97,6 +114,7 @@ class Sequential:
         self.layers.append(layer)
         if self._built:
             layer.build(self.layers[-2].output_shape, self._init_rng)
+            self._mark_flattened_images()
         elif self.input_shape is not None and len(self.layers) == 1:
             self.build(self.input_shape)
 
@@ -123,6 +141,22 @@ class Sequential:
             layer_shape = layer.build(layer_shape, self._init_rng)
         self.layers[0].needs_input_gradient = False  # no one takes dL/dx of the data: the first conv skips it
         self._built = True
+        self._mark_flattened_images()
+
+    def _mark_flattened_images(self) -> None:
+        """Tell each Dense whose input is a flattened image (through element-wise layers) the image's (C, H, W):
+        Keras flattens channels-last data in (H, W, C) order, we flatten NCHW, so its get_weights / set_weights
+        reorder the kernel's rows to Keras's order (real Keras weights then load as they are)."""
+        image = None
+        for layer in self.layers:
+            if isinstance(layer, layer_classes.Flatten):
+                image = layer.built_shape if self._channels_last and len(layer.built_shape or ()) == 3 else None
+            elif isinstance(layer, layer_classes.Dense):
+                layer.flattened_image = image
+                image = None
+            elif not isinstance(layer, (layer_classes.Dropout, layer_classes.Activation, layer_classes.ReLU,
+                                        layer_classes.ELU)):
+                image = None  # only element-wise layers without parameters keep the order
 
     @property
     def built(self) -> bool:
@@ -189,8 +223,11 @@ class Sequential:
         return sum(sum(layer.count_params()) for layer in self.layers)
 
     # ---- training set-up -------------------------------------------------------------------------
-    def compile(self, optimizer="adam", loss=None, metrics=None, cuda_graph=False) -> None:
-        """optimizer: 'adam' | 'sgd' | an Optimizer; loss: a Keras loss name or a Loss; metrics: ['accuracy'] or None.
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, cuda_graph=False) -> None:
+        """optimizer: a Keras name ('rmsprop', Keras's default, 'adam', 'adamw', 'sgd') or an Optimizer; loss: a
+        Keras loss name or a Loss; metrics: Keras names ('accuracy', 'top_k_categorical_accuracy', ...) or
+        cnn_gpu.metrics.Metric objects. The layers trainable now are the ones fit updates (as in Keras, a
+        change of layer.trainable takes effect at the next compile).
 
         cuda_graph=True: on the cuda backend, fit captures its training step once as a CUDA graph and
         replays it for every full batch: one graph launch a step instead of a launch (and its Python)
@@ -202,17 +239,31 @@ class Sequential:
         """
         if loss is None:
             raise ValueError("loss is required: one of " + ", ".join(repr(n) for n in [*losses.LOSSES, *losses.ALIASES]))
-        metrics = list(metrics or [])
-        unknown = [m for m in metrics if m not in METRICS]
-        if unknown:
-            raise ValueError(f"metrics may only hold 'accuracy', got {metrics!r}")
         if not isinstance(cuda_graph, bool):
             raise ValueError(f"cuda_graph must be True or False, got {cuda_graph!r}")
-        self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
-        self.metrics = ["accuracy"] if metrics else []
+        loss = losses.get(loss)
+        metrics = [metrics] if isinstance(metrics, (str, metric_classes.Metric)) else list(metrics or [])
+        compiled_metrics = [metric_classes.get(m, loss) for m in metrics]
+        names = [m.name for m in compiled_metrics]
+        if len(set(names)) != len(names) or "loss" in names:
+            raise ValueError(f"metric names must be unique and not 'loss', got {names}")
+        optimizer = optimizers.get(optimizer)
+        self.optimizer, self.loss, self.compiled_metrics, self.metrics = optimizer, loss, compiled_metrics, names
         self.cuda_graph = cuda_graph
         self._check_loss_fits_last_layer()
+        self._freeze_as_flagged()
+
+    def _freeze_as_flagged(self) -> None:
+        """Take the layers' trainable flags: the optimizer updates the parameters of the layers trainable now."""
+        self._trained_layers = [layer for layer in self.layers if layer.trainable]
+
+    def _plan_backward(self) -> None:
+        """Backward stops at the first trained layer with parameters (nothing before it needs a gradient)."""
+        first = next((i for i, layer in enumerate(self.layers) if layer.params and layer in self._trained_layers),
+                     len(self.layers))
+        for index, layer in enumerate(self.layers):
+            layer.needs_input_gradient = index > first
+        self._backward_stop = min(first, len(self.layers) - 1)
 
     def _check_loss_fits_last_layer(self) -> None:
         if not self.layers:
@@ -269,12 +320,12 @@ class Sequential:
         return last.forward(x, training=training, logits=True) if logits else last.forward(x, training=training)
 
     def _backward(self, doutputs) -> None:
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[self._backward_stop:]):  # below the stop nothing takes a gradient
             doutputs = layer.backward(doutputs)
 
     def _apply_gradients(self) -> None:
-        params = {f"{layer.name}/{k}": p for layer in self.layers for k, p in layer.params.items()}
-        grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
+        params = {f"{layer.name}/{k}": p for layer in self._trained_layers for k, p in layer.params.items()}
+        grads = {f"{layer.name}/{k}": g for layer in self._trained_layers for k, g in layer.grads.items()}
         self.optimizer.apply(params, grads)
 
     def _step(self, inputs, targets, training: bool, totals):
@@ -288,23 +339,13 @@ class Sequential:
         if training:
             self._backward(doutputs)
             self._apply_gradients()
-        totals.add(loss, self.loss.count_correct(outputs, targets) if self.metrics else None, len(inputs))
+        applied = self.loss.fuses  # the activation the outputs still lack (the loss applies it)
+        totals.add(loss, [metric.batch_sum(outputs, targets, applied) for metric in self.compiled_metrics], len(inputs))
         return loss
 
-    def _run(self, x, targets, order, batch_size: int, runner, bar) -> dict:
-        """One pass over x[order] in batches through runner (an _EagerSteps or _GraphedTrainSteps). Returns
-        the means (loss, accuracy). The running sums are read every SYNC_EVERY batches while the bar
-        shows, and at the end."""
-        runner.totals.reset()
-        for step, start in enumerate(range(0, len(order), batch_size), 1):
-            index = order[start:start + batch_size]
-            runner(self.to_layer_layout(x[index]), self._host_targets(targets[index]))
-            bar.update(1)
-            if not bar.disable and step % SYNC_EVERY == 0:
-                bar.set_postfix(runner.totals.means(), refresh=False)
-        logs = runner.totals.means()
-        bar.set_postfix(logs, refresh=False)
-        return logs
+    def _measuring_steps(self):
+        """The runner that evaluates batches (inference mode, no update)."""
+        return _EagerSteps(self, training=False)
 
     def prepare_targets(self, y):
         """y (as fit takes it) as what a training step takes: the loss's targets in the layers' layout, checked
@@ -322,7 +363,7 @@ class Sequential:
         cuda_graph (default: compile's setting): on the cuda backend, full batches of batch_size are replayed
         from one captured CUDA graph (see compile); other batches, and every batch elsewhere, run eagerly."""
         self._require_compiled("make_train_step")
-        batch_size = _positive_int("batch_size", batch_size)
+        batch_size = positive_int("batch_size", batch_size)
         if cuda_graph is None:
             cuda_graph = self.cuda_graph
         if not isinstance(cuda_graph, bool):
@@ -337,73 +378,6 @@ class Sequential:
             return _EagerSteps(self, training=True)
         return _GraphedTrainSteps(self, batch_size)
 
-    # ---- the Keras API ---------------------------------------------------------------------------
-    def fit(self, x, y, batch_size=32, epochs=1, verbose=1, *, validation_split=0.0, validation_data=None,
-            shuffle=True) -> History:
-        """Train for ``epochs`` passes over (x, y); returns a History. verbose: 0 silent, 1 a progress
-        bar per epoch, 2 one line per epoch. validation_split takes the LAST fraction of x, before
-        shuffling, as Keras does; validation_data=(x_val, y_val) overrides it."""
-        self._require_compiled("fit")
-        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
-        epochs = _positive_int("epochs", epochs)
-        x = self._inputs(x)
-        targets = self._targets(y, len(x))
-        validation = None
-        if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (x_val, y_val)")
-            x_val = self._inputs(validation_data[0], "validation_data x")
-            validation = (x_val, self._targets(validation_data[1], len(x_val), "validation_data y"))
-        elif validation_split:
-            if not 0 < validation_split < 1:
-                raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-            split_at = int(len(x) * (1 - validation_split))
-            if split_at == 0 or split_at == len(x):
-                raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
-                                 f"{split_at} to train on and {len(x) - split_at} to validate on; both need samples")
-            x, validation = x[:split_at], (x[split_at:], targets[split_at:])
-            targets = targets[:split_at]
-
-        steps = -(-len(x) // batch_size)
-        self.history = history = History({"epochs": epochs, "steps": steps, "verbose": verbose})
-        training = self.make_train_step(batch_size)
-        for epoch in range(epochs):
-            order = self._shuffle_rng.permutation(len(x)) if shuffle else numpy.arange(len(x))
-            with tqdm(total=steps, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", disable=verbose != 1,
-                      dynamic_ncols=True) as bar:
-                logs = self._run(x, targets, order, batch_size, training, bar)
-                if validation is not None:
-                    val = self._run(*validation, numpy.arange(len(validation[0])), batch_size,
-                                    _EagerSteps(self, training=False), tqdm(disable=True))
-                    logs.update({f"val_{k}": v for k, v in val.items()})
-                    bar.set_postfix(logs)
-            if verbose == 2:
-                print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-            history.append(epoch, logs)
-        history.params["cuda_graph"] = training.replayed  # whether full batches ran as graph replays
-        return history
-
-    def evaluate(self, x, y, batch_size=32, verbose=1):
-        """[loss, accuracy] (the loss alone without metrics), in inference mode."""
-        self._require_compiled("evaluate")
-        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
-        x = self._inputs(x)
-        targets = self._targets(y, len(x))
-        with tqdm(total=-(-len(x) // batch_size), desc="evaluate", unit="batch", disable=verbose != 1,
-                  dynamic_ncols=True) as bar:
-            logs = self._run(x, targets, numpy.arange(len(x)), batch_size, _EagerSteps(self, training=False), bar)
-        return [logs["loss"], logs["accuracy"]] if self.metrics else logs["loss"]
-
-    def predict(self, x, batch_size=32, verbose=0) -> numpy.ndarray:
-        """The outputs (after the last activation: probabilities for softmax / sigmoid) as a NumPy array."""
-        batch_size = _positive_int("batch_size", 32 if batch_size is None else batch_size)
-        x = self._inputs(x)
-        outputs = []
-        for start in tqdm(range(0, len(x), batch_size), desc="predict", unit="batch", disable=verbose != 1):
-            y = self._forward(asarray(self.to_layer_layout(x[start:start + batch_size])), training=False, logits=False)
-            outputs.append(to_numpy(y))
-        return self.to_user_layout(numpy.concatenate(outputs))
-
     # ---- saving ----------------------------------------------------------------------------------
     def get_config(self) -> dict:
         config = {"format": FILE_FORMAT, "name": self.name, "seed": self.seed, "data_format": self.data_format,
@@ -414,11 +388,13 @@ class Sequential:
             config["compile"] = {"optimizer": {"class_name": type(self.optimizer).__name__,
                                                "config": self.optimizer.get_config()},
                                  "loss": {"name": self.loss.name, "config": self.loss.get_config()},
-                                 "metrics": self.metrics, "cuda_graph": self.cuda_graph}
+                                 "metrics": [metric_classes.serialize(m) for m in self.compiled_metrics],
+                                 "cuda_graph": self.cuda_graph}
         return config
 
     def save(self, path) -> Path:
         """Write the model (config + weights) to ONE .npz file at exactly ``path``; returns the path."""
+        check_native_file_name(path, "path")
         if not self._built:
             raise ValueError("the model is not built yet, so it has no weights to save; fit or build it first")
         path = Path(path)
@@ -426,13 +402,13 @@ class Sequential:
         for layer in self.layers:
             for key, value in {**layer.params, **layer.state}.items():
                 arrays[f"{layer.name}/{key}"] = to_numpy(value)
-        with open(path, "wb") as file:
-            numpy.savez(file, **arrays)
+        write_npz(path, arrays)
         return path
 
 
 def load_model(path) -> Sequential:
     """A Sequential saved by Sequential.save, rebuilt on the current backend (compiled, if it was)."""
+    check_native_file_name(path, "path")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
@@ -468,31 +444,32 @@ def load_model(path) -> Sequential:
 
 
 class _RunningTotals:
-    """Σ loss·n and Σ correct over the batches so far, summed in place on the device (a captured step
+    """Σ loss·n and each metric's Σ over the batches so far, summed in place on the device (a captured step
     adds to the same arrays at every replay), and the count of samples, kept by the host. means()
     reads the sums: one wait for the device."""
 
-    def __init__(self, with_accuracy: bool):
-        self.with_accuracy = with_accuracy
+    def __init__(self, metric_names):
+        self.metric_names = list(metric_names)
         self.loss_sum = asarray(numpy.zeros((), numpy.float64))
-        self.correct = asarray(numpy.zeros((), numpy.float64))
+        self.metric_sums = [asarray(numpy.zeros((), numpy.float64)) for _ in self.metric_names]
         self.count = 0
 
     def reset(self) -> None:
         self.loss_sum.fill(0)
-        self.correct.fill(0)
+        for total in self.metric_sums:
+            total.fill(0)
         self.count = 0
 
-    def add(self, loss, correct, n: int) -> None:
+    def add(self, loss, metric_values, n: int) -> None:
         """Device work only (the runner counts the samples)."""
         self.loss_sum += loss.astype(numpy.float64) * n
-        if correct is not None:
-            self.correct += correct
+        for total, value in zip(self.metric_sums, metric_values, strict=True):
+            total += value
 
     def means(self) -> dict:
         logs = {"loss": float(self.loss_sum) / self.count}
-        if self.with_accuracy:
-            logs["accuracy"] = float(self.correct) / self.count
+        for name, total in zip(self.metric_names, self.metric_sums):
+            logs[name] = float(total) / self.count
         return logs
 
 
@@ -505,7 +482,7 @@ class _EagerSteps:
     def __init__(self, model: Sequential, training: bool):
         self.model = model
         self.training = training
-        self.totals = _RunningTotals(with_accuracy=bool(model.metrics))
+        self.totals = _RunningTotals(model.metrics)
 
     def __call__(self, inputs, targets):
         """One batch in the layers' layout: NumPy arrays (uploaded here) or arrays already on the device.
@@ -561,9 +538,3 @@ class _GraphedTrainSteps(_EagerSteps):
         self.totals.count += len(inputs)
         self.replayed = True
         return loss
-
-
-def _positive_int(name, value) -> int:
-    if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)

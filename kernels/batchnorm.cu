@@ -210,7 +210,7 @@ __device__ __forceinline__ int channel_of(int i, FastDivmod hw, FastDivmod chann
     return row - channels.div(row) * channels.divisor;
 }
 
-// The kernel arguments of channel_of's two FastDivmods: divisor, then cnn_gpu.cuda.launch.fast_divmod_params
+// The kernel arguments of channel_of's two FastDivmods: divisor, then cnn_gpu.cuda.grid.fast_divmod_params
 // (multiplier, shift), of hw and then of C.
 #define CHANNEL_OF_PARAMS int hw, uint32 hw_multiplier, uint32 hw_shift, int channels, uint32 channels_multiplier, \
                           uint32 channels_shift

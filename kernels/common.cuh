@@ -88,7 +88,7 @@ __device__ __forceinline__ void load_items(const Scalar* __restrict__ p, int64 n
 // For 0 <= n < 2^31 and divisor d >= 1: n / d == __umulhi(n, multiplier) >> shift, with
 // l = ceil(log2 d), multiplier = ceil(2^(31 + l) / d) < 2^32 and shift = l - 1 (Granlund & Montgomery:
 // exact because multiplier * d - 2^(31 + l) < d <= 2^l). d == 1 (l = 0) would need shift -1: it is
-// special-cased. The host computes multiplier and shift (cnn_gpu.cuda.launch.fast_divmod_params, whose
+// special-cased. The host computes multiplier and shift (cnn_gpu.cuda.grid.fast_divmod_params, whose
 // tests check this formula against // and % for every d <= 4096) and passes the three as kernel
 // arguments. Cost: one IMAD.HI, a shift and a select instead of a ~20-instruction 32-bit division.
 struct FastDivmod {

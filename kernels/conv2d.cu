@@ -25,7 +25,7 @@
 //   store_pixel_tile here) know only the GEMM.
 //
 // Tile sizes are the CONV_* defines, from Python: the default variant's in cnn_gpu/cuda/loader.py's FAMILY_DEFINES
-// (cnn_gpu/ops/conv.py's DEFAULT_TILE), the other CONV_TILES as -DCONV_BM=...; cnn_gpu/cuda/autotune.py picks one
+// (cnn_gpu/ops/conv/implicit_gemm.py's DEFAULT_TILE), the other CONV_TILES as -DCONV_BM=...; cnn_gpu/cuda/autotune.py picks one
 // per kernel and shape.
 // Indices inside one image are 32-bit, image offsets 64-bit: one ZERO-PADDED image of x
 // (C·(H+pt+pb)·(W+pl+pr)), one image of y, w and the GEMM extents must fit in 32 bits (a gather's offset

@@ -9,9 +9,9 @@
 // conv2d_fwd_few_filters: the forward for K <= FK_MAX_FILTERS output channels
 //   y[n,k,oh,ow] = act(b[k] + Σ_{c,r,s} w[k,c,r,s] · x[n, c, oh·sh − pt + r, ow·sw − pl + s])   (x zero outside)
 //   The implicit GEMM's M is K here, its tiles 32-128 rows tall: for K = 1 at least 31 of 32 FMAs are wasted. K = 1
-//   is backward-data of a first layer (C = 1), which cnn_gpu/ops/conv.py computes as this forward of dy with the
-//   flipped filters (AS_FORWARD: K' = 1, C' = the layer's K, 'full' pads R − 1 − p); heads with 1-8 outputs too.
-//   Compile-time: K, R, S, sh, sw and the tile (FEWK_* defines: conv.py's _few_filters_tile picks them per layer).
+//   is backward-data of a first layer (C = 1), which cnn_gpu/ops/conv/ computes as this forward of dy with the
+//   flipped filters (backward-data as a forward: K' = 1, C' = the layer's K, 'full' pads R − 1 − p); heads with 1-8 outputs too.
+//   Compile-time: K, R, S, sh, sw and the tile (FEWK_* defines: cnn_gpu/ops/conv/direct.py picks them per layer).
 //   Block: an output tile of one image, TH = BY·U rows × TW = 4·BX columns, all K filters; THREADS = BX·BY rounded
 //   up to whole warps (<= FK_MAX_THREADS; the spare lanes only stage). Thread (tx, ty) = (tid % BX, tid / BX): output
 //   rows ty·U .. ty·U + U − 1 and columns 4·tx .. 4·tx + 3 of the tile for every filter, U·4·K accumulators (<= 32).
@@ -31,16 +31,16 @@
 //   (splits, N, K, OH, OW) with no bias and ACT_NONE, and sum_splits_bias_act (sum_splits.cuh, in conv2d.cu) adds the slices in order
 //   with bias and activation. Every sum in a fixed order, no atomics: the same bits every run.
 // Grid (N·tiles_h·tiles_w, splits), block THREADS, static smem 2·XH·XP·4 bytes (<= 2·FK_MAX_LOADS·THREADS·4 = 24 KB).
-// Indices within an image in 32 bits (conv.py checks one image of x and of y), image offsets in 64.
-// Floors, with the plans conv.py picks (H200: 132 SMs, 4.8 TB/s, 67 TFLOP/s FP32) and NVRTC 13's sm_90 SASS:
-//   seed 002 conv1 backward-data, N 128 (dy 128×512×98×98 -> dx 128×1×100×100, 3×3, pads 2; tiles 20×100, U 4, 125
+// Indices within an image in 32 bits (the host checks one image of x and of y), image offsets in 64.
+// Floors, with the plans the host picks (H200: 132 SMs, 4.8 TB/s, 67 TFLOP/s FP32) and NVRTC 13's sm_90 SASS:
+//   the 100×100 network's conv1 backward-data, N 128 (dy 128×512×98×98 -> dx 128×1×100×100, 3×3, pads 2; tiles 20×100, U 4, 125
 //   of 128 lanes, 640 blocks, at 86 registers 5 an SM: all resident): reads dy once, 2.52 GB: 0.52 ms (0.59 ms at
 //   the ~4.3 TB/s a stream reaches); 11.8 GFLOP: 0.18 ms. A warp's channel is 300 instructions, 144 of them FMAs
 //   (18 LDGSTS, 12 LDS, 9 weight loads): issue 0.75 M cycles a scheduler, 0.38 ms; ~100 L1/shared wavefronts (rows
-//   36, staging ~54, weights 9): ~0.5 ms. Memory-bound, L1 close behind: ~0.7 ms expected.
-//   seed 001 conv1 backward-data, N 1024 (dy 1024×32×24×24 -> dx 1024×1×28×28, 5×5, pads 4; one 28×28 tile an
+//   36, staging ~54, weights 9): ~0.5 ms. Memory-bound, L1 close behind.
+//   the MNIST network's conv1 backward-data, N 1024 (dy 1024×32×24×24 -> dx 1024×1×28×28, 5×5, pads 4; one 28×28 tile an
 //   image, U 4, 49 of 64 lanes): 78.7 MB: 16 µs; 1.28 GFLOP: 19 µs; a warp's channel is 567 instructions, 400 of them
-//   FMAs: issue 70 K cycles a scheduler, 36 µs. Issue-bound: ~40 µs expected.
+//   FMAs: issue 70 K cycles a scheduler, 36 µs. Issue-bound.
 
 #ifndef FEWK_K
 #define FEWK_K 1
@@ -71,7 +71,7 @@ constexpr int FK_K = FEWK_K, FK_R = FEWK_R, FK_S = FEWK_S, FK_SH = FEWK_SH, FK_S
 constexpr int FK_BX = FEWK_BX, FK_BY = FEWK_BY, FK_U = FEWK_U;
 // The limits FK_MAX_FILTERS, FK_MAX_THREADS, FK_MAX_LOADS, FK_MAX_WEIGHTS, FK_MAX_ACCUMULATORS, FK_MAX_SEGMENT and
 // FK_STRIP (output columns a thread: one float4 of y) are defines from cnn_gpu/cuda/loader.py's FAMILY_DEFINES,
-// where cnn_gpu/ops/conv.py reads them to decide where the kernel is offered.
+// where cnn_gpu/ops/conv/direct.py reads them to decide where the kernel is offered.
 #if !defined(FK_MAX_FILTERS) || !defined(FK_STRIP) || !defined(FK_MAX_THREADS) || !defined(FK_MAX_LOADS) || \
     !defined(FK_MAX_WEIGHTS) || !defined(FK_MAX_ACCUMULATORS) || !defined(FK_MAX_SEGMENT)
 #error "the few-filter kernel's limits come from cnn_gpu/cuda/loader.py's FAMILY_DEFINES"
@@ -176,8 +176,8 @@ __device__ __forceinline__ void few_filters_channel(float (&acc)[FK_U][FK_K][FK_
     }
 }
 
-// __launch_bounds__(THREADS, 1): a minimum of one block keeps ptxas to the registers the code needs (seed 002's variant
-// 86, 5 blocks an SM; none spills over 1622 layer variants at sm_80 and sm_90), where with none it aims at occupancy
+// __launch_bounds__(THREADS, 1): a minimum of one block keeps ptxas to the registers the code needs (the 100×100 network's
+// conv1 variant 86, 5 blocks an SM; none spills over 1622 layer variants at sm_80 and sm_90), where with none it aims at occupancy
 // steps of its own and spills a few bytes on 2 % of them.
 extern "C" __global__ void __launch_bounds__(FK_THREADS, 1)
 conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
@@ -249,7 +249,7 @@ conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w,
 // gridDim.y == 1 partials is dw itself; otherwise sum_splits_bias_act adds the gridDim.y slices in order).
 // For layers with C·R·S <= FC_MAX_TAPS, whose implicit GEMM (conv2d.cu) is only C·R·S wide (9 for a 1-channel 3×3
 // layer): its tiles would mostly idle, while the op needs only to stream dy once (memory-bound).
-//   C, R, S, the column stride sw and FC_FILTERS are compile-time (FEWC_* defines: cnn_gpu/ops/conv.py compiles
+//   C, R, S, the column stride sw and FC_FILTERS are compile-time (FEWC_* defines: cnn_gpu/ops/conv/direct.py compiles
 //   one variant per layer shape), so every accumulator and every x value is a register.
 //   Strip: 4 consecutive output pixels p0 .. p0 + 3 of one image (p = oh·OW + ow; cdiv(OH·OW, 4) strips an image,
 //   the last maybe short). Thread: filters k0 .. k0 + FC_FILTERS − 1 (k0 = blockIdx.x·FC_FILTERS) with all their
@@ -267,8 +267,8 @@ conv2d_fwd_few_filters(const float* __restrict__ x, const float* __restrict__ w,
 //   [i % (C·R·S)] where that filter exists. No atomics: the same bits every run.
 // Grid (cdiv(K, FC_FILTERS), splits), block FC_THREADS, static smem FC_WARPS·FC_FILTERS·C·R·S·4 bytes; at most
 // 168 registers (3 blocks, 12 warps an SM), of which the held values (FC_HELD_REGISTERS below) take up to 128.
-// Any stride and padding. Floor: 4·(N·K·OH·OW + N·C·H·W + 2·splits·K·C·R·S) bytes (dy once: 2.5 GB for seed
-// 002's conv1 at N128, 0.6 ms at 4.2 TB/s), 2·N·K·OH·OW·C·R·S FLOPs (18 per dy element there: not the limit).
+// Any stride and padding. Floor: 4·(N·K·OH·OW + N·C·H·W + 2·splits·K·C·R·S) bytes (dy once: 2.5 GB for the
+// 100×100 network's conv1 at N128, 0.6 ms at 4.2 TB/s), 2·N·K·OH·OW·C·R·S FLOPs (18 per dy element there: not the limit).
 #ifndef FEWC_C
 #define FEWC_C 1
 #endif
@@ -289,9 +289,9 @@ constexpr int FC_C = FEWC_C, FC_R = FEWC_R, FC_S = FEWC_S, FC_SW = FEWC_SW, FC_F
 constexpr int FC_TAPS = FC_C * FC_R * FC_S;
 // FC_MAX_TAPS, FC_MAX_FILTERS, FC_STRIP (output pixels a thread takes at a time: one float4 of dy), FC_THREADS,
 // FC_BLOCKS_AN_SM (__launch_bounds__: 3 blocks of 128 threads, at most 168 registers) and FC_HELD_REGISTERS (the
-// registers a thread holds for values: accumulators, a strip's dy, every tap row's x segment; conv.py picks the
+// registers a thread holds for values: accumulators, a strip's dy, every tap row's x segment; the host picks the
 // most filters under it, the rest of the 168 serve addresses and counters) are defines from
-// cnn_gpu/cuda/loader.py's FAMILY_DEFINES, where cnn_gpu/ops/conv.py reads them.
+// cnn_gpu/cuda/loader.py's FAMILY_DEFINES, where cnn_gpu/ops/conv/direct.py reads them.
 #if !defined(FC_MAX_TAPS) || !defined(FC_MAX_FILTERS) || !defined(FC_STRIP) || !defined(FC_THREADS) || \
     !defined(FC_BLOCKS_AN_SM) || !defined(FC_HELD_REGISTERS)
 #error "the few-channel kernel's limits come from cnn_gpu/cuda/loader.py's FAMILY_DEFINES"

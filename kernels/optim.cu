@@ -1,6 +1,6 @@
 // optim.cu: optimizer steps, in place, one launch per parameter tensor (Keras's formulas).
 //
-//   sgd_momentum_update:  v[i] = momentum * v[i] - lr * g[i]
+//   sgd_momentum_update:  v[i] = momentum * v[i] - lr * g[i]          (lr from *lr_from when not NULL)
 //                         p[i] += nesterov ? momentum * v[i] - lr * g[i] : v[i]
 //                         velocity == NULL (plain SGD, no state): the same with v[i] = 0 in, nothing out,
 //                         i.e. p[i] += -(lr * g[i])
@@ -10,6 +10,13 @@
 //                         alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t): computed on the host in float64,
 //                         passed by value, or from device memory when alpha_from is not NULL (*alpha_from,
 //                         read as the kernel runs: a captured CUDA graph gets each step's alpha there)
+//   rmsprop_update:       v[i] = rho * v[i] + (1 - rho) * g[i]^2
+//                         centered (average_grad != NULL): a[i] = rho * a[i] + (1 - rho) * g[i];
+//                             d = v[i] - a[i]^2 + epsilon, else d = v[i] + epsilon
+//                         inc = lr * g[i] / sqrt(d)
+//                         momentum_buffer != NULL: b[i] = momentum * b[i] + inc; p[i] -= b[i], else p[i] -= inc
+//   weight_decay_update:  p[i] -= p[i] * weight_decay * lr   (Keras's decoupled weight decay, before a step)
+//   lr_from (sgd, rmsprop, weight decay), like alpha_from: when not NULL the learning rate is read there.
 //
 // Launch: 1-D grid-stride, 256 threads a block, blocks = min(cdiv(n/4, 256), SMs * 8). When every
 // pointer is 16-byte aligned (vec4 = 1) each thread updates 4 consecutive elements with float4 loads
@@ -32,7 +39,9 @@ __device__ __forceinline__ void adam_step(float& p, float g, float& m, float& v,
 
 extern "C" __global__ void sgd_momentum_update(float* __restrict__ param, const float* __restrict__ grad,
                                                float* __restrict__ velocity, int64 n, float lr,
-                                               float momentum, int nesterov, int vec4) {
+                                               const float* __restrict__ lr_from, float momentum, int nesterov,
+                                               int vec4) {
+    if (lr_from != nullptr) lr = *lr_from;
     const int64 n4 = vec4 ? n / 4 : 0;
     GRID_STRIDE_LOOP(i, n4) {
         float4 p = load_float4(param + 4 * i);
@@ -75,5 +84,45 @@ extern "C" __global__ void adam_update(float* __restrict__ param, const float* _
     GRID_STRIDE_LOOP(j, n - 4 * n4) {
         const int64 i = 4 * n4 + j;
         adam_step(param[i], grad[i], m[i], v[i], alpha, one_minus_beta_1, one_minus_beta_2, epsilon);
+    }
+}
+
+__device__ __forceinline__ void rmsprop_step(float& p, float g, float& v, float* a, float* b, float lr, float rho,
+                                             float momentum, float epsilon) {
+    v = rho * v + (1.f - rho) * (g * g);
+    float denominator;
+    if (a != nullptr) {
+        *a = rho * *a + (1.f - rho) * g;
+        denominator = v - *a * *a + epsilon;
+    } else {
+        denominator = v + epsilon;
+    }
+    const float increment = (lr * g) / sqrtf(denominator);
+    if (b != nullptr) {
+        *b = momentum * *b + increment;
+        p -= *b;
+    } else {
+        p -= increment;
+    }
+}
+
+// One thread an element (no float4 path: up to five streams, two of them optional; memory bound either way).
+extern "C" __global__ void rmsprop_update(float* __restrict__ param, const float* __restrict__ grad,
+                                          float* __restrict__ velocity, float* __restrict__ average_grad,
+                                          float* __restrict__ momentum_buffer, int64 n, float lr,
+                                          const float* __restrict__ lr_from, float rho, float momentum,
+                                          float epsilon, int vec4) {
+    if (lr_from != nullptr) lr = *lr_from;
+    GRID_STRIDE_LOOP(i, n) {
+        rmsprop_step(param[i], grad[i], velocity[i], average_grad ? average_grad + i : nullptr,
+                     momentum_buffer ? momentum_buffer + i : nullptr, lr, rho, momentum, epsilon);
+    }
+}
+
+extern "C" __global__ void weight_decay_update(float* __restrict__ param, int64 n, float lr,
+                                               const float* __restrict__ lr_from, float weight_decay, int vec4) {
+    if (lr_from != nullptr) lr = *lr_from;
+    GRID_STRIDE_LOOP(i, n) {
+        param[i] -= (param[i] * weight_decay) * lr;
     }
 }

@@ -149,7 +149,7 @@ extern "C" __global__ void maxpool2d_fwd_argmax(const float* __restrict__ x, flo
 //   its row and column being in bounds (padding reads as -inf, which never wins: the first in-bounds
 //   element stays the default winner), at offsets fixed at compile time. Why (benchmarks/NOTES.md,
 //   max-pool forward): the generic kernel's window cursor costs ~20 instructions an element, ~370 per warp
-//   of 3x3 windows: issue-bound at seed 002's pool1. Here ~10 an element. Bytes as the generic kernel's.
+//   of 3x3 windows: issue-bound at the 100×100 network's pool1. Here ~10 an element. Bytes as the generic kernel's.
 #ifdef FIXED_WINDOW_R
 extern "C" __global__ void maxpool2d_fwd_argmax_fixed(const float* __restrict__ x, float* __restrict__ y,
                                                       int64* __restrict__ indices, int n_out, POOL_GEOMETRY,

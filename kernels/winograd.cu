@@ -56,7 +56,7 @@
 //   512 → 512, 7² (1)           8  3.3e-7  2.5e-7  5.4e-7   9.3e-7           1.4e-6  9.5e-7  1.8e-6   3.2e-6
 //   512 → 256, 32² (0)          2  7.6e-7  3.9e-7  1.0e-6   2.1e-6           6.2e-6  3.1e-6  2.7e-6   5.9e-6
 // The error grows with the running sums' length: at N 128 the grid alone would give F(4×4) chunks of 3136 and
-// 8192 tiles on the first and last layers: 4.9e-6 and 7.6e-6 (1.2e-5 and 1.6e-5 with 0, ±1, ±2); conv.py bounds
+// 8192 tiles on the first and last layers: 4.9e-6 and 7.6e-6 (1.2e-5 and 1.6e-5 with 0, ±1, ±2); cnn_gpu/ops/conv/winograd.py bounds
 // them to 1024 tiles (_WINOGRAD_FILTER_SIZES), which keeps them near the direct kernel's own error (its splits run
 // 6272 to 115 200 pixels long), under 1e-5 and the bench's 1e-4. The tests' shapes (T ≤ 816) stay under 6e-7
 // (F(2×2)) and 1.5e-6 (F(4×4)).
@@ -83,13 +83,13 @@
 // filter-gradient transforms) is 128 contiguous bytes; neighbouring tiles' input patches overlap and
 // meet in L1 / L2. Each thread issues all its loads before the first arithmetic.
 // Floors. Forward: FLOPs are the GEMM's 2·α²·K·C·T (the direct conv's 2·9·K·C·N·OH·OW, ≈ 2·9·m²·K·C·T); bytes
-// moved 4·(N·C·H·W + 2·α²·C·T + 2·α²·K·T + N·K·OH·OW) beyond the GEMM's operand re-reads. Seed002 conv2
+// moved 4·(N·C·H·W + 2·α²·C·T + 2·α²·K·T + N·K·OH·OW) beyond the GEMM's operand re-reads. The 100×100 network's conv2
 // (N 128, C 512 → K 256, 32² → 30²): F(2×2) T 28 800: 121 GFLOP, V 0.94 GB, M 0.47 GB, 1.80 GB through the
 // transforms; F(4×4) T 8192 (8×8 tiles of 4×4 cover 32² of the 30² outputs): 77 GFLOP, V 0.60 GB, M 0.30 GB,
 // 1.29 GB. ResNet 128 → 128, 28², pad 1, N 128: F(2×2) T 25 088: 13.2 GFLOP, 0.51 GB; F(4×4) T 6272:
 // 7.4 GFLOP (1.78× fewer), 0.33 GB.
 // Backward-filter: 2·α²·K·C·T_padded FLOPs; bytes 4·(N·C·H·W + N·K·OH·OW + 2·α²·(C + K)·T_padded
-// + 2·α²·S·K·C + 9·K·C) at least. Seed002 conv2 N 128 on 132 SMs: F(2×2) T 28 800 (S 3, Tc 9600): 121 GFLOP,
+// + 2·α²·S·K·C + 9·K·C) at least. The 100×100 network's conv2, N 128 on 132 SMs: F(2×2) T 28 800 (S 3, Tc 9600): 121 GFLOP,
 // V 0.94 GB, DY 0.47 GB, ≈ 3.3 GB moved: ≥ 2.5 ms of GEMM at 48 TFLOP/s + ≈ 0.45 ms of transforms (1.8 GB);
 // F(4×4) T 8192 (S 8, Tc 1024): 77 GFLOP, V 0.60 GB, DY 0.30 GB, P 0.15 GB, ≈ 1.6 GB beside the GEMM's operand
 // reads: ≈ 1.7 ms of GEMM at 45 TFLOP/s + ≈ 0.45 ms. ResNet 128 → 128, 28², pad 1, N 128: F(2×2) T 25 088 (S 17,

@@ -16,6 +16,7 @@ import pytest
 import cnn_gpu
 from cnn_gpu import functional as F
 from cnn_gpu import optimizers
+from cnn_gpu.optimizers.schedules import CosineDecay, ExponentialDecay
 from cnn_gpu.layers import Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 from cnn_gpu.models import Sequential, _RunningTotals, load_model
 from cnn_gpu.ops.optim import adam_step_size
@@ -45,10 +46,31 @@ def batch_norm_sgd(cuda_graph):
     return model
 
 
+def smooth_adamw_cosine(cuda_graph):
+    """gelu and swish after their ops (kernels of their own), AdamW's weight decay and a cosine schedule: each
+    step's rate and step size reach the replays as step scalars; top-k accuracy summed on the device."""
+    model = Sequential([Conv2D(4, 3, activation="swish", input_shape=(28, 28, 1)), MaxPooling2D(2), Flatten(),
+                        Dense(16, activation="gelu"), Dense(10, activation="softmax")], seed=13)
+    model.compile(optimizer=optimizers.AdamW(CosineDecay(0.01, 12), weight_decay=0.05),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy", "top_k_categorical_accuracy"],
+                  cuda_graph=cuda_graph)
+    return model
+
+
+def frozen_elu_rmsprop(cuda_graph):
+    """A frozen first convolution (backward stops above it), elu, RMSprop centered with momentum."""
+    model = Sequential([Conv2D(4, 3, activation="elu", input_shape=(28, 28, 1)), MaxPooling2D(2), Flatten(),
+                        Dense(10, activation="softmax")], seed=14)
+    model.layers[0].trainable = False
+    model.compile(optimizer=optimizers.RMSprop(ExponentialDecay(0.01, 4, 0.5), momentum=0.5, centered=True),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], cuda_graph=cuda_graph)
+    return model
+
+
 def data_for(build, rng):
     """180 samples: with validation_split=0.2, 144 to train on, batches of 64, 64 and a partial 16."""
     x, labels = blob_digits(rng, 180)
-    return x, (labels if build is mnist_adam else labels % 2)
+    return x, (labels % 2 if build is batch_norm_sgd else labels)
 
 
 def fell_back(caught) -> list:
@@ -68,7 +90,7 @@ def fit_twice(model, x, y):
 
 
 # ---- on the GPU ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("build", [mnist_adam, batch_norm_sgd])
+@pytest.mark.parametrize("build", [mnist_adam, batch_norm_sgd, smooth_adamw_cosine, frozen_elu_rmsprop])
 def test_graph_fit_equals_eager_fit_bit_for_bit(on_backend, rng, build):
     """The replays launch the eager step's kernels, with the same arguments but the buffers' addresses,
     the same mask seeds and Adam step sizes (drawn on the host as eager steps draw them, read from
@@ -142,16 +164,26 @@ def test_cuda_graph_must_be_a_bool():
 
 
 # ---- step scalars: what a replay feeds, reproducing eager steps (on NumPy arrays here) -------------
-def test_step_scalars_read_from_arrays_reproduce_eager_steps(rng):
+OPTIMIZERS_FED = {
+    "adam": lambda: "adam",
+    "sgd_nesterov_schedule": lambda: optimizers.SGD(ExponentialDecay(0.05, 1, 0.5), momentum=0.9, nesterov=True),
+    "rmsprop_centered_momentum": lambda: optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+    "adamw_cosine": lambda: optimizers.AdamW(CosineDecay(0.01, 2), weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS_FED)
+def test_step_scalars_read_from_arrays_reproduce_eager_steps(rng, optimizer):
     """A replay, played on NumPy: each layer and the optimizer read their step scalars from arrays the
-    host fills with next_step_scalars() before every step; the weights follow eager steps bit for bit."""
+    host fills with next_step_scalars() before every step; the weights follow eager steps bit for bit
+    (learning-rate schedules included: each step's rate travels as a step scalar)."""
     x, labels = blob_digits(rng, 16, size=12)
     inputs, targets = numpy.ascontiguousarray(x.transpose(0, 3, 1, 2)), labels.astype(numpy.int64)
 
     def model():
         m = Sequential([Conv2D(3, 3, activation="relu", input_shape=(12, 12, 1)), MaxPooling2D(2), Dropout(0.4),
                         Flatten(), Dense(10, activation="softmax")], seed=21)
-        m.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        m.compile(optimizer=OPTIMIZERS_FED[optimizer](), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return m
 
     eager, fed = model(), model()
@@ -159,7 +191,7 @@ def test_step_scalars_read_from_arrays_reproduce_eager_steps(rng):
     arrays = [tuple(numpy.zeros(1, dtype) for dtype in source.step_scalar_dtypes) for source in sources]
     for source, source_arrays in zip(sources, arrays):
         source.read_step_scalars_from(source_arrays)
-    eager_totals, fed_totals = _RunningTotals(True), _RunningTotals(True)
+    eager_totals, fed_totals = _RunningTotals(["accuracy"]), _RunningTotals(["accuracy"])
     for _ in range(3):
         eager._step(inputs, targets, True, eager_totals)
         for source, source_arrays in zip(sources, arrays):

@@ -12,8 +12,10 @@ LAYERS = [
     ("cuda", ("cnn_gpu.cuda", "cnn_gpu.backend")),
     ("ops", ("cnn_gpu.ops",)),
     ("functional", ("cnn_gpu.functional",)),
-    ("layers", ("cnn_gpu.layers", "cnn_gpu.losses", "cnn_gpu.optimizers")),
-    ("models", ("cnn_gpu.models", "cnn_gpu.datasets", "cnn_gpu.viz")),
+    ("layers", ("cnn_gpu.layers", "cnn_gpu.losses", "cnn_gpu.optimizers", "cnn_gpu.learning_rate_schedules",
+                "cnn_gpu.initializers", "cnn_gpu.activations", "cnn_gpu.metrics")),
+    ("models", ("cnn_gpu.models", "cnn_gpu.keras_model", "cnn_gpu.callbacks", "cnn_gpu.utils", "cnn_gpu.datasets",
+                "cnn_gpu.viz")),
     ("networks", ("cnn_gpu.networks",)),
     ("applications", ("cnn_gpu.cli", "cnn_gpu.bench", "cnn_gpu.torch", "cnn_gpu.__main__")),
 ]
@@ -43,7 +45,7 @@ def _imports(path: pathlib.Path) -> set:
 
 
 def _rank(module: str) -> int:
-    if module == "cnn_gpu":  # the package root re-exports the backend switch only
+    if module == "cnn_gpu":  # the package root imports the backend switch only (its Keras names load lazily)
         return 0
     best = None
     for rank, (_, prefixes) in enumerate(LAYERS):
@@ -69,6 +71,19 @@ def test_no_module_imports_a_layer_above_its_own(module):
 
 def test_the_package_root_imports_only_the_backend():
     assert _imports(ROOT / "__init__.py") <= {"cnn_gpu.backend"}
+
+
+def test_the_package_roots_keras_names_load_lazily():
+    """`import cnn_gpu as keras`: keras.Sequential, keras.layers, ... are imported on first use, and are the
+    modules and classes themselves."""
+    import importlib
+
+    import cnn_gpu
+
+    for name in cnn_gpu.KERAS_MODULES:
+        assert getattr(cnn_gpu, name) is importlib.import_module(f"cnn_gpu.{name}")
+    for name, module in cnn_gpu.KERAS_OBJECTS.items():
+        assert getattr(cnn_gpu, name) is getattr(importlib.import_module(module), name)
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):

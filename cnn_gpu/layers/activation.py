@@ -1,9 +1,10 @@
-"""Activations by Keras name, and the layers that only apply one: Activation, ReLU, LeakyReLU.
+"""Activations by Keras name, and the layers that only apply one: Activation, ReLU, LeakyReLU, ELU, Softmax.
 
 NamedActivation is what Conv2D, Dense and Activation share: relu / leaky_relu / sigmoid / tanh run as
-the fused epilogue of conv2d / linear (or as the element-wise op on their own); softmax runs after
-the op, over the features of (N, K) data. Every backward works from the forward OUTPUT y, so a
-layer keeps y and never the pre-activation.
+the fused epilogue of conv2d / linear (or as the element-wise op on their own), and their backward
+works from the forward OUTPUT y; elu / selu / gelu / softplus / swish (silu) run after the op as
+their own element-wise op, and their backward needs its INPUT z (``grad_needs_input``: the layer then
+keeps z too); softmax runs after the op, over the features of (N, K) data.
 
 ``logits=True`` on these layers' forward skips the activation: a model whose loss can fuse the
 last activation (softmax + cross-entropy, sigmoid + binary cross-entropy) asks for the logits, and
@@ -17,7 +18,10 @@ from cnn_gpu import functional as F
 from cnn_gpu.layers.base import Layer
 
 EPILOGUES = ("relu", "leaky_relu", "sigmoid", "tanh")  # what conv2d / linear fuse
-ACTIVATIONS = ("linear", *EPILOGUES, "softmax")
+FROM_INPUT = {"elu": (F.elu, F.elu_backward), "selu": (F.selu, F.selu_backward), "gelu": (F.gelu, F.gelu_backward),
+              "softplus": (F.softplus, F.softplus_backward), "swish": (F.swish, F.swish_backward),
+              "silu": (F.silu, F.silu_backward)}  # backward from the input (module docstring)
+ACTIVATIONS = ("linear", *EPILOGUES, *FROM_INPUT, "softmax")
 KERAS_LEAKY_RELU_SLOPE = 0.2  # keras.activations.leaky_relu's default negative_slope
 
 _ELEMENTWISE = {"relu": (F.relu, F.relu_backward), "sigmoid": (F.sigmoid, F.sigmoid_backward),
@@ -25,7 +29,10 @@ _ELEMENTWISE = {"relu": (F.relu, F.relu_backward), "sigmoid": (F.sigmoid, F.sigm
 
 
 def check_activation(name, argument="activation"):
-    """The activation's canonical name (None for none / 'linear'), or a ValueError naming the argument."""
+    """The activation's canonical name (None for none / 'linear'), or a ValueError naming the argument. A
+    function of cnn_gpu.activations (keras.activations.relu, ...) stands for its name."""
+    if callable(name) and getattr(name, "__module__", None) == "cnn_gpu.activations":
+        name = name.__name__
     if name is None or name == "linear":
         return None
     if name not in ACTIVATIONS:
@@ -45,24 +52,36 @@ class NamedActivation:
         """The name to pass to conv2d / linear as their fused activation (None: fuse nothing)."""
         return self.name if self.name in EPILOGUES else None
 
+    @property
+    def grad_needs_input(self) -> bool:
+        """Whether grad() needs the activation's input z besides its output y."""
+        return self.name in FROM_INPUT
+
     def after_fused_op(self, y):
         """What is left to apply to the output of an op that fused ``epilogue``."""
+        if self.name in FROM_INPUT:
+            return self.apply(y)
         return F.softmax(y) if self.name == "softmax" else y
 
     def apply(self, x):
         """The whole activation on its own."""
         if self.name is None:
             return x
+        if self.name in FROM_INPUT:
+            return FROM_INPUT[self.name][0](x)
         if self.name == "leaky_relu":
             return F.leaky_relu(x, self.negative_slope)
         if self.name == "softmax":
             return F.softmax(x)
         return _ELEMENTWISE[self.name][0](x)
 
-    def grad(self, dy, y):
-        """d(loss)/d(input of the activation) from dy and the activation's output y."""
+    def grad(self, dy, y, z=None):
+        """d(loss)/d(input of the activation) from dy and the activation's output y (and its input z, for
+        the activations that need it)."""
         if self.name is None:
             return dy
+        if self.name in FROM_INPUT:
+            return FROM_INPUT[self.name][1](dy, z)
         if self.name == "leaky_relu":
             return F.leaky_relu_backward(dy, y, self.negative_slope)
         if self.name == "softmax":  # J^T dy with J = diag(y) - y y^T, per row
@@ -77,13 +96,13 @@ def check_softmax_input(activation: NamedActivation, per_sample_shape, layer) ->
 
 
 class Activation(Layer):
-    """Applies an activation: Activation('relu' | 'leaky_relu' | 'sigmoid' | 'tanh' | 'softmax' | 'linear')."""
+    """Applies an activation by Keras name (ACTIVATIONS): Activation('relu'), Activation('gelu'), ..."""
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = check_activation(activation)
         self._function = NamedActivation(self.activation)
-        self._applied = self._y = None
+        self._applied = self._y = self._x = None
 
     def output_shape_for(self, input_shape):
         check_softmax_input(self._function, input_shape, self)
@@ -93,11 +112,12 @@ class Activation(Layer):
         self.ensure_built(x)
         self._applied = NamedActivation(None) if logits else self._function
         self._y = self._applied.apply(x)
+        self._x = x if self._applied.grad_needs_input else None
         return self._y
 
     def backward(self, dy):
         y = self.saved(self._y)
-        return self._applied.grad(dy, y)
+        return self._applied.grad(dy, y, self._x)
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation or "linear"}
@@ -132,3 +152,40 @@ class LeakyReLU(ReLU):
 
     def __init__(self, negative_slope=0.3, alpha=None, **kwargs):
         super().__init__(negative_slope=negative_slope if alpha is None else alpha, **kwargs)
+
+
+class ELU(Layer):
+    """Keras's ELU layer: x if x > 0 else alpha·(exp(x) − 1), alpha=1.0."""
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not (isinstance(alpha, (int, float)) and alpha >= 0):
+            raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        self._x = None
+
+    def forward(self, x, training=False):
+        self.ensure_built(x)
+        self._x = x
+        return F.elu(x, self.alpha)
+
+    def backward(self, dy):
+        return F.elu_backward(dy, self.saved(self._x), self.alpha)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+class Softmax(Activation):
+    """Keras's Softmax layer over the last axis of (N, features) data (a model's loss may fuse it)."""
+
+    def __init__(self, axis=-1, **kwargs):
+        if axis not in (-1, 1):
+            raise ValueError(f"axis must be -1 (the features of (N, features) data), got {axis!r}")
+        kwargs.pop("activation", None)
+        super().__init__("softmax", **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("activation")
+        return config

@@ -2,18 +2,19 @@
 Conv2D (dilation_rate, groups), DepthwiseConv2D (groups == C, depth_multiplier filters a channel) and
 SeparableConv2D (a depthwise convolution, then a 1×1 convolution).
 
-Parameters: kernel (filters, C // groups, R, S), the op's layout (Keras stores (R, S, C // groups, filters)),
-Glorot-uniform with fan_in = (C // groups)·R·S and fan_out = filters·R·S as Keras; bias (filters,), zeros.
+Parameters: kernel (filters, C // groups, R, S), the op's layout (Keras stores (R, S, C // groups, filters);
+get_weights / set_weights exchange Keras's), from kernel_initializer (Glorot-uniform by default) with
+fan_in = (C // groups)·R·S and fan_out = filters·R·S as Keras; bias (filters,), from bias_initializer (zeros).
 DepthwiseConv2D's kernel is (C·M, 1, R, S) (Keras: (R, S, C, M); filter c·M + m is channel c's m-th, as in Keras
-and PyTorch), Glorot with Keras's fans C·R·S and M·R·S. Parameter counts are Keras's.
+and PyTorch), from depthwise_initializer with Keras's fans C·R·S and M·R·S. Parameter counts are Keras's.
 """
 from __future__ import annotations
 
-import numpy
-
 from cnn_gpu import functional as F
+from cnn_gpu import initializers
+from cnn_gpu.initializers import initializer_config
 from cnn_gpu.layers.activation import NamedActivation, check_activation, check_softmax_input
-from cnn_gpu.layers.base import Layer, glorot_uniform
+from cnn_gpu.layers.base import Layer
 from cnn_gpu.ops.geometry import as_pair, window_geometry
 
 PADDINGS = ("valid", "same")
@@ -51,26 +52,30 @@ def check_dilation(strides, dilation_rate) -> tuple:
 
 class Conv2D(Layer):
     """Conv2D(filters, kernel_size, strides=1, padding='valid', dilation_rate=1, groups=1, activation=None,
-    use_bias=True)."""
+    use_bias=True, kernel_initializer='glorot_uniform', bias_initializer='zeros')."""
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True, *,
-                 dilation_rate=1, groups=1, **kwargs):
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", *, dilation_rate=1, groups=1, **kwargs):
         super().__init__(**kwargs)
         self.filters = positive_int("filters", filters)
         self.groups = positive_int("groups", groups)
         if filters % groups:
             raise ValueError(f"filters = {filters} must be a multiple of groups = {groups}")
-        self._setup(kernel_size, strides, padding, dilation_rate, activation, use_bias)
+        self._setup(kernel_size, strides, padding, dilation_rate, activation, use_bias, kernel_initializer,
+                    bias_initializer)
 
-    def _setup(self, kernel_size, strides, padding, dilation_rate, activation, use_bias):
+    def _setup(self, kernel_size, strides, padding, dilation_rate, activation, use_bias, kernel_initializer,
+               bias_initializer, initializer_argument="kernel_initializer"):
         self.kernel_size = as_pair("kernel_size", kernel_size, 1)
         self.strides = as_pair("strides", strides, 1)
         self.dilation_rate = check_dilation(self.strides, dilation_rate)
         self.padding = check_padding(padding)
         self.activation = check_activation(activation)
         self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, initializer_argument)
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self._function = NamedActivation(self.activation)
-        self._x = self._y = self._applied = None
+        self._x = self._y = self._pre = self._applied = None  # _pre: the activation's input, where its gradient needs it
 
     def _filters_and_groups(self, C: int) -> tuple:
         """(filters, groups) on C input channels, checked."""
@@ -92,9 +97,10 @@ class Conv2D(Layer):
         filters, groups = self._filters_and_groups(C)
         R, S = self.kernel_size
         shape = (filters, C // groups, R, S)
-        self.params = {"kernel": self.new_param(glorot_uniform(rng, shape, *self._fans(C, R, S)))}
+        fan_in, fan_out = self._fans(C, R, S)
+        self.params = {"kernel": self.new_param(self.kernel_initializer(shape, fan_in=fan_in, fan_out=fan_out, rng=rng))}
         if self.use_bias:
-            self.params["bias"] = self.new_param(numpy.zeros(filters))
+            self.params["bias"] = self.new_param(self.bias_initializer((filters,), rng=rng))
 
     def _fans(self, C: int, R: int, S: int) -> tuple:
         """Keras's Glorot fans of the kernel (R, S, C // groups, filters): each of the last two axes times R·S."""
@@ -110,15 +116,16 @@ class Conv2D(Layer):
     def forward(self, x, training=False, logits=False):
         self.ensure_built(x)
         self._applied = NamedActivation(None) if logits else self._function
-        y = F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
+        z = F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.strides, self.padding,
                      activation=self._applied.epilogue, negative_slope=self._applied.negative_slope,
                      **self._conv_arguments())
-        self._x, self._y = x, self._applied.after_fused_op(y)
+        self._x, self._y = x, self._applied.after_fused_op(z)
+        self._pre = z if self._applied.grad_needs_input else None
         return self._y
 
     def backward(self, dy):
         y = self.saved(self._y)
-        dz = self._applied.grad(dy, y)
+        dz = self._applied.grad(dy, y, self._pre)
         dx, dw, db = F.conv2d_backward(dz, self._x, self.params["kernel"], self.strides, self.padding,
                                        compute_dx=self.needs_input_gradient, **self._conv_arguments())
         self.grads = {"kernel": dw}
@@ -129,18 +136,38 @@ class Conv2D(Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-                "groups": self.groups, "activation": self.activation, "use_bias": self.use_bias}
+                "groups": self.groups, "activation": self.activation, "use_bias": self.use_bias, **initializer_config(self)}
+
+    def keras_layout(self, key, value):
+        return value.transpose(2, 3, 1, 0) if key == "kernel" else value  # (K, C/g, R, S) -> (R, S, C/g, K)
+
+    def from_keras_layout(self, key, value):
+        return value.transpose(3, 2, 0, 1) if key == "kernel" else value
+
+
+def _depthwise_to_keras(value, multiplier):
+    """(C·M, 1, R, S) -> Keras's (R, S, C, M)."""
+    CM, _, R, S = value.shape
+    return value.reshape(CM // multiplier, multiplier, R, S).transpose(2, 3, 0, 1)
+
+
+def _depthwise_from_keras(value):
+    """Keras's (R, S, C, M) -> (C·M, 1, R, S)."""
+    R, S, C, M = value.shape
+    return value.transpose(2, 3, 0, 1).reshape(C * M, 1, R, S)
 
 
 class DepthwiseConv2D(Conv2D):
     """DepthwiseConv2D(kernel_size, strides=1, padding='valid', depth_multiplier=1, dilation_rate=1, activation=None,
-    use_bias=True): each input channel convolved with its own depth_multiplier filters (groups == C)."""
+    use_bias=True, depthwise_initializer='glorot_uniform', bias_initializer='zeros'): each input channel convolved
+    with its own depth_multiplier filters (groups == C)."""
 
     def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1, dilation_rate=1, activation=None,
-                 use_bias=True, **kwargs):
+                 use_bias=True, depthwise_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
         Layer.__init__(self, **kwargs)
         self.depth_multiplier = positive_int("depth_multiplier", depth_multiplier)
-        self._setup(kernel_size, strides, padding, dilation_rate, activation, use_bias)
+        self._setup(kernel_size, strides, padding, dilation_rate, activation, use_bias, depthwise_initializer,
+                    bias_initializer, "depthwise_initializer")
 
     def _filters_and_groups(self, C: int) -> tuple:
         return C * self.depth_multiplier, C
@@ -151,20 +178,32 @@ class DepthwiseConv2D(Conv2D):
     def get_config(self):
         return {**Layer.get_config(self), "kernel_size": list(self.kernel_size), "strides": list(self.strides),
                 "padding": self.padding, "depth_multiplier": self.depth_multiplier,
-                "dilation_rate": list(self.dilation_rate), "activation": self.activation, "use_bias": self.use_bias}
+                "dilation_rate": list(self.dilation_rate), "activation": self.activation, "use_bias": self.use_bias,
+                "depthwise_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer)}
+
+    def keras_layout(self, key, value):
+        return _depthwise_to_keras(value, self.depth_multiplier) if key == "kernel" else value
+
+    def from_keras_layout(self, key, value):
+        return _depthwise_from_keras(value) if key == "kernel" else value
 
 
 class SeparableConv2D(Conv2D):
     """SeparableConv2D(filters, kernel_size, strides=1, padding='valid', dilation_rate=1, depth_multiplier=1,
-    activation=None, use_bias=True): a depthwise convolution (depthwise_kernel (C·M, 1, R, S), no bias), then a 1×1
+    activation=None, use_bias=True, depthwise_initializer='glorot_uniform', pointwise_initializer='glorot_uniform',
+    bias_initializer='zeros'): a depthwise convolution (depthwise_kernel (C·M, 1, R, S), no bias), then a 1×1
     convolution (pointwise_kernel (filters, C·M, 1, 1)) with the bias and the activation fused."""
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1, depth_multiplier=1,
-                 activation=None, use_bias=True, **kwargs):
+                 activation=None, use_bias=True, depthwise_initializer="glorot_uniform",
+                 pointwise_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
         Layer.__init__(self, **kwargs)
         self.filters = positive_int("filters", filters)
         self.depth_multiplier = positive_int("depth_multiplier", depth_multiplier)
-        self._setup(kernel_size, strides, padding, dilation_rate, activation, use_bias)
+        self._setup(kernel_size, strides, padding, dilation_rate, activation, use_bias, depthwise_initializer,
+                    bias_initializer, "depthwise_initializer")
+        self.pointwise_initializer = initializers.get(pointwise_initializer, "pointwise_initializer")
         self._z = None
 
     def _filters_and_groups(self, C: int) -> tuple:
@@ -174,25 +213,28 @@ class SeparableConv2D(Conv2D):
         C, M = input_shape[0], self.depth_multiplier
         R, S = self.kernel_size
         self.params = {
-            "depthwise_kernel": self.new_param(glorot_uniform(rng, (C * M, 1, R, S), C * R * S, M * R * S)),
-            "pointwise_kernel": self.new_param(glorot_uniform(rng, (self.filters, C * M, 1, 1), C * M, self.filters)),
+            "depthwise_kernel": self.new_param(self.kernel_initializer((C * M, 1, R, S), fan_in=C * R * S,
+                                                                       fan_out=M * R * S, rng=rng)),
+            "pointwise_kernel": self.new_param(self.pointwise_initializer((self.filters, C * M, 1, 1), fan_in=C * M,
+                                                                          fan_out=self.filters, rng=rng)),
         }
         if self.use_bias:
-            self.params["bias"] = self.new_param(numpy.zeros(self.filters))
+            self.params["bias"] = self.new_param(self.bias_initializer((self.filters,), rng=rng))
 
     def forward(self, x, training=False, logits=False):
         self.ensure_built(x)
         self._applied = NamedActivation(None) if logits else self._function
         z = F.conv2d(x, self.params["depthwise_kernel"], None, self.strides, self.padding,
                      dilation=self.dilation_rate, groups=x.shape[1])
-        y = F.conv2d(z, self.params["pointwise_kernel"], self.params.get("bias"),
-                     activation=self._applied.epilogue, negative_slope=self._applied.negative_slope)
-        self._x, self._z, self._y = x, z, self._applied.after_fused_op(y)
+        pre = F.conv2d(z, self.params["pointwise_kernel"], self.params.get("bias"),
+                       activation=self._applied.epilogue, negative_slope=self._applied.negative_slope)
+        self._x, self._z, self._y = x, z, self._applied.after_fused_op(pre)
+        self._pre = pre if self._applied.grad_needs_input else None
         return self._y
 
     def backward(self, dy):
         y, z = self.saved(self._y), self.saved(self._z)
-        dz, dpw, db = F.conv2d_backward(self._applied.grad(dy, y), z, self.params["pointwise_kernel"])
+        dz, dpw, db = F.conv2d_backward(self._applied.grad(dy, y, self._pre), z, self.params["pointwise_kernel"])
         dx, ddw, _ = F.conv2d_backward(dz, self._x, self.params["depthwise_kernel"], self.strides, self.padding,
                                        dilation=self.dilation_rate, groups=self._x.shape[1],
                                        compute_dx=self.needs_input_gradient)
@@ -204,4 +246,17 @@ class SeparableConv2D(Conv2D):
     def get_config(self):
         return {**Layer.get_config(self), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-                "depth_multiplier": self.depth_multiplier, "activation": self.activation, "use_bias": self.use_bias}
+                "depth_multiplier": self.depth_multiplier, "activation": self.activation, "use_bias": self.use_bias,
+                "depthwise_initializer": initializers.serialize(self.kernel_initializer),
+                "pointwise_initializer": initializers.serialize(self.pointwise_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer)}
+
+    def keras_layout(self, key, value):
+        if key == "depthwise_kernel":
+            return _depthwise_to_keras(value, self.depth_multiplier)
+        return value.transpose(2, 3, 1, 0) if key == "pointwise_kernel" else value  # (F, CM, 1, 1) -> (1, 1, CM, F)
+
+    def from_keras_layout(self, key, value):
+        if key == "depthwise_kernel":
+            return _depthwise_from_keras(value)
+        return value.transpose(3, 2, 0, 1) if key == "pointwise_kernel" else value

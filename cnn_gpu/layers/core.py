@@ -1,8 +1,9 @@
-"""Dense, Flatten and Dropout.
+"""Dense, Flatten, Dropout, and the InputLayer (keras.Input) a Sequential model may start with.
 
 Flatten flattens the layers' NCHW layout, i.e. in (C, H, W) order, as a view: no copy, and the
-order Keras itself uses for channels-first data. (Keras on channels-last data flattens (H, W, C), so
-a Dense kernel after Flatten is not position-for-position Keras's; nothing here depends on it.)
+order Keras itself uses for channels-first data. Keras on channels-last data flattens (H, W, C), so a
+Dense kernel after Flatten holds its rows in another order than Keras's: a model tells such a Dense the
+image's shape (``flattened_image``), and its get_weights / set_weights reorder the rows to Keras's.
 """
 from __future__ import annotations
 
@@ -10,24 +11,30 @@ import numpy
 
 from cnn_gpu import functional as F
 from cnn_gpu.layers.activation import NamedActivation, check_activation
-from cnn_gpu.layers.base import Layer, glorot_uniform
+from cnn_gpu import initializers
+from cnn_gpu.initializers import initializer_config
+from cnn_gpu.layers.base import Layer
 
 
 class Dense(Layer):
     """Dense(units, activation=None, use_bias=True): y = activation(x · kernelᵀ + bias) on (N, features).
 
-    kernel is (units, features), the layout linear takes (Keras stores its transpose); Glorot-uniform.
+    kernel is (units, features), the layout linear takes (Keras stores its transpose, which get_weights /
+    set_weights exchange); kernel_initializer (Glorot-uniform) and bias_initializer (zeros) as Keras.
     """
 
-    def __init__(self, units, activation=None, use_bias=True, **kwargs):
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
         self.units = units
         self.activation = check_activation(activation)
         self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self._function = NamedActivation(self.activation)
-        self._x = self._y = self._applied = None
+        self._x = self._y = self._z = self._applied = None
 
     def output_shape_for(self, input_shape):
         if len(input_shape) != 1:
@@ -37,21 +44,23 @@ class Dense(Layer):
 
     def build_params(self, input_shape, rng):
         features = input_shape[0]
-        self.params = {"kernel": self.new_param(glorot_uniform(rng, (self.units, features), features, self.units))}
+        kernel = self.kernel_initializer((self.units, features), fan_in=features, fan_out=self.units, rng=rng)
+        self.params = {"kernel": self.new_param(kernel)}
         if self.use_bias:
-            self.params["bias"] = self.new_param(numpy.zeros(self.units))
+            self.params["bias"] = self.new_param(self.bias_initializer((self.units,), rng=rng))
 
     def forward(self, x, training=False, logits=False):
         self.ensure_built(x)
         self._applied = NamedActivation(None) if logits else self._function
-        y = F.linear(x, self.params["kernel"], self.params.get("bias"), activation=self._applied.epilogue,
+        z = F.linear(x, self.params["kernel"], self.params.get("bias"), activation=self._applied.epilogue,
                      negative_slope=self._applied.negative_slope)
-        self._x, self._y = x, self._applied.after_fused_op(y)
+        self._x, self._y = x, self._applied.after_fused_op(z)
+        self._z = z if self._applied.grad_needs_input else None
         return self._y
 
     def backward(self, dy):
         y = self.saved(self._y)
-        dz = self._applied.grad(dy, y)
+        dz = self._applied.grad(dy, y, self._z)
         dx, dw, db = F.linear_backward(dz, self._x, self.params["kernel"])
         self.grads = {"kernel": dw}
         if self.use_bias:
@@ -59,7 +68,27 @@ class Dense(Layer):
         return dx
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation, "use_bias": self.use_bias}
+        return {**super().get_config(), "units": self.units, "activation": self.activation, "use_bias": self.use_bias,
+                **initializer_config(self)}
+
+    flattened_image = None  # (C, H, W) when the input is that image flattened from channels-last data (above)
+
+    def keras_layout(self, key, value):
+        """(units, features) -> Keras's (features, units), rows in (H, W, C) order after a flattened image."""
+        if key != "kernel":
+            return value
+        if self.flattened_image is None:
+            return value.T
+        C, H, W = self.flattened_image
+        return value.T.reshape(C, H, W, -1).transpose(1, 2, 0, 3).reshape(C * H * W, -1)
+
+    def from_keras_layout(self, key, value):
+        if key != "kernel":
+            return value
+        if self.flattened_image is None:
+            return value.T
+        C, H, W = self.flattened_image
+        return value.reshape(H, W, C, -1).transpose(2, 0, 1, 3).reshape(C * H * W, -1).T
 
 
 class Flatten(Layer):
@@ -133,3 +162,50 @@ class Dropout(Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+class InputLayer(Layer):
+    """Keras's InputLayer: the per-sample shape a Sequential model takes, nothing computed.
+
+    InputLayer(shape=None, batch_size=None, dtype=None, batch_shape=None, name=None) (Keras 2's input_shape
+    is accepted too). A dimension given as None leaves the model to be built from its first data.
+    A Sequential does not keep it among model.layers, as Keras does not.
+    """
+
+    def __init__(self, shape=None, batch_size=None, dtype=None, batch_shape=None, name=None, input_shape=None,
+                 sparse=None, **kwargs):
+        if sparse:
+            raise ValueError("sparse inputs are not supported")
+        given = [v for v in (shape, batch_shape, input_shape) if v is not None]
+        if len(given) != 1:
+            raise ValueError("InputLayer / Input needs exactly one of shape=, batch_shape= (or input_shape=)")
+        sample_shape = tuple(given[0] if shape is not None or input_shape is not None else given[0][1:])
+        if not sample_shape or not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
+                                       for v in sample_shape):
+            raise ValueError(f"shape must be a non-empty tuple of positive ints (or None), got {given[0]!r}")
+        fixed = None if None in sample_shape else sample_shape
+        super().__init__(input_shape=fixed, name=name, dtype=dtype or "float32", **kwargs)
+        self.shape = sample_shape
+        self.batch_size = batch_size
+
+    def output_shape_for(self, input_shape):
+        return input_shape
+
+    def forward(self, x, training=False):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("input_shape", None)  # shape says it (with its None dimensions)
+        return {**config, "shape": list(self.shape), "batch_size": self.batch_size}
+
+
+def Input(shape=None, batch_size=None, dtype=None, sparse=None, batch_shape=None, name=None, tensor=None,
+          optional=False):
+    """keras.Input: here the InputLayer itself, which Sequential([keras.Input(shape=...), ...]) takes first."""
+    if tensor is not None or optional:
+        raise ValueError("Input(tensor=..., optional=True) is not supported: cnn_gpu builds Sequential models only")
+    return InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, sparse=sparse, batch_shape=batch_shape, name=name)

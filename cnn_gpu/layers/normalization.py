@@ -5,7 +5,8 @@ state, non-trainable, as Keras counts them. Keras's momentum m weighs the old mo
 (new = m·old + (1 − m)·batch); the batch_norm op takes PyTorch's meaning, so it is given 1 − m.
 Training normalises with the batch's statistics and updates the moving ones in place (the moving
 variance from the unbiased batch variance, as TF's fused kernel and PyTorch); inference normalises
-with the moving ones.
+with the moving ones. A frozen layer (trainable=False) always normalises with the moving statistics,
+as Keras's does, and its backward is then that of the fixed affine map y = x·gamma/σ + const.
 """
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from cnn_gpu.layers.base import Layer
 
 
 class BatchNormalization(Layer):
-    """BatchNormalization(momentum=0.99, epsilon=1e-3)."""
+    """BatchNormalization(axis=-1, momentum=0.99, epsilon=1e-3): axis is Keras's, the channels (the only
+    axis this layer normalises over)."""
 
-    def __init__(self, momentum=0.99, epsilon=1e-3, **kwargs):
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
+        if axis != -1:
+            raise ValueError(f"axis must be -1 (the channels, which this layer normalises over), got {axis!r}")
         if not (isinstance(momentum, (int, float)) and 0 <= momentum <= 1):
             raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
         if not (isinstance(epsilon, (int, float)) and epsilon > 0):
@@ -42,13 +46,20 @@ class BatchNormalization(Layer):
 
     def forward(self, x, training=False):
         self.ensure_built(x)
+        training = bool(training) and self.trainable
         y, mean, invstd = F.batch_norm(x, self.params["gamma"], self.params["beta"], self.state["moving_mean"],
-                                       self.state["moving_variance"], training=bool(training),
+                                       self.state["moving_variance"], training=training,
                                        momentum=1.0 - self.momentum, eps=self.epsilon)
         self._x, self._saved_mean, self._saved_invstd = (x, mean, invstd) if training else (None, None, None)
+        self._inference_ndim = None if training else x.ndim
         return y
 
     def backward(self, dy):
+        if getattr(self, "_inference_ndim", None) is not None:  # the moving statistics are constants here
+            variance = self.state["moving_variance"]
+            scale = self.params["gamma"] / (variance + variance.dtype.type(self.epsilon)) ** 0.5
+            self.grads = {}
+            return dy * scale.reshape((1, -1) + (1,) * (self._inference_ndim - 2))
         dx, dgamma, dbeta = F.batch_norm_backward(dy, self.saved(self._x), self.params["gamma"],
                                                   self._saved_mean, self._saved_invstd)
         self.grads = {"gamma": dgamma, "beta": dbeta}

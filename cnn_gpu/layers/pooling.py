@@ -1,4 +1,5 @@
-"""Pooling layers: MaxPooling2D, AveragePooling2D and SumPooling2D over the pool ops.
+"""Pooling layers: MaxPooling2D, AveragePooling2D, SumPooling2D, GlobalAveragePooling2D and
+GlobalMaxPooling2D over the pool ops (a global pooling is one window the size of the image).
 
 Keras's arguments: pool_size=2, strides=None (= pool_size), padding='valid' | 'same'. 'same'
 average pooling divides by the in-bounds count, as Keras does (count_include_pad=False).
@@ -77,3 +78,56 @@ class SumPooling2D(Pooling2D):
 
     def backward(self, dy):
         return F.sum_pool2d_backward(dy, self.saved(self._x_shape), *self.window())
+
+
+class GlobalPooling2D(Layer):
+    """What the two global poolings share: one window over the whole image, (N, C) out (keepdims: the
+    image axes kept as 1 × 1)."""
+
+    def __init__(self, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        self.keepdims = bool(keepdims)
+        self._x_shape = None
+
+    def output_shape_for(self, input_shape):
+        C, _, _ = spatial_input(self, input_shape)
+        return (C, 1, 1) if self.keepdims else (C,)
+
+    def _window(self):
+        return self.built_shape[1:], 1, 0  # kernel (H, W), stride 1, no padding
+
+    def _shaped(self, y):
+        return y if self.keepdims else y.reshape(y.shape[0], -1)
+
+    def _pooled_shape(self, dy):
+        return dy.reshape(dy.shape[0], -1, 1, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+
+class GlobalAveragePooling2D(GlobalPooling2D):
+    """The mean over each channel's image (Keras's GlobalAveragePooling2D)."""
+
+    def forward(self, x, training=False):
+        self.ensure_built(x)
+        self._x_shape = x.shape
+        return self._shaped(F.avg_pool2d(x, *self._window()))
+
+    def backward(self, dy):
+        return F.avg_pool2d_backward(self._pooled_shape(dy), self.saved(self._x_shape), *self._window())
+
+
+class GlobalMaxPooling2D(GlobalPooling2D):
+    """The maximum over each channel's image; backward routes dy to the argmax."""
+
+    _indices = None
+
+    def forward(self, x, training=False):
+        self.ensure_built(x)
+        y, self._indices = F.max_pool2d(x, *self._window())
+        self._x_shape = x.shape
+        return self._shaped(y)
+
+    def backward(self, dy):
+        return F.max_pool2d_backward(self._pooled_shape(dy), self._indices, self.saved(self._x_shape), *self._window())

@@ -1,13 +1,27 @@
-"""Element-wise activations: relu, leaky_relu, sigmoid, tanh, forward and backward.
+"""Element-wise activations, forward and backward.
 
-Contract: forward(x) -> y of x's shape and dtype. backward(dy, y) -> dx takes the forward OUTPUT y
-(not x), so a fused kernel (conv2d / linear with an activation epilogue) never keeps the
-pre-activation. NaN propagates as in PyTorch. Kernels: kernels/activation.cu (activation_fwd,
-activation_bwd); the same functions are the epilogues of conv2d and gemm (kernels/common.cuh).
+Contract: forward(x) -> y of x's shape and dtype. NaN propagates as in PyTorch.
+
+relu, leaky_relu, sigmoid, tanh: backward(dy, y) -> dx takes the forward OUTPUT y (not x), so a fused
+kernel (conv2d / linear with an activation epilogue) never keeps the pre-activation. Kernels:
+kernels/activation.cu (activation_fwd, activation_bwd); the same functions are the epilogues of
+conv2d and gemm (kernels/common.cuh).
+
+elu, selu, gelu, softplus, swish (= silu), Keras's formulas: no conv / linear epilogue fuses them and
+gelu's and swish's inputs cannot be recovered from their outputs, so their backward(dy, x) takes the
+forward INPUT x. Kernels: smooth_activation_fwd, smooth_activation_bwd (kernels/activation.cu).
+
+    elu(x, alpha=1)         x if x > 0 else alpha·(exp(x) − 1)
+    selu(x)                 SELU_SCALE · elu(x, SELU_ALPHA)
+    gelu(x, approximate=False)  x·Φ(x) = x/2·(1 + erf(x/√2)); approximate: x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))
+                            (computed as x/2·erfc(−x/√2) and x·sigmoid(2u): the same values, no cancellation)
+    softplus(x)             log(1 + exp(x)), as max(x, 0) + log1p(exp(−|x|))
+    swish(x) = silu(x)      x·sigmoid(x)
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy
 
@@ -18,6 +32,14 @@ from cnn_gpu.ops.arrays import check_same_shape, contiguous, float_operands, nan
 # Codes shared with kernels/common.cuh (ACT_*).
 ACTIVATION_CODES = {None: 0, "linear": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
+
+
+# Codes shared with kernels/activation.cu (SMOOTH_*), for the activations whose backward takes x.
+SMOOTH_CODES = {"elu": 1, "selu": 2, "gelu": 3, "gelu_tanh": 4, "softplus": 5, "swish": 6}
+SMOOTH_ACTIVATIONS = ("elu", "selu", "gelu", "softplus", "swish")
+SELU_ALPHA = 1.6732632423543772848170429916717  # Keras's (and Klambauer et al.'s) constants
+SELU_SCALE = 1.0507009873554804934193349852946
+GELU_TANH_COEFF = 0.044715
 
 
 def activation_code(name) -> int:
@@ -60,6 +82,61 @@ def numpy_activation_grad(dy, y, name, slope=0.01):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def numpy_smooth_activation(x, name, alpha=1.0):
+    """f(x) of an activation of SMOOTH_CODES on NumPy, in x's dtype."""
+    real = x.dtype.type
+    if name in ("elu", "selu"):
+        scale, alpha = (1.0, alpha) if name == "elu" else (SELU_SCALE, SELU_ALPHA)
+        negative = real(alpha) * numpy.expm1(numpy.minimum(x, 0))  # min: no overflow where the branch is unused
+        return (real(scale) * numpy.where(x > 0, x, negative)).astype(x.dtype, copy=False)
+    if name == "gelu":
+        return (x * _normal_cdf(x)).astype(x.dtype, copy=False)
+    if name == "gelu_tanh":
+        return (x * numpy_activation(_gelu_tanh_inner(x, 2), "sigmoid")).astype(x.dtype, copy=False)
+    if name == "softplus":
+        return (numpy.where(x > 0, x, real(0)) + numpy.log1p(numpy.exp(-numpy.abs(x)))).astype(x.dtype, copy=False)
+    if name == "swish":
+        return (x * numpy_activation(x.copy(), "sigmoid")).astype(x.dtype, copy=False)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def numpy_smooth_activation_grad(dy, x, name, alpha=1.0):
+    """dL/dx from dL/dy and the forward input x."""
+    real = x.dtype.type
+    if name in ("elu", "selu"):
+        scale, alpha = (1.0, alpha) if name == "elu" else (SELU_SCALE, SELU_ALPHA)
+        slope = numpy.where(x > 0, real(1), real(alpha) * numpy.exp(numpy.minimum(x, 0)))
+        return (dy * real(scale) * slope).astype(x.dtype, copy=False)
+    if name == "gelu":
+        pdf = numpy.exp(real(-0.5) * x * x) * real(1 / math.sqrt(2 * math.pi))
+        return (dy * (_normal_cdf(x) + x * pdf)).astype(x.dtype, copy=False)
+    if name == "gelu_tanh":
+        s = numpy_activation(_gelu_tanh_inner(x, 2), "sigmoid")  # ½(1 + tanh u) = sigmoid(2u)
+        du = real(math.sqrt(2 / math.pi)) * (1 + real(3 * GELU_TANH_COEFF) * x * x)
+        return (dy * (s + 2 * x * s * (1 - s) * du)).astype(x.dtype, copy=False)
+    if name == "softplus":
+        return (dy * numpy_activation(x.copy(), "sigmoid")).astype(x.dtype, copy=False)
+    if name == "swish":
+        s = numpy_activation(x.copy(), "sigmoid")
+        return (dy * s * (1 + x * (1 - s))).astype(x.dtype, copy=False)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _normal_cdf(x):
+    """Φ(x) = ½·erfc(−x/√2) in x's dtype: erfc keeps Φ's relative accuracy in the lower tail, where 1 + erf
+    cancels (NumPy has no erfc; SciPy comes with scikit-learn, a dependency)."""
+    from scipy.special import erfc
+
+    return (x.dtype.type(0.5) * erfc(-x * x.dtype.type(1 / math.sqrt(2)))).astype(x.dtype, copy=False)
+
+
+def _gelu_tanh_inner(x, factor):
+    """factor · √(2/π)(x + 0.044715x³): gelu's tanh form is x·sigmoid(2u) = ½x(1 + tanh u), without 1 + tanh's
+    cancellation for negative x."""
+    real = x.dtype.type
+    return real(factor * math.sqrt(2 / math.pi)) * (x + real(GELU_TANH_COEFF) * x * x * x)
+
+
 # ---- CUDA path -----------------------------------------------------------------------------------
 THREADS = 256
 
@@ -79,6 +156,24 @@ def _cuda_elementwise(kernel_name, inputs, name, slope):
     out = nan_filled(cupy, inputs[0].shape)
     if out.size:
         kernel, grid, scalars = _elementwise_launch(kernel_name, out.size, is_aligned(16, out, *inputs), name, slope)
+        kernel(grid, (THREADS,), (*inputs, out, *scalars))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _smooth_launch(kernel_name, n, vec4, name, alpha):
+    scalars = (numpy.int64(n), numpy.int32(SMOOTH_CODES[name]), numpy.float32(alpha), numpy.int32(vec4))
+    return load_kernel("activation", kernel_name), (elementwise_blocks(n, vec4, THREADS),), scalars
+
+
+def _cuda_smooth(kernel_name, inputs, name, alpha):
+    """Launch smooth_activation_fwd (inputs = x) or smooth_activation_bwd (inputs = dy, x)."""
+    import cupy
+
+    inputs = [contiguous(cupy, a) for a in inputs]
+    out = nan_filled(cupy, inputs[0].shape)
+    if out.size:
+        kernel, grid, scalars = _smooth_launch(kernel_name, out.size, is_aligned(16, out, *inputs), name, alpha)
         kernel(grid, (THREADS,), (*inputs, out, *scalars))
     return out
 
@@ -148,3 +243,80 @@ def tanh(x):
 
 def tanh_backward(dy, y):
     return _backward("tanh", dy, y)
+
+
+# ---- the activations whose backward takes the input x (module docstring) ----------------------------
+def _smooth_forward(name, x, alpha=1.0):
+    xp = float_operands({}, x=x)
+    if xp is numpy:
+        return numpy_smooth_activation(numpy.asarray(x), name, alpha)
+    return _cuda_smooth("smooth_activation_fwd", [x], name, alpha)
+
+
+def _smooth_backward(name, dy, x, alpha=1.0):
+    xp = float_operands({}, dy=dy, x=x)
+    check_same_shape("dy", dy, "x", x)
+    if xp is numpy:
+        return numpy_smooth_activation_grad(dy, x, name, alpha)
+    return _cuda_smooth("smooth_activation_bwd", [dy, x], name, alpha)
+
+
+def _check_alpha(alpha):
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+
+
+def _gelu_name(approximate) -> str:
+    if not isinstance(approximate, bool):
+        raise ValueError(f"approximate must be True or False, got {approximate!r}")
+    return "gelu_tanh" if approximate else "gelu"
+
+
+def elu(x, alpha=1.0):
+    """x if x > 0 else alpha·(exp(x) − 1)."""
+    _check_alpha(alpha)
+    return _smooth_forward("elu", x, alpha)
+
+
+def elu_backward(dy, x, alpha=1.0):
+    _check_alpha(alpha)
+    return _smooth_backward("elu", dy, x, alpha)
+
+
+def selu(x):
+    """SELU_SCALE · (x if x > 0 else SELU_ALPHA·(exp(x) − 1))."""
+    return _smooth_forward("selu", x)
+
+
+def selu_backward(dy, x):
+    return _smooth_backward("selu", dy, x)
+
+
+def gelu(x, approximate=False):
+    """x·Φ(x) (erf form), or its tanh approximation when approximate=True (Keras's two forms)."""
+    return _smooth_forward(_gelu_name(approximate), x)
+
+
+def gelu_backward(dy, x, approximate=False):
+    return _smooth_backward(_gelu_name(approximate), dy, x)
+
+
+def softplus(x):
+    """log(1 + exp(x)), without overflow."""
+    return _smooth_forward("softplus", x)
+
+
+def softplus_backward(dy, x):
+    return _smooth_backward("softplus", dy, x)
+
+
+def swish(x):
+    """x·sigmoid(x) (Keras's swish, also named silu)."""
+    return _smooth_forward("swish", x)
+
+
+def swish_backward(dy, x):
+    return _smooth_backward("swish", dy, x)
+
+
+silu, silu_backward = swish, swish_backward

@@ -1,4 +1,5 @@
-"""Optimizer steps, SGD (with momentum, Nesterov) and Adam, applied in place with Keras's formulas.
+"""Optimizer steps, SGD (with momentum, Nesterov), Adam, RMSprop and decoupled weight decay (AdamW's),
+applied in place with Keras's formulas.
 
 Contract: sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=False) and
 adam_update(param, grad, m, v, step, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
@@ -12,6 +13,21 @@ adam_update).
           param += momentum * velocity - lr * grad   if nesterov, else   param += velocity
     Adam: m += (grad - m) * (1 - beta_1);  v += (grad^2 - v) * (1 - beta_2)
           param -= (m * alpha) / (sqrt(v) + epsilon),  alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)
+
+    RMSprop: velocity = rho * velocity + (1 - rho) * grad^2
+          centered: average_grad = rho * average_grad + (1 - rho) * grad;  d = velocity - average_grad^2 + epsilon
+          else d = velocity + epsilon
+          increment = lr * grad / sqrt(d)
+          momentum > 0: momentum_buffer = momentum * momentum_buffer + increment;  param -= momentum_buffer
+          else param -= increment
+    weight decay (Keras's, before an optimizer's step): param -= param * weight_decay * lr
+
+rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, learning_rate, rho=0.9, momentum=0.0,
+epsilon=1e-7): average_grad only when centered, momentum_buffer only when momentum > 0 (else None).
+weight_decay_update(param, learning_rate, weight_decay). sgd_update, rmsprop_update and
+weight_decay_update also take ``learning_rate_from=a`` (learning_rate then None): a one-element float32
+array on param's backend holding the learning rate, read as the update runs, as adam's step_size.
+Kernels: kernels/optim.cu (sgd_momentum_update, adam_update, rmsprop_update, weight_decay_update).
 
 alpha is computed on the host in float64 (adam_step_size) and rounded once to the parameter's dtype.
 Or it is given ready-made: adam_update(..., step=None, ..., step_size=a) with a a one-element float32
@@ -56,6 +72,30 @@ def _numpy_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
     param -= (m * real(alpha)) / (numpy.sqrt(v) + real(epsilon))
 
 
+def _numpy_rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, lr, rho, momentum, epsilon):
+    real = param.dtype.type
+    velocity *= real(rho)
+    velocity += real(1.0 - rho) * (grad * grad)
+    if average_grad is not None:
+        average_grad *= real(rho)
+        average_grad += real(1.0 - rho) * grad
+        denominator = velocity - average_grad * average_grad + real(epsilon)
+    else:
+        denominator = velocity + real(epsilon)
+    increment = (real(lr) * grad) / numpy.sqrt(denominator)
+    if momentum_buffer is not None:
+        momentum_buffer *= real(momentum)
+        momentum_buffer += increment
+        param -= momentum_buffer
+    else:
+        param -= increment
+
+
+def _numpy_weight_decay_update(param, lr, weight_decay):
+    real = param.dtype.type
+    param -= (param * real(weight_decay)) * real(lr)
+
+
 # ---- CUDA path -----------------------------------------------------------------------------------
 # Plain SGD has no velocity buffer: the kernel takes a NULL pointer, passed by value as 8 zero bytes.
 _NULL_POINTER = numpy.uint64(0)
@@ -77,11 +117,32 @@ def _cuda_launch(kernel_name, arrays, scalars):
         load_kernel("optim", kernel_name)(grid, (256,), (*pointers, size, *scalars, vec4))
 
 
+def _by_value_or_from(value):
+    """(the float32 passed by value, the pointer read instead): a one-element device array is read as the
+    kernel runs (pointer), a number is passed by value (pointer NULL)."""
+    import cupy
+
+    if isinstance(value, cupy.ndarray):
+        return numpy.float32(0), value
+    return numpy.float32(value), _NULL_POINTER
+
+
 def _cuda_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov):
     import cupy
 
     _cuda_launch("sgd_momentum_update", (param, contiguous(cupy, grad), velocity),
-                 (numpy.float32(learning_rate), numpy.float32(momentum), numpy.int32(bool(nesterov))))
+                 (*_by_value_or_from(learning_rate), numpy.float32(momentum), numpy.int32(bool(nesterov))))
+
+
+def _cuda_rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, learning_rate, rho, momentum, epsilon):
+    import cupy
+
+    _cuda_launch("rmsprop_update", (param, contiguous(cupy, grad), velocity, average_grad, momentum_buffer),
+                 (*_by_value_or_from(learning_rate), numpy.float32(rho), numpy.float32(momentum), numpy.float32(epsilon)))
+
+
+def _cuda_weight_decay_update(param, learning_rate, weight_decay):
+    _cuda_launch("weight_decay_update", (param,), (*_by_value_or_from(learning_rate), numpy.float32(weight_decay)))
 
 
 def _cuda_adam_update(param, grad, m, v, alpha, beta_1, beta_2, epsilon):
@@ -106,8 +167,9 @@ def _check_in_place_operands(param, grad, **state):
 
 
 def _check_learning_rate(learning_rate):
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    # 0 is a rate schedules reach (CosineDecay's end); the step then still moves Adam's moments and the velocity
+    if not (learning_rate >= 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
 
 
 def _check_unit_interval(name, value):
@@ -115,19 +177,69 @@ def _check_unit_interval(name, value):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
-def sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=False):
+def _learning_rate(learning_rate, learning_rate_from, param, xp):
+    """The learning rate as the paths take it: a float, or (learning_rate_from given, learning_rate None) a
+    one-element float32 array, read on the host by the NumPy path and by the kernel on CUDA."""
+    if learning_rate_from is None:
+        _check_learning_rate(learning_rate)
+        return learning_rate
+    if learning_rate is not None:
+        raise ValueError(f"learning_rate must be None when learning_rate_from is given, got {learning_rate!r}")
+    array_module(param=param, learning_rate_from=learning_rate_from)  # one backend
+    if learning_rate_from.dtype != numpy.float32 or learning_rate_from.size != 1:
+        raise TypeError(f"learning_rate_from must be a one-element float32 array, got {learning_rate_from.dtype} "
+                        f"of shape {tuple(learning_rate_from.shape)}")
+    return learning_rate_from.reshape(-1)[0] if xp is numpy else learning_rate_from
+
+
+def sgd_update(param, grad, velocity, learning_rate, momentum=0.0, nesterov=False, *, learning_rate_from=None):
     """One SGD step in place (param, and velocity when given); returns None. velocity may be None
     only when momentum == 0."""
-    _check_learning_rate(learning_rate)
     _check_unit_interval("momentum", momentum)
     if velocity is None and momentum != 0:
         raise ValueError(f"velocity is required when momentum != 0 (momentum={momentum!r})")
     xp = float_operands({}, param=param, grad=grad, velocity=velocity)
     _check_in_place_operands(param, grad, velocity=velocity)
+    lr = _learning_rate(learning_rate, learning_rate_from, param, xp)
     if xp is numpy:
-        _numpy_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov)
+        _numpy_sgd_update(param, grad, velocity, lr, momentum, nesterov)
     else:
-        _cuda_sgd_update(param, grad, velocity, learning_rate, momentum, nesterov)
+        _cuda_sgd_update(param, grad, velocity, lr, momentum, nesterov)
+
+
+def rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, learning_rate, rho=0.9, momentum=0.0,
+                   epsilon=1e-7, *, learning_rate_from=None):
+    """One RMSprop step in place (param, velocity, and average_grad / momentum_buffer when given); returns
+    None. average_grad is given exactly when centered; momentum_buffer exactly when momentum > 0."""
+    _check_unit_interval("rho", rho)
+    _check_unit_interval("momentum", momentum)
+    if not epsilon >= 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+    if (momentum_buffer is None) != (momentum == 0):
+        raise ValueError(f"momentum_buffer must be given exactly when momentum > 0 (momentum={momentum!r}, "
+                         f"momentum_buffer {'None' if momentum_buffer is None else 'given'})")
+    xp = float_operands({}, param=param, grad=grad, velocity=velocity, average_grad=average_grad,
+                        momentum_buffer=momentum_buffer)
+    _check_in_place_operands(param, grad, velocity=velocity, average_grad=average_grad, momentum_buffer=momentum_buffer)
+    lr = _learning_rate(learning_rate, learning_rate_from, param, xp)
+    if xp is numpy:
+        _numpy_rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, lr, rho, momentum, epsilon)
+    else:
+        _cuda_rmsprop_update(param, grad, velocity, average_grad, momentum_buffer, lr, rho, momentum, epsilon)
+
+
+def weight_decay_update(param, learning_rate, weight_decay, *, learning_rate_from=None):
+    """Keras's decoupled weight decay in place: param -= param * weight_decay * lr; returns None."""
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    xp = float_operands({}, param=param)
+    if not param.flags.c_contiguous:
+        raise ValueError(f"param must be C-contiguous (it is updated in place), got strides {param.strides} for shape {param.shape}")
+    lr = _learning_rate(learning_rate, learning_rate_from, param, xp)
+    if xp is numpy:
+        _numpy_weight_decay_update(param, lr, weight_decay)
+    else:
+        _cuda_weight_decay_update(param, lr, weight_decay)
 
 
 def _check_step(step, step_size, param):

@@ -8,6 +8,10 @@ channels-last ``(N, H, W, 1)`` like Keras, and int64 class labels 0-9. Nothing i
   4-pixel border, the layout of MNIST (20×20 digit in 28×28), so the MNIST network applies.
 - ``load_mnist(path)``: the real MNIST IDX files from a folder the user has, raw or gzipped; the
   headers are checked strictly and a missing or malformed file is named in the error.
+
+``cnn_gpu.datasets.mnist.load_data()`` and ``fashion_mnist.load_data()`` are Keras's loaders (uint8 images
+(N, 28, 28), uint8 labels), reading the files Keras caches (mnist.npz; fashion-mnist's IDX files) or the
+IDX files of a folder; see those modules.
 """
 from __future__ import annotations
 
@@ -90,6 +94,15 @@ def load_mnist(path):
     Images (N, 28, 28, 1) float32 in [0, 1], labels int64. FileNotFoundError names a missing file;
     ValueError names a file whose header, size or contents are not MNIST's.
     """
+    splits = []
+    for images, labels in read_mnist_idx(path):
+        splits.append(((images.astype(numpy.float32) / 255.0)[..., numpy.newaxis], labels.astype(numpy.int64)))
+    return tuple(splits)
+
+
+def read_mnist_idx(path):
+    """The four MNIST IDX files of folder ``path`` as they are stored: ((x, y), (x, y)), images uint8
+    (N, rows, cols), labels uint8 digits; the errors of load_mnist."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"MNIST folder not found: {folder} (it should hold {', '.join(MNIST_FILES.values())}, raw or .gz)")
@@ -106,8 +119,7 @@ def load_mnist(path):
             raise ValueError(f"{image_file} holds {len(images)} images but {label_file} holds {len(labels)} labels")
         if labels.size and labels.max() > 9:
             raise ValueError(f"{label_file}: labels must be digits 0-9, found {int(labels.max())}")
-        x = (images.astype(numpy.float32) / 255.0)[..., numpy.newaxis]
-        splits.append((x, labels.astype(numpy.int64)))
+        splits.append((images, labels))
     return tuple(splits)
 
 
@@ -145,3 +157,8 @@ def read_idx(path) -> numpy.ndarray:
         raise ValueError(f"{path}: header declares shape {dims} ({expected} bytes of data), "
                          f"but the file holds {len(data) - header_size}")
     return numpy.frombuffer(data, dtype=numpy.uint8, offset=header_size).reshape(dims)
+
+from cnn_gpu.datasets import fashion_mnist, mnist  # noqa: E402  (keras.datasets.*; they use the readers above)
+
+__all__ = ["MNIST_FILES", "centre_in_frame", "fashion_mnist", "load_digits", "load_mnist", "mnist", "read_idx",
+           "read_mnist_idx", "resize_bilinear"]
