@@ -13,7 +13,7 @@
 #include <vector>
 
 struct uint3 { unsigned x, y, z; };
-struct float4 { float x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };  // as CUDA's: a misaligned float4 access is UB (UBSan)
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 inline thread_local uint3 threadIdx;
@@ -27,6 +27,7 @@ inline std::barrier<>* emulated_block_barrier;
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 using std::max;
 using std::min;

@@ -1,7 +1,8 @@
 """Run a kernel file's launches on the CPU: g++ compiles the CUDA source against cuda_shim.h (one std::thread per
 CUDA thread, AddressSanitizer and UBSan on), once per define set, and a launch runs as a subprocess over files.
 
-Used by tests that check a kernel without a GPU: the launch (defines, grid, block, scalars) comes from the same
+A kernel file runs through its driver, tests/emulation/<file>_main.cpp (emulation_main.h's command line). Used by
+tests that check a kernel without a GPU: the launch (defines, grid, block, scalars) comes from the same
 planner the CUDA path calls, so the emulation runs exactly the launches a GPU would.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ def available() -> str | None:
 
 def build(main: str, defines: dict) -> Path:
     """The executable of tests/emulation/<main> with these -D defines (cached on disk by source and defines)."""
-    sources = [HERE / main, HERE / "cuda_shim.h"] + sorted(KERNEL_DIR.glob("*.cu*"))
+    sources = [HERE / main, HERE / "cuda_shim.h", HERE / "emulation_main.h"] + sorted(KERNEL_DIR.glob("*.cu*"))
     digest = hashlib.sha256()
     for path in sources:
         digest.update(path.read_bytes())
@@ -49,8 +50,8 @@ def build(main: str, defines: dict) -> Path:
 
 
 def run(main: str, launch, arrays, scalars, misalign: bool = False, out: int = -1) -> numpy.ndarray:
-    """arrays[out] after launch (a DepthwiseLaunch-like: kernel, defines, grid, block) on float32 arrays (None: a
-    null pointer) with the scalar arguments (ints, and one float with a '.' in its text)."""
+    """arrays[out] after launch (kernel: its name, defines, grid, block; 1-D blocks) on float32 arrays (None: a
+    null pointer) with the scalar arguments (ints, and floats with a '.' in their text)."""
     exe = build(main, dict(launch.defines))
     grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +64,10 @@ def run(main: str, launch, arrays, scalars, misalign: bool = False, out: int = -
             numpy.ascontiguousarray(a, dtype=numpy.float32).tofile(path)
             paths.append(path)
         words = [f"{float(v):.9e}" if isinstance(v, (float, numpy.floating)) else str(int(v)) for v in scalars]
-        command = [str(exe), launch.kernel, *map(str, grid), str(launch.block[0]), "1" if misalign else "0", *paths, *words]
+        if numpy.prod(launch.block[1:]) != 1:
+            raise ValueError(f"the emulation runs 1-D blocks only, not block {launch.block}")
+        command = [str(exe), launch.kernel, *map(str, grid), str(launch.block[0]), "1" if misalign else "0",
+                   str(len(paths)), *paths, *words]
         env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
