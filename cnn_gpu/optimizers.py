@@ -22,7 +22,6 @@ schedule, or a callback changing the rate between epochs, reaches the replayed s
 """
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy

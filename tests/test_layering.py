@@ -14,7 +14,7 @@ LAYERS = [
     ("functional", ("cnn_gpu.functional",)),
     ("layers", ("cnn_gpu.layers", "cnn_gpu.losses", "cnn_gpu.optimizers", "cnn_gpu.learning_rate_schedules",
                 "cnn_gpu.initializers", "cnn_gpu.activations", "cnn_gpu.metrics")),
-    ("models", ("cnn_gpu.models", "cnn_gpu.keras_model", "cnn_gpu.callbacks", "cnn_gpu.utils", "cnn_gpu.datasets",
+    ("models", ("cnn_gpu.models", "cnn_gpu.model_files", "cnn_gpu.keras_model", "cnn_gpu.callbacks", "cnn_gpu.utils", "cnn_gpu.datasets",
                 "cnn_gpu.viz")),
     ("networks", ("cnn_gpu.networks",)),
     ("applications", ("cnn_gpu.cli", "cnn_gpu.bench", "cnn_gpu.torch", "cnn_gpu.__main__")),
