@@ -279,7 +279,7 @@ def batch_norm_backward(dy, x, gamma, saved_mean, saved_invstd):
 
 def batch_norm_inference_backward(dy, x, gamma, saved_mean, saved_invstd):
     """(dx, dgamma, dbeta) of batch_norm with training=False, from its saved (running) statistics."""
-    xp = float_operands({}, dy=dy, x=x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
+    xp = float_operands({}, ("gamma",), dy=dy, x=x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
     _check_input_and_channels(x, gamma=gamma, saved_mean=saved_mean, saved_invstd=saved_invstd)
     check_same_shape("dy", dy, "x", x)
     gamma = _filled_if_none(gamma, x, xp, 1)
