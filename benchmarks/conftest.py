@@ -3,7 +3,8 @@
 The cases are cnn_gpu.bench.cases's: the first case of each (op, variant), GPU-sized on the cuda
 backend, CPU-sized on numpy. These tests time our calls only (the comparison with cuDNN / cuBLAS,
 and the correctness check before timing, are `cnn-gpu bench`'s). Anything missing makes them skip
-with the reason: pytest-benchmark not installed, an op that raises NotImplementedError.
+with the reason: pytest-benchmark not installed, an op that raises NotImplementedError, a row that needs an
+uninstalled package (ImportError).
 """
 from __future__ import annotations
 

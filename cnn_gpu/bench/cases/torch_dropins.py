@@ -65,7 +65,7 @@ def _lenet_step(N):
         try:
             import torch
         except ImportError as exc:
-            raise NotImplementedError(f"the drop-ins need PyTorch ({exc})") from exc
+            raise ImportError(f"the drop-ins row needs PyTorch: pip install torch ({exc})") from exc
         ours, reference, truth = lenet_steps(torch, "cuda" if side.device == "cuda" else "cpu", N)
         bound = Bound(ours, bytes=0.0)
         if side.torch is not None:
