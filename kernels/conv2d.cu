@@ -6,6 +6,10 @@
 //   backward dw  dw[k,c,r,s]   = Σ_{n,oh,ow} dy[n,k,oh,ow] · x[n, c, oh·sh − pt + r, ow·sw − pl + s]
 //   backward db  db[k]         = Σ_{n,oh,ow} dy[n,k,oh,ow]
 // x is zero outside its bounds; pt/pl are the top/left pads (bottom/right follow from OH, OW).
+// The conv2d_grouped_* kernels compute the same with dilation (tap (r, s) at offset (r·dh, s·dw) in place of (r, s))
+// and groups (output channel k of group gi = k / Kg sums over input channels gi·Cg .. gi·Cg + Cg − 1 only, w being
+// (K, Cg, R, S)), all groups in one launch; the kernels above are their dh = dw = groups = 1 case, compiled with
+// those as constants (DenseConv).
 //
 // Each of the three convolutions is one GEMM C[M][N] = Σ_q A[m][q] · B[q][n] whose operands are never
 // materialised: a pair of "loaders" gathers the A and B tiles straight from the tensors (im2col on the fly)
@@ -59,6 +63,19 @@ struct ConvShape {
 };
 #define CONV_SHAPE_PARAMS int N, int C, int H, int W, int K, int R, int S, int OH, int OW, int sh, int sw, int pt, int pl
 #define CONV_SHAPE {N, C, H, W, K, R, S, OH, OW, sh, sw, pt, pl}
+
+// What a convolution has beyond ConvShape: dilation (dh, dw) and groups. The gathering loaders are templates on
+// it. DenseConv holds compile-time 1s, so the kernels that take it (conv2d_fwd_bias_act, conv2d_bwd_data,
+// conv2d_bwd_filter) compile as if dilation and groups did not exist; GroupedConv holds them at run time (the
+// conv2d_grouped_* kernels). A loader sees one group's convolution: ConvShape's C and K are the group's Cg and
+// Kg and its tensors start at the group's first channel; `groups` only widens the image strides, which span
+// every group's channels (x: groups·Cg·H·W, y and dy: groups·Kg·OH·OW). Tap (r, s) sits at (r·dh, s·dw).
+struct DenseConv {
+    static constexpr int dh = 1, dw = 1, groups = 1;
+};
+struct GroupedConv {
+    int dh, dw, groups;
+};
 
 // The B-tile chunks a thread loads each step: chunk i is reduction row b_chunk_row(i), columns
 // b_chunk_col() .. +3 (the same 4 columns for all of a thread's chunks).
@@ -124,13 +141,14 @@ __device__ __forceinline__ void implicit_gemm(ALoader& a, BLoader& b, int k_len,
 }
 
 // ---- epilogue: NCHW stores (bias + activation and row-major stores are gemm_epilogue.cuh's) -----------
-// out[n][m][pixel] = acc (an NCHW tensor of M channels and PIX pixels an image) for the block's C rows
-// m = t.row(m0, i) < M and columns p = n·PIX + pixel = t.col(p0, j) < N·PIX. A thread's 4 consecutive columns
+// out[n][m][pixel] = acc (an NCHW tensor of `channels` channels and PIX pixels an image, of which rows m < M are
+// written: M == channels, or one group's M channels of a grouped convolution, out starting at the group's first)
+// for the block's C rows m = t.row(m0, i) < M and columns p = n·PIX + pixel = t.col(p0, j) < N·PIX. A thread's 4 consecutive columns
 // are 4 consecutive pixels (p0 and 4·tx are multiples of 4): one float4 store when PIX % 4 == 0 (then they
 // are in one image and 16-byte aligned), else up to 4 scalar stores that may cross into the next images. A
 // warp's 8 tx store 32 consecutive pixels of one channel.
 __device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const float (&acc)[TM][TN], const Tile::Thread& t,
-                                                 int m0, int p0, int M, int N, int PIX) {
+                                                 int m0, int p0, int M, int channels, int N, int PIX) {
     const int npix = N * PIX;
     const bool vec = PIX % 4 == 0 && aligned16(out);
 #pragma unroll
@@ -143,7 +161,7 @@ __device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const 
             for (int i = 0; i < TM; ++i) {
                 const int m = t.row(m0, i);
                 if (m < M)
-                    store_float4(out + ((int64)n * M + m) * PIX + pixel,
+                    store_float4(out + ((int64)n * channels + m) * PIX + pixel,
                                  make_float4(acc[i][4 * g], acc[i][4 * g + 1], acc[i][4 * g + 2], acc[i][4 * g + 3]));
             }
         } else {
@@ -153,7 +171,7 @@ __device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const 
 #pragma unroll
                     for (int i = 0; i < TM; ++i) {
                         const int m = t.row(m0, i);
-                        if (m < M) out[((int64)n * M + m) * PIX + pixel] = acc[i][4 * g + j];
+                        if (m < M) out[((int64)n * channels + m) * PIX + pixel] = acc[i][4 * g + j];
                     }
                 }
                 if (++pixel == PIX) {  // the next column is the next image's first pixel
@@ -186,17 +204,20 @@ struct FilterRows {
     }
 };
 
-// B[q][p] = x[n, c, oh·sh − pt + r, ow·sw − pl + s] (the im2col matrix), q = (c, r, s), p = (n, oh, ow).
+// B[q][p] = x[n, c, oh·sh − pt + r·dh, ow·sw − pl + s·dw] (the im2col matrix), q = (c, r, s), p = (n, oh, ow).
 // Thread: columns p0 + b_chunk_col() + j, j < 4 (each pixel's window corner decoded once), rows
-// q = q_begin + b_chunk_row(i) stepped by BK; a chunk's (c, r, s) and its offset (c·H + r)·W + s serve its 4 pixels.
+// q = q_begin + b_chunk_row(i) stepped by BK; a chunk's (c, r, s) and its offset (c·H + r·dh)·W + s·dw serve its
+// 4 pixels.
+template <class Geo>
 struct Im2colColumns {
-    Address corner[4];       // &x[n, 0, ih0, iw0] (as if x were unbounded): x[n, c, ih0 + r, iw0 + s] = corner[(c·H + r)·W + s]
+    Address corner[4];       // &x[n, 0, ih0, iw0] (as if x were unbounded): x[n, c, ih0 + i, iw0 + j] = corner[(c·H + i)·W + j]
     int ih0[4], iw0[4];      // oh·sh − pt, ow·sw − pl of each column's pixel
     int C, H, W;
     DigitCounter walk;       // q -> (c, r, s)
     Digits q[B_CHUNKS];
-    __device__ Im2colColumns(const float* x, const ConvShape& g, int p0, int q_begin)
-        : C(g.C), H(g.H), W(g.W), walk(g.R, g.S, BK) {
+    Geo geo;
+    __device__ Im2colColumns(const float* x, const ConvShape& g, const Geo& geo, int p0, int q_begin)
+        : C(g.C), H(g.H), W(g.W), walk(g.R, g.S, BK), geo(geo) {
         const int npix = g.N * g.OH * g.OW;
         const DigitCounter pixels(g.OH, g.OW, 1);  // p -> (n, oh, ow), stepped one pixel at a time
         const int p = p0 + b_chunk_col();
@@ -205,7 +226,7 @@ struct Im2colColumns {
         for (int j = 0; j < 4; ++j) {
             ih0[j] = d.mid * g.sh - g.pt;
             iw0[j] = d.lo * g.sw - g.pl;
-            corner[j] = address_of(x + (int64)d.hi * g.C * g.H * g.W + (int64)ih0[j] * g.W + iw0[j]);
+            corner[j] = address_of(x + (int64)d.hi * (geo.groups * g.C) * g.H * g.W + (int64)ih0[j] * g.W + iw0[j]);
             if (p + j + 1 < npix) pixels.advance(d);  // else the next columns repeat the last pixel
         }
 #pragma unroll
@@ -214,7 +235,7 @@ struct Im2colColumns {
     __device__ void load(float4 (&v)[B_CHUNKS]) const {
 #pragma unroll
         for (int i = 0; i < B_CHUNKS; ++i) {
-            const int r = q[i].mid, s = q[i].lo;
+            const int r = q[i].mid * geo.dh, s = q[i].lo * geo.dw;  // the tap's row and column offsets
             const bool row_ok = q[i].hi < C;
             const int offset = (q[i].hi * H + r) * W + s;
             float e[4];
@@ -252,12 +273,13 @@ struct FilterColumns {
     __device__ void next() { walk.advance(q); }
 };
 
-// B[q][p] = dy[n, k, (h + pt − r)/sh, (w + pl − s)/sw], q = (k, r, s), p = (n, h, w); zero unless both
+// B[q][p] = dy[n, k, (h + pt − r·dh)/sh, (w + pl − s·dw)/sw], q = (k, r, s), p = (n, h, w); zero unless both
 // divisions are exact and inside dy. Thread: columns p0 + b_chunk_col() + j, j < 4, rows q = b_chunk_row(i)
-// stepped by BK. Without a division per element: write h + pt = a·sh + ra and r = rq·sh + rr (0 <= ra, rr < sh);
-// then h + pt − r = (a − rq)·sh + (ra − rr) with |ra − rr| < sh, so the division is exact iff rr == ra, and
-// its quotient is a − rq (negative, so outside dy, exactly when h + pt − r < 0). Likewise along w. A
+// stepped by BK. Without a division per element: write h + pt = a·sh + ra and r·dh = rq·sh + rr (0 <= ra, rr < sh);
+// then h + pt − r·dh = (a − rq)·sh + (ra − rr) with |ra − rr| < sh, so the division is exact iff rr == ra, and
+// its quotient is a − rq (negative, so outside dy, exactly when h + pt − r·dh < 0). Likewise along w. A
 // column's (a, ra) are decoded once; a chunk's (rq, rr) once per step, shared by its 4 pixels.
+template <class Geo>
 struct OutputGradGather {
     Address corner[4];       // &dy[n, 0, a, b] (as if dy were unbounded) of each column's pixel
     int oh_max[4], ow_max[4];  // a, b: tap (r, s) reads dy row a − rq, column b − sq
@@ -265,8 +287,9 @@ struct OutputGradGather {
     int K, OH, OW, sh, sw;
     DigitCounter walk;       // q -> (k, r, s)
     Digits q[B_CHUNKS];
-    __device__ OutputGradGather(const float* dy, const ConvShape& g, int p0)
-        : K(g.K), OH(g.OH), OW(g.OW), sh(g.sh), sw(g.sw), walk(g.R, g.S, BK) {
+    Geo geo;
+    __device__ OutputGradGather(const float* dy, const ConvShape& g, const Geo& geo, int p0)
+        : K(g.K), OH(g.OH), OW(g.OW), sh(g.sh), sw(g.sw), walk(g.R, g.S, BK), geo(geo) {
         const int npix = g.N * g.H * g.W;
         const DigitCounter pixels(g.H, g.W, 1);  // p -> (n, h, w), stepped one pixel at a time
         const int p = p0 + b_chunk_col();
@@ -277,7 +300,7 @@ struct OutputGradGather {
             divide(d.mid + g.pt, g.sh, oh_max[j], ra);
             divide(d.lo + g.pl, g.sw, ow_max[j], rb);
             phase[j] = ra * g.sw + rb;
-            corner[j] = address_of(dy + (int64)d.hi * g.K * g.OH * g.OW + (int64)oh_max[j] * g.OW + ow_max[j]);
+            corner[j] = address_of(dy + (int64)d.hi * (geo.groups * g.K) * g.OH * g.OW + (int64)oh_max[j] * g.OW + ow_max[j]);
             if (p + j + 1 < npix) pixels.advance(d);  // else the next columns repeat the last pixel
         }
 #pragma unroll
@@ -287,8 +310,8 @@ struct OutputGradGather {
 #pragma unroll
         for (int i = 0; i < B_CHUNKS; ++i) {
             int rq, rr, sq, sr;
-            divide(q[i].mid, sh, rq, rr);
-            divide(q[i].lo, sw, sq, sr);
+            divide(q[i].mid * geo.dh, sh, rq, rr);
+            divide(q[i].lo * geo.dw, sw, sq, sr);
             const bool row_ok = q[i].hi < K;
             const int tap_phase = rr * sw + sr;
             const int offset = (q[i].hi * OH - rq) * OW - sq;
@@ -311,14 +334,16 @@ struct OutputGradGather {
 // (Kept per element: 16 consecutive threads read 16 consecutive p of one dy row, and the row's image
 // pointer is decoded once a step, so an element costs one address add; 4-p chunks would need a scalar
 // path for images whose OH·OW is not a multiple of 4.)
+template <class Geo>
 struct OutputGradRows {
     Address first;       // &dy[0, k0 + tid/BK, 0]
-    int64 image_size;    // K·OH·OW
-    int OHW, k_left, p, p_end;  // k_left: filters from the thread's first to the end of dy
+    int64 image_size;    // groups·K·OH·OW
+    int OHW, k_left, p, p_end;  // k_left: filters from the thread's first to the end of dy (of its group)
     DigitCounter walk;   // p -> (n, 0, pixel)
     Digits d;
-    __device__ OutputGradRows(const float* dy, const ConvShape& g, int k0, int p_begin, int p_end)
-        : first(address_of(dy + (int64)(k0 + threadIdx.x / BK) * g.OH * g.OW)), image_size((int64)g.K * g.OH * g.OW),
+    __device__ OutputGradRows(const float* dy, const ConvShape& g, const Geo& geo, int k0, int p_begin, int p_end)
+        : first(address_of(dy + (int64)(k0 + threadIdx.x / BK) * g.OH * g.OW)),
+          image_size((int64)(geo.groups * g.K) * g.OH * g.OW),
           OHW(g.OH * g.OW), k_left(g.K - k0 - threadIdx.x / BK), p(p_begin + threadIdx.x % BK), p_end(p_end),
           walk(1, g.OH * g.OW, BK) {
         d = walk.at(p);
@@ -335,28 +360,29 @@ struct OutputGradRows {
     }
 };
 
-// B[p][q] = x[n, c, oh·sh − pt + r, ow·sw − pl + s]: the im2col matrix transposed. Thread: columns
+// B[p][q] = x[n, c, oh·sh − pt + r·dh, ow·sw − pl + s·dw]: the im2col matrix transposed. Thread: columns
 // q = q0 + b_chunk_col() + j = (c, r, s), j < 4 (decoded once), rows p = p_begin + b_chunk_row(i) stepped
 // by BK; a chunk's pixel (n, oh, ow) and its window corner serve its 4 columns.
+template <class Geo>
 struct Im2colRows {
     const float* x;
-    int tap_r[4], tap_s[4], tap_offset[4];  // r, s and (c·H + r)·W + s of each column
-    int64 image_size;                       // C·H·W
+    int tap_r[4], tap_s[4], tap_offset[4];  // r·dh, s·dw and (c·H + r·dh)·W + s·dw of each column
+    int64 image_size;                       // groups·C·H·W
     int H, W, sh, sw, pt, pl, p_end;
     DigitCounter walk;   // p -> (n, oh, ow)
     Digits d[B_CHUNKS];
     int p[B_CHUNKS];
-    __device__ Im2colRows(const float* x, const ConvShape& g, int q0, int p_begin, int p_end)
-        : x(x), image_size((int64)g.C * g.H * g.W), H(g.H), W(g.W), sh(g.sh), sw(g.sw), pt(g.pt), pl(g.pl),
+    __device__ Im2colRows(const float* x, const ConvShape& g, const Geo& geo, int q0, int p_begin, int p_end)
+        : x(x), image_size((int64)(geo.groups * g.C) * g.H * g.W), H(g.H), W(g.W), sh(g.sh), sw(g.sw), pt(g.pt), pl(g.pl),
           p_end(p_end), walk(g.OH, g.OW, BK) {
         const int crs = g.C * g.R * g.S;
         const DigitCounter taps(g.R, g.S, 0);   // q -> (c, r, s)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const Digits t = taps.at(min(q0 + b_chunk_col() + j, crs - 1));
-            tap_r[j] = t.mid;
-            tap_s[j] = t.lo;
-            tap_offset[j] = (t.hi * g.H + t.mid) * g.W + t.lo;
+            tap_r[j] = t.mid * geo.dh;
+            tap_s[j] = t.lo * geo.dw;
+            tap_offset[j] = (t.hi * g.H + tap_r[j]) * g.W + tap_s[j];
         }
 #pragma unroll
         for (int i = 0; i < B_CHUNKS; ++i) {
@@ -403,11 +429,11 @@ conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, co
     const int crs = C * R * S;
     const int q_begin = blockIdx.z * chunk;
     FilterRows a(w, K, crs, k0, q_begin);
-    Im2colColumns b(x, g, p0, q_begin);
+    Im2colColumns<DenseConv> b(x, g, DenseConv(), p0, q_begin);
     float acc[TM][TN];
     implicit_gemm(a, b, min(chunk, crs - q_begin), acc);
     if (gridDim.z > 1) {
-        store_pixel_tile(out + (int64)blockIdx.z * N * K * OH * OW, acc, Tile::thread(), k0, p0, K, N, OH * OW);
+        store_pixel_tile(out + (int64)blockIdx.z * N * K * OH * OW, acc, Tile::thread(), k0, p0, K, K, N, OH * OW);
         return;
     }
 
@@ -417,7 +443,7 @@ conv2d_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, co
         return bias != nullptr && k < K ? __ldg(bias + k) : 0.f;
     };
     bias_act</*ALONG_ROWS=*/true>(acc, filter_bias, act, slope);
-    store_pixel_tile(out, acc, t, k0, p0, K, N, OH * OW);
+    store_pixel_tile(out, acc, t, k0, p0, K, K, N, OH * OW);
 }
 
 // conv2d_bwd_data: dx = the gather form above (every dx element written, zero where no window covers it).
@@ -430,10 +456,10 @@ conv2d_bwd_data(const float* __restrict__ dy, const float* __restrict__ w, float
     const ConvShape g = CONV_SHAPE;
     const int c0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
     FilterColumns a(w, g, c0);
-    OutputGradGather b(dy, g, p0);
+    OutputGradGather<DenseConv> b(dy, g, DenseConv(), p0);
     float acc[TM][TN];
     implicit_gemm(a, b, K * R * S, acc);
-    store_pixel_tile(dx, acc, Tile::thread(), c0, p0, C, N, H * W);
+    store_pixel_tile(dx, acc, Tile::thread(), c0, p0, C, C, N, H * W);
 }
 
 // conv2d_bwd_filter: partials[z][k][q] = Σ over output pixels p in [z·chunk, min(z·chunk + chunk, N·OH·OW))
@@ -449,8 +475,88 @@ conv2d_bwd_filter(const float* __restrict__ dy, const float* __restrict__ x, flo
     const int k0 = blockIdx.y * BM, q0 = blockIdx.x * BN;
     const int crs = C * R * S;
     const int p_begin = blockIdx.z * chunk, p_end = p_begin + min(chunk, N * OH * OW - p_begin);  // no int overflow
-    OutputGradRows a(dy, g, k0, p_begin, p_end);
-    Im2colRows b(x, g, q0, p_begin, p_end);
+    OutputGradRows<DenseConv> a(dy, g, DenseConv(), k0, p_begin, p_end);
+    Im2colRows<DenseConv> b(x, g, DenseConv(), q0, p_begin, p_end);
+    float acc[TM][TN];
+    implicit_gemm(a, b, p_end - p_begin, acc);
+    store_row_major<Tile>(partials, acc, Tile::thread(), k0, q0, K, crs, crs % 4 == 0 && aligned16(partials));
+}
+
+// ---- grouped and dilated kernels: the three above with GroupedConv, one launch over all groups --------
+// Arguments as above plus (dh, dw, groups), ConvShape's C and K being one group's Cg = C/groups and Kg = K/groups
+// (H, W, OH, OW, strides and pads as usual; OH and OW follow from the dilated window extent (R − 1)·dh + 1).
+// Group gi reads x's channels gi·Cg.., w's filters gi·Kg.. (w is (K, Cg, R, S)) and dy's / writes y's channels
+// gi·Kg..; each of its blocks runs the group's own GEMM with the loaders above. Grid z enumerates
+// (split, group) as z = split·groups + gi. Floors: the dense ones with C·R·S → Cg·R·S per output
+// (2·N·K·OH·OW·Cg·R·S FLOPs); the bytes as dense (x, w, y once each), backward-filter's partials
+// 2·splits·K·Cg·R·S.
+
+// conv2d_grouped_fwd_bias_act: y = act(conv(x, w, dilation, groups) + b); b may be null.
+// GEMM per group M = Kg, N = N·OH·OW, reduction Cg·R·S. Grid (cdiv(N·OH·OW, BN), cdiv(Kg, BM), splits·groups).
+// With splits = gridDim.z / groups > 1, split z/groups sums q in [split·chunk, +chunk) and writes its partial
+// sum, no epilogue, into out + split·N·K·OH·OW (an NCHW tensor like y), which sum_splits_bias_act adds.
+extern "C" __global__ void __launch_bounds__(THREADS)
+conv2d_grouped_fwd_bias_act(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                            float* __restrict__ out, CONV_SHAPE_PARAMS, int dh, int dw, int groups, int act, float slope,
+                            int chunk) {
+    const ConvShape g = CONV_SHAPE;
+    const GroupedConv geo{dh, dw, groups};
+    const int group = blockIdx.z % groups, split = blockIdx.z / groups;
+    const int k0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
+    const int crs = C * R * S;
+    const int q_begin = split * chunk;
+    FilterRows a(w + (int64)group * K * crs, K, crs, k0, q_begin);
+    Im2colColumns<GroupedConv> b(x + (int64)group * C * H * W, g, geo, p0, q_begin);
+    float acc[TM][TN];
+    implicit_gemm(a, b, min(chunk, crs - q_begin), acc);
+    const int64 first_channel = (int64)group * K * OH * OW;  // the group's first output channel in an image
+    if (gridDim.z > (unsigned)groups) {
+        store_pixel_tile(out + (int64)split * N * groups * K * OH * OW + first_channel, acc, Tile::thread(), k0, p0, K,
+                         groups * K, N, OH * OW);
+        return;
+    }
+
+    const Tile::Thread t = Tile::thread();
+    const auto filter_bias = [&](int i) {  // no bias where bias is null or the row is past the group's Kg
+        const int k = t.row(k0, i);
+        return bias != nullptr && k < K ? __ldg(bias + group * K + k) : 0.f;
+    };
+    bias_act</*ALONG_ROWS=*/true>(acc, filter_bias, act, slope);
+    store_pixel_tile(out + first_channel, acc, t, k0, p0, K, groups * K, N, OH * OW);
+}
+
+// conv2d_grouped_bwd_data: dx of the grouped, dilated convolution (every element written).
+// GEMM per group M = Cg, N = N·H·W, reduction Kg·R·S. Grid (cdiv(N·H·W, BN), cdiv(Cg, BM), groups).
+extern "C" __global__ void __launch_bounds__(THREADS)
+conv2d_grouped_bwd_data(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                        CONV_SHAPE_PARAMS, int dh, int dw, int groups) {
+    const ConvShape g = CONV_SHAPE;
+    const GroupedConv geo{dh, dw, groups};
+    const int group = blockIdx.z;
+    const int c0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
+    FilterColumns a(w + (int64)group * K * C * R * S, g, c0);
+    OutputGradGather<GroupedConv> b(dy + (int64)group * K * OH * OW, g, geo, p0);
+    float acc[TM][TN];
+    implicit_gemm(a, b, K * R * S, acc);
+    store_pixel_tile(dx + (int64)group * C * H * W, acc, Tile::thread(), c0, p0, C, groups * C, N, H * W);
+}
+
+// conv2d_grouped_bwd_filter: partials[split][k][q] = Σ over output pixels p in [split·chunk, +chunk) of
+// dy[n,k,p] · im2col(x)[q][p], q = (c', r, s) over the group's Cg·R·S; partials is dw itself when
+// gridDim.z == groups. GEMM per group M = Kg, N = Cg·R·S. Grid (cdiv(Cg·R·S, BN), cdiv(Kg, BM), splits·groups).
+// store_row_major puts block z's Kg × Cg·R·S tile at z·Kg·Cg·R·S = split·K·Cg·R·S + gi·Kg·Cg·R·S: group gi's
+// rows of split's slice, the [splits][K][Cg·R·S] layout sum_splits_bias_act adds.
+extern "C" __global__ void __launch_bounds__(THREADS)
+conv2d_grouped_bwd_filter(const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ partials,
+                          CONV_SHAPE_PARAMS, int dh, int dw, int groups, int chunk) {
+    const ConvShape g = CONV_SHAPE;
+    const GroupedConv geo{dh, dw, groups};
+    const int group = blockIdx.z % groups, split = blockIdx.z / groups;
+    const int k0 = blockIdx.y * BM, q0 = blockIdx.x * BN;
+    const int crs = C * R * S;
+    const int p_begin = split * chunk, p_end = p_begin + min(chunk, N * OH * OW - p_begin);  // no int overflow
+    OutputGradRows<GroupedConv> a(dy + (int64)group * K * OH * OW, g, geo, k0, p_begin, p_end);
+    Im2colRows<GroupedConv> b(x + (int64)group * C * H * W, g, geo, q0, p_begin, p_end);
     float acc[TM][TN];
     implicit_gemm(a, b, p_end - p_begin, acc);
     store_row_major<Tile>(partials, acc, Tile::thread(), k0, q0, K, crs, crs % 4 == 0 && aligned16(partials));
