@@ -18,7 +18,9 @@ backward-filter, the bias gradient and the split sum, all in one module per tile
 the families compiled per layer shape, a sample of the define sets their planners produce (the layers the
 tests compile: a 1-filter and an RGB forward, stride 2, a 3×5 window; 1- and 3-channel backward-filter).
 A kernel renamed on purpose is paired with --rename OLD=NEW. Not compared: the function's name line, and the
-width of the blanks between columns (cuobjdump aligns them to the widest line of the whole dump). The exit status is 0 only when everything compared is identical.
+width of the blanks between columns (cuobjdump aligns them to the widest line of the whole dump). A kernel only the
+second side has is reported as ADDED (new kernels beside unchanged ones); one only the first side has as REMOVED.
+The exit status is 0 only when every kernel of the first side is on the second, identical.
 """
 from __future__ import annotations
 
@@ -193,14 +195,14 @@ def diff(before: Path, after: Path, renames: dict, diffs: Path | None = None) ->
     only_before = sorted(set(old_sass) - set(new_sass))
     only_after = sorted(set(new_sass) - set(old_sass))
     for key in only_before:
-        print(f"ONLY BEFORE {' | '.join(key)}")
+        print(f"REMOVED {' | '.join(key)}")
     for key in only_after:
-        print(f"ONLY AFTER {' | '.join(key)}")
+        print(f"ADDED {' | '.join(key)}: {_instructions(new_sass[key])} instructions, {new_res.get(key)}")
     variants_compared = len({k[:2] for k in identical + changed})
     print(f"{len(identical) + len(changed)} kernels compared over {variants_compared} (variant, arch) pairs: "
           f"{len(identical)} identical (SASS and ptxas registers/smem/spills), {len(changed)} differ, "
-          f"{len(only_before)} only before, {len(only_after)} only after")
-    return 0 if not (changed or only_before or only_after) else 1
+          f"{len(only_before)} removed, {len(only_after)} added")
+    return 0 if not (changed or only_before) else 1
 
 
 def _dump_revision(rev: str, out: Path, families, jobs: int) -> None:

@@ -45,6 +45,32 @@ def naive_conv2d(x, w, b, stride, pads):
     return y
 
 
+def naive_grouped_conv2d(x, w, b, stride, dilation, pads, groups):
+    """y[n,k,oh,ow] = b[k] + Σ_{c',r,s} w[k,c',r,s]·x[n, g·Cg + c', oh·sh − pt + r·dh, ow·sw − pl + s·dw] (g = k // Kg,
+    x zero outside): the definition, one multiply-add at a time in float64. pads = (top, bottom, left, right)."""
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    (sh, sw), (dh, dw), (pt, pb, pl, pr) = stride, dilation, pads
+    Kg = K // groups
+    OH = (H + pt + pb - (R - 1) * dh - 1) // sh + 1
+    OW = (W + pl + pr - (S - 1) * dw - 1) // sw + 1
+    y = numpy.zeros((N, K, OH, OW))
+    for n in range(N):
+        for k in range(K):
+            g = k // Kg
+            for oh in range(OH):
+                for ow in range(OW):
+                    total = 0.0 if b is None else float(b[k])
+                    for c in range(Cg):
+                        for r in range(R):
+                            for s in range(S):
+                                h, v = oh * sh - pt + r * dh, ow * sw - pl + s * dw
+                                if 0 <= h < H and 0 <= v < W:
+                                    total += float(w[k, c, r, s]) * float(x[n, g * Cg + c, h, v])
+                    y[n, k, oh, ow] = total
+    return y
+
+
 def rel_error(ours, ref) -> float:
     """‖ours − ref‖ / ‖ref‖ in float64, on the host. NaN anywhere in ours makes it NaN (fails < tol)."""
     ours = numpy.asarray(cnn_gpu.to_numpy(ours), dtype=numpy.float64)

@@ -2,17 +2,24 @@
 Winograd and few-channel kernels do not compute. Three tuned ops, their variants registered here (the default
 first):
 
-  conv2d_grouped_fwd         GroupedIm2colForward; DepthwiseForward (groups == C)
-  conv2d_grouped_bwd_data    GroupedIm2colBackwardData; DepthwiseBackwardData
-  conv2d_grouped_bwd_filter  GroupedIm2colBackwardFilter; DepthwiseBackwardFilter (a variant's launch gives (dw, db or None))
+  conv2d_grouped_fwd         GroupedIm2colForward; DepthwiseForward (groups == C); GroupedImplicitGemmForward for each
+                             of CONV_TILES, then at each SPLIT_BLOCKS_PER_SM the split one of each tile
+  conv2d_grouped_bwd_data    GroupedIm2colBackwardData; DepthwiseBackwardData; GroupedImplicitGemmBackwardData for each
+                             of CONV_TILES
+  conv2d_grouped_bwd_filter  GroupedIm2colBackwardFilter; DepthwiseBackwardFilter; GroupedImplicitGemmBackwardFilter for
+                             each tile at each SPLIT_BLOCKS_PER_SM (a variant's launch gives (dw, db or None))
 
 GroupedIm2col*: the NumPy path's functions run on CuPy arrays (CuPy's pad, a strided window view, one matmul batched
 over images and groups, i.e. one cuBLAS batched GEMM over all groups; col2im's strided adds), over chunks of images
 (and, where one image is too large, of groups) whose im2col matrix stays under _IM2COL_MAX_BYTES (summed in chunk
 order: deterministic). Correct for every input and
 made only of CuPy's own operations, so it is the default; it moves the im2col matrix (R·S times x) through memory.
-Depthwise*: kernels/conv2d_depthwise.cu (depthwise.py), which read x and write y once; not yet run on a GPU, so
-unverified: offered with CNN_GPU_UNVERIFIED=1 or forced (cnn_gpu.cuda.autotune.forced).
+Depthwise*: kernels/conv2d_depthwise.cu (depthwise.py), which read x and write y once.
+GroupedImplicitGemm*: kernels/conv2d.cu's conv2d_grouped_* (implicit_gemm.py), the implicit GEMMs of the dense path
+with dilation in their loaders and every group in one launch (grid z over groups and splits); any groups and
+dilation, depthwise included (where Kg = K/groups is far below the tile's BM rows, most of a tile's FMAs are wasted).
+Neither family has run on a GPU yet, so both are unverified: offered with CNN_GPU_UNVERIFIED=1 or forced
+(cnn_gpu.cuda.autotune.forced).
 """
 from __future__ import annotations
 
@@ -26,6 +33,9 @@ from cnn_gpu.cuda import autotune, device
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register
 from cnn_gpu.ops.arrays import contiguous
 from cnn_gpu.ops.conv import depthwise
+from cnn_gpu.ops.conv.implicit_gemm import (CONV_TILES, GroupedImplicitGemmBackwardData, GroupedImplicitGemmBackwardFilter,
+                                            GroupedImplicitGemmForward)
+from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM
 from cnn_gpu.ops.geometry import WindowGeometry
 
 # The fallback's im2col matrix of one chunk of images takes at most this many bytes.
@@ -219,9 +229,11 @@ class DepthwiseBackwardFilter(_DepthwiseVariant):
         return depthwise.cuda_depthwise_backward_filter(dy, x, _depthwise_problem(problem), _sum_partials)
 
 
-register(GroupedIm2colForward(), DepthwiseForward())
-register(GroupedIm2colBackwardData(), DepthwiseBackwardData())
-register(GroupedIm2colBackwardFilter(), DepthwiseBackwardFilter())
+register(GroupedIm2colForward(), DepthwiseForward(), *(GroupedImplicitGemmForward(tile) for tile in CONV_TILES),
+         *(GroupedImplicitGemmForward(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES))
+register(GroupedIm2colBackwardData(), DepthwiseBackwardData(), *(GroupedImplicitGemmBackwardData(tile) for tile in CONV_TILES))
+register(GroupedIm2colBackwardFilter(), DepthwiseBackwardFilter(),
+         *(GroupedImplicitGemmBackwardFilter(tile, blocks) for blocks in SPLIT_BLOCKS_PER_SM for tile in CONV_TILES))
 
 
 # ---- the ops ----------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The implicit-GEMM convolutions of kernels/conv2d.cu: forward (conv2d_fwd_bias_act), backward-data and
 backward-filter, each compiled per tile size (ConvTile), with its reduction optionally split over blocks, as
-variants (ImplicitGemmForward, ImplicitGemmBackwardData, ImplicitGemmBackwardFilter), and the deterministic sum of split partials (sum_splits_bias_act) and bias gradient
-(conv2d_bwd_bias) that every split algorithm ends with."""
+variants (ImplicitGemmForward, ImplicitGemmBackwardData, ImplicitGemmBackwardFilter); their grouped and dilated
+forms (conv2d_grouped_*: GroupedImplicitGemmForward, GroupedImplicitGemmBackwardData,
+GroupedImplicitGemmBackwardFilter, for the ops of cnn_gpu.ops.conv.grouped), one launch over all groups; and the
+deterministic sum of split partials (sum_splits_bias_act) and bias gradient (conv2d_bwd_bias) that every split
+algorithm ends with."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +18,8 @@ from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, planned
 from cnn_gpu.ops.arrays import nan_filled
 from cnn_gpu.ops.gemm import cuda_sum_splits
-from cnn_gpu.ops.conv.problem import ConvProblem, _Launch, _split_count, earlier_split_matches
+from cnn_gpu.ops.conv.problem import (ConvProblem, _Launch, _require_int32_geometry, _split_count,
+                                      earlier_split_matches)
 
 
 class ConvTile(NamedTuple):
@@ -173,6 +177,150 @@ class ImplicitGemmBackwardFilter(Variant):
         import cupy
 
         return _run(planned(self, problem), (dy, x), nan_filled(cupy, w_shape))
+
+
+# ---- grouped and dilated: conv2d_grouped_* (the problems of cnn_gpu.ops.conv.grouped.GroupedProblem) -------------
+_MAX_GRID_Z = 65535  # CUDA's limit on gridDim.z, which enumerates (split, group)
+
+
+@functools.lru_cache(maxsize=1024)
+def grouped_args(problem) -> tuple:
+    """The conv2d_grouped_* kernels' geometry arguments for a GroupedProblem (g, K, groups): one group's ConvShape
+    (C/groups channels, K/groups filters) then dh, dw, groups, as numpy.int32s; ValueError where the 32-bit
+    indexing cannot hold the problem."""
+    g, K, G = problem.g, problem.K, problem.groups
+    _require_int32_geometry(g, K, G)
+    ints = (g.N, g.C // G, g.H, g.W, K // G, g.R, g.S, g.OH, g.OW, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
+            g.dilation_h, g.dilation_w, G)
+    return tuple(numpy.int32(v) for v in ints)
+
+
+def _grouped_grid(gemm_m: int, gemm_n: int, tile: ConvTile, groups: int, splits: int = 1) -> tuple:
+    """_gemm_grid with z = splits·groups (block z: split z // groups of group z % groups)."""
+    if splits * groups > _MAX_GRID_Z:
+        raise ValueError(f"{groups} groups x {splits} splits pass the grid's z limit of {_MAX_GRID_Z}")
+    return _gemm_grid(gemm_m, gemm_n, tile, splits * groups)
+
+
+class _GroupedImplicitGemm(Variant):
+    """What the three grouped implicit GEMMs share: applicable wherever the problem's indexing and grid fit."""
+
+    def applies(self, problem) -> bool:
+        try:
+            planned(self, problem, *self._plan_args)
+        except ValueError:
+            return False
+        return True
+
+    _plan_args = ()  # plan's arguments after the problem
+
+
+@dataclass(frozen=True)
+class GroupedImplicitGemmForward(_GroupedImplicitGemm):
+    """conv2d_grouped_fwd_bias_act compiled with `tile`, all groups in one launch: unsplit (blocks_per_sm 0), or each
+    group's Cg·R·S reduction split as ImplicitGemmForward splits C·R·S (partials, then the fixed-order sum that adds
+    the bias and applies the activation), offered where that splits at least in two."""
+    tile: ConvTile
+    blocks_per_sm: int = 0
+    op = "conv2d_grouped_fwd"
+    _plan_args = (0, 0.0)
+
+    @property
+    def algorithm(self) -> str:
+        return "implicit GEMM, split" if self.blocks_per_sm else "implicit GEMM"
+
+    @property
+    def name(self) -> str:
+        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
+
+    def split(self, problem, blocks_per_sm: int | None = None) -> tuple[int, int]:
+        """(splits, chunk) of each group's Cg·R·S reduction (at blocks_per_sm, default this variant's)."""
+        g, G, tile = problem.g, problem.groups, self.tile
+        crs = g.C // G * g.R * g.S
+        blocks = self.blocks_per_sm if blocks_per_sm is None else blocks_per_sm
+        if not blocks:
+            return 1, crs
+        tiles = G * cdiv(problem.K // G, tile.bm) * cdiv(g.N * g.OH * g.OW, tile.bn)
+        return _split_count(crs, FORWARD_MIN_CHUNK_STEPS * tile.bk, tiles, blocks)
+
+    def applies(self, problem) -> bool:
+        if not super().applies(problem):
+            return False
+        if not self.blocks_per_sm:
+            return True
+        splits = self.split(problem)[0]
+        return splits > 1 and not earlier_split_matches(self, self.blocks_per_sm, lambda b: self.split(problem, b)[0])
+
+    def plan(self, problem, act: int, slope: float) -> _Launch:
+        g, tile = problem.g, self.tile
+        args = grouped_args(problem)
+        splits, chunk = self.split(problem)
+        grid = _grouped_grid(problem.K // problem.groups, g.N * g.OH * g.OW, tile, problem.groups, splits)
+        return _Launch(_kernel("conv2d_grouped_fwd_bias_act", tile), grid, (tile.threads,),
+                       args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)), splits)
+
+    def launch(self, problem, x, w, b, activation, slope):
+        import cupy
+
+        from cnn_gpu.ops.activation import activation_code
+
+        act = activation_code(activation)
+        y = nan_filled(cupy, (problem.g.N, problem.K, problem.g.OH, problem.g.OW))
+        return _run(planned(self, problem, act, slope), (x, w, b), y, b, problem.K, problem.g.OH * problem.g.OW, act,
+                    slope)
+
+
+@dataclass(frozen=True)
+class GroupedImplicitGemmBackwardData(_GroupedImplicitGemm):
+    """conv2d_grouped_bwd_data compiled with `tile`: each group's implicit GEMM over its Cg × N*H*W of dx, unsplit,
+    all groups in one launch."""
+    tile: ConvTile
+    op = "conv2d_grouped_bwd_data"
+    algorithm = "implicit GEMM"
+
+    @property
+    def name(self) -> str:
+        return f"implicit GEMM {_tile_name(self.tile)}"
+
+    def plan(self, problem) -> _Launch:
+        g, tile = problem.g, self.tile
+        args = grouped_args(problem)
+        grid = _grouped_grid(g.C // problem.groups, g.N * g.H * g.W, tile, problem.groups)
+        return _Launch(_kernel("conv2d_grouped_bwd_data", tile), grid, (tile.threads,), args, 1)
+
+    def launch(self, problem, dy, x, w):
+        import cupy
+
+        return _run(planned(self, problem), (dy, w), nan_filled(cupy, problem.g.input_shape))
+
+
+@dataclass(frozen=True)
+class GroupedImplicitGemmBackwardFilter(_GroupedImplicitGemm):
+    """conv2d_grouped_bwd_filter compiled with `tile`, all groups in one launch, each group's N*OH*OW reduction split
+    as ImplicitGemmBackwardFilter splits it (partials, then a fixed-order sum). Its launch gives (dw, None): db is
+    the op's own reduction."""
+    tile: ConvTile
+    blocks_per_sm: int
+    op = "conv2d_grouped_bwd_filter"
+    algorithm = "implicit GEMM, split"
+
+    @property
+    def name(self) -> str:
+        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
+
+    def plan(self, problem) -> _Launch:
+        g, G, tile = problem.g, problem.groups, self.tile
+        args = grouped_args(problem)
+        Kg, crs = problem.K // G, g.C // G * g.R * g.S
+        tiles = G * cdiv(Kg, tile.bm) * cdiv(crs, tile.bn)
+        splits, chunk = _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, self.blocks_per_sm)
+        return _Launch(_kernel("conv2d_grouped_bwd_filter", tile), _grouped_grid(Kg, crs, tile, G, splits),
+                       (tile.threads,), args + (numpy.int32(chunk),), splits)
+
+    def launch(self, problem, dy, x, w):
+        import cupy
+
+        return _run(planned(self, problem), (dy, x), nan_filled(cupy, w.shape)), None
 
 
 @functools.lru_cache(maxsize=1024)

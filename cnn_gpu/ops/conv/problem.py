@@ -22,12 +22,12 @@ def _output_shape(g: WindowGeometry, K: int):
     return (g.N, K, g.OH, g.OW)
 
 
-def _require_int32_geometry(g: WindowGeometry, K: int) -> None:
+def _require_int32_geometry(g: WindowGeometry, K: int, groups: int = 1) -> None:
     """The kernels index within one image (and the GEMM extents) in 32 bits, across images in 64."""
     require_int32_indexable("one image of x", (g.C, g.H, g.W))
     require_int32_indexable("one zero-padded image of x", (g.C,) + g.padded_hw)  # gather offsets span the padding
     require_int32_indexable("one image of y", (K, g.OH, g.OW))
-    require_int32_indexable("w", (K, g.C, g.R, g.S))
+    require_int32_indexable("w", (K, g.C // groups, g.R, g.S))
     require_int32_indexable("the output pixels N*OH*OW", (g.N, g.OH, g.OW))
     require_int32_indexable("the input pixels N*H*W", (g.N, g.H, g.W))
 
