@@ -4,6 +4,7 @@
     python benchmarks/sass_compare.py compare 47aefdb HEAD --rename conv2d_sum_partials=sum_splits_bias_act
     python benchmarks/sass_compare.py dump OUT_DIR [--families conv2d gemm]   # this checkout's SASS
     python benchmarks/sass_compare.py diff BEFORE_DIR AFTER_DIR [--diffs DIFF_DIR]
+    python benchmarks/sass_compare.py reference tests/data/implicit_gemm_sass.json 0caa3a7   # the test's record
 
 A refactor of kernels/ that should not change what runs is proved by this: every kernel of every variant
 below, compiled by NVRTC for sm_80 and sm_90 exactly as run time compiles it (cnn_gpu.cuda.compile_check,
@@ -17,6 +18,10 @@ backward-filter, the bias gradient and the split sum, all in one module per tile
 (TILE_CONFIGS: gemm_{nn,nt,tn,tt} and the split sum); every other family at its kernel defaults; and, for
 the families compiled per layer shape, a sample of the define sets their planners produce (the layers the
 tests compile: a 1-filter and an RGB forward, stride 2, a 3×5 window; 1- and 3-channel backward-filter).
+`reference` records, for tests/test_sass_identity.py, the sha256 of every conv2d kernel's normalised SASS per
+tile variant and arch at a commit, with the NVRTC and cuobjdump versions that produced it: the test recompiles the
+recorded define sets and holds the working tree's kernels to those hashes in CI, where no older commit is at hand.
+
 A kernel renamed on purpose is paired with --rename OLD=NEW. Not compared: the function's name line, and the
 width of the blanks between columns (cuobjdump aligns them to the widest line of the whole dump). A kernel only the
 second side has is reported as ADDED (new kernels beside unchanged ones); one only the first side has as REMOVED.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -205,6 +211,46 @@ def diff(before: Path, after: Path, renames: dict, diffs: Path | None = None) ->
     return 0 if not (changed or only_before) else 1
 
 
+def sass_sha256(sass: str) -> str:
+    """The hash a kernel's SASS is recorded by: sha256 of its normalised text."""
+    return hashlib.sha256(normalise(sass).encode()).hexdigest()
+
+
+def tool_versions() -> dict:
+    """{'nvrtc': 'major.minor', 'cuobjdump': its release line}: what a recorded hash depends on besides the source."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cnn_gpu.cuda import compile_check
+    from sass_report import find_cuobjdump
+
+    text = subprocess.run([find_cuobjdump(), "--version"], check=True, capture_output=True, text=True).stdout
+    release = next((line.strip() for line in text.splitlines() if "release" in line), text.strip())
+    return {"nvrtc": compile_check.nvrtc_version(), "cuobjdump": release}
+
+
+def reference(out: Path, rev: str, jobs: int) -> int:
+    """Write out (JSON): commit rev's conv2d variants (label, defines) and each kernel's sass_sha256 per arch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dump_dir = Path(tmp) / "dump"
+        _dump_revision(rev, dump_dir, ["conv2d"], jobs)
+        index = json.loads((dump_dir / "resources.json").read_text())
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        record = {"commit": commit, "archs": list(ARCHS), **tool_versions(), "variants": []}
+        for label, family, defines in index["variants"]:
+            kernels = {}
+            for arch in ARCHS:
+                for path in sorted((dump_dir / arch / _folder_name(label)).glob("*.sass")):
+                    kernels.setdefault(path.stem, {})[arch] = sass_sha256(path.read_text())
+            record["variants"].append({"label": label, "family": family, "defines": defines, "sha256": kernels})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out.with_name(out.name + ".tmp")
+    tmp_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp_path, out)
+    print(f"{out}: {sum(len(v['sha256']) for v in record['variants'])} kernels x {len(ARCHS)} archs of "
+          f"{len(record['variants'])} variants at {commit[:7]} (NVRTC {record['nvrtc']})")
+    return 0
+
+
 def _dump_revision(rev: str, out: Path, families, jobs: int) -> None:
     """Dump the SASS of commit rev (its cnn_gpu/ and kernels/, extracted with git archive) into out."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,6 +279,10 @@ def main(argv=None) -> int:
     p_cmp.add_argument("before_rev")
     p_cmp.add_argument("after_rev", nargs="?", default=None, help="default: the working tree")
     p_cmp.add_argument("--keep", type=Path, default=None, help="keep both dumps under this folder")
+    p_ref = sub.add_parser("reference", help="record a commit's conv2d SASS hashes (tests/test_sass_identity.py)")
+    p_ref.add_argument("out", type=Path)
+    p_ref.add_argument("rev")
+    p_ref.add_argument("--jobs", type=int, default=2, help="compiles in parallel")
     for p in (p_dump, p_cmp):
         p.add_argument("--families", nargs="*", default=None, help="only these kernel families")
         p.add_argument("--jobs", type=int, default=2, help="compiles in parallel")
@@ -244,6 +294,8 @@ def main(argv=None) -> int:
 
     if args.command == "dump":
         return dump(args.out, args.families, args.jobs)
+    if args.command == "reference":
+        return reference(args.out, args.rev, args.jobs)
     renames = dict(r.split("=", 1) for r in args.rename)
     if args.command == "diff":
         return diff(args.before, args.after, renames, args.diffs)

@@ -1,6 +1,6 @@
 """What the hot kernels compile to on sm_90, read from NVRTC's CUBIN with cuobjdump (no GPU needed).
 
-conv2d.cu (default tile) and gemm.cu (both default tile configs): no local memory (LDL/STL: spills or
+conv2d.cu (default tile, grouped kernels included) and gemm.cu (both default tile configs): no local memory (LDL/STL: spills or
 arrays left in memory), FFMAs in every GEMM-shaped kernel, float4 fragment reads from shared memory
 (LDS.128) as their header comments say, and in gemm_* the float4 global path (LDG.E.128). Counts come
 from benchmarks/sass_report.py (`python benchmarks/sass_report.py` prints them all). Skipped, with the
@@ -14,7 +14,8 @@ from cnn_gpu.cuda import compile_check
 from checks import load_benchmark_script
 
 ARCH = "sm_90"
-IMPLICIT_GEMMS = ("conv2d_fwd_bias_act", "conv2d_bwd_data", "conv2d_bwd_filter")
+IMPLICIT_GEMMS = ("conv2d_fwd_bias_act", "conv2d_bwd_data", "conv2d_bwd_filter", "conv2d_grouped_fwd_bias_act",
+                  "conv2d_grouped_bwd_data", "conv2d_grouped_bwd_filter")
 GEMMS = ("gemm_nn", "gemm_nt", "gemm_tn", "gemm_tt")
 
 
