@@ -9,7 +9,8 @@ max / average / sum pooling with padding, dropout, batch-norm training / inferen
 losses, SGD (plain, momentum, Nesterov) and Adam; forced, the variants only timing picks: the Winograd convolution
 forward and backward-filter (F(2×2) and F(4×4)), the split forward, backward-data as a forward convolution,
 backward-filter for few input channels, the forward for few filters (split too) and backward-data
-through it, each max-pool forward and backward way; grouped, dilated and depthwise conv2d (the depthwise kernels forced). Shapes
+through it, each max-pool forward and backward way; grouped, dilated and depthwise conv2d (the depthwise kernels forced, and the grouped implicit GEMMs forced, whole
+and split). Shapes
 divide no tile size. CuPy's memory pool is off, so each array is its own cudaMalloc and an access past
 its end is seen. Each call is synchronised on its own, so an error names its op. Prints one line per
 call and OK at the end; exits 1 if any call raised.
@@ -311,9 +312,40 @@ def grouped_conv2d():
         call("conv2d grouped bwd g4 d2", F.conv2d_backward, arr(*y.shape), x, w, 1, 2, dilation=2, groups=4)
 
 
+def grouped_implicit_gemm_conv2d():
+    """Grouped, dilated and depthwise conv2d through the grouped implicit GEMMs (conv2d_grouped_*), forced: the default
+    tile and the 128×128 one, the forward whole and at its most split (the first shape splits its 288-long per-group
+    reduction in 3), backward-filter at its most split (the third shape's 288 pixels in 2); groups 2 and 4, depthwise with multiplier 2, dilations 2 and
+    (2, 3), strides 1 and 2, float4 (OH·OW a multiple of 4) and scalar stores, every activation."""
+    from cnn_gpu.ops.conv import CONV_TILES, DEFAULT_TILE
+    from cnn_gpu.ops.conv.implicit_gemm import GroupedImplicitGemmBackwardData, GroupedImplicitGemmForward
+
+    # N, C, H, W, K, R, S, stride, padding, dilation, groups
+    shapes = ((2, 64, 9, 11, 32, 3, 3, 1, 2, 2, 2), (2, 8, 11, 9, 8, 3, 2, 2, (2, 3), (2, 3), 4),
+              (3, 6, 8, 12, 12, 3, 3, 1, 1, 1, 6), (1, 4, 13, 11, 8, 3, 3, 2, 2, 2, 4))
+    for tile in (DEFAULT_TILE, CONV_TILES[3]):
+        for split in (False, True):
+            forward = GroupedImplicitGemmForward(tile).name
+            choices = {"conv2d_grouped_fwd": most_split(forward) if split else forward,  # forward: the tile's name
+                       "conv2d_grouped_bwd_data": GroupedImplicitGemmBackwardData(tile).name,
+                       "conv2d_grouped_bwd_filter": most_split(forward)}
+            with forced(choices):
+                for (N, C, H, W, K, R, S, stride, padding, dilation, groups) in shapes:
+                    x, w = arr(N, C, H, W), arr(K, C // groups, R, S)
+                    label = f"{tile.bm}x{tile.bn} {'split ' if split else ''}{x.shape} {w.shape} s{stride} d{dilation} g{groups}"
+                    for activation in ACTIVATIONS:
+                        call(f"conv2d grouped implicit GEMM fwd {activation} {label}", F.conv2d, x, w, arr(K), stride,
+                             padding, activation, dilation=dilation, groups=groups)
+                    y = call(f"conv2d grouped implicit GEMM fwd no bias {label}", F.conv2d, x, w, None, stride, padding,
+                             dilation=dilation, groups=groups)
+                    if y is not None:
+                        call(f"conv2d grouped implicit GEMM bwd {label}", F.conv2d_backward, arr(*y.shape), x, w, stride,
+                             padding, dilation=dilation, groups=groups)
+
+
 def main() -> int:
     cupy.cuda.set_allocator(None)  # no memory pool: every array is its own allocation for memcheck
-    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, few_filters_conv2d, grouped_conv2d, gemm, activations, pooling, max_pool_variants, losses, dropout, batchnorm, optimizers):
+    for family in (conv2d, winograd_conv2d, split_forward_and_as_forward_conv2d, few_channels_conv2d, few_filters_conv2d, grouped_conv2d, grouped_implicit_gemm_conv2d, gemm, activations, pooling, max_pool_variants, losses, dropout, batchnorm, optimizers):
         family()
     if failures:
         print(f"{len(failures)} call(s) failed: {', '.join(failures)}")

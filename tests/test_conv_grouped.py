@@ -1,6 +1,7 @@
 """conv2d / conv2d_backward with dilation and groups (depthwise with channel multipliers included): the NumPy path
 against a naive float64 loop, central finite differences and torch.nn.functional.conv2d in float64; the CUDA path
-(the CuPy fallback, and the direct depthwise kernels forced) against the NumPy path; bad arguments."""
+(the CuPy fallback; the direct depthwise kernels and the grouped implicit GEMMs of every tile, forced) against the
+NumPy path; bad arguments."""
 from __future__ import annotations
 
 import numpy
@@ -209,3 +210,89 @@ def test_depthwise_kernels_are_not_offered_unverified():
         names = {v.name: v for v in variants.registered(op)}
         assert not names["direct depthwise"].verified
         assert variants.registered(op)[0].verified
+
+
+# ---- the grouped implicit GEMMs (conv2d_grouped_*), forced ---------------------------------------------------------
+def _implicit_gemm_tiles():
+    from cnn_gpu.ops.conv import CONV_TILES
+
+    return CONV_TILES
+
+
+def _named(name):
+    """A forced choice of the variant called name, skipping the test where it does not apply to the problem on this GPU
+    (a split variant offered only where it splits)."""
+    def choose(key, candidates):
+        found = [c for c in candidates if c.name == name]
+        if not found:
+            pytest.skip(f"{name!r} does not apply to {key} on this GPU")
+        return found[0]
+    return choose
+
+
+def _implicit_gemm_choices(tile, forward_blocks=0, filter_blocks=2):
+    from cnn_gpu.ops.conv.implicit_gemm import (GroupedImplicitGemmBackwardData, GroupedImplicitGemmBackwardFilter,
+                                                GroupedImplicitGemmForward)
+
+    return {"conv2d_grouped_fwd": _named(GroupedImplicitGemmForward(tile, forward_blocks).name),
+            "conv2d_grouped_bwd_data": _named(GroupedImplicitGemmBackwardData(tile).name),
+            "conv2d_grouped_bwd_filter": _named(GroupedImplicitGemmBackwardFilter(tile, filter_blocks).name)}
+
+
+@pytest.mark.parametrize("tile", _implicit_gemm_tiles(), ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("case", CASES + DEPTHWISE_CASES[-4:], ids=case_id)
+def test_cuda_grouped_implicit_gemm_matches_numpy_float64(backend, xp, rng, case, tile):
+    if backend != "cuda":
+        pytest.skip("the CUDA path's grouped implicit GEMMs")
+    with autotune.forced(_implicit_gemm_choices(tile)):
+        ours, refs = run_cuda_case(xp, rng, case, "relu")
+    for a, ref in zip(ours, refs):
+        assert rel_error(a, ref) < 1e-5
+
+
+# Cg·R·S = 288 (the forward splits) and N·OH·OW = 1024 (backward-filter splits) on any GPU of up to ~100 SMs a split
+SPLIT_CASE = ((4, 64, 16, 16), 32, (3, 3), 1, 2, 2, 2)
+
+
+@pytest.mark.parametrize("tile", _implicit_gemm_tiles(), ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("blocks", (2, 6))
+def test_cuda_grouped_implicit_gemm_split_variants_match_numpy_float64(backend, xp, rng, tile, blocks):
+    if backend != "cuda":
+        pytest.skip("the CUDA path's grouped implicit GEMMs")
+    with autotune.forced(_implicit_gemm_choices(tile, blocks, blocks)):
+        ours, refs = run_cuda_case(xp, rng, SPLIT_CASE, "tanh")
+    for a, ref in zip(ours, refs):
+        assert rel_error(a, ref) < 1e-5
+
+
+def test_cuda_grouped_implicit_gemm_backward_is_bitwise_reproducible(backend, xp, rng):
+    if backend != "cuda":
+        pytest.skip("the CUDA path's grouped implicit GEMMs")
+    from cnn_gpu.ops.conv import DEFAULT_TILE
+
+    x = xp.asarray(rng.standard_normal((4, 32, 29, 31)).astype(numpy.float32))
+    w = xp.asarray(rng.standard_normal((16, 8, 3, 3)).astype(numpy.float32))
+    dy = xp.asarray(rng.standard_normal((4, 16, 29, 31)).astype(numpy.float32))
+    with autotune.forced(_implicit_gemm_choices(DEFAULT_TILE)):
+        first = [to_numpy(a).tobytes() for a in F.conv2d_backward(dy, x, w, 1, 2, dilation=2, groups=4)]
+        second = [to_numpy(a).tobytes() for a in F.conv2d_backward(dy, x, w, 1, 2, dilation=2, groups=4)]
+    assert first == second
+
+
+def test_grouped_implicit_gemms_are_registered_unverified_for_every_tile():
+    """Every tile's grouped implicit GEMM (whole and split forward, backward-data, split backward-filter) is registered
+    for its op, none verified (no GPU run has passed them), and the CuPy im2col path stays each op's default."""
+    from cnn_gpu.cuda import variants
+    from cnn_gpu.ops.conv.implicit_gemm import (GroupedImplicitGemmBackwardData, GroupedImplicitGemmBackwardFilter,
+                                                GroupedImplicitGemmForward)
+    from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM
+
+    expected = [v for tile in _implicit_gemm_tiles() for v in (
+        GroupedImplicitGemmForward(tile), GroupedImplicitGemmBackwardData(tile),
+        *(GroupedImplicitGemmForward(tile, b) for b in SPLIT_BLOCKS_PER_SM),
+        *(GroupedImplicitGemmBackwardFilter(tile, b) for b in SPLIT_BLOCKS_PER_SM))]
+    for variant in expected:
+        assert variants.named(variant.op, variant.name) == variant
+        assert not variant.verified
+    for op in ("conv2d_grouped_fwd", "conv2d_grouped_bwd_data", "conv2d_grouped_bwd_filter"):
+        assert variants.registered(op)[0].name == "CuPy im2col + batched GEMM" and variants.registered(op)[0].verified

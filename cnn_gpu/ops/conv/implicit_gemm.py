@@ -203,16 +203,19 @@ def _grouped_grid(gemm_m: int, gemm_n: int, tile: ConvTile, groups: int, splits:
 
 
 class _GroupedImplicitGemm(Variant):
-    """What the three grouped implicit GEMMs share: applicable wherever the problem's indexing and grid fit."""
+    """What the three grouped implicit GEMMs share: applicable wherever the problem's indexing and grid fit (checked
+    without compiling anything)."""
 
     def applies(self, problem) -> bool:
         try:
-            planned(self, problem, *self._plan_args)
+            grouped_args(problem)
+            self.grid(problem)
         except ValueError:
             return False
         return True
 
-    _plan_args = ()  # plan's arguments after the problem
+    def grid(self, problem) -> tuple:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,6 @@ class GroupedImplicitGemmForward(_GroupedImplicitGemm):
     tile: ConvTile
     blocks_per_sm: int = 0
     op = "conv2d_grouped_fwd"
-    _plan_args = (0, 0.0)
 
     @property
     def algorithm(self) -> str:
@@ -251,12 +253,15 @@ class GroupedImplicitGemmForward(_GroupedImplicitGemm):
         splits = self.split(problem)[0]
         return splits > 1 and not earlier_split_matches(self, self.blocks_per_sm, lambda b: self.split(problem, b)[0])
 
+    def grid(self, problem) -> tuple:
+        g = problem.g
+        return _grouped_grid(problem.K // problem.groups, g.N * g.OH * g.OW, self.tile, problem.groups,
+                             self.split(problem)[0])
+
     def plan(self, problem, act: int, slope: float) -> _Launch:
-        g, tile = problem.g, self.tile
         args = grouped_args(problem)
         splits, chunk = self.split(problem)
-        grid = _grouped_grid(problem.K // problem.groups, g.N * g.OH * g.OW, tile, problem.groups, splits)
-        return _Launch(_kernel("conv2d_grouped_fwd_bias_act", tile), grid, (tile.threads,),
+        return _Launch(_kernel("conv2d_grouped_fwd_bias_act", self.tile), self.grid(problem), (self.tile.threads,),
                        args + (numpy.int32(act), numpy.float32(slope), numpy.int32(chunk)), splits)
 
     def launch(self, problem, x, w, b, activation, slope):
@@ -282,11 +287,13 @@ class GroupedImplicitGemmBackwardData(_GroupedImplicitGemm):
     def name(self) -> str:
         return f"implicit GEMM {_tile_name(self.tile)}"
 
+    def grid(self, problem) -> tuple:
+        g = problem.g
+        return _grouped_grid(g.C // problem.groups, g.N * g.H * g.W, self.tile, problem.groups)
+
     def plan(self, problem) -> _Launch:
-        g, tile = problem.g, self.tile
         args = grouped_args(problem)
-        grid = _grouped_grid(g.C // problem.groups, g.N * g.H * g.W, tile, problem.groups)
-        return _Launch(_kernel("conv2d_grouped_bwd_data", tile), grid, (tile.threads,), args, 1)
+        return _Launch(_kernel("conv2d_grouped_bwd_data", self.tile), self.grid(problem), (self.tile.threads,), args, 1)
 
     def launch(self, problem, dy, x, w):
         import cupy
@@ -308,14 +315,21 @@ class GroupedImplicitGemmBackwardFilter(_GroupedImplicitGemm):
     def name(self) -> str:
         return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
 
-    def plan(self, problem) -> _Launch:
+    def split(self, problem) -> tuple[int, int]:
+        """(splits, chunk) of each group's N·OH·OW reduction."""
         g, G, tile = problem.g, problem.groups, self.tile
+        tiles = G * cdiv(problem.K // G, tile.bm) * cdiv(g.C // G * g.R * g.S, tile.bn)
+        return _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, self.blocks_per_sm)
+
+    def grid(self, problem) -> tuple:
+        g, G = problem.g, problem.groups
+        return _grouped_grid(problem.K // G, g.C // G * g.R * g.S, self.tile, G, self.split(problem)[0])
+
+    def plan(self, problem) -> _Launch:
         args = grouped_args(problem)
-        Kg, crs = problem.K // G, g.C // G * g.R * g.S
-        tiles = G * cdiv(Kg, tile.bm) * cdiv(crs, tile.bn)
-        splits, chunk = _split_count(g.N * g.OH * g.OW, 8 * tile.bk, tiles, self.blocks_per_sm)
-        return _Launch(_kernel("conv2d_grouped_bwd_filter", tile), _grouped_grid(Kg, crs, tile, G, splits),
-                       (tile.threads,), args + (numpy.int32(chunk),), splits)
+        splits, chunk = self.split(problem)
+        return _Launch(_kernel("conv2d_grouped_bwd_filter", self.tile), self.grid(problem), (self.tile.threads,),
+                       args + (numpy.int32(chunk),), splits)
 
     def launch(self, problem, dy, x, w):
         import cupy
