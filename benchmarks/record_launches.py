@@ -8,7 +8,9 @@ address, so the record says which buffer each launch reads and writes), on a dev
 not compiled: each kernel is a stand-in that writes one line per launch (family, compile-time defines,
 kernel name, grid, block, and every argument: an array as its address, shape and dtype, a scalar as its
 type and value). The autotuner's timer runs each candidate once and times them all alike, so every variant
-the tuner offers for a problem (the unverified ones too) is launched once, then the default runs.
+the tuner offers for a problem (the unverified ones too) is launched once, then the default runs. Grouped and
+dilated convolutions come last, each grouped implicit-GEMM variant forced in turn where it applies (their ops'
+other variants run CuPy's own kernels, which need a GPU).
 Run it before and after a change and diff the outputs: identical text means identical launches.
 """
 from __future__ import annotations
@@ -128,8 +130,39 @@ def record(new) -> None:
         F.avg_pool2d_backward(new(ya.shape), x.shape, k, s, p)
 
 
+# (x shape, w shape, stride, padding, dilation, groups): groups 4 with dilation (2, 3); a split forward and
+# backward-filter; depthwise
+GROUPED_CASES = [((2, 8, 11, 9), (8, 2, 3, 2), 2, (2, 3), (2, 3), 4), ((4, 64, 16, 16), (32, 32, 3, 3), 1, 2, 2, 2),
+                 ((3, 32, 14, 14), (64, 1, 3, 3), 1, 1, 1, 32)]
+
+
+def record_grouped(new) -> None:
+    from cnn_gpu.cuda.variants import registered
+    from cnn_gpu.ops.conv.grouped import grouped_problem
+    from cnn_gpu.ops.conv.implicit_gemm import _GroupedImplicitGemm
+    from cnn_gpu.ops.geometry import window_geometry
+
+    calls = {"conv2d_grouped_fwd": lambda x, w, b, dy, kw: F.conv2d(x, w, b, activation="relu", **kw),
+             "conv2d_grouped_bwd_data": lambda x, w, b, dy, kw: F.conv2d_backward(dy, x, w, compute_dw=False, **kw),
+             "conv2d_grouped_bwd_filter": lambda x, w, b, dy, kw: F.conv2d_backward(dy, x, w, compute_dx=False, **kw)}
+    for x_shape, w_shape, stride, padding, dilation, groups in GROUPED_CASES:
+        problem = grouped_problem(window_geometry(x_shape, w_shape[2:], stride, padding, dilation=dilation), w_shape[0],
+                                  groups)
+        x, w, b, dy = new(x_shape), new(w_shape), new(w_shape[:1]), new((x_shape[0], w_shape[0], problem.g.OH, problem.g.OW))
+        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        for op, call in calls.items():
+            for variant in registered(op):
+                if isinstance(variant, _GroupedImplicitGemm) and variant.applies(problem):
+                    LINES.append(f"# {op} {x_shape} {w_shape} stride={stride} padding={padding} dilation={dilation} "
+                                 f"groups={groups}: {variant.name}")
+                    with autotune.forced({op: variant.name}):
+                        call(x, w, b, dy, kw)
+
+
 def main() -> int:
-    record(install_stand_ins())
+    new = install_stand_ins()
+    record(new)
+    record_grouped(new)
     sys.stdout.write("\n".join(LINES) + "\n")
     print(f"# {sum(1 for line in LINES if not line.startswith(('#', 'copy')))} launches", file=sys.stderr)
     return 0
