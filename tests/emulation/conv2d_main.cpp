@@ -1,5 +1,5 @@
-// Runs one kernel of kernels/conv2d.cu (the implicit-GEMM convolutions, grouped ones included, and the split sum) on the CPU
-// (cuda_shim.h), for tests/emulation/emulate.py; the command line is emulation_main.h's.
+// Runs one kernel of kernels/conv2d.cu (the implicit-GEMM convolutions, grouped and dilated ones included, and the
+// split sum) on the CPU (cuda_shim.h), for tests/emulation/emulate.py; the command line is emulation_main.h's.
 #include "emulation_main.h"
 #include "conv2d.cu"
 
