@@ -143,10 +143,10 @@ __device__ __forceinline__ void implicit_gemm(ALoader& a, BLoader& b, int k_len,
 // ---- epilogue: NCHW stores (bias + activation and row-major stores are gemm_epilogue.cuh's) -----------
 // out[n][m][pixel] = acc (an NCHW tensor of `channels` channels and PIX pixels an image, of which rows m < M are
 // written: M == channels, or one group's M channels of a grouped convolution, out starting at the group's first)
-// for the block's C rows m = t.row(m0, i) < M and columns p = n·PIX + pixel = t.col(p0, j) < N·PIX. A thread's 4 consecutive columns
-// are 4 consecutive pixels (p0 and 4·tx are multiples of 4): one float4 store when PIX % 4 == 0 (then they
-// are in one image and 16-byte aligned), else up to 4 scalar stores that may cross into the next images. A
-// warp's 8 tx store 32 consecutive pixels of one channel.
+// for the block's C rows m = t.row(m0, i) < M and columns p = n·PIX + pixel = t.col(p0, j) < N·PIX. A thread's 4
+// consecutive columns are 4 consecutive pixels (p0 and 4·tx are multiples of 4): one float4 store when
+// PIX % 4 == 0 (then they are in one image and 16-byte aligned), else up to 4 scalar stores that may cross into
+// the next images. A warp's 8 tx store 32 consecutive pixels of one channel.
 __device__ __forceinline__ void store_pixel_tile(float* __restrict__ out, const float (&acc)[TM][TN], const Tile::Thread& t,
                                                  int m0, int p0, int M, int channels, int N, int PIX) {
     const int npix = N * PIX;
