@@ -118,13 +118,16 @@ def differentiable(op, backward, setup_context):
     op.register_autograd(backward, setup_context=setup_context)
     overload = getattr(torch.ops.cnn_gpu, op._name).default
 
-    def function(name, forward, **extra):
-        return type(name, (torch.autograd.Function,), {
-            "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward), **extra})
+    def eager_forward(ctx, *args):  # forward and setup_context in one (Function.apply then skips an inspect.signature)
+        output = op.implementation(*args)
+        setup_context(ctx, args, output)
+        return output
 
-    op.eager = function(f"{op._name}_eager", op.implementation)
-    return function(f"{op._name}_function", lambda *args: overload(*args), generate_vmap_rule=True)
+    op.eager = type(f"{op._name}_eager", (torch.autograd.Function,), {
+        "forward": staticmethod(eager_forward), "backward": staticmethod(backward)})
+    return type(f"{op._name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(lambda *args: overload(*args)), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "generate_vmap_rule": True})
 
 
 def call(op, *args):
