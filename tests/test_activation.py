@@ -137,3 +137,18 @@ def test_rejects_mixed_backends(backend, xp):
         pytest.skip("mixing needs both NumPy and CuPy arrays")
     with pytest.raises(TypeError, match="all NumPy or all CuPy arrays"):
         F.relu_backward(xp.ones(3, dtype=numpy.float32), numpy.ones(3, numpy.float32))
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_relu_backward_is_where_positive_bit_for_bit(rng, dtype):
+    """dx = dy where y > 0, else +0.0 (NaN and infinite dy included), for any layout: numpy.where's bits."""
+    y = rng.standard_normal((4, 3, 6, 10)).astype(dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    y.flat[::3], y.flat[1::7], y.flat[2::11] = 0.0, -0.0, numpy.nan
+    dy.flat[::4], dy.flat[1::5], dy.flat[2::9], dy.flat[3::13] = -0.0, numpy.nan, -numpy.inf, numpy.inf
+    bits = f"u{numpy.dtype(dtype).itemsize}"
+    for g, v in [(dy, y), (dy.transpose(0, 2, 3, 1), y.transpose(0, 2, 3, 1)), (dy[..., ::3], y[..., ::3])]:
+        got = F.relu_backward(g, v)
+        expected = numpy.where(v > 0, g, dtype(0))
+        assert got.dtype == dtype and got.shape == g.shape
+        assert numpy.array_equal(got.view(bits), expected.view(bits))

@@ -295,3 +295,59 @@ def test_fx_symbolic_trace_keeps_each_drop_in_as_one_call():
     torch.testing.assert_close(traced(x), model(x))
     called = {n.target.__name__ for n in traced.graph.nodes if n.op == "call_function"}
     assert {"conv2d", "max_pool2d", "avg_pool2d", "linear", "_batch_norm_module"} <= called
+
+
+def _forward_and_gradients(op, args):
+    """The op's outputs through cnn_gpu.torch's call, and the gradients of a fixed weighting of its floating outputs
+    with respect to every input that requires grad."""
+    torch.manual_seed(1)
+    outputs = ops.call(op, *args)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    differentiable = [o for o in outputs if o.requires_grad]
+    if not inputs or not differentiable:
+        return outputs, ()
+    loss = sum((o * torch.randn_like(o)).sum() for o in differentiable)
+    return outputs, torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("case", [i for i, (n, _) in enumerate(_op_cases()) if not n.endswith("_backward")],
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(_op_cases()) if not n.endswith("_backward")])
+def test_plain_eager_calls_equal_the_operator(case, monkeypatch):
+    """In plain eager mode the modules run each op's autograd formula over its implementation directly (no
+    dispatcher round trips); the outputs and gradients are the operator's, bit for bit, and the graph holds the
+    direct path's nodes (not the operator's)."""
+    from cnn_gpu.torch import bridge
+
+    name, args = _op_cases()[case]
+    op = getattr(ops, name)
+    direct, direct_grads = _forward_and_gradients(op, args)
+    if any(o.requires_grad for o in direct):
+        assert any(type(o.grad_fn).__name__ == f"{name}_eagerBackward" for o in direct if o.grad_fn is not None)
+    monkeypatch.setattr(bridge, "_plain_eager", lambda args: False)
+    through_operator, operator_grads = _forward_and_gradients(op, args)
+    assert all(o.grad_fn is None or "eager" not in type(o.grad_fn).__name__ for o in through_operator)
+    for a, b in zip(direct + tuple(direct_grads), through_operator + tuple(operator_grads)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b) or (a.dtype.is_floating_point and torch.equal(a.isnan(), b.isnan())
+                                     and torch.equal(a.nan_to_num(), b.nan_to_num()))
+
+
+def test_plain_eager_is_only_taken_on_plain_tensors():
+    from cnn_gpu.torch import bridge
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 3)
+    assert bridge._plain_eager((x, [1, 2], 0.5, None, torch.nn.Parameter(x)))
+    assert not bridge._plain_eager((x.to("meta"),))
+    assert not bridge._plain_eager((x, torch.fx.Proxy(torch.fx.Graph().placeholder("p"))))
+    with Passthrough():
+        assert not bridge._plain_eager((x,))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+    assert not bridge._plain_eager((fake,))

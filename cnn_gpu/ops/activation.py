@@ -67,12 +67,21 @@ def numpy_activation(v, name, slope=0.01):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def _kept(values, keep):
+    """numpy.where(keep, values, 0) bit for bit (+0.0 where keep is False, whatever the value, NaN included), as one
+    bitwise and of the values' bits with an all-ones or all-zeros mask: about 10x faster than numpy.where against
+    a scalar, which NumPy does not vectorise (1.6 ms against 0.17 for 64x6x28x28 floats)."""
+    bits = numpy.dtype(f"u{values.itemsize}")
+    mask = numpy.negative(keep.view(numpy.int8), dtype=f"i{values.itemsize}").view(bits)  # True -> all ones
+    return numpy.bitwise_and(values.view(bits), mask, out=mask).view(values.dtype)
+
+
 def numpy_activation_grad(dy, y, name, slope=0.01):
     """dL/dv from dL/dy and the forward output y."""
     if name in (None, "linear"):
         return dy
     if name == "relu":
-        return numpy.where(y > 0, dy, dy.dtype.type(0))
+        return _kept(dy, y > 0)
     if name == "leaky_relu":
         return numpy.where(y > 0, dy, dy * dy.dtype.type(slope))
     if name == "sigmoid":
@@ -197,7 +206,8 @@ def _forward(name, x, slope=0.01):
     slope = checked_slope(slope)
     xp = float_operands({}, x=x)
     if xp is numpy:
-        return numpy_activation(numpy.array(x, copy=True), name, slope)
+        # relu is the one activation numpy_activation computes in place; it gets a fresh output here, in one pass
+        return numpy.maximum(x, 0) if name == "relu" else numpy_activation(x, name, slope)
     return _cuda_activation(x, name, slope)
 
 

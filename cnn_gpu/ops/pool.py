@@ -137,6 +137,9 @@ def _window_starts(g: WindowGeometry):
 
 
 def _padded(x, g: WindowGeometry, fill):
+    """x inside a border of fill, g's pads wide; x itself where there are none (the windows only read it)."""
+    if not (g.pad_top or g.pad_bottom or g.pad_left or g.pad_right):
+        return x
     Hp, Wp = g.padded_hw
     out = numpy.full((g.N, g.C, Hp, Wp), fill, dtype=x.dtype)
     out[:, :, g.pad_top:g.pad_top + g.H, g.pad_left:g.pad_left + g.W] = x
