@@ -241,12 +241,21 @@ def test_every_op_has_a_verified_default_first():
         registered = variants.registered(op)
         assert registered[0].verified, op
         assert len({v.name for v in registered}) == len(registered), op
+    from cnn_gpu.ops.conv import CONV_TILES
+
     unverified = {(v.op, v.name) for op in variants._REGISTRY if op != "fake_op" for v in variants.registered(op)
                   if not v.verified}
-    assert {name for _, name in unverified} == {
+    grouped_ops = ("conv2d_grouped_fwd", "conv2d_grouped_bwd_data", "conv2d_grouped_bwd_filter")
+    assert {name for op, name in unverified if op not in grouped_ops} == {
         "few output channels", "few output channels, split to 2 blocks an SM", "few output channels, split to 6 blocks an SM",
-        "Winograd F(4x4, 3x3)", "Winograd F(4x4, 3x3), split to 2 blocks an SM", "Winograd F(4x4, 3x3), split to 6 blocks an SM",
-        "direct depthwise"}
+        "Winograd F(4x4, 3x3)", "Winograd F(4x4, 3x3), split to 2 blocks an SM", "Winograd F(4x4, 3x3), split to 6 blocks an SM"}
+    # the grouped implicit GEMMs: every tile, whole and split forward, backward-data, split backward-filter
+    tiles = [f"implicit GEMM {t.bm}x{t.bn}x{t.bk} tile, {t.tm}x{t.tn} a thread" for t in CONV_TILES]
+    splits = [f"{tile}, split to {b} blocks an SM" for tile in tiles for b in (2, 6)]
+    assert {(op, name) for op, name in unverified if op in grouped_ops} == {
+        *(("conv2d_grouped_fwd", name) for name in tiles + splits + ["direct depthwise"]),
+        *(("conv2d_grouped_bwd_data", name) for name in tiles + ["direct depthwise"]),
+        *(("conv2d_grouped_bwd_filter", name) for name in splits + ["direct depthwise"])}
 
 
 @pytest.mark.parametrize("value", ["0", "off", "false"])

@@ -250,7 +250,8 @@ def test_cuda_grouped_implicit_gemm_matches_numpy_float64(backend, xp, rng, case
         assert rel_error(a, ref) < 1e-5
 
 
-# Cg·R·S = 288 (the forward splits) and N·OH·OW = 1024 (backward-filter splits) on any GPU of up to ~100 SMs a split
+# Cg·R·S = 288 and N·OH·OW = 1024: every tile's forward splits on a GPU of more than 32 SMs, its backward-filter on
+# more than 9 (a split variant that does not apply, e.g. one splitting no further than the one before, is skipped)
 SPLIT_CASE = ((4, 64, 16, 16), 32, (3, 3), 1, 2, 2, 2)
 
 
