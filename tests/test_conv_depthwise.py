@@ -80,13 +80,16 @@ def test_depthwise_variants_are_registered_unverified_and_apply_to_depthwise_onl
     monkeypatch.setattr(device, "sm_count", lambda: 132)
     depthwise = grouped.grouped_problem(window_geometry((2, 8, 9, 9), (3, 3), 1, 1), 16, 8)
     dense_dilated = grouped.grouped_problem(window_geometry((2, 8, 9, 9), (3, 3), 1, 2, dilation=2), 16, 1)
+    def names(found):  # the grouped implicit GEMMs apply to every grouped or dilated problem: not these tests' subject
+        return [v.name for v in found if not v.name.startswith("implicit GEMM")]
+
     for op in ("conv2d_grouped_fwd", "conv2d_grouped_bwd_data", "conv2d_grouped_bwd_filter"):
-        assert [v.name for v in variants.applicable(op, depthwise)] == ["CuPy im2col + batched GEMM", "direct depthwise"]
-        assert [v.name for v in variants.applicable(op, dense_dilated)] == ["CuPy im2col + batched GEMM"]
+        assert names(variants.applicable(op, depthwise)) == ["CuPy im2col + batched GEMM", "direct depthwise"]
+        assert names(variants.applicable(op, dense_dilated)) == ["CuPy im2col + batched GEMM"]
         monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "0")
         assert [v.name for v in variants.offered(op, depthwise)] == ["CuPy im2col + batched GEMM"]
         monkeypatch.setenv(variants.UNVERIFIED_VARIABLE, "1")
-        assert [v.name for v in variants.offered(op, depthwise)] == ["CuPy im2col + batched GEMM", "direct depthwise"]
+        assert names(variants.offered(op, depthwise)) == ["CuPy im2col + batched GEMM", "direct depthwise"]
 
 
 @pytest.mark.parametrize("x_shape, window, groups", [((64, 128, 56, 56), (31, 31), 128), ((64, 128, 56, 56), (3, 3), 4),
