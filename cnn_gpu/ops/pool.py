@@ -176,9 +176,10 @@ def _numpy_max_pool2d(x, g: WindowGeometry):
             wins = ~(v <= y) & (y == y)
             offset += wins * (numpy.int32(r * g.S + s) - offset)
             numpy.maximum(y, v, out=y)  # the winners' values, NaN included
-    row_in_window, col_in_window = numpy.divmod(offset, g.S)
-    indices = (h0[:, None] + row_in_window) * g.W + (w0[None, :] + col_in_window)
-    return y, indices.astype(numpy.int64, copy=False)
+    # offset r * S + s -> r * W + s, its distance from the window's corner in the plane (a table, not a divmod)
+    taps = numpy.arange(g.R * g.S)
+    plane_step = (taps // g.S) * g.W + taps % g.S
+    return y, (h0[:, None] * g.W + w0[None, :]) + plane_step[offset]
 
 
 def _numpy_sum_pool2d(x, g: WindowGeometry, mode: int):
