@@ -55,13 +55,17 @@ def _load_data(args):
 
 
 def _output_folder(text: str) -> Path:
-    """--out as a folder that exists and takes new files, checked before any training (created if need be)."""
+    """--out as a folder that takes new files, checked before any training. A folder that does not exist yet is
+    checked through its nearest existing parent and created only when the results are saved, so a run that
+    fails before then leaves no empty folder behind."""
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise ValueError(f"--out {out}: cannot write files there ({exc.strerror or exc})") from None
@@ -104,6 +108,7 @@ def run_train(args) -> int:
     _check_finite_losses(history)
     print(f"trained in {time.perf_counter() - started:.1f} s")
 
+    out.mkdir(parents=True, exist_ok=True)
     saved = [model.save(out / "model.npz"),
              viz.plot_history(history, out / "training_curves.png"),
              viz.plot_filters(model, out / "filters.png"),

@@ -36,8 +36,9 @@
 #define WARP_SIZE 32
 
 // maxpool2d_bwd_staged: warps a block, and floats of dx a warp stages in shared memory (32 KB a block).
-#define STAGED_WARPS 8
-#define STAGED_PIECE 1024
+#if !defined(STAGED_WARPS) || !defined(STAGED_PIECE)
+#error "STAGED_WARPS and STAGED_PIECE come from cnn_gpu/cuda/loader.py (FAMILY_DEFINES)"
+#endif
 
 // This thread's item in a launch over [0, n) items, n < 2^31; false for the threads past the end.
 __device__ __forceinline__ bool item_of_thread(int n, int& item) {

@@ -165,8 +165,10 @@ def test_a_corrupt_gzip_idx_file_is_one_line_error(tmp_path):
     for name in names:
         valid = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x03abc")
         (tmp_path / f"{name}.gz").write_bytes(valid[:10] + b"\xff" * 20)  # a gzip header, then invalid deflate data
-    result = run_cli("train", "--data", "mnist", "--path", str(tmp_path))
+    out = tmp_path / "new" / "run"
+    result = run_cli("train", "--data", "mnist", "--path", str(tmp_path), "--out", str(out))
     assert_one_line_error(result, "train-images-idx3-ubyte.gz", "gzip")
+    assert not (tmp_path / "new").exists()  # --out is created only when there is something to save
 
 
 def test_a_diverging_run_stops_with_an_error_and_keeps_the_previous_model(tmp_path):

@@ -54,6 +54,8 @@ FAMILY_DEFINES = {
                       "FC_MAX_TAPS": 32, "FC_MAX_FILTERS": 6, "FC_STRIP": 4, "FC_THREADS": 128,
                       "FC_BLOCKS_AN_SM": 3, "FC_HELD_REGISTERS": 128},
     "winograd": {"WINOGRAD_THREADS": 256},  # the block size of all its kernels
+    # maxpool2d_bwd_staged: warps a block, and floats of dx a warp stages in shared memory (32 KB a block)
+    "pool": {"STAGED_WARPS": 8, "STAGED_PIECE": 1024},
 }
 
 LAUNCHERS = ("driver", "cupy")

@@ -43,7 +43,7 @@ import numpy
 
 from cnn_gpu.cuda import autotune
 from cnn_gpu.cuda.grid import INT32_MAX, cdiv, fast_divmod_params, require_int32_indexable
-from cnn_gpu.cuda.loader import load_kernel
+from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
 from cnn_gpu.ops.geometry import WindowGeometry, as_pair, plain_arguments, window_geometry
@@ -176,9 +176,10 @@ def _numpy_max_pool2d(x, g: WindowGeometry):
             wins = ~(v <= y) & (y == y)
             offset += wins * (numpy.int32(r * g.S + s) - offset)
             numpy.maximum(y, v, out=y)  # the winners' values, NaN included
-    row_in_window, col_in_window = numpy.divmod(offset, g.S)
-    indices = (h0[:, None] + row_in_window) * g.W + (w0[None, :] + col_in_window)
-    return y, indices.astype(numpy.int64, copy=False)
+    # offset r * S + s -> r * W + s, its distance from the window's corner in the plane (a table, not a divmod)
+    taps = numpy.arange(g.R * g.S)
+    plane_step = (taps // g.S) * g.W + taps % g.S
+    return y, (h0[:, None] * g.W + w0[None, :]) + plane_step[offset]
 
 
 def _numpy_sum_pool2d(x, g: WindowGeometry, mode: int):
@@ -235,8 +236,9 @@ def _numpy_max_pool2d_backward(dy, indices, g: WindowGeometry):
 # small call's latency). Every launch covers whole planes and fewer than 2**31 elements of each array,
 # so the kernels index in 32 bits; a bigger tensor takes several launches (one in practice).
 THREADS = 256
-STAGED_WARPS = THREADS // 32  # maxpool2d_bwd_staged: one warp an item (kernels/pool.cu's STAGED_WARPS)
-STAGED_PIECE = 1024  # floats of dx a warp stages (kernels/pool.cu's STAGED_PIECE)
+# maxpool2d_bwd_staged: one warp an item, STAGED_WARPS warps a block, STAGED_PIECE floats of dx a warp stages
+STAGED_WARPS, STAGED_PIECE = (family_defines("pool")[name] for name in ("STAGED_WARPS", "STAGED_PIECE"))
+assert STAGED_WARPS * 32 == THREADS, "maxpool2d_bwd_staged is launched with the other kernels' THREADS a block"
 
 
 def _pool_geometry_args(g: WindowGeometry):

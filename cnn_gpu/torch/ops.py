@@ -10,6 +10,11 @@ Each is a ``torch.library.custom_op`` with
 - an autocast rule, PyTorch's for its float32-only ops: under ``torch.autocast`` (CPU or CUDA) the
   floating inputs are cast to float32 and the op runs in float32 (float64 inputs stay float64).
 
+The modules call an op through ``call``: the operator itself under torch.compile, FX tracing, fake tensors and
+dispatch modes; its autograd formula as a ``torch.autograd.Function`` under the torch.func transforms; and in plain
+eager mode the same formula over the op's implementation directly, skipping the dispatcher's round trips through
+Python (the same results, bit for bit; tests/test_torch_ops.py holds them equal).
+
 Dtypes: float32 on both devices, float64 too on the CPU (gradient checks). float16 / bfloat16 outside
 autocast is a TypeError naming the dtype (our kernels are float32 only).
 """
