@@ -1,4 +1,7 @@
-"""The conv2d kernels GPU runs have verified compile to the SASS recorded in tests/data/implicit_gemm_sass.json.
+"""The default conv2d kernels (dense: dilation 1, one group) compile to the SASS recorded in
+tests/data/implicit_gemm_sass.json, i.e. adding dilation and groups to the loaders they share with the
+conv2d_grouped_* kernels changed nothing in them. (The record's commit is in the record; whether its SASS has run on a
+GPU is benchmarks/results/gpu-verification.md's business.)
 
 The record holds, for each conv2d tile variant (its defines) and each of sm_80 and sm_90, the sha256 of every kernel's
 normalised SASS (benchmarks/sass_compare.py's normalise: runs of blanks as one space) as NVRTC compiled the sources of
@@ -8,7 +11,8 @@ main loop or an epilogue that alters what the verified implicit GEMMs compile to
 Kernels the record does not name (added since) are not compared. Skipped, with the reason, where NVRTC or cuobjdump
 is missing, or where either version differs from the recorded one (another compiler may emit other SASS).
 
-Regenerate the record from a commit whose kernels a GPU run has verified (git archive of its cnn_gpu/ and kernels/):
+Regenerate the record (from the sources of COMMIT, through git archive) only when a change to these kernels is meant,
+and say so in gpu-verification.md:
 
     python benchmarks/sass_compare.py reference tests/data/implicit_gemm_sass.json COMMIT
 """
