@@ -11,7 +11,7 @@ from torch.library import custom_op, register_autocast
 
 from cnn_gpu.torch.threads import cpu_threads_for_numpy
 
-AUTOCAST_DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda")  # where our ops run, and where autocast casts their inputs
 
 
 # ---- checks shared by the implementations and the fakes -----------------------------------------
@@ -103,12 +103,13 @@ def run(function, *tensors, **kwargs):
 
 
 # ---- registration helpers ------------------------------------------------------------------------
-def operator(qualname, function=None, **options):
-    """torch.library.custom_op(qualname, function, **options), keeping `function` as the operator's
-    `implementation`, which `call` runs directly in plain eager mode. A decorator when function is None."""
+def operator(qualname, function=None, schema=None):
+    """torch.library.custom_op(qualname, function) for CPU and CUDA tensors, mutating none of its arguments, keeping
+    `function` as the operator's `implementation`, which `call` runs directly in plain eager mode. A decorator when
+    function is None."""
     if function is None:
-        return lambda f: operator(qualname, f, **options)
-    op = custom_op(qualname, function, **options)
+        return lambda f: operator(qualname, f, schema)
+    op = custom_op(qualname, function, mutates_args=(), device_types=DEVICES, schema=schema)
     op.implementation = function
     return op
 
@@ -174,7 +175,7 @@ def _plain_eager(args) -> bool:
         return False
     for a in args:
         if isinstance(a, Tensor):
-            if type(a) not in _PLAIN_TENSORS or a.device.type not in AUTOCAST_DEVICES:
+            if type(a) not in _PLAIN_TENSORS or a.device.type not in DEVICES:
                 return False
         elif hasattr(a, "__torch_function__"):
             return False
@@ -187,7 +188,7 @@ def _autocast_inputs(args):
     """The operator's autocast rule applied before an autograd.Function (which saves the inputs it is given):
     float16 / bfloat16 tensors to float32 where autocast is on for their device, the casts recorded by autograd."""
     def cast(a):
-        if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16) and a.device.type in AUTOCAST_DEVICES \
+        if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16) and a.device.type in DEVICES \
                 and torch.is_autocast_enabled(a.device.type):
             return a.float()
         return a
@@ -195,7 +196,7 @@ def _autocast_inputs(args):
 
 
 def float32_under_autocast(op):
-    for device in AUTOCAST_DEVICES:
+    for device in DEVICES:
         register_autocast(op, device, torch.float32)
 
 

@@ -28,7 +28,6 @@ from cnn_gpu.ops.batchnorm import batch_norm_inference_backward
 from cnn_gpu.torch.bridge import (call, check_tensors, differentiable, empty, float32_under_autocast, no_derivative,
                                   operator, run, zeros_or_empty)
 
-DEVICES = ("cpu", "cuda")
 __all__ = ["BACKWARD_OPS", "FORWARD_OPS", "call"]
 
 
@@ -50,7 +49,7 @@ def _pool_shape(x, kernel_size, stride, padding, ceil_mode=False):
     return torch.nn.functional.avg_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode).shape
 
 
-@operator("cnn_gpu::conv2d", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::conv2d")
 def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
            dilation: list[int], groups: int, same: bool) -> Tensor:
     """conv(x, weight) + bias, NCHW, weight (K, C // groups, R, S); padding (h, w) of zeros, or Keras/PyTorch
@@ -68,7 +67,7 @@ def _(x, weight, bias, stride, padding, dilation, groups, same):
     return x.new_empty(_conv2d_shape(x, weight, bias, stride, padding, dilation, groups, same))
 
 
-@operator("cnn_gpu::conv2d_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::conv2d_backward")
 def conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int],
                     dilation: list[int], groups: int, same: bool,
                     output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
@@ -117,7 +116,7 @@ def _check_linear_shapes(x, weight, bias):
         raise ValueError(f"cnn_gpu::linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
-@operator("cnn_gpu::linear", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::linear")
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """x @ weight.T + bias for a 2-D x (the module folds any leading dimensions into one)."""
     check_tensors("linear", x=x, weight=weight, bias=bias)
@@ -134,7 +133,7 @@ def _(x, weight, bias):
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-@operator("cnn_gpu::linear_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::linear_backward")
 def linear_backward(grad: Tensor, x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias)."""
     check_tensors("linear_backward", grad=grad, x=x, weight=weight)
@@ -164,7 +163,7 @@ linear.differentiable = differentiable(linear, _linear_grad, _linear_setup)
 
 
 # ---- pooling -------------------------------------------------------------------------------------
-@operator("cnn_gpu::max_pool2d", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::max_pool2d")
 def max_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                ceil_mode: bool) -> tuple[Tensor, Tensor]:
     """(y, indices): each window's maximum and its h * W + w position in the input plane (int64)."""
@@ -183,7 +182,7 @@ def _(x, kernel_size, stride, padding, ceil_mode):
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
 
 
-@operator("cnn_gpu::max_pool2d_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::max_pool2d_backward")
 def max_pool2d_backward(grad: Tensor, indices: Tensor, x_shape: list[int], kernel_size: list[int], stride: list[int],
                         padding: list[int], ceil_mode: bool) -> Tensor:
     check_tensors("max_pool2d_backward", grad=grad, indices=indices)
@@ -225,7 +224,7 @@ def _sum_pool_backward(dy, x_shape, kernel_size, stride, padding, count_include_
     return F.avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_pad=count_include_pad)
 
 
-@operator("cnn_gpu::avg_pool2d", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::avg_pool2d")
 def avg_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], count_include_pad: bool,
                divisor_override: Optional[int]) -> Tensor:
     """Each window's sum over its area (count_include_pad), its in-bounds count, or divisor_override."""
@@ -242,7 +241,7 @@ def _(x, kernel_size, stride, padding, count_include_pad, divisor_override):
     return x.new_empty(_pool_shape(x, kernel_size, stride, padding))
 
 
-@operator("cnn_gpu::avg_pool2d_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::avg_pool2d_backward")
 def avg_pool2d_backward(grad: Tensor, x_shape: list[int], kernel_size: list[int], stride: list[int],
                         padding: list[int], count_include_pad: bool, divisor_override: Optional[int]) -> Tensor:
     check_tensors("avg_pool2d_backward", grad=grad)
@@ -287,7 +286,7 @@ def _activation_backward(dy, saved, name, slope):
     return (saved > 0) * dy + (saved <= 0) * (dy * dy.dtype.type(slope))
 
 
-@operator("cnn_gpu::activation_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::activation_backward")
 def activation_backward(grad: Tensor, saved: Tensor, name: str, negative_slope: float) -> Tensor:
     """dx of the activation `name` from grad and `saved` (the output y; the input x for leaky_relu)."""
     check_tensors("activation_backward", grad=grad, saved=saved)
@@ -306,7 +305,7 @@ def _activation(name, function, with_slope=False):
         return run(lambda a: function(a, *slope), x)
 
     schema = "(Tensor x, float negative_slope) -> Tensor" if with_slope else "(Tensor x) -> Tensor"
-    op = operator(f"cnn_gpu::{name}", implementation, mutates_args=(), device_types=DEVICES, schema=schema)
+    op = operator(f"cnn_gpu::{name}", implementation, schema=schema)
 
     def fake(x, *slope):
         check_tensors(name, x=x)
@@ -341,7 +340,7 @@ def _check_logits(op, logits, labels):
         raise TypeError(f"cnn_gpu::{op}: labels must be integer class indices, got {labels.dtype}")
 
 
-@operator("cnn_gpu::cross_entropy", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::cross_entropy")
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """The mean softmax cross-entropy of (N, K) logits against (N,) integer labels: a 0-d tensor."""
     check_tensors("cross_entropy", logits=logits, labels=labels)
@@ -356,7 +355,7 @@ def _(logits, labels):
     return logits.new_empty(())
 
 
-@operator("cnn_gpu::cross_entropy_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::cross_entropy_backward")
 def cross_entropy_backward(grad: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     """dlogits = grad * (softmax(logits) - onehot(labels)) / N: the fused kernel run again (the forward
     returns the loss only, so no hidden output needs to be kept)."""
@@ -383,7 +382,7 @@ cross_entropy.differentiable = differentiable(cross_entropy, _cross_entropy_grad
 
 
 # ---- dropout -------------------------------------------------------------------------------------
-@operator("cnn_gpu::dropout", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::dropout")
 def dropout(x: Tensor, p: float, seed: Tensor) -> tuple[Tensor, Tensor]:
     """(y, mask): y = x * mask / (1 - p), mask (uint8) drawn from the int64 seed (a CPU scalar) and the
     element index by cnn_gpu's counter-based hash; 0 <= p < 1."""
@@ -397,7 +396,7 @@ def _(x, p, seed):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape, dtype=torch.uint8)
 
 
-@operator("cnn_gpu::dropout_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::dropout_backward")
 def dropout_backward(grad: Tensor, mask: Tensor, p: float) -> Tensor:
     check_tensors("dropout_backward", grad=grad, mask=mask)
     return run(lambda g, m: F.dropout_backward(g, m, p), grad, mask)
@@ -433,7 +432,7 @@ def _check_batch_norm(x, weight, bias, running_mean, running_var):
                              f"got {tuple(t.shape)}")
 
 
-@operator("cnn_gpu::batch_norm", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::batch_norm")
 def batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
                running_var: Optional[Tensor], training: bool, momentum: float,
                eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -463,7 +462,7 @@ def _(x, weight, bias, running_mean, running_var, training, momentum, eps):
             empty(x) if running_var is None else torch.empty_like(running_var))
 
 
-@operator("cnn_gpu::batch_norm_backward", mutates_args=(), device_types=DEVICES)
+@operator("cnn_gpu::batch_norm_backward")
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor,
                         training: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias); training: the batch statistics' terms included; else they are constants."""
