@@ -80,26 +80,31 @@ def _split_name(blocks_per_sm: int) -> str:
     return f", split to {blocks_per_sm} blocks an SM" if blocks_per_sm else ""
 
 
+class _Tiled(Variant):
+    """The name and algorithm of an implicit-GEMM variant: its tile, and its split (blocks_per_sm, 0 or absent:
+    unsplit)."""
+
+    @property
+    def algorithm(self) -> str:
+        return "implicit GEMM, split" if getattr(self, "blocks_per_sm", 0) else "implicit GEMM"
+
+    @property
+    def name(self) -> str:
+        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(getattr(self, 'blocks_per_sm', 0))}"
+
+
 # A split forward keeps at least this many BK-steps of the C·R·S reduction a split.
 FORWARD_MIN_CHUNK_STEPS = 4
 
 
 @dataclass(frozen=True)
-class ImplicitGemmForward(Variant):
+class ImplicitGemmForward(_Tiled):
     """conv2d_fwd_bias_act compiled with `tile`: unsplit (blocks_per_sm 0), or its C·R·S reduction split into chunks of
     at least FORWARD_MIN_CHUNK_STEPS steps until the grid has blocks_per_sm blocks an SM (partials, then a
     fixed-order sum that adds the bias and applies the activation), offered where that splits at least in two."""
     tile: ConvTile
     blocks_per_sm: int = 0
     op = "conv2d_fwd"
-
-    @property
-    def algorithm(self) -> str:
-        return "implicit GEMM, split" if self.blocks_per_sm else "implicit GEMM"
-
-    @property
-    def name(self) -> str:
-        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
 
     def split(self, problem: ConvProblem, blocks_per_sm: int | None = None) -> tuple[int, int]:
         """(splits, chunk) of the C·R·S reduction (at blocks_per_sm, default this variant's)."""
@@ -131,15 +136,10 @@ class ImplicitGemmForward(Variant):
 
 
 @dataclass(frozen=True)
-class ImplicitGemmBackwardData(Variant):
+class ImplicitGemmBackwardData(_Tiled):
     """conv2d_bwd_data compiled with `tile`: the implicit GEMM over dx's C × N*H*W, unsplit."""
     tile: ConvTile
     op = "conv2d_bwd_data"
-    algorithm = "implicit GEMM"
-
-    @property
-    def name(self) -> str:
-        return f"implicit GEMM {_tile_name(self.tile)}"
 
     def plan(self, problem: ConvProblem) -> _Launch:
         g, tile = problem.g, self.tile
@@ -153,17 +153,12 @@ class ImplicitGemmBackwardData(Variant):
 
 
 @dataclass(frozen=True)
-class ImplicitGemmBackwardFilter(Variant):
+class ImplicitGemmBackwardFilter(_Tiled):
     """conv2d_bwd_filter compiled with `tile`, its N*OH*OW reduction split until the grid has blocks_per_sm blocks an
     SM (small filters still fill the GPU): partials, then a fixed-order sum."""
     tile: ConvTile
     blocks_per_sm: int
     op = "conv2d_bwd_filter"
-    algorithm = "implicit GEMM, split"
-
-    @property
-    def name(self) -> str:
-        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
 
     def plan(self, problem: ConvProblem) -> _Launch:
         g, K, tile = problem.g, problem.K, self.tile
@@ -202,7 +197,7 @@ def _grouped_grid(gemm_m: int, gemm_n: int, tile: ConvTile, groups: int, splits:
     return _gemm_grid(gemm_m, gemm_n, tile, splits * groups)
 
 
-class _GroupedImplicitGemm(Variant):
+class _GroupedImplicitGemm(_Tiled):
     """What the three grouped implicit GEMMs share: applicable wherever the problem's indexing and grid fit (checked
     without compiling anything)."""
 
@@ -226,14 +221,6 @@ class GroupedImplicitGemmForward(_GroupedImplicitGemm):
     tile: ConvTile
     blocks_per_sm: int = 0
     op = "conv2d_grouped_fwd"
-
-    @property
-    def algorithm(self) -> str:
-        return "implicit GEMM, split" if self.blocks_per_sm else "implicit GEMM"
-
-    @property
-    def name(self) -> str:
-        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
 
     def split(self, problem, blocks_per_sm: int | None = None) -> tuple[int, int]:
         """(splits, chunk) of each group's Cg·R·S reduction (at blocks_per_sm, default this variant's)."""
@@ -281,11 +268,6 @@ class GroupedImplicitGemmBackwardData(_GroupedImplicitGemm):
     all groups in one launch."""
     tile: ConvTile
     op = "conv2d_grouped_bwd_data"
-    algorithm = "implicit GEMM"
-
-    @property
-    def name(self) -> str:
-        return f"implicit GEMM {_tile_name(self.tile)}"
 
     def grid(self, problem) -> tuple:
         g = problem.g
@@ -309,11 +291,6 @@ class GroupedImplicitGemmBackwardFilter(_GroupedImplicitGemm):
     tile: ConvTile
     blocks_per_sm: int
     op = "conv2d_grouped_bwd_filter"
-    algorithm = "implicit GEMM, split"
-
-    @property
-    def name(self) -> str:
-        return f"implicit GEMM {_tile_name(self.tile)}{_split_name(self.blocks_per_sm)}"
 
     def split(self, problem) -> tuple[int, int]:
         """(splits, chunk) of each group's N·OH·OW reduction."""
