@@ -351,3 +351,32 @@ def test_plain_eager_is_only_taken_on_plain_tensors():
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(x)
     assert not bridge._plain_eager((fake,))
+
+
+def test_jit_trace_records_the_operators_and_saves(tmp_path):
+    """torch.jit.trace records torch.ops.cnn_gpu.* calls (not Python functions), so the traced module saves, loads
+    and runs like the eager one on another batch size."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ours.Conv2d(1, 2, 3), ours.ReLU(), ours.MaxPool2d(2), torch.nn.Flatten(),
+                                ours.Linear(2 * 3 * 3, 4))
+    traced = torch.jit.trace(model, torch.randn(2, 1, 8, 8))
+    kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert {"cnn_gpu::conv2d", "cnn_gpu::relu", "cnn_gpu::max_pool2d", "cnn_gpu::linear"} <= kinds
+    assert "prim::PythonOp" not in kinds
+    torch.jit.save(traced, tmp_path / "model.pt")
+    loaded = torch.jit.load(tmp_path / "model.pt")
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_forward_mode_derivatives_are_an_error_naming_the_op():
+    """Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) has no formula here: a clear error, never a
+    silently missing tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(2, 3, 6, 6)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="cnn_gpu::relu has no forward-mode derivative"):
+        ours.ReLU()(fwAD.make_dual(x, torch.ones_like(x)))
+    conv = ours.Conv2d(3, 2, 3)
+    with pytest.raises(RuntimeError, match="cnn_gpu::conv2d has no forward-mode derivative"):
+        torch.func.jvp(conv, (x,), (torch.ones_like(x),))

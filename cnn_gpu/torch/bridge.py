@@ -142,16 +142,21 @@ def differentiable(op, backward, setup_context):
         setup_context(ctx, args, output)
         return output
 
+    def jvp(ctx, *tangents):
+        raise RuntimeError(
+            f"{op._qualname} has no forward-mode derivative (torch.autograd.forward_ad, torch.func.jvp / jacfwd): "
+            f"cnn_gpu's ops have reverse-mode autograd only; the torch.nn layer can take its place")
+
     op.eager = type(f"{op._name}_eager", (torch.autograd.Function,), {
-        "forward": staticmethod(eager_forward), "backward": staticmethod(backward)})
+        "forward": staticmethod(eager_forward), "backward": staticmethod(backward), "jvp": staticmethod(jvp)})
     return type(f"{op._name}_function", (torch.autograd.Function,), {
         "forward": staticmethod(lambda *args: overload(*args)), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward), "generate_vmap_rule": True})
+        "backward": staticmethod(backward), "jvp": staticmethod(jvp), "generate_vmap_rule": True})
 
 
 def call(op, *args):
-    """op(*args) with autograd. torch.compile traces the operator, and so do FX tracing, fake tensors, tensor
-    subclasses and dispatch modes. Under a torch.func transform (grad, vmap, jacrev) it runs the op's
+    """op(*args) with autograd. torch.compile traces the operator, and so do FX tracing, torch.jit.trace, fake
+    tensors, tensor subclasses and dispatch modes. Under a torch.func transform (grad, vmap, jacrev) it runs the op's
     autograd.Function (the transforms take no operator's registered formula). Otherwise, on plain CPU or CUDA
     tensors, the same autograd formula runs over the op's implementation directly (op.eager), without the
     dispatcher's round trips through Python: about 0.1 ms an op, which is most of a small layer's time on the CPU.
@@ -170,8 +175,10 @@ _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 def _plain_eager(args) -> bool:
     """Every tensor argument a plain CPU or CUDA tensor, no other argument that overrides torch functions (an FX
-    Proxy), and no mode that intercepts operators."""
-    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+    Proxy), no mode that intercepts operators, and no torch.jit.trace recording (it must record the operator, which
+    torch.jit.save can write, where a Function would be a Python call it cannot)."""
+    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch.jit.is_tracing()):
         return False
     for a in args:
         if isinstance(a, Tensor):
