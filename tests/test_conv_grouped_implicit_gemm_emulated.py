@@ -16,7 +16,7 @@ from cnn_gpu.ops.conv.grouped import grouped_problem
 from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM
 from cnn_gpu.ops.geometry import window_geometry
 from emulation import emulate
-from test_conv_implicit_gemm_emulated import MAIN, RELU, emulated, nans, planner, rel, sum_splits  # noqa: F401
+from emulation.conv2d_launches import MAIN, RELU, emulated, nans, planner, rel, sum_splits  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(emulate.available() is not None, reason=f"CPU emulation: {emulate.available()}")
 

@@ -5,23 +5,17 @@ sum_splits_bias_act adds with the bias and relu), backward-data, backward-filter
 outputs, odd shapes, strides 1 and 2, scalar and float4 stores. Skipped where g++ is missing. No GPU involved."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy
 import pytest
 
 from checks import naive_conv2d
-from cnn_gpu.cuda import device, grid, loader
-from cnn_gpu.ops import gemm
 from cnn_gpu.ops.conv import implicit_gemm as ig
 from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, conv_problem
 from cnn_gpu.ops.geometry import window_geometry
 from emulation import emulate
+from emulation.conv2d_launches import MAIN, RELU, emulated, nans, planner, rel, sum_splits  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(emulate.available() is not None, reason=f"CPU emulation: {emulate.available()}")
-MAIN = "conv2d_main.cpp"
-SMS = 8  # a small GPU, so that the planner splits the last case (not the others)
-RELU = 1
 
 # (x shape, K, R×S window, stride, padding)
 CASES = [
@@ -34,22 +28,6 @@ CASES = [
 def case_id(case):
     shape, K, R, stride, pad = case
     return "x{}x{}x{}x{}_K{}_w{}_s{}_p{}".format(*shape, K, R, stride, pad)
-
-
-@pytest.fixture
-def planner(monkeypatch):
-    """Plans the default variants' launches as on a GPU of SMS SMs: each launch's kernel is its name and the merged
-    defines it would compile with (cnn_gpu.cuda.loader.family_defines), nothing compiled."""
-    monkeypatch.setattr(device, "sm_count", lambda: SMS)
-    monkeypatch.setattr(grid, "sm_count", lambda: SMS)
-    monkeypatch.setattr(ig, "_kernel", lambda name, tile=ig.DEFAULT_TILE: SimpleNamespace(
-        name=name, defines=loader.family_defines("conv2d", **tile.defines)))
-    monkeypatch.setattr(gemm, "load_kernel", lambda family, name, **defines: SimpleNamespace(
-        name=name, defines=loader.family_defines(family, **defines)))
-
-
-def emulated(plan, grid_, block):
-    return SimpleNamespace(kernel=plan.name, defines=plan.defines, grid=grid_, block=block)
 
 
 def problem_of(case):
@@ -79,22 +57,6 @@ def reference_backward(x, w, dy, g):
             dw[:, :, r, s] = numpy.einsum("nkhw,nchw->kc", dy64, xp[:, :, rows, cols])
             dxp[:, :, rows, cols] += numpy.einsum("nkhw,kc->nchw", dy64, w64[:, :, r, s])
     return dxp[:, :, g.pad_top:g.pad_top + g.H, g.pad_left:g.pad_left + g.W], dw
-
-
-def rel(a, ref):
-    return numpy.linalg.norm(a - ref) / numpy.linalg.norm(ref)
-
-
-def nans(shape):
-    return numpy.full(shape, numpy.nan, numpy.float32)
-
-
-def sum_splits(partials, out_shape, bias=None, pixels=1, act=0, slope=0.0):
-    """implicit_gemm._sum_partials's launch of sum_splits_bias_act (cnn_gpu.ops.gemm.cuda_sum_splits), emulated."""
-    rows, cols = partials.shape[0], int(numpy.prod(out_shape))
-    period = 1 if bias is None else bias.size
-    plan, grid_, block, scalars = gemm._sum_splits_launch.__wrapped__("conv2d", rows, cols, pixels, period, act, slope)
-    return emulate.run(MAIN, emulated(plan, grid_, block), [partials, bias, nans(out_shape)], scalars, out=2)
 
 
 def forward_reference(x, w, b, g):
