@@ -180,6 +180,12 @@ class FakeVariant(variants.Variant):
     algorithm: str
     op = "fake_op"
 
+    def plan(self, problem):
+        return self.name
+
+    def launch(self, *args):
+        return self.name
+
 
 VERIFIED_A, VERIFIED_B, UNVERIFIED = FakeVariant("a", "checked"), FakeVariant("b", "checked"), FakeVariant("new", "new")
 

@@ -17,6 +17,8 @@ passed; the commit that records a passing GPU run (benchmarks/results/gpu-verifi
 """
 from __future__ import annotations
 
+import abc
+
 import functools
 import os
 
@@ -37,9 +39,10 @@ VERIFIED = {
 # forward last ran on a GPU).
 
 
-class Variant:
+class Variant(abc.ABC):
     """One way of computing an op (see the module docstring). Subclasses are frozen dataclasses that set
-    ``op`` and define ``algorithm``, ``name``, ``plan`` and ``launch``; ``applies`` defaults to True."""
+    ``op`` and define ``algorithm``, ``name``, ``plan`` and ``launch`` (abstract: a subclass without them cannot be
+    made); ``applies`` defaults to True."""
 
     op: str = ""
     algorithm: str = ""  # subclasses set it, or make it a property of their fields
@@ -52,11 +55,13 @@ class Variant:
     def applies(self, problem) -> bool:
         return True
 
+    @abc.abstractmethod
     def plan(self, problem, *args):
-        raise NotImplementedError
+        """What launch needs for this problem, computed once (planned caches it)."""
 
+    @abc.abstractmethod
     def launch(self, *args):
-        raise NotImplementedError
+        """Runs the variant on its arrays and returns the op's result."""
 
     def __str__(self) -> str:
         return self.name

@@ -7,6 +7,7 @@ deterministic sum of split partials (sum_splits_bias_act) and bias gradient (con
 algorithm ends with."""
 from __future__ import annotations
 
+import abc
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -209,8 +210,9 @@ class _GroupedImplicitGemm(_Tiled):
             return False
         return True
 
+    @abc.abstractmethod
     def grid(self, problem) -> tuple:
-        raise NotImplementedError
+        """The launch grid (ValueError where it would pass CUDA's limits)."""
 
 
 @dataclass(frozen=True)
