@@ -6,6 +6,7 @@ import numpy
 import pytest
 
 from cnn_gpu import functional as F
+from cnn_gpu.ops.activation import numpy_activation
 from checks import error_relative_to, numeric_grad, rel_error
 
 SHAPES = [(1,), (3, 5), (2, 3, 17, 31), (1, 1, 33, 65), (129, 127)]
@@ -152,3 +153,22 @@ def test_relu_backward_is_where_positive_bit_for_bit(rng, dtype):
         expected = numpy.where(v > 0, g, dtype(0))
         assert got.dtype == dtype and got.shape == g.shape
         assert numpy.array_equal(got.view(bits), expected.view(bits))
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_relu_is_maximum_with_zero_bit_for_bit(rng, dtype):
+    """relu(x) = numpy.maximum(x, 0)'s bits: NaN of either sign kept, -0.0 and negatives +0.0, for any layout, as a
+    fresh array; the in-place epilogue of the NumPy conv2d / linear likewise."""
+    x = rng.standard_normal((4, 3, 6, 10)).astype(dtype)
+    x.flat[::4], x.flat[1::5], x.flat[2::9], x.flat[3::13] = -0.0, numpy.nan, -numpy.inf, numpy.inf
+    x.flat[5::17] = -numpy.array(numpy.nan, dtype)
+    bits = f"u{numpy.dtype(dtype).itemsize}"
+    for v in [x, x.transpose(0, 2, 3, 1), x[..., ::3]]:
+        expected = numpy.maximum(v, 0)
+        before = v.copy()
+        got = F.relu(v)
+        assert got.dtype == dtype and got.shape == v.shape and not numpy.shares_memory(got, v)
+        assert numpy.array_equal(got.view(bits), expected.view(bits))
+        assert numpy.array_equal(v.view(bits), before.view(bits))  # the input untouched
+        in_place = numpy_activation(v.copy(), "relu")
+        assert numpy.array_equal(in_place.view(bits), expected.view(bits))
