@@ -9,6 +9,7 @@ import json
 import numpy
 import pytest
 
+import cnn_gpu
 from cnn_gpu import bench
 from cnn_gpu.cuda import autotune
 from cnn_gpu.bench.cases import Bound, Case, op_names
@@ -226,3 +227,44 @@ def test_without_pytorch_the_run_says_once_at_the_top_how_to_get_references(tmp_
     assert "pip install torch" in note
     assert report["rows"] and all(row["status"] == "UNCHECKED" and row["speedup"] is None for row in report["rows"])
     assert (tmp_path / "speedup.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cpu_run_gives_blas_numba_and_torch_one_thread_each_during_its_cases(tmp_path, monkeypatch):
+    """The method a CPU report states ("one thread each for NumPy's BLAS, numba and torch") is what its cases ran
+    under, references included; the counts before the run come back after it."""
+    if cnn_gpu.get_backend() == "cuda":
+        pytest.skip("the thread limit is the CPU run's")
+    import numba
+    from threadpoolctl import threadpool_info
+
+    seen = []
+
+    def counts():
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        torch = _torch_module()
+        return {"blas": blas, "numba": numba.get_num_threads(), "torch": torch.get_num_threads() if torch else None}
+
+    def prepare(side):
+        x = side.normal(5, 7)
+
+        def reference():
+            seen.append(counts())
+            return x
+        return Bound(lambda: x, refs={"identity": reference}, inputs=(x,))
+
+    monkeypatch.setattr(bench, "cases", lambda quick: [Case("relu", "threads", "5×7", prepare)])
+    before = counts()
+    report = bench.run(ops=["relu"], quick=True, out=tmp_path)
+    assert report["method"]["threads"] == "one thread each for NumPy's BLAS, numba and torch"
+    assert seen and all(c["blas"] and set(c["blas"]) == {1} and c["numba"] == 1 for c in seen)
+    if _torch_importable():
+        assert all(c["torch"] == 1 for c in seen)
+    assert counts() == before
+
+
+def _torch_module():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch

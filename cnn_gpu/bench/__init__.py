@@ -68,7 +68,7 @@ def run(ops=None, quick: bool = False, out="bench-out", budget_s: float | None =
     from tqdm import tqdm
 
     selected = _select(ops)
-    device = cnn_gpu.get_backend()
+    device = "cuda" if cnn_gpu.get_backend() == "cuda" else "cpu"  # the backend's name on the CPU is 'numpy'
     note = None
     if device != "cuda" and not quick:
         note = "no GPU backend here: the full suite is GPU-sized, so the quick suite ran instead"
