@@ -380,3 +380,44 @@ def test_forward_mode_derivatives_are_an_error_naming_the_op():
     conv = ours.Conv2d(3, 2, 3)
     with pytest.raises(RuntimeError, match="cnn_gpu::conv2d has no forward-mode derivative"):
         torch.func.jvp(conv, (x,), (torch.ones_like(x),))
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain eager", "operator"])
+@pytest.mark.parametrize("layer", ["MaxPool2d", "Dropout", "BatchNorm2d"])
+def test_outputs_without_a_gradient_get_no_tensor_of_zeros_in_backward(layer, plain, monkeypatch):
+    """The indices, the dropout mask and the batch statistics have no gradient: backward gets None for them, not a
+    tensor of zeros (filling one the size of the input is wasted work, and on the CPU a parallel op after which
+    PyTorch's OpenMP workers spin on the cores for several ms). x's gradient is still torch.nn's (dropout's: dy
+    times y / x, the kept elements' scale)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cnn_gpu.torch import bridge
+
+    if not plain:
+        monkeypatch.setattr(bridge, "_plain_eager", lambda args: False)
+    torch.manual_seed(0)
+    module = {"MaxPool2d": lambda: ours.MaxPool2d(2), "Dropout": lambda: ours.Dropout(0.5),
+              "BatchNorm2d": lambda: ours.BatchNorm2d(4)}[layer]()
+    x = torch.randn(8, 4, 16, 16, requires_grad=True)
+    y = module(x)
+    dy = torch.randn_like(y)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y.backward(dy)
+    filled = [e.key for e in prof.key_averages() if e.key in ("aten::zeros", "aten::zeros_like", "aten::zero_",
+                                                               "aten::fill_", "aten::new_zeros")]
+    assert not filled, filled
+    if layer == "Dropout":
+        expected = dy * (y / x).detach()
+    else:
+        x_ref = x.detach().clone().requires_grad_(True)
+        (torch.nn.MaxPool2d(2) if layer == "MaxPool2d" else torch.nn.BatchNorm2d(4))(x_ref).backward(dy)
+        expected = x_ref.grad
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_undefined_output_gradients_are_zero_gradients():
+    """backward with no gradient for y (autograd's undefined gradient, e.g. from gradcheck's check_undefined_grad)
+    gives no gradient for x, as a gradient of zeros would."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    for function, args in [(ops.max_pool2d, ([2, 2], [2, 2], [0, 0], False)), (ops.dropout, (0.5, torch.tensor(7)))]:
+        torch.autograd.gradcheck(lambda t: ops.call(function, t, *args)[0], (x,), check_undefined_grad=True)

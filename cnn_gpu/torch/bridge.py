@@ -202,6 +202,15 @@ def _autocast_inputs(args):
     return tuple(cast(a) for a in args)
 
 
+def non_differentiable(ctx, *outputs):
+    """Marks outputs that have no gradient (indices, masks, statistics) as such, and has autograd pass None for every
+    undefined output gradient rather than a tensor of zeros (the op's backward formula then takes None for y as a
+    gradient of zeros): filling one the size of the input is wasted work, and on the CPU a parallel op after which
+    PyTorch's OpenMP workers spin on the cores for several ms, slowing the NumPy work that follows."""
+    ctx.mark_non_differentiable(*outputs)
+    ctx.set_materialize_grads(False)
+
+
 def float32_under_autocast(op):
     for device in DEVICES:
         register_autocast(op, device, torch.float32)

@@ -26,7 +26,7 @@ from torch import Tensor
 from cnn_gpu import functional as F
 from cnn_gpu.ops.batchnorm import batch_norm_inference_backward
 from cnn_gpu.torch.bridge import (call, check_tensors, differentiable, empty, float32_under_autocast, no_derivative,
-                                  operator, run, zeros_or_empty)
+                                  non_differentiable, operator, run, zeros_or_empty)
 
 __all__ = ["BACKWARD_OPS", "FORWARD_OPS", "call"]
 
@@ -199,12 +199,14 @@ def _(grad, indices, x_shape, kernel_size, stride, padding, ceil_mode):
 
 def _max_pool2d_setup(ctx, inputs, output):
     x, kernel_size, stride, padding, ceil_mode = inputs
-    ctx.mark_non_differentiable(output[1])
+    non_differentiable(ctx, output[1])
     ctx.save_for_backward(output[1])
     ctx.conf = (list(x.shape), kernel_size, stride, padding, ceil_mode)
 
 
 def _max_pool2d_grad(ctx, grad, _grad_indices):
+    if grad is None:  # y took no part (see non_differentiable)
+        return None, None, None, None, None
     (indices,) = ctx.saved_tensors
     return call(max_pool2d_backward, grad, indices, *ctx.conf), None, None, None, None
 
@@ -408,12 +410,14 @@ def _(grad, mask, p):
 
 
 def _dropout_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
+    non_differentiable(ctx, output[1])
     ctx.save_for_backward(output[1])
     ctx.p = inputs[1]
 
 
 def _dropout_grad(ctx, grad, _grad_mask):
+    if grad is None:  # y took no part (see non_differentiable)
+        return None, None, None
     (mask,) = ctx.saved_tensors
     return call(dropout_backward, grad, mask, ctx.p), None, None
 
@@ -481,12 +485,14 @@ def _(grad, x, weight, mean, invstd, training):
 def _batch_norm_setup(ctx, inputs, output):
     x, weight, bias, running_mean, running_var, training, momentum, eps = inputs
     _, mean, invstd, new_mean, new_var = output
-    ctx.mark_non_differentiable(mean, invstd, new_mean, new_var)
+    non_differentiable(ctx, mean, invstd, new_mean, new_var)
     ctx.save_for_backward(x, weight, mean, invstd)
     ctx.conf = (training, weight is not None, bias is not None)
 
 
 def _batch_norm_grad(ctx, grad, *_grad_statistics):
+    if grad is None:  # y took no part (see non_differentiable)
+        return (None,) * 8
     x, weight, mean, invstd = ctx.saved_tensors
     training, has_weight, has_bias = ctx.conf
     dx, dweight, dbias = call(batch_norm_backward, grad, x, weight, mean, invstd, training)
