@@ -419,5 +419,6 @@ def test_undefined_output_gradients_are_zero_gradients():
     """backward with no gradient for y (autograd's undefined gradient, e.g. from gradcheck's check_undefined_grad)
     gives no gradient for x, as a gradient of zeros would."""
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
-    for function, args in [(ops.max_pool2d, ([2, 2], [2, 2], [0, 0], False)), (ops.dropout, (0.5, torch.tensor(7)))]:
+    for function, args in [(ops.max_pool2d, ([2, 2], [2, 2], [0, 0], False)), (ops.dropout, (0.5, torch.tensor(7))),
+                           (ops.batch_norm, (None, None, None, None, True, 0.1, 1e-5))]:
         torch.autograd.gradcheck(lambda t: ops.call(function, t, *args)[0], (x,), check_undefined_grad=True)

@@ -134,6 +134,11 @@ def differentiable(op, backward, setup_context):
     autograd.Function with setup_context, not an operator's registered formula. Its vmap rule is generated
     (the op's batching is PyTorch's fallback: a loop over the batch). The formula is also kept as `op.eager`,
     an autograd.Function over the op's implementation itself: what `call` runs in plain eager mode."""
+    formula = backward
+
+    def backward(ctx, grad, *other_grads):  # y's gradient None (see non_differentiable): no gradient for any input
+        return (None,) * len(ctx.needs_input_grad) if grad is None else formula(ctx, grad, *other_grads)
+
     op.register_autograd(backward, setup_context=setup_context)
     overload = getattr(torch.ops.cnn_gpu, op._name).default
 
@@ -204,8 +209,8 @@ def _autocast_inputs(args):
 
 def non_differentiable(ctx, *outputs):
     """Marks outputs that have no gradient (indices, masks, statistics) as such, and has autograd pass None for every
-    undefined output gradient rather than a tensor of zeros (the op's backward formula then takes None for y as a
-    gradient of zeros): filling one the size of the input is wasted work, and on the CPU a parallel op after which
+    undefined output gradient rather than a tensor of zeros (a None for y is then no gradient for any input, see
+    differentiable): filling one the size of the input is wasted work, and on the CPU a parallel op after which
     PyTorch's OpenMP workers spin on the cores for several ms, slowing the NumPy work that follows."""
     ctx.mark_non_differentiable(*outputs)
     ctx.set_materialize_grads(False)

@@ -205,8 +205,6 @@ def _max_pool2d_setup(ctx, inputs, output):
 
 
 def _max_pool2d_grad(ctx, grad, _grad_indices):
-    if grad is None:  # y took no part (see non_differentiable)
-        return None, None, None, None, None
     (indices,) = ctx.saved_tensors
     return call(max_pool2d_backward, grad, indices, *ctx.conf), None, None, None, None
 
@@ -416,8 +414,6 @@ def _dropout_setup(ctx, inputs, output):
 
 
 def _dropout_grad(ctx, grad, _grad_mask):
-    if grad is None:  # y took no part (see non_differentiable)
-        return None, None, None
     (mask,) = ctx.saved_tensors
     return call(dropout_backward, grad, mask, ctx.p), None, None
 
@@ -491,8 +487,6 @@ def _batch_norm_setup(ctx, inputs, output):
 
 
 def _batch_norm_grad(ctx, grad, *_grad_statistics):
-    if grad is None:  # y took no part (see non_differentiable)
-        return (None,) * 8
     x, weight, mean, invstd = ctx.saved_tensors
     training, has_weight, has_bias = ctx.conf
     dx, dweight, dbias = call(batch_norm_backward, grad, x, weight, mean, invstd, training)
