@@ -144,8 +144,10 @@ def _dilated(g: WindowGeometry) -> bool:
 def _windows(x, g: WindowGeometry):
     """The view (N, C, OH, OW, R, S) of every window of the zero-padded x (no copy of the windows); NumPy or CuPy."""
     xp = numpy if isinstance(x, numpy.ndarray) else _cupy()
-    pads = ((0, 0), (0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
-    padded = xp.pad(x, pads) if any(sum(p) for p in pads) else x
+    padded = x
+    if g.pad_top or g.pad_bottom or g.pad_left or g.pad_right:  # zeros and one copy: numpy.pad costs 4x that
+        padded = xp.zeros((g.N, g.C) + g.padded_hw, dtype=x.dtype)
+        padded[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W] = x
     view = xp.lib.stride_tricks.sliding_window_view(padded, g.window_extent, axis=(2, 3))
     if _dilated(g):
         view = view[..., :: g.dilation_h, :: g.dilation_w]
