@@ -47,7 +47,8 @@ ARCHS = ("sm_80", "sm_90")
 REPO = Path(__file__).resolve().parent.parent
 
 # Per-layer define sets (kernels/conv2d_direct.cu: conv2d_fwd_few_filters' FEWK_*, conv2d_bwd_filter_few_channels'
-# FEWC_*) and pool.cu's fixed-window forward, as the planners produce them for layers the tests compile.
+# FEWC_*), pool.cu's fixed-window forward and conv2d_depthwise.cu's (below), as the planners produce them for
+# layers the tests compile.
 PER_LAYER_DEFINES = {
     "conv2d_direct": (
         dict(FEWK_K=1, FEWK_R=3, FEWK_S=3, FEWK_SH=1, FEWK_SW=1, FEWK_BX=25, FEWK_BY=5, FEWK_U=4),
@@ -60,6 +61,21 @@ PER_LAYER_DEFINES = {
     ),
     "pool": (dict(FIXED_WINDOW_R=2, FIXED_WINDOW_S=2), dict(FIXED_WINDOW_R=3, FIXED_WINDOW_S=3)),
 }
+
+
+def _depthwise(r, s, stride, dilation, u, v, bx, by, bp, rc, threads):
+    return dict(DEPTHWISE_R=r, DEPTHWISE_S=s, DEPTHWISE_SH=stride, DEPTHWISE_SW=stride, DEPTHWISE_DH=dilation,
+                DEPTHWISE_DW=dilation, DEPTHWISE_U=u, DEPTHWISE_V=v, DEPTHWISE_BX=bx, DEPTHWISE_BY=by, DEPTHWISE_BP=bp,
+                DEPTHWISE_RC=rc, DEPTHWISE_THREADS=threads)
+
+
+# kernels/conv2d_depthwise.cu as its planner compiles it for the bench's MobileNetV2 3×3 (stride 1 and 2), ConvNeXt
+# 7×7 and RepLKNet 31×31 layers (backward-filter a window row a pass), a dilation-2 and a 5×5 stride-2 layer.
+PER_LAYER_DEFINES["conv2d_depthwise"] = (
+    _depthwise(3, 3, 1, 1, 2, 4, 14, 9, 1, 3, 128), _depthwise(3, 3, 2, 1, 2, 4, 7, 14, 1, 3, 128),
+    _depthwise(7, 7, 1, 1, 2, 8, 7, 18, 1, 7, 128), _depthwise(31, 31, 1, 1, 2, 8, 7, 18, 1, 1, 192),
+    _depthwise(3, 3, 1, 2, 2, 4, 3, 5, 2, 3, 32), _depthwise(5, 5, 2, 1, 2, 4, 2, 3, 2, 5, 32),
+)
 
 _FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)\s*$")
 
