@@ -48,44 +48,11 @@
 // (tests/test_conv_depthwise_emulated.py).
 #include "conv2d_indexing.cuh"
 
-#ifndef DEPTHWISE_R
-#define DEPTHWISE_R 3
-#endif
-#ifndef DEPTHWISE_S
-#define DEPTHWISE_S 3
-#endif
-#ifndef DEPTHWISE_SH
-#define DEPTHWISE_SH 1
-#endif
-#ifndef DEPTHWISE_SW
-#define DEPTHWISE_SW 1
-#endif
-#ifndef DEPTHWISE_DH
-#define DEPTHWISE_DH 1
-#endif
-#ifndef DEPTHWISE_DW
-#define DEPTHWISE_DW 1
-#endif
-#ifndef DEPTHWISE_U
-#define DEPTHWISE_U 2
-#endif
-#ifndef DEPTHWISE_V
-#define DEPTHWISE_V 4
-#endif
-#ifndef DEPTHWISE_BX
-#define DEPTHWISE_BX 8
-#endif
-#ifndef DEPTHWISE_BY
-#define DEPTHWISE_BY 8
-#endif
-#ifndef DEPTHWISE_BP
-#define DEPTHWISE_BP 2
-#endif
-#ifndef DEPTHWISE_RC
-#define DEPTHWISE_RC DEPTHWISE_R
-#endif
-#ifndef DEPTHWISE_THREADS
-#define DEPTHWISE_THREADS ((DEPTHWISE_BX * DEPTHWISE_BY * DEPTHWISE_BP + 31) / 32 * 32)
+#if !defined(DEPTHWISE_R) || !defined(DEPTHWISE_S) || !defined(DEPTHWISE_SH) || !defined(DEPTHWISE_SW) || \
+    !defined(DEPTHWISE_DH) || !defined(DEPTHWISE_DW) || !defined(DEPTHWISE_U) || !defined(DEPTHWISE_V) || \
+    !defined(DEPTHWISE_BX) || !defined(DEPTHWISE_BY) || !defined(DEPTHWISE_BP) || !defined(DEPTHWISE_RC) || \
+    !defined(DEPTHWISE_THREADS) || !defined(DEPTHWISE_MAX_LOADS) || !defined(DEPTHWISE_MAX_SMEM)
+#error "DEPTHWISE_* come from cnn_gpu/cuda/loader.py (FAMILY_DEFINES) and the planner (cnn_gpu/ops/conv/depthwise.py)"
 #endif
 
 constexpr int DP_R = DEPTHWISE_R, DP_S = DEPTHWISE_S, DP_SH = DEPTHWISE_SH, DP_SW = DEPTHWISE_SW;
@@ -104,8 +71,8 @@ constexpr int DP_YH = (DP_TH - 1 + (DP_R - 1) * DP_DH) / DP_SH + 2;
 constexpr int DP_YW = (DP_TW - 1 + (DP_S - 1) * DP_DW) / DP_SW + 2;
 constexpr int DP_YSEG = DP_V + (DP_S - 1) * DP_DW;                       // dy columns under a thread's V dx columns (sw 1)
 constexpr int DP_MAX_YSEG = 24;  // wider rows are read tap by tap
-constexpr int DP_MAX_LOADS = 32;          // staged elements a thread: as many registers in flight
-constexpr int DP_MAX_SMEM = 48 * 1024;    // static shared memory
+constexpr int DP_MAX_LOADS = DEPTHWISE_MAX_LOADS;  // staged elements a thread: as many registers in flight
+constexpr int DP_MAX_SMEM = DEPTHWISE_MAX_SMEM;    // static shared memory
 // Window rows unrolled: all of them up to 3 (every weight offset a constant); one at a time beyond, which keeps a
 // row's values, not the whole window's, in registers.
 constexpr int DP_R_UNROLL = DP_R <= 3 ? DP_R : 1;

@@ -53,6 +53,13 @@ FAMILY_DEFINES = {
                       "FK_MAX_WEIGHTS": 72, "FK_MAX_ACCUMULATORS": 32, "FK_MAX_SEGMENT": 16,
                       "FC_MAX_TAPS": 32, "FC_MAX_FILTERS": 6, "FC_STRIP": 4, "FC_THREADS": 128,
                       "FC_BLOCKS_AN_SM": 3, "FC_HELD_REGISTERS": 128},
+    # the depthwise kernels' limits (staged elements a thread, static shared memory a block), and a 3×3 stride-1
+    # layer's defines, which the compile check compiles: the planner (cnn_gpu.ops.conv.depthwise) gives every
+    # launch its own window, strides, dilations and tile
+    "conv2d_depthwise": {"DEPTHWISE_MAX_LOADS": 32, "DEPTHWISE_MAX_SMEM": 48 * 1024,
+                         "DEPTHWISE_R": 3, "DEPTHWISE_S": 3, "DEPTHWISE_SH": 1, "DEPTHWISE_SW": 1, "DEPTHWISE_DH": 1,
+                         "DEPTHWISE_DW": 1, "DEPTHWISE_U": 2, "DEPTHWISE_V": 4, "DEPTHWISE_BX": 8, "DEPTHWISE_BY": 8,
+                         "DEPTHWISE_BP": 2, "DEPTHWISE_RC": 3, "DEPTHWISE_THREADS": 128},
     "winograd": {"WINOGRAD_THREADS": 256},  # the block size of all its kernels
     # maxpool2d_bwd_staged: warps a block, and floats of dx a warp stages in shared memory (32 KB a block)
     "pool": {"STAGED_WARPS": 8, "STAGED_PIECE": 1024},

@@ -14,10 +14,10 @@ from typing import NamedTuple
 import numpy
 
 from cnn_gpu.cuda.grid import cdiv, require_int32_indexable
+from cnn_gpu.cuda.loader import family_defines
 
-# kernels/conv2d_depthwise.cu's limits (a test compares them)
-MAX_LOADS = 32            # staged elements a thread
-MAX_SMEM = 48 * 1024      # static shared memory a block
+# kernels/conv2d_depthwise.cu's limits: staged elements a thread, static shared memory a block (stated in FAMILY_DEFINES)
+MAX_LOADS, MAX_SMEM = (family_defines("conv2d_depthwise")[name] for name in ("DEPTHWISE_MAX_LOADS", "DEPTHWISE_MAX_SMEM"))
 _MAX_STAGED_BYTES = 40 * 1024  # the staged tile's share: backward-filter's warp totals take up to 8 KB more
 MAX_THREADS = 1024
 MAX_GRID_Y = 65535
