@@ -128,14 +128,12 @@ def no_derivative(op):
     op.differentiable = differentiable(op, backward, setup_context)
 
 
-def differentiable(op, backward, setup_context):
+def differentiable(op, formula, setup_context):
     """Registers the op's autograd formula, and returns the same formula as a torch.autograd.Function that
     calls the op: what the modules call, since the torch.func transforms (grad, vmap, jacrev) take an
     autograd.Function with setup_context, not an operator's registered formula. Its vmap rule is generated
     (the op's batching is PyTorch's fallback: a loop over the batch). The formula is also kept as `op.eager`,
     an autograd.Function over the op's implementation itself: what `call` runs in plain eager mode."""
-    formula = backward
-
     def backward(ctx, grad, *other_grads):  # y's gradient None (see non_differentiable): no gradient for any input
         return (None,) * len(ctx.needs_input_grad) if grad is None else formula(ctx, grad, *other_grads)
 

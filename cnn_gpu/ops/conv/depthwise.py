@@ -16,8 +16,8 @@ import numpy
 from cnn_gpu.cuda.grid import cdiv, require_int32_indexable
 from cnn_gpu.cuda.loader import family_defines
 
-# kernels/conv2d_depthwise.cu's limits: staged elements a thread, static shared memory a block (stated in FAMILY_DEFINES)
-MAX_LOADS, MAX_SMEM = (family_defines("conv2d_depthwise")[name] for name in ("DEPTHWISE_MAX_LOADS", "DEPTHWISE_MAX_SMEM"))
+# kernels/conv2d_depthwise.cu's limits, stated in FAMILY_DEFINES: staged elements a thread, static shared memory a block
+MAX_LOADS, MAX_SMEM = (family_defines("conv2d_depthwise")[f"DEPTHWISE_{name}"] for name in ("MAX_LOADS", "MAX_SMEM"))
 _MAX_STAGED_BYTES = 40 * 1024  # the staged tile's share: backward-filter's warp totals take up to 8 KB more
 MAX_THREADS = 1024
 MAX_GRID_Y = 65535
