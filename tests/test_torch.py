@@ -383,3 +383,28 @@ def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch)
     ours.Linear(3, 2)(torch.randn(4, 3))
     assert inside_op == [[min(n, wanted) for n in before]]
     assert blas_threads() == before
+
+
+_THREADS_AFTER_FIRST_DROPOUT = """
+import torch
+torch.set_num_threads(1)
+import cnn_gpu.torch as ours
+ours.Dropout(0.5)(torch.randn(8, 100))
+import cnn_gpu.functional as F, numpy
+F.dropout(numpy.ones((8, 100), numpy.float32), 0.5, 1)
+print(torch.get_num_threads())
+"""
+
+
+def test_the_first_dropout_keeps_the_torch_thread_count_the_user_set():
+    """numba's OpenMP threading layer, started by the first NumPy dropout, sets the OpenMP thread count to its own;
+    where that is PyTorch's runtime, torch.set_num_threads(1) was undone. A fresh process: the layer starts once."""
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("with one core numba's count is torch's default anyway")
+    result = subprocess.run([sys.executable, "-c", _THREADS_AFTER_FIRST_DROPOUT], capture_output=True, text=True,
+                            env={**os.environ, "CNN_GPU_BACKEND": "numpy"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "1"

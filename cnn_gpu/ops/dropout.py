@@ -65,9 +65,26 @@ def _fill_keep_mask(seed, threshold, mask):
         mask[i] = (_hash_seed_index(seed, numpy.uint64(i)) >> numpy.uint32(8)) >= threshold
 
 
+@functools.cache
+def _numba_threads_launched() -> bool:
+    """Starts numba's threading layer (a first parallel run), once, leaving the OpenMP thread counts of the calling
+    thread as they were. numba's OpenMP layer sets them to its own count as it starts; where that is PyTorch's OpenMP
+    runtime, the first dropout undid a torch.set_num_threads(n) made before it."""
+    from threadpoolctl import ThreadpoolController
+
+    openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
+    before = [library.get_num_threads() for library in openmp]
+    _fill_keep_mask(numpy.uint64(0), numpy.uint32(0), numpy.empty(1, dtype=numpy.uint8))
+    for library, count in zip(openmp, before):
+        if library.get_num_threads() != count:
+            library.set_num_threads(count)
+    return True
+
+
 # ---- NumPy path ----------------------------------------------------------------------------------
 def numpy_keep_mask(seed: int, rate: float, shape) -> numpy.ndarray:
     """The uint8 keep mask of the given shape, exactly as dropout_fwd draws it."""
+    _numba_threads_launched()
     mask = numpy.empty(shape, dtype=numpy.uint8)
     _fill_keep_mask(numpy.uint64(seed), numpy.uint32(keep_threshold(rate)), mask.reshape(-1))
     return mask
