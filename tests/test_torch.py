@@ -354,11 +354,16 @@ def test_refused_options_name_the_argument_and_the_torch_layer(build, argument):
         build()
 
 
-def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch):
-    """While an op runs, NumPy's BLAS gets the cores torch's spinning workers leave free; afterwards its own
-    count again (threadpoolctl reads both)."""
+@pytest.mark.parametrize("torch_threads", [None, 1], ids=["torch's default", "torch.set_num_threads(1)"])
+def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch, torch_threads):
+    """While an op runs, NumPy's BLAS gets the cores torch's spinning workers leave free, and never more threads
+    than torch itself has (the user's intra-op setting); afterwards its own count again (threadpoolctl reads
+    both)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from cnn_gpu.torch import threads
+
+    if torch_threads is not None:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
 
     def blas_threads():  # NumPy's BLAS (other libraries may load their own later, e.g. SciPy's)
         return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
@@ -368,7 +373,7 @@ def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch)
     if not before:
         pytest.skip("threadpoolctl finds no BLAS library of NumPy's")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    wanted = max(1, cores - torch.get_num_threads() + 1)
+    wanted = min(torch.get_num_threads(), max(1, cores - torch.get_num_threads() + 1))
     seen = []
     with threads.cpu_threads_for_numpy():
         seen = blas_threads()

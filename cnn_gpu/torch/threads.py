@@ -4,7 +4,9 @@ PyTorch's OpenMP workers spin-wait for the next parallel op after each one. NumP
 by our NumPy path between torch ops, then compete for the cores those workers spin on: a drop-in
 Linear(400, 120) forward and backward took 8.7 ms against 0.5 ms for the same NumPy products alone. So
 while one of our ops runs on CPU tensors, BLAS gets the cores torch's workers leave free (the calling
-thread at least): os.cpu_count() - (torch.get_num_threads() - 1), never more than it had. The limit is
+thread at least): os.cpu_count() - (torch.get_num_threads() - 1), never more than it had, and never more
+than torch's own thread count, which is the user's intra-op setting for these ops too (a process given
+one thread, as in multi-process training, keeps to one). The limit is
 set and restored around each op through the BLAS library's own set/get calls, found once by threadpoolctl
 (its threadpool_limits context rescans every loaded library on each entry, ~80 µs a call against ~5 here).
 """
@@ -51,8 +53,10 @@ def _cores() -> int:
 
 @contextlib.contextmanager
 def cpu_threads_for_numpy():
-    """BLAS threads limited to the cores PyTorch's spinning workers leave free, for the duration."""
-    wanted = max(1, _cores() - torch.get_num_threads() + 1)
+    """BLAS threads limited to the cores PyTorch's spinning workers leave free, and to torch's thread count, for the
+    duration."""
+    torch_threads = torch.get_num_threads()
+    wanted = max(1, min(torch_threads, _cores() - torch_threads + 1))
     changed = []
     for blas in _blas_libraries():
         before = blas.get()
