@@ -353,6 +353,17 @@ def test_plain_eager_is_only_taken_on_plain_tensors():
     assert not bridge._plain_eager((fake,))
 
 
+def test_jacobian_vectorized_equals_the_loop():
+    """torch.autograd.functional.jacobian(vectorize=True) batches with the legacy vmap: its tensors take the
+    operator (PyTorch's loop over the batch), not the direct path, and the Jacobian is the unvectorised one."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ours.Conv2d(1, 2, 3), ours.ReLU(), ours.MaxPool2d(2), torch.nn.Flatten(),
+                                ours.Linear(8, 3))
+    x = torch.randn(1, 1, 6, 6)
+    torch.testing.assert_close(torch.autograd.functional.jacobian(model, x, vectorize=True),
+                               torch.autograd.functional.jacobian(model, x), rtol=0, atol=0)
+
+
 def test_jit_trace_records_the_operators_and_saves(tmp_path):
     """torch.jit.trace records torch.ops.cnn_gpu.* calls (not Python functions), so the traced module saves, loads
     and runs like the eager one on another batch size."""

@@ -174,18 +174,21 @@ def call(op, *args):
 
 
 _PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
+# torch.autograd.functional's vectorize=True batches with the legacy vmap, whose tensors are of type Tensor
+_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
 
 
 def _plain_eager(args) -> bool:
-    """Every tensor argument a plain CPU or CUDA tensor, no other argument that overrides torch functions (an FX
-    Proxy), no mode that intercepts operators, and no torch.jit.trace recording (it must record the operator, which
-    torch.jit.save can write, where a Function would be a Python call it cannot)."""
+    """Every tensor argument a plain CPU or CUDA tensor (not a legacy-vmap batched one: the operator has PyTorch's
+    loop over the batch for those), no other argument that overrides torch functions (an FX Proxy), no mode that
+    intercepts operators, and no torch.jit.trace recording (it must record the operator, which torch.jit.save can
+    write, where a Function would be a Python call it cannot)."""
     if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
             or torch.jit.is_tracing()):
         return False
     for a in args:
         if isinstance(a, Tensor):
-            if type(a) not in _PLAIN_TENSORS or a.device.type not in DEVICES:
+            if type(a) not in _PLAIN_TENSORS or a.device.type not in DEVICES or _legacy_batched(a):
                 return False
         elif hasattr(a, "__torch_function__"):
             return False
