@@ -1,6 +1,8 @@
 """The PyTorch drop-ins beside torch.nn: one SGD training step of LeNet-5 at batch 64, built from cnn_gpu.torch and
 from torch.nn with the same weights, timed in the same process (`pytest benchmarks/test_bench_torch.py
---benchmark-only`; compare the two rows of the group). On the CPU unless the cuda backend is current."""
+--benchmark-only`; compare the two rows of the group). On the CPU unless the cuda backend is current, with torch's
+thread count as it is (what a user's script gets); `cnn-gpu bench --ops dropins` times the same steps with one
+thread each for NumPy's BLAS, numba and torch."""
 from __future__ import annotations
 
 import pytest
