@@ -19,12 +19,17 @@ QUICK_OPS = ["matmul", "relu", "softmax_xent"]  # a few fast ops: the full quick
 ROW_STATUSES = {"OK", "FAIL", "ERROR", "UNCHECKED", "SKIPPED"}
 
 
-def _torch_importable() -> bool:
+def _torch_module():
+    """torch, or None where it does not import."""
     try:
-        import torch  # noqa: F401
+        import torch
     except Exception:
-        return False
-    return True
+        return None
+    return torch
+
+
+def _torch_importable() -> bool:
+    return _torch_module() is not None
 
 
 @pytest.fixture(scope="module")
@@ -260,11 +265,3 @@ def test_a_cpu_run_gives_blas_numba_and_torch_one_thread_each_during_its_cases(t
     if _torch_importable():
         assert all(c["torch"] == 1 for c in seen)
     assert counts() == before
-
-
-def _torch_module():
-    try:
-        import torch
-    except Exception:
-        return None
-    return torch
