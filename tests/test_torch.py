@@ -5,6 +5,8 @@ tensors (our kernels, through DLPack) where a GPU is usable.
 """
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -404,9 +406,6 @@ print(torch.get_num_threads())
 def test_the_first_dropout_keeps_the_torch_thread_count_the_user_set():
     """numba's OpenMP threading layer, started by the first NumPy dropout, sets the OpenMP thread count to its own;
     where that is PyTorch's runtime, torch.set_num_threads(1) was undone. A fresh process: the layer starts once."""
-    import subprocess
-    import sys
-
     if (os.cpu_count() or 1) < 2:
         pytest.skip("with one core numba's count is torch's default anyway")
     result = subprocess.run([sys.executable, "-c", _THREADS_AFTER_FIRST_DROPOUT], capture_output=True, text=True,
