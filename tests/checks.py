@@ -24,25 +24,7 @@ def naive_axis(size, window, stride, padding):
 def naive_conv2d(x, w, b, stride, pads):
     """y[n,k,oh,ow] = b[k] + Σ w[k,c,r,s]·x[n,c,oh·sh − pt + r, ow·sw − pl + s] (x zero outside), the definition one
     multiply-add at a time in float64; stride = (sh, sw), pads = (top, bottom, left, right)."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    sh, sw = stride
-    pt, pb, pl, pr = pads
-    OH, OW = (H + pt + pb - R) // sh + 1, (W + pl + pr - S) // sw + 1
-    y = numpy.zeros((N, K, OH, OW))
-    for n in range(N):
-        for k in range(K):
-            for oh in range(OH):
-                for ow in range(OW):
-                    total = 0.0 if b is None else float(b[k])
-                    for c in range(C):
-                        for r in range(R):
-                            for s in range(S):
-                                h, v = oh * sh - pt + r, ow * sw - pl + s
-                                if 0 <= h < H and 0 <= v < W:
-                                    total += float(w[k, c, r, s]) * float(x[n, c, h, v])
-                    y[n, k, oh, ow] = total
-    return y
+    return naive_grouped_conv2d(x, w, b, stride, (1, 1), pads, 1)
 
 
 def naive_grouped_conv2d(x, w, b, stride, dilation, pads, groups):
