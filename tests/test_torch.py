@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (optional extra: pip install torch)")
@@ -391,6 +392,33 @@ def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch,
     assert inside_op == [[min(n, wanted) for n in before]]
     assert blas_threads() == before
 
+
+
+@pytest.mark.parametrize("torch_threads", [None, 1], ids=["torch's default", "torch.set_num_threads(1)"])
+def test_numpy_path_loops_run_with_torchs_thread_count_inside_our_cpu_ops(monkeypatch, torch_threads):
+    """The NumPy path's numba loops take torch's intra-op thread count (at most numba's) inside an op, one thread
+    outside (cnn_gpu.ops.parallel)."""
+    import numba
+
+    from cnn_gpu.ops import parallel
+    from cnn_gpu.torch import threads
+
+    if torch_threads is not None:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+
+    @numba.njit(parallel=True)
+    def threads_seen(out):
+        for i in numba.prange(out.size):
+            out[i] = numba.get_num_threads()
+
+    def loop_threads():
+        out = numpy.zeros(4, dtype=numpy.int64)
+        parallel.run_loop(threads_seen, out)
+        return set(out.tolist())
+
+    with threads.cpu_threads_for_numpy():
+        assert loop_threads() == {min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)}
+    assert loop_threads() == {1}
 
 _THREADS_AFTER_FIRST_DROPOUT = """
 import torch

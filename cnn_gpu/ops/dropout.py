@@ -27,6 +27,7 @@ from cnn_gpu.cuda.grid import elementwise_blocks, is_aligned
 from cnn_gpu.cuda.loader import load_kernel
 from cnn_gpu.ops.arrays import (array_module, check_float, check_same_shape, contiguous, float_operands, nan_filled,
                                 real_number)
+from cnn_gpu.ops.parallel import run_loop
 
 # The hash's top 24 bits against a 24-bit threshold: rate resolves to 2**-24 on both backends.
 THRESHOLD_BITS = 24
@@ -57,36 +58,19 @@ def _hash_seed_index(seed, index):
     return _mix32(h ^ numpy.uint32(index >> high))
 
 
-# A numba loop rather than vectorised uint32 NumPy: ~1 ms against ~9 ms (best chunked NumPy) for 8M
-# elements on 2 cores, as the hash is ~20 integer operations an element that NumPy runs as ~14 passes.
+# A numba loop rather than vectorised uint32 NumPy: the hash is ~20 integer operations an element, which NumPy runs as
+# ~14 passes over the array.
 @numba.njit(cache=True, parallel=True)
 def _fill_keep_mask(seed, threshold, mask):
     for i in numba.prange(mask.size):
         mask[i] = (_hash_seed_index(seed, numpy.uint64(i)) >> numpy.uint32(8)) >= threshold
 
 
-@functools.cache
-def _numba_threads_launched() -> bool:
-    """Starts numba's threading layer (a first parallel run), once, leaving the OpenMP thread counts of the calling
-    thread as they were. numba's OpenMP layer sets them to its own count as it starts; where that is PyTorch's OpenMP
-    runtime, the first dropout undid a torch.set_num_threads(n) made before it."""
-    from threadpoolctl import ThreadpoolController
-
-    openmp = ThreadpoolController().select(user_api="openmp").lib_controllers
-    before = [library.get_num_threads() for library in openmp]
-    _fill_keep_mask(numpy.uint64(0), numpy.uint32(0), numpy.empty(1, dtype=numpy.uint8))
-    for library, count in zip(openmp, before):
-        if library.get_num_threads() != count:
-            library.set_num_threads(count)
-    return True
-
-
 # ---- NumPy path ----------------------------------------------------------------------------------
 def numpy_keep_mask(seed: int, rate: float, shape) -> numpy.ndarray:
     """The uint8 keep mask of the given shape, exactly as dropout_fwd draws it."""
-    _numba_threads_launched()
     mask = numpy.empty(shape, dtype=numpy.uint8)
-    _fill_keep_mask(numpy.uint64(seed), numpy.uint32(keep_threshold(rate)), mask.reshape(-1))
+    run_loop(_fill_keep_mask, numpy.uint64(seed), numpy.uint32(keep_threshold(rate)), mask.reshape(-1))
     return mask
 
 

@@ -47,6 +47,7 @@ from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
 from cnn_gpu.ops.geometry import WindowGeometry, as_pair, plain_arguments, window_geometry
+from cnn_gpu.ops.parallel import run_loop
 
 # Divisor modes shared with kernels/pool.cu (DIVISOR_*).
 DIVISOR_ONE = 0  # sum pooling
@@ -206,15 +207,15 @@ def _numpy_sum_pool2d_backward(dy, g: WindowGeometry, mode: int):
     return numpy.ascontiguousarray(dx_padded[:, :, g.pad_top:g.pad_top + g.H, g.pad_left:g.pad_left + g.W])
 
 
-# A numba scatter-add: sequential, so the sum order is fixed, and an index outside its window (numba does not check
-# bounds) is skipped in the same pass, as the CUDA kernels never match it. The window's corner comes from the loops
-# and the index's row from one unsigned division (the index is non-negative by then; numba's signed floor division
-# costs a fifth more).
-@numba.njit(cache=True)
+# A numba scatter-add, planes in parallel (cnn_gpu.ops.parallel) and each plane's in order, so the sum order is
+# fixed, and an index outside its window (numba does not check bounds) is skipped in the same pass, as the CUDA
+# kernels never match it. The window's corner comes from the loops and the index's row from one unsigned division
+# (the index is non-negative by then; numba's signed floor division costs a fifth more).
+@numba.njit(cache=True, parallel=True)
 def _scatter_add_planes(dy_planes, index_planes, dx_planes, W, OW, R, S, stride_h, stride_w, pad_top, pad_left):
     plane_size = dx_planes.shape[1]
     OH = dy_planes.shape[1] // OW
-    for p in range(dy_planes.shape[0]):
+    for p in numba.prange(dy_planes.shape[0]):
         dy_plane, index_plane, dx_plane = dy_planes[p], index_planes[p], dx_planes[p]
         o = 0
         for oh in range(OH):
@@ -233,7 +234,8 @@ def _scatter_add_planes(dy_planes, index_planes, dx_planes, W, OW, R, S, stride_
 def _numpy_max_pool2d_backward(dy, indices, g: WindowGeometry):
     dx = numpy.zeros((g.N * g.C, g.H * g.W), dtype=dy.dtype)
     planes = g.N * g.C
-    _scatter_add_planes(
+    run_loop(
+        _scatter_add_planes,
         numpy.ascontiguousarray(dy).reshape(planes, -1), numpy.ascontiguousarray(indices).reshape(planes, -1), dx,
         g.W, g.OW, g.R, g.S, g.stride_h, g.stride_w, g.pad_top, g.pad_left,
     )

@@ -1,4 +1,4 @@
-"""NumPy's BLAS threads beside PyTorch's CPU thread pool.
+"""The NumPy path's threads beside PyTorch's CPU thread pool: BLAS's, and the numba loops'.
 
 PyTorch's OpenMP workers spin-wait for the next parallel op after each one. NumPy's BLAS threads, started
 by our NumPy path between torch ops, then compete for the cores those workers spin on: a drop-in
@@ -9,6 +9,8 @@ than torch's own thread count, which is the user's intra-op setting for these op
 one thread, as in multi-process training, keeps to one). The limit is
 set and restored around each op through the BLAS library's own set/get calls, found once by threadpoolctl
 (its threadpool_limits context rescans every loaded library on each entry, ~80 µs a call against ~5 here).
+The NumPy path's numba loops (im2col, col2im, the max-pool scatter, the dropout mask) run with torch's thread count
+inside the op, on torch's own OpenMP threads (cnn_gpu.ops.parallel).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import importlib
 import os
 
 import torch
+
+from cnn_gpu.ops.parallel import loop_threads
 
 
 class _Blas:
@@ -53,8 +57,9 @@ def _cores() -> int:
 
 @contextlib.contextmanager
 def cpu_threads_for_numpy():
-    """BLAS threads limited to the cores PyTorch's spinning workers leave free, and to torch's thread count, for the
-    duration."""
+    """For the duration: BLAS threads limited to the cores PyTorch's spinning workers leave free, and to torch's
+    thread count; the NumPy path's numba loops run with torch's thread count (on torch's own threads, see
+    cnn_gpu.ops.parallel)."""
     torch_threads = torch.get_num_threads()
     wanted = max(1, min(torch_threads, _cores() - torch_threads + 1))
     changed = []
@@ -64,7 +69,8 @@ def cpu_threads_for_numpy():
             blas.set(wanted)
             changed.append((blas, before))
     try:
-        yield
+        with loop_threads(torch_threads):
+            yield
     finally:
         for blas, before in changed:
             blas.set(before)

@@ -18,11 +18,11 @@ Contract:
   Bad arguments (groups not dividing C or K, w's channels not C // groups, dilation < 1, a dilated window larger
   than the padded input) raise ValueError naming the argument and the shapes, before any work.
 
-NumPy path: im2col as a strided view of the padded input (a dilated window: every dilation-th element of the
-window it spans; no copy until the GEMM's operand is formed), one matmul batched over images and groups forward;
-backward as two GEMMs batched over groups on the channel-major im2col matrix and a col2im that adds one strided
-slice per kernel tap (R*S vectorised adds; a numba scatter-add measured no faster). The same functions, given
-CuPy arrays, are the CUDA path's grouped / dilated fallback (cuda_path.py).
+NumPy path: im2col (a dilated window: every dilation-th element of the window it spans) copied by numba loops over
+the images (cnn_gpu.ops.parallel), one matmul batched over images and groups forward; backward as two GEMMs batched
+over groups on the channel-major im2col matrix and a col2im adding each tap's gradient where it read x, a numba loop
+over the images too. Given CuPy arrays, the same functions (im2col as a strided view, col2im as one strided add per
+tap) are the CUDA path's grouped / dilated fallback (grouped.py).
 
 CUDA path: kernels/conv2d.cu, implicit GEMM (conv2d_fwd_bias_act, conv2d_bwd_data, conv2d_bwd_filter) and
 deterministic split reductions (conv2d_bwd_bias, sum_splits_bias_act): no float atomics, so backward is
@@ -58,6 +58,7 @@ kernels of depthwise.py (kernels/conv2d_depthwise.cu).
 """
 from __future__ import annotations
 
+import numba
 import numpy
 
 from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
@@ -71,6 +72,7 @@ from cnn_gpu.ops.conv.implicit_gemm import (CONV_TILES, DEFAULT_TILE, ConvTile, 
 from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, ConvProblem, _output_shape, conv_problem
 from cnn_gpu.ops.conv.winograd import WinogradBackwardFilter, WinogradForward
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
+from cnn_gpu.ops.parallel import run_loop
 
 __all__ = ["conv2d", "conv2d_backward", "CONV_TILES", "DEFAULT_TILE", "SPLIT_BLOCKS_PER_SM", "BackwardDataAsForward",
            "ConvProblem", "ConvTile", "FewChannelsBackwardFilter", "FewFiltersForward", "ImplicitGemmBackwardData",
@@ -141,17 +143,59 @@ def _dilated(g: WindowGeometry) -> bool:
     return g.dilation_h != 1 or g.dilation_w != 1
 
 
-def _windows(x, g: WindowGeometry):
-    """The view (N, C, OH, OW, R, S) of every window of the zero-padded x (no copy of the windows); NumPy or CuPy."""
+def _padded(x, g: WindowGeometry):
+    """x inside a border of zeros, g's pads wide (x itself where there are none); NumPy or CuPy."""
+    if not (g.pad_top or g.pad_bottom or g.pad_left or g.pad_right):
+        return x
     xp = numpy if isinstance(x, numpy.ndarray) else _cupy()
-    padded = x
-    if g.pad_top or g.pad_bottom or g.pad_left or g.pad_right:  # zeros and one copy: numpy.pad costs 4x that
-        padded = xp.zeros((g.N, g.C) + g.padded_hw, dtype=x.dtype)
-        padded[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W] = x
-    view = xp.lib.stride_tricks.sliding_window_view(padded, g.window_extent, axis=(2, 3))
+    padded = xp.zeros((g.N, g.C) + g.padded_hw, dtype=x.dtype)  # zeros and one copy: numpy.pad costs 4x that
+    padded[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W] = x
+    return padded
+
+
+def _im2col(x, g: WindowGeometry, channel_major: bool):
+    """Every window of the zero-padded x as one contiguous array: (N, C, R, S, OH, OW), image-major, the forward's
+    GEMM operand, or (C, R, S, N, OH, OW), channel-major, the filter gradient's. NumPy: numba loops over the images
+    (cnn_gpu.ops.parallel), a row of one tap at a time. CuPy: a copy of the strided view of the windows."""
+    padded = _padded(x, g)
+    if isinstance(x, numpy.ndarray):
+        cols = numpy.empty((g.C, g.R, g.S, g.N, g.OH, g.OW) if channel_major else (g.N, g.C, g.R, g.S, g.OH, g.OW),
+                           dtype=x.dtype)
+        run_loop(_IM2COL[channel_major, g.stride_w == 1], padded, cols, g.stride_h, g.stride_w, g.dilation_h,
+                 g.dilation_w)
+        return cols
+    view = _cupy().lib.stride_tricks.sliding_window_view(padded, g.window_extent, axis=(2, 3))
     if _dilated(g):
         view = view[..., :: g.dilation_h, :: g.dilation_w]
-    return view[:, :, : (g.OH - 1) * g.stride_h + 1 : g.stride_h, : (g.OW - 1) * g.stride_w + 1 : g.stride_w]
+    view = view[:, :, : (g.OH - 1) * g.stride_h + 1 : g.stride_h, : (g.OW - 1) * g.stride_w + 1 : g.stride_w]
+    return _cupy().ascontiguousarray(view.transpose((1, 4, 5, 0, 2, 3) if channel_major else (0, 1, 4, 5, 2, 3)))
+
+
+# The numba loops come in versions with the layout and a unit stride_w fixed when compiled (closure constants): a
+# row copied with a run-time stride, or picked by a branch in the loop, is not vectorised, and is 2x slower.
+def _im2col_loop(channel_major: bool, unit_stride: bool):
+    @numba.njit(cache=True, parallel=True)
+    def im2col(padded, cols, stride_h, stride_w, dilation_h, dilation_w):
+        N, C = padded.shape[0], padded.shape[1]
+        R, S = (cols.shape[1], cols.shape[2]) if channel_major else (cols.shape[2], cols.shape[3])
+        OH, OW = cols.shape[4], cols.shape[5]
+        for n in numba.prange(N):
+            for c in range(C):
+                for r in range(R):
+                    for s in range(S):
+                        for oh in range(OH):
+                            src = padded[n, c, oh * stride_h + r * dilation_h, s * dilation_w:]
+                            dst = cols[c, r, s, n, oh] if channel_major else cols[n, c, r, s, oh]
+                            if unit_stride:
+                                for ow in range(OW):
+                                    dst[ow] = src[ow]
+                            else:
+                                for ow in range(OW):
+                                    dst[ow] = src[ow * stride_w]
+    return im2col
+
+
+_IM2COL = {(major, unit): _im2col_loop(major, unit) for major in (False, True) for unit in (False, True)}
 
 
 def _cupy():
@@ -164,7 +208,7 @@ def _numpy_conv2d(x, w, b, g: WindowGeometry, activation, slope, groups=1):
     K, G = w.shape[0], groups
     # cols[n, g] is image n's (Cg*R*S, OH*OW) im2col matrix of group g; one GEMM batched over images and groups gives
     # y in (N, G, Kg, OH*OW).
-    cols = _windows(x, g).reshape(g.N, G, g.C // G, g.OH, g.OW, g.R, g.S).transpose(0, 1, 2, 5, 6, 3, 4)
+    cols = _im2col(x, g, channel_major=False)
     y = (w.reshape(G, K // G, -1) @ cols.reshape(g.N, G, -1, g.OH * g.OW)).reshape(g.N, K, g.OH * g.OW)
     if b is not None:
         y += b[:, None]
@@ -184,7 +228,7 @@ def _numpy_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, comput
     dy_k = dy.reshape(g.N, G, K // G, -1).transpose(1, 2, 0, 3).reshape(G, K // G, -1)
     dx = dw = None
     if compute_dw:
-        cols = _windows(x, g).reshape(g.N, G, g.C // G, g.OH, g.OW, g.R, g.S).transpose(1, 2, 5, 6, 0, 3, 4)
+        cols = _im2col(x, g, channel_major=True)
         dw = (dy_k @ cols.reshape(G, -1, g.N * g.OH * g.OW).transpose(0, 2, 1)).reshape(w.shape)
     if compute_dx:
         dcols = w.reshape(G, K // G, -1).transpose(0, 2, 1) @ dy_k
@@ -193,10 +237,16 @@ def _numpy_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, comput
 
 
 def _numpy_col2im(dcols, g: WindowGeometry, dtype):
-    """dx (N, C, H, W) from the window gradients dcols (C, R, S, N, OH, OW): tap (r, s) of every window
-    lands on a strided slice of the padded input, one add per tap; NumPy or CuPy."""
-    xp = numpy if isinstance(dcols, numpy.ndarray) else _cupy()
+    """dx (N, C, H, W) from the window gradients dcols (C, R, S, N, OH, OW): each tap's gradient added where the tap
+    read x, taps in (r, s) order. NumPy: numba loops over the images, each channel's plane summed padded, then
+    cropped. CuPy: one strided add per tap on the padded input."""
     Hp, Wp = g.padded_hw
+    if isinstance(dcols, numpy.ndarray):
+        dx = numpy.empty((g.N, g.C, g.H, g.W), dtype=dtype)
+        run_loop(_COL2IM[g.stride_w == 1], dcols, dx, Hp, Wp, g.pad_top, g.pad_left, g.stride_h, g.stride_w,
+                 g.dilation_h, g.dilation_w)
+        return dx
+    xp = _cupy()
     dx_padded = xp.zeros((g.C, g.N, Hp, Wp), dtype=dtype)
     for r in range(g.R):
         for s in range(g.S):
@@ -205,3 +255,32 @@ def _numpy_col2im(dcols, g: WindowGeometry, dtype):
                       s0 : s0 + (g.OW - 1) * g.stride_w + 1 : g.stride_w] += dcols[:, r, s]
     dx = dx_padded[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W].transpose(1, 0, 2, 3)
     return xp.ascontiguousarray(dx)
+
+
+def _col2im_loop(unit_stride: bool):
+    @numba.njit(cache=True, parallel=True)
+    def col2im(dcols, dx, Hp, Wp, pad_top, pad_left, stride_h, stride_w, dilation_h, dilation_w):
+        C, R, S, N, OH, OW = dcols.shape
+        H, W = dx.shape[2], dx.shape[3]
+        for n in numba.prange(N):
+            plane = numpy.empty((Hp, Wp), dtype=dx.dtype)
+            for c in range(C):
+                plane[:] = 0
+                for r in range(R):
+                    for s in range(S):
+                        for oh in range(OH):
+                            src = dcols[c, r, s, n, oh]
+                            dst = plane[oh * stride_h + r * dilation_h, s * dilation_w:]
+                            if unit_stride:
+                                for ow in range(OW):
+                                    dst[ow] += src[ow]
+                            else:
+                                for ow in range(OW):
+                                    dst[ow * stride_w] += src[ow]
+                for h in range(H):
+                    for w in range(W):
+                        dx[n, c, h, w] = plane[pad_top + h, pad_left + w]
+    return col2im
+
+
+_COL2IM = {unit: _col2im_loop(unit) for unit in (False, True)}
