@@ -396,8 +396,8 @@ def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch,
 
 @pytest.mark.parametrize("torch_threads", [None, 1], ids=["torch's default", "torch.set_num_threads(1)"])
 def test_numpy_path_loops_run_with_torchs_thread_count_inside_our_cpu_ops(monkeypatch, torch_threads):
-    """The NumPy path's numba loops take torch's intra-op thread count (at most numba's) inside an op, one thread
-    outside (cnn_gpu.ops.parallel)."""
+    """The NumPy path's numba loops take torch's intra-op thread count (at most numba's) inside an op where numba's
+    threading layer is OpenMP (torch's runtime), one thread outside (cnn_gpu.ops.parallel)."""
     import numba
 
     from cnn_gpu.ops import parallel
@@ -416,8 +416,10 @@ def test_numpy_path_loops_run_with_torchs_thread_count_inside_our_cpu_ops(monkey
         parallel.run_loop(threads_seen, out)
         return set(out.tolist())
 
+    parallel.numba_threads_started()
+    inside = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS) if numba.threading_layer() == "omp" else 1
     with threads.cpu_threads_for_numpy():
-        assert loop_threads() == {min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)}
+        assert loop_threads() == {inside}
     assert loop_threads() == {1}
 
 _THREADS_AFTER_FIRST_DROPOUT = """

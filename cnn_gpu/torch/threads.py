@@ -10,7 +10,7 @@ one thread, as in multi-process training, keeps to one). The limit is
 set and restored around each op through the BLAS library's own set/get calls, found once by threadpoolctl
 (its threadpool_limits context rescans every loaded library on each entry, ~80 µs a call against ~5 here).
 The NumPy path's numba loops (im2col, col2im, the max-pool scatter, the dropout mask) run with torch's thread count
-inside the op, on torch's own OpenMP threads (cnn_gpu.ops.parallel).
+inside the op, on torch's own OpenMP threads (cnn_gpu.ops.parallel), when numba's threading layer is OpenMP.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import functools
 import importlib
 import os
 
+import numba
 import torch
 
-from cnn_gpu.ops.parallel import loop_threads
+from cnn_gpu.ops.parallel import loop_threads, numba_threads_started
 
 
 class _Blas:
@@ -55,11 +56,20 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@functools.lru_cache(maxsize=None)
+def numba_shares_torchs_threads() -> bool:
+    """numba's threading layer is OpenMP, which in a process with PyTorch is PyTorch's own runtime (measured with the
+    PyTorch wheels, whose libgomp numba's OpenMP layer binds to): its loops then run on torch's threads. TBB's or
+    numba's own workqueue would be a second pool on the same cores, so the loops stay on one thread there."""
+    numba_threads_started()
+    return numba.threading_layer() == "omp"
+
+
 @contextlib.contextmanager
 def cpu_threads_for_numpy():
     """For the duration: BLAS threads limited to the cores PyTorch's spinning workers leave free, and to torch's
-    thread count; the NumPy path's numba loops run with torch's thread count (on torch's own threads, see
-    cnn_gpu.ops.parallel)."""
+    thread count; the NumPy path's numba loops run with torch's thread count, on torch's own threads
+    (cnn_gpu.ops.parallel), where numba_shares_torchs_threads."""
     torch_threads = torch.get_num_threads()
     wanted = max(1, min(torch_threads, _cores() - torch_threads + 1))
     changed = []
@@ -69,7 +79,7 @@ def cpu_threads_for_numpy():
             blas.set(wanted)
             changed.append((blas, before))
     try:
-        with loop_threads(torch_threads):
+        with loop_threads(torch_threads if numba_shares_torchs_threads() else 1):
             yield
     finally:
         for blas, before in changed:
