@@ -1,6 +1,8 @@
-"""Comparison helpers for the op tests: relative error, moving data to a backend, finite differences."""
+"""Comparison helpers for the op tests: relative error, moving data to a backend, finite differences, the thread
+count of the NumPy path's loops."""
 from __future__ import annotations
 
+import numba
 import numpy
 
 import cnn_gpu
@@ -123,3 +125,18 @@ def load_benchmark_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@numba.njit(parallel=True)
+def _threads_seen(out):
+    for i in numba.prange(out.size):
+        out[i] = numba.get_num_threads()
+
+
+def threads_of_a_loop() -> set:
+    """The numba thread counts a loop of the NumPy path sees when run as the path runs its loops (run_loop)."""
+    from cnn_gpu.ops.parallel import run_loop
+
+    out = numpy.zeros(8, dtype=numpy.int64)
+    run_loop(_threads_seen, out)
+    return set(out.tolist())

@@ -6,7 +6,8 @@ import numpy
 import pytest
 
 from cnn_gpu.ops.conv import _geometry, _im2col, _numpy_col2im, _numpy_conv2d_backward
-from cnn_gpu.ops.parallel import loop_threads, run_loop
+from cnn_gpu.ops.parallel import loop_threads
+from checks import threads_of_a_loop
 
 
 def random_geometry(rng):
@@ -55,18 +56,6 @@ def test_im2col_and_col2im_loops_match_numpy_views_bit_for_bit(rng, dtype):
         dx = _numpy_col2im(dcols, g, dtype)
         assert dx.dtype == dtype and dx.flags.c_contiguous
         assert numpy.array_equal(dx, tap_by_tap_col2im(dcols, g)), g
-
-
-@numba.njit(parallel=True)
-def _threads_seen(out):
-    for i in numba.prange(out.size):
-        out[i] = numba.get_num_threads()
-
-
-def threads_of_a_loop():
-    out = numpy.zeros(8, dtype=numpy.int64)
-    run_loop(_threads_seen, out)
-    return set(out.tolist())
 
 
 def test_loops_run_on_one_thread_unless_told_and_leave_numbas_count():

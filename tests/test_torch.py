@@ -400,27 +400,18 @@ def test_numpy_path_loops_run_with_torchs_thread_count_inside_our_cpu_ops(monkey
     threading layer is OpenMP (torch's runtime), one thread outside (cnn_gpu.ops.parallel)."""
     import numba
 
+    from checks import threads_of_a_loop
     from cnn_gpu.ops import parallel
     from cnn_gpu.torch import threads
 
     if torch_threads is not None:
         monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
-
-    @numba.njit(parallel=True)
-    def threads_seen(out):
-        for i in numba.prange(out.size):
-            out[i] = numba.get_num_threads()
-
-    def loop_threads():
-        out = numpy.zeros(4, dtype=numpy.int64)
-        parallel.run_loop(threads_seen, out)
-        return set(out.tolist())
-
-    parallel.numba_threads_started()
+    parallel.numba_threads_started()  # numba's threading layer is known once started
     inside = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS) if numba.threading_layer() == "omp" else 1
     with threads.cpu_threads_for_numpy():
-        assert loop_threads() == {inside}
-    assert loop_threads() == {1}
+        assert threads_of_a_loop() == {inside}
+    assert threads_of_a_loop() == {1}
+
 
 _THREADS_AFTER_FIRST_DROPOUT = """
 import torch
