@@ -1,11 +1,11 @@
 """The NumPy path's parallel loops: numba kernels (parallel=True, numba.prange), each run through run_loop.
 
 They run on one thread, except inside loop_threads(n), which the PyTorch drop-ins enter with torch's thread count
-around each op. There, with numba's OpenMP layer, the loops run on PyTorch's own OpenMP threads (one libgomp is
-loaded for both), which spin-wait for work after each torch op: a loop takes them up at once, where a second pool
-(BLAS's, Python threads) competes with them for the cores. Elsewhere the loops stay on the calling thread because
-numba's OpenMP workers spin after each loop as OpenBLAS's do after each product: the two pools on the same cores took
-the MNIST training job from 3.2 to 6.5 s on two cores.
+around each op. There, with numba's OpenMP layer, the loops run on PyTorch's own OpenMP threads (numba's layer binds
+to the libgomp PyTorch loaded), which spin-wait for work after each torch op: a loop takes them up at once, where a
+second pool (BLAS's, Python threads) competes with them for the cores. Elsewhere the loops stay on the calling thread
+because numba's OpenMP workers spin after each loop as OpenBLAS's do after each product, and two spinning pools on
+the same cores slow each other (the MNIST training job took twice as long on two cores).
 
 Each output plane or image is written by one thread in a fixed order, so results do not depend on the thread count.
 """
