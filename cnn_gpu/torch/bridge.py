@@ -16,7 +16,7 @@ DEVICES = ("cpu", "cuda")  # where our ops run, and where autocast casts their i
 
 # ---- checks shared by the implementations and the fakes -----------------------------------------
 def check_tensors(op: str, **tensors):
-    """One device; floating tensors float32 (float64 too on the CPU), all of one dtype."""
+    """One device; floating tensors float32 (float64 too on the CPU and the meta device), all of one dtype."""
     if _plainly_float32(tensors.values()):
         return
     given = {name: t for name, t in tensors.items() if t is not None}
@@ -26,7 +26,8 @@ def check_tensors(op: str, **tensors):
         raise ValueError(f"cnn_gpu::{op}: tensors must be on one device: {listing}")
     floats = {name: t for name, t in given.items() if t.is_floating_point()}
     for name, t in floats.items():
-        allowed = (torch.float32, torch.float64) if t.device.type == "cpu" else (torch.float32,)
+        # meta tensors (shapes only) take what the CPU takes
+        allowed = (torch.float32, torch.float64) if t.device.type in ("cpu", "meta") else (torch.float32,)
         if t.dtype not in allowed:
             names = " or ".join(str(d) for d in allowed)
             raise TypeError(
