@@ -174,3 +174,32 @@ def test_full_backward_hooks_see_torch_nns_gradients():
     assert len(seen["mine"]) == len(seen["theirs"]) == len(mine)
     for a, b in zip(seen["mine"], seen["theirs"]):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_backward_twice_with_retain_graph_accumulates_as_torch_nn():
+    theirs, mine = twin_nets()
+    x = inputs()
+    for model in (theirs, mine):
+        loss = model(x).square().sum()
+        loss.backward(retain_graph=True)
+        loss.backward()
+    for a, b in zip(grads(theirs), grads(mine)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_weight_norm_and_pruning_over_drop_ins_equal_torch_nns():
+    """Both rewrite the weight a module reads (a parametrization; a pruning mask applied by a forward pre-hook)."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.parametrizations import weight_norm
+
+    theirs, mine = twin_nets()
+    for model in (theirs, mine):
+        model[0] = weight_norm(model[0])
+        prune.l1_unstructured(model[6], "weight", amount=0.5)
+    x = inputs()
+    for model in (theirs, mine):
+        model(x).square().sum().backward()
+    assert torch.allclose(mine(x), theirs(x), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(mine[6].weight_orig.grad, theirs[6].weight_orig.grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(mine[0].parametrizations.weight.original0.grad,
+                          theirs[0].parametrizations.weight.original0.grad, rtol=1e-10, atol=1e-12)
