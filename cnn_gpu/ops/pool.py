@@ -46,7 +46,7 @@ from cnn_gpu.cuda.grid import INT32_MAX, cdiv, fast_divmod_params, require_int32
 from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register
 from cnn_gpu.ops.arrays import array_module, contiguous, float_operands, nan_filled
-from cnn_gpu.ops.geometry import WindowGeometry, as_pair, plain_arguments, window_geometry
+from cnn_gpu.ops.geometry import WindowGeometry, as_pair, plain_arguments, window_geometry, with_pads
 from cnn_gpu.ops.parallel import run_loop
 
 # Divisor modes shared with kernels/pool.cu (DIVISOR_*).
@@ -137,16 +137,6 @@ def _window_starts(g: WindowGeometry):
     return numpy.arange(g.OH) * g.stride_h - g.pad_top, numpy.arange(g.OW) * g.stride_w - g.pad_left
 
 
-def _padded(x, g: WindowGeometry, fill):
-    """x inside a border of fill, g's pads wide; x itself where there are none (the windows only read it)."""
-    if not (g.pad_top or g.pad_bottom or g.pad_left or g.pad_right):
-        return x
-    Hp, Wp = g.padded_hw
-    out = numpy.full((g.N, g.C, Hp, Wp), fill, dtype=x.dtype)
-    out[:, :, g.pad_top:g.pad_top + g.H, g.pad_left:g.pad_left + g.W] = x
-    return out
-
-
 def _offset_view(padded, g: WindowGeometry, r: int, s: int):
     """Element (r, s) of every window at once: a strided (N, C, OH, OW) view of the padded array."""
     return padded[:, :, r:r + (g.OH - 1) * g.stride_h + 1:g.stride_h, s:s + (g.OW - 1) * g.stride_w + 1:g.stride_w]
@@ -163,7 +153,7 @@ def _numpy_divisor(g: WindowGeometry, mode: int, dtype):
 
 
 def _numpy_max_pool2d(x, g: WindowGeometry):
-    padded = _padded(x, g, -numpy.inf)
+    padded = with_pads(x, g, -numpy.inf)
     h0, w0 = _window_starts(g)
     y = numpy.full(_output_shape(g), -numpy.inf, dtype=x.dtype)
     # The winning offset r * S + s inside each window; until something beats -inf, the first in-bounds one. Kept in
@@ -187,7 +177,7 @@ def _numpy_max_pool2d(x, g: WindowGeometry):
 
 
 def _numpy_sum_pool2d(x, g: WindowGeometry, mode: int):
-    padded = _padded(x, g, 0)
+    padded = with_pads(x, g, 0)
     y = numpy.zeros(_output_shape(g), dtype=x.dtype)
     for r in range(g.R):
         for s in range(g.S):

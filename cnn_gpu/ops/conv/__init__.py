@@ -71,7 +71,7 @@ from cnn_gpu.ops.conv.implicit_gemm import (CONV_TILES, DEFAULT_TILE, ConvTile, 
                                             ImplicitGemmBackwardFilter, ImplicitGemmForward)
 from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, ConvProblem, _output_shape, conv_problem
 from cnn_gpu.ops.conv.winograd import WinogradBackwardFilter, WinogradForward
-from cnn_gpu.ops.geometry import WindowGeometry, window_geometry
+from cnn_gpu.ops.geometry import WindowGeometry, window_geometry, with_pads
 from cnn_gpu.ops.parallel import run_loop
 
 __all__ = ["conv2d", "conv2d_backward", "CONV_TILES", "DEFAULT_TILE", "SPLIT_BLOCKS_PER_SM", "BackwardDataAsForward",
@@ -143,32 +143,23 @@ def _dilated(g: WindowGeometry) -> bool:
     return g.dilation_h != 1 or g.dilation_w != 1
 
 
-def _padded(x, g: WindowGeometry):
-    """x inside a border of zeros, g's pads wide (x itself where there are none); NumPy or CuPy."""
-    if not (g.pad_top or g.pad_bottom or g.pad_left or g.pad_right):
-        return x
-    xp = numpy if isinstance(x, numpy.ndarray) else _cupy()
-    padded = xp.zeros((g.N, g.C) + g.padded_hw, dtype=x.dtype)  # zeros and one copy: numpy.pad costs 4x that
-    padded[:, :, g.pad_top : g.pad_top + g.H, g.pad_left : g.pad_left + g.W] = x
-    return padded
-
-
 def _im2col(x, g: WindowGeometry, channel_major: bool):
     """Every window of the zero-padded x as one contiguous array: (N, C, R, S, OH, OW), image-major, the forward's
     GEMM operand, or (C, R, S, N, OH, OW), channel-major, the filter gradient's. NumPy: numba loops over the images
     (cnn_gpu.ops.parallel), a row of one tap at a time. CuPy: a copy of the strided view of the windows."""
-    padded = _padded(x, g)
+    padded = with_pads(x, g, 0)
     if isinstance(x, numpy.ndarray):
         cols = numpy.empty((g.C, g.R, g.S, g.N, g.OH, g.OW) if channel_major else (g.N, g.C, g.R, g.S, g.OH, g.OW),
                            dtype=x.dtype)
         run_loop(_IM2COL[channel_major, g.stride_w == 1], padded, cols, g.stride_h, g.stride_w, g.dilation_h,
                  g.dilation_w)
         return cols
-    view = _cupy().lib.stride_tricks.sliding_window_view(padded, g.window_extent, axis=(2, 3))
+    xp = _cupy()
+    view = xp.lib.stride_tricks.sliding_window_view(padded, g.window_extent, axis=(2, 3))
     if _dilated(g):
         view = view[..., :: g.dilation_h, :: g.dilation_w]
     view = view[:, :, : (g.OH - 1) * g.stride_h + 1 : g.stride_h, : (g.OW - 1) * g.stride_w + 1 : g.stride_w]
-    return _cupy().ascontiguousarray(view.transpose((1, 4, 5, 0, 2, 3) if channel_major else (0, 1, 4, 5, 2, 3)))
+    return xp.ascontiguousarray(view.transpose((1, 4, 5, 0, 2, 3) if channel_major else (0, 1, 4, 5, 2, 3)))
 
 
 # The numba loops come in versions with the layout and a unit stride_w fixed when compiled (closure constants): a
