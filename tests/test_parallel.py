@@ -1,13 +1,16 @@
 """The NumPy path's numba loops (cnn_gpu.ops.parallel): the im2col and col2im loops against NumPy's strided views and
-tap-by-tap adds (the same bits), on random geometries with strides, dilations and pads; the thread count they run
-with (one, or loop_threads' n, the caller's numba count left as it was); the same bits whatever that count."""
+tap-by-tap adds (the same bits), on random geometries with strides, dilations and pads; the max-pool loop against
+naive window loops (NaN, -inf, signed zeros, float64, a channels_last layout); the thread count they run with (one,
+or loop_threads' n, the caller's numba count left as it was); the same bits whatever that count."""
 import numba
 import numpy
 import pytest
 
 from cnn_gpu.ops.conv import _geometry, _im2col, _numpy_col2im, _numpy_conv2d_backward
 from cnn_gpu.ops.parallel import loop_threads
+from cnn_gpu.ops.pool import _numpy_max_pool2d, pool_geometry
 from checks import threads_of_a_loop
+from test_pool import naive_max_pool
 
 
 def random_geometry(rng):
@@ -79,3 +82,46 @@ def test_conv_backward_bits_do_not_depend_on_the_loop_threads(rng):
         many = _numpy_conv2d_backward(dy, x, w, g, True, True)
     for a, b in zip(one, many):
         assert numpy.array_equal(a, b)
+
+
+def awkward_values(rng, shape, dtype, kind):
+    x = rng.standard_normal(shape).astype(dtype)
+    if kind == 1:
+        x[rng.random(shape) < 0.3] = numpy.nan
+    elif kind == 2:
+        x[rng.random(shape) < 0.5] = -numpy.inf
+    elif kind == 3:  # ties, and zeros of both signs
+        x = numpy.round(x).astype(dtype)
+        x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_max_pool_loop_matches_naive_windows(rng, dtype):
+    for trial in range(120):
+        N, C = (int(v) for v in rng.integers(1, 3, 2))
+        H, W = (int(v) for v in rng.integers(2, 9, 2))
+        R, S = (int(v) for v in rng.integers(1, 4, 2))
+        stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+        padding = (int(rng.integers(0, R // 2 + 1)), int(rng.integers(0, S // 2 + 1)))
+        if R > H or S > W:
+            continue
+        x = awkward_values(rng, (N, H, W, C), dtype, trial % 4).transpose(0, 3, 1, 2)  # channels_last
+        if trial % 2:
+            x = numpy.ascontiguousarray(x)
+        g = pool_geometry(x.shape, (R, S), stride, padding)
+        y, indices = _numpy_max_pool2d(x, g)
+        ref_y, ref_indices = naive_max_pool(x, (R, S), stride, padding)
+        assert y.dtype == dtype and numpy.array_equal(indices, ref_indices), (g, trial)
+        assert numpy.array_equal(y, ref_y.astype(dtype), equal_nan=True), (g, trial)
+        assert numpy.array_equal(numpy.signbit(y), numpy.signbit(ref_y)), (g, trial)  # the first zero wins
+
+
+def test_max_pool_bits_do_not_depend_on_the_loop_threads(rng):
+    x = awkward_values(rng, (5, 7, 12, 13), numpy.float32, 3)
+    g = pool_geometry(x.shape, 3, 2, 1, ceil_mode=True)
+    one = _numpy_max_pool2d(x, g)
+    with loop_threads(numba.config.NUMBA_NUM_THREADS):
+        many = _numpy_max_pool2d(x, g)
+    assert numpy.array_equal(one[0].view(numpy.int32), many[0].view(numpy.int32))
+    assert numpy.array_equal(one[1], many[1])
