@@ -333,6 +333,26 @@ def test_plain_eager_calls_equal_the_operator(case, monkeypatch):
                                      and torch.equal(a.nan_to_num(), b.nan_to_num()))
 
 
+@pytest.mark.parametrize("case", [i for i, (n, _) in enumerate(_op_cases()) if not n.endswith("_backward")],
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(_op_cases()) if not n.endswith("_backward")])
+def test_calls_without_grad_equal_the_recorded_ones(case):
+    """Where autograd records nothing (no_grad, inference_mode) the implementation runs bare, as a backward formula's
+    own calls do: the same outputs, bit for bit, and no graph."""
+    name, args = _op_cases()[case]
+    op = getattr(ops, name)
+    recorded = _forward_and_gradients(op, args)[0]
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            torch.manual_seed(1)
+            bare = ops.call(op, *args)
+        bare = bare if isinstance(bare, tuple) else (bare,)
+        for a, b in zip(bare, recorded):
+            assert a.grad_fn is None and not a.requires_grad
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert torch.equal(a, b) or (a.dtype.is_floating_point and torch.equal(a.isnan(), b.isnan())
+                                         and torch.equal(a.nan_to_num(), b.nan_to_num()))
+
+
 def test_plain_eager_is_only_taken_on_plain_tensors():
     from cnn_gpu.torch import bridge
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -388,6 +408,8 @@ def test_forward_mode_derivatives_are_an_error_naming_the_op():
     x = torch.randn(2, 3, 6, 6)
     with fwAD.dual_level(), pytest.raises(RuntimeError, match="cnn_gpu::relu has no forward-mode derivative"):
         ours.ReLU()(fwAD.make_dual(x, torch.ones_like(x)))
+    with fwAD.dual_level(), torch.no_grad(), pytest.raises(RuntimeError, match="no forward-mode derivative"):
+        ours.ReLU()(fwAD.make_dual(x, torch.ones_like(x)))  # no_grad leaves forward mode on
     conv = ours.Conv2d(3, 2, 3)
     with pytest.raises(RuntimeError, match="cnn_gpu::conv2d has no forward-mode derivative"):
         torch.func.jvp(conv, (x,), (torch.ones_like(x),))

@@ -11,7 +11,6 @@ Each output plane or image is written by one thread in a fixed order, so results
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 
@@ -21,14 +20,19 @@ import numpy
 _LOOP_THREADS = contextvars.ContextVar("cnn_gpu_loop_threads", default=1)
 
 
-@contextlib.contextmanager
-def loop_threads(n: int):
-    """The NumPy path's loops run with n threads (at most numba's NUMBA_NUM_THREADS) for the duration."""
-    token = _LOOP_THREADS.set(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        _LOOP_THREADS.reset(token)
+class loop_threads:
+    """with loop_threads(n): the NumPy path's loops run with n threads (at most numba's NUMBA_NUM_THREADS) for the
+    duration. A class, not a generator context: entered around every drop-in op, where its cost counts."""
+    __slots__ = ("n", "token")
+
+    def __init__(self, n: int):
+        self.n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+
+    def __enter__(self):
+        self.token = _LOOP_THREADS.set(self.n)
+
+    def __exit__(self, *exc):
+        _LOOP_THREADS.reset(self.token)
 
 
 def run_loop(kernel, *args):

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.library import custom_op, register_autocast
 
 from cnn_gpu.torch.threads import cpu_threads_for_numpy
@@ -80,12 +81,8 @@ def _to_tensor(a):
 
 
 @contextlib.contextmanager
-def _on_device_of(t):
-    """CuPy launches on the tensor's device and PyTorch's current stream there; NumPy on torch's threads."""
-    if not t.is_cuda:
-        with cpu_threads_for_numpy():
-            yield
-        return
+def _on_cuda_stream(t):
+    """CuPy launches on the tensor's device and PyTorch's current stream there."""
     import cupy
 
     stream = torch.cuda.current_stream(t.device)
@@ -94,10 +91,11 @@ def _on_device_of(t):
 
 
 def run(function, *tensors, **kwargs):
-    """function on array views of the tensors; results back as tensors (tuples stay tuples)."""
+    """function on array views of the tensors (NumPy on torch's threads, CuPy on torch's current stream); results
+    back as tensors (tuples stay tuples)."""
     anchor = next(t for t in tensors if t is not None)
-    with _on_device_of(anchor):
-        out = function(*(_to_array(t) for t in tensors), **kwargs)
+    with _on_cuda_stream(anchor) if anchor.is_cuda else cpu_threads_for_numpy():
+        out = function(*[_to_array(t) for t in tensors], **kwargs)
         if isinstance(out, tuple):
             return tuple(_to_tensor(o) for o in out)
         return _to_tensor(out)
@@ -164,13 +162,17 @@ def call(op, *args):
     autograd.Function (the transforms take no operator's registered formula). Otherwise, on plain CPU or CUDA
     tensors, the same autograd formula runs over the op's implementation directly (op.eager), without the
     dispatcher's round trips through Python: about 0.1 ms an op, which is most of a small layer's time on the CPU.
-    Both give the same results, autocast's float32 rule included."""
+    Where autograd records nothing (no_grad, inference_mode, a backward formula's own call), the implementation
+    runs bare. All give the same results, autocast's float32 rule included."""
     if torch.compiler.is_compiling():
         return op(*args)
     if torch._C._are_functorch_transforms_active():
         return op.differentiable.apply(*_autocast_inputs(args))
     if _plain_eager(args):
-        return op.eager.apply(*_autocast_inputs(args))
+        args = _autocast_inputs(args)
+        if torch.is_grad_enabled() or forward_ad._current_level >= 0:  # the Function records, or raises on a dual
+            return op.eager.apply(*args)
+        return op.implementation(*args)
     return op(*args)
 
 
@@ -187,13 +189,24 @@ def _plain_eager(args) -> bool:
     if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
             or torch.jit.is_tracing()):
         return False
+    return _plain_arguments(args)
+
+
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def _plain_arguments(args) -> bool:
     for a in args:
-        if isinstance(a, Tensor):
-            if type(a) not in _PLAIN_TENSORS or a.device.type not in DEVICES or _legacy_batched(a):
+        kind = type(a)
+        if kind in _SCALARS:
+            continue
+        if kind in _PLAIN_TENSORS:
+            if not (a.is_cpu or a.is_cuda) or _legacy_batched(a):
                 return False
-        elif hasattr(a, "__torch_function__"):
-            return False
-        if isinstance(a, (list, tuple)) and not _plain_eager(a):
+        elif kind in (list, tuple):
+            if not _plain_arguments(a):
+                return False
+        elif isinstance(a, Tensor) or hasattr(a, "__torch_function__"):
             return False
     return True
 
@@ -201,6 +214,9 @@ def _plain_eager(args) -> bool:
 def _autocast_inputs(args):
     """The operator's autocast rule applied before an autograd.Function (which saves the inputs it is given):
     float16 / bfloat16 tensors to float32 where autocast is on for their device, the casts recorded by autograd."""
+    if not any(torch.is_autocast_enabled(device) for device in DEVICES):
+        return args
+
     def cast(a):
         if isinstance(a, Tensor) and a.dtype in (torch.float16, torch.bfloat16) and a.device.type in DEVICES \
                 and torch.is_autocast_enabled(a.device.type):

@@ -14,7 +14,6 @@ inside the op, on torch's own OpenMP threads (cnn_gpu.ops.parallel), when numba'
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import os
@@ -65,22 +64,32 @@ def numba_shares_torchs_threads() -> bool:
     return numba.threading_layer() == "omp"
 
 
-@contextlib.contextmanager
-def cpu_threads_for_numpy():
-    """For the duration: BLAS threads limited to the cores PyTorch's spinning workers leave free, and to torch's
-    thread count; the NumPy path's numba loops run with torch's thread count, on torch's own threads
-    (cnn_gpu.ops.parallel), where numba_shares_torchs_threads."""
-    torch_threads = torch.get_num_threads()
-    wanted = max(1, min(torch_threads, _cores() - torch_threads + 1))
-    changed = []
-    for blas in _blas_libraries():
-        before = blas.get()
-        if before > wanted:
-            blas.set(wanted)
-            changed.append((blas, before))
-    try:
-        with loop_threads(torch_threads if numba_shares_torchs_threads() else 1):
-            yield
-    finally:
-        for blas, before in changed:
+@functools.lru_cache(maxsize=None)
+def _counts(torch_threads: int) -> tuple:
+    """(BLAS threads, loop threads) for an op run with torch's thread count."""
+    blas = max(1, min(torch_threads, _cores() - torch_threads + 1))
+    return blas, torch_threads if numba_shares_torchs_threads() else 1
+
+
+class cpu_threads_for_numpy:
+    """with cpu_threads_for_numpy(): for the duration, BLAS threads limited to the cores PyTorch's spinning workers
+    leave free, and to torch's thread count; the NumPy path's numba loops run with torch's thread count, on torch's
+    own threads (cnn_gpu.ops.parallel), where numba_shares_torchs_threads. A class, not a generator context: it is
+    entered around every drop-in op on the CPU, where its cost counts."""
+    __slots__ = ("changed", "loops")
+
+    def __enter__(self):
+        wanted, loops = _counts(torch.get_num_threads())
+        self.changed = []
+        for blas in _blas_libraries():
+            before = blas.get()
+            if before > wanted:
+                blas.set(wanted)
+                self.changed.append((blas, before))
+        self.loops = loop_threads(loops)
+        self.loops.__enter__()
+
+    def __exit__(self, *exc):
+        self.loops.__exit__(*exc)
+        for blas, before in self.changed:
             blas.set(before)
