@@ -3,7 +3,7 @@ usual float32 operands have been seen, what the checks refuse is still refused, 
 import numpy
 import pytest
 
-from cnn_gpu.ops.arrays import array_module, float_operands
+from cnn_gpu.ops.arrays import ALIGNMENT, aligned_copy, aligned_empty, array_module, float_operands
 
 LAYOUTS = {"x": (2, "N, K"), "w": (2, "K, M")}
 
@@ -49,3 +49,14 @@ def test_float_operands_accepts_float64_on_numpy_and_absent_operands():
     assert float_operands({}, ("b",), b=None) is numpy
     with pytest.raises(TypeError, match="x is required"):
         float_operands(LAYOUTS, ("b",), x=None, w=w, b=None)
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 5, 7), numpy.float32), ((0, 4), numpy.float64), ((1,), numpy.int8)])
+def test_aligned_arrays_start_on_the_boundary(shape, dtype):
+    for _ in range(20):  # NumPy's own allocations start on 16 bytes: some of these would not be aligned by chance
+        a = aligned_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.size == 0 or a.ctypes.data % ALIGNMENT == 0  # an empty array has no data to place
+    source = numpy.arange(2 * 3 * 4, dtype=numpy.float32).reshape(2, 3, 4).transpose(2, 0, 1)
+    copy = aligned_copy(source)
+    assert copy.ctypes.data % ALIGNMENT == 0 and copy.flags.c_contiguous and numpy.array_equal(copy, source)

@@ -1,13 +1,13 @@
 """The NumPy path's numba loops (cnn_gpu.ops.parallel): the im2col and col2im loops against NumPy's strided views and
 tap-by-tap adds (the same bits), on random geometries with strides, dilations and pads; the max-pool loop against
 naive window loops (NaN, -inf, signed zeros, float64, a channels_last layout); the thread count they run with (one,
-or loop_threads' n, the caller's numba count left as it was); the same bits whatever that count."""
+or parallel_work's n, the caller's numba count left as it was); the same bits whatever that count."""
 import numba
 import numpy
 import pytest
 
 from cnn_gpu.ops.conv import _geometry, _im2col, _numpy_col2im, _numpy_conv2d_backward
-from cnn_gpu.ops.parallel import loop_threads
+from cnn_gpu.ops.parallel import parallel_work
 from cnn_gpu.ops.pool import _numpy_max_pool2d, pool_geometry
 from checks import threads_of_a_loop
 from test_pool import naive_max_pool
@@ -64,9 +64,9 @@ def test_im2col_and_col2im_loops_match_numpy_views_bit_for_bit(rng, dtype):
 def test_loops_run_on_one_thread_unless_told_and_leave_numbas_count():
     before = numba.get_num_threads()
     assert threads_of_a_loop() == {1}
-    with loop_threads(numba.config.NUMBA_NUM_THREADS + 5):
+    with parallel_work(numba.config.NUMBA_NUM_THREADS + 5):
         assert threads_of_a_loop() == {numba.config.NUMBA_NUM_THREADS}
-        with loop_threads(1):
+        with parallel_work(1):
             assert threads_of_a_loop() == {1}
     assert threads_of_a_loop() == {1}
     assert numba.get_num_threads() == before
@@ -78,7 +78,7 @@ def test_conv_backward_bits_do_not_depend_on_the_loop_threads(rng):
     g = _geometry(x, w, (1, 2), 1, 1)
     dy = rng.standard_normal((6, 4, g.OH, g.OW)).astype(numpy.float32)
     one = _numpy_conv2d_backward(dy, x, w, g, True, True)
-    with loop_threads(numba.config.NUMBA_NUM_THREADS):
+    with parallel_work(numba.config.NUMBA_NUM_THREADS):
         many = _numpy_conv2d_backward(dy, x, w, g, True, True)
     for a, b in zip(one, many):
         assert numpy.array_equal(a, b)
@@ -121,7 +121,7 @@ def test_max_pool_bits_do_not_depend_on_the_loop_threads(rng):
     x = awkward_values(rng, (5, 7, 12, 13), numpy.float32, 3)
     g = pool_geometry(x.shape, 3, 2, 1, ceil_mode=True)
     one = _numpy_max_pool2d(x, g)
-    with loop_threads(numba.config.NUMBA_NUM_THREADS):
+    with parallel_work(numba.config.NUMBA_NUM_THREADS):
         many = _numpy_max_pool2d(x, g)
     assert numpy.array_equal(one[0].view(numpy.int32), many[0].view(numpy.int32))
     assert numpy.array_equal(one[1], many[1])

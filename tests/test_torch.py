@@ -357,41 +357,52 @@ def test_refused_options_name_the_argument_and_the_torch_layer(build, argument):
         build()
 
 
-@pytest.mark.parametrize("torch_threads", [None, 1], ids=["torch's default", "torch.set_num_threads(1)"])
-def test_blas_threads_limited_inside_our_cpu_ops_and_restored_after(monkeypatch, torch_threads):
-    """While an op runs, NumPy's BLAS gets the cores torch's spinning workers leave free, and never more threads
-    than torch itself has (the user's intra-op setting); afterwards its own count again (threadpoolctl reads
-    both)."""
+def test_products_inside_our_cpu_ops_run_on_torchs_threads_and_numpys_blas_is_left_alone(monkeypatch):
+    """Inside a drop-in op every product of the NumPy path goes through torch.matmul (torch's threads, torch's thread
+    count): a conv and a linear layer make three each, forward and backward; NumPy's BLAS keeps the thread count the
+    user gave it, inside the op and after. Outside an op the NumPy path's products are NumPy's."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    import cnn_gpu.functional as F
     from cnn_gpu.torch import threads
 
-    if torch_threads is not None:
-        monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
-
-    def blas_threads():  # NumPy's BLAS (other libraries may load their own later, e.g. SciPy's)
+    def blas_threads():  # NumPy's (torch's MKL, where it has one, is torch's to set)
         return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
                 if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
 
+    products, blas_inside = [], []
+    torch_matmul = threads.torch_matmul
+
+    def counted(a, b):
+        products.append((a.shape, b.shape))
+        blas_inside.append(blas_threads())
+        return torch_matmul(a, b)
+
+    monkeypatch.setattr(threads, "torch_matmul", counted)
     before = blas_threads()
-    if not before:
-        pytest.skip("threadpoolctl finds no BLAS library of NumPy's")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    wanted = min(torch.get_num_threads(), max(1, cores - torch.get_num_threads() + 1))
-    seen = []
-    with threads.cpu_threads_for_numpy():
-        seen = blas_threads()
-    assert seen == [min(n, wanted) for n in before]
+    model = torch.nn.Sequential(ours.Conv2d(2, 3, 3), torch.nn.Flatten(), ours.Linear(3 * 4 * 4, 5))
+    model(torch.randn(4, 2, 6, 6, requires_grad=True)).sum().backward()
+    assert len(products) == 6 and all(seen == before for seen in blas_inside)
     assert blas_threads() == before
+    products.clear()
+    F.linear(numpy.ones((2, 3), numpy.float32), numpy.ones((4, 3), numpy.float32))
+    assert products == []
 
-    import cnn_gpu.functional as F
 
-    inside_op = []
-    numpy_linear = F.linear
-    monkeypatch.setattr(F, "linear", lambda *a: inside_op.append(blas_threads()) or numpy_linear(*a))
-    ours.Linear(3, 2)(torch.randn(4, 3))
-    assert inside_op == [[min(n, wanted) for n in before]]
-    assert blas_threads() == before
+def test_products_on_torchs_threads_start_aligned_and_equal_numpys(rng):
+    """torch_matmul copies an operand that does not start on a 64-byte boundary (a BLAS's sums may depend on where it
+    starts, as MKL's do when it splits a long sum over threads): the result is the aligned operands', whatever the
+    offset, and equals NumPy's product within float32 rounding."""
+    from cnn_gpu.torch.threads import torch_matmul
 
+    a = rng.standard_normal((6, 50176)).astype(numpy.float32)  # the MNIST-sized filter gradient of LeNet's conv1
+    b = rng.standard_normal((25, 50176)).astype(numpy.float32)
+    expected = torch_matmul(a, b.T)
+    buffer = numpy.empty(b.size + 16, numpy.float32)
+    for offset in range(16):
+        shifted = buffer[offset:offset + b.size].reshape(b.shape)
+        shifted[...] = b
+        assert numpy.array_equal(torch_matmul(a, shifted.T), expected)
+    numpy.testing.assert_allclose(expected, a.astype(numpy.float64) @ b.T.astype(numpy.float64), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("torch_threads", [None, 1], ids=["torch's default", "torch.set_num_threads(1)"])

@@ -184,6 +184,26 @@ def nan_filled(xp, shape, dtype=numpy.float32):
     return xp.empty(shape, dtype=dtype)
 
 
+ALIGNMENT = 64  # bytes: a cache line, and where torch's CPU allocator starts every tensor
+
+
+def aligned_empty(shape, dtype):
+    """numpy.empty starting on an ALIGNMENT-byte boundary (NumPy's own arrays start on 16): where a product's operand
+    starts can change a BLAS's sums (MKL's, where it splits a long sum over threads)."""
+    dtype = numpy.dtype(dtype)
+    size = int(numpy.prod(shape, dtype=numpy.int64)) * dtype.itemsize
+    raw = numpy.empty(size + ALIGNMENT, dtype=numpy.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def aligned_copy(a):
+    """A C-contiguous copy of a NumPy array, starting on an ALIGNMENT-byte boundary."""
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _debug_fill() -> bool:
     """CNN_GPU_DEBUG_FILL, read once (at the first kernel output: tests set it before any op runs)."""

@@ -32,6 +32,7 @@ from cnn_gpu.cuda import autotune
 from cnn_gpu.cuda.grid import INT32_MAX, cdiv, grid_stride_blocks, sm_count
 from cnn_gpu.cuda.loader import family_defines, load_kernel
 from cnn_gpu.cuda.variants import Variant, applicable, planned, register, registered
+from cnn_gpu.ops import parallel
 from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
 from cnn_gpu.ops.arrays import contiguous, float_operands, nan_filled
 
@@ -47,14 +48,14 @@ def _check_linear_shapes(x, w, b=None) -> None:
 
 # ---- NumPy path ----------------------------------------------------------------------------------
 def _numpy_linear(x, w, b, activation, slope):
-    y = numpy.matmul(x, w.T)
+    y = parallel.matmul(x, w.T)
     if b is not None:
         y += b
     return numpy_activation(y, activation, slope)
 
 
 def _numpy_linear_backward(dy, x, w):
-    return numpy.matmul(dy, w), numpy.matmul(dy.T, x), dy.sum(axis=0)
+    return parallel.matmul(dy, w), parallel.matmul(dy.T, x), dy.sum(axis=0)
 
 
 # ---- CUDA path -----------------------------------------------------------------------------------

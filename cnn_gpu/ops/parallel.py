@@ -1,13 +1,17 @@
-"""The NumPy path's parallel loops: numba kernels (parallel=True, numba.prange), each run through run_loop.
+"""The NumPy path's parallel work: its numba loops (parallel=True, numba.prange), each run through run_loop, and its
+matrix products, each through matmul.
 
-They run on one thread, except inside loop_threads(n), which the PyTorch drop-ins enter with torch's thread count
-around each op. There, with numba's OpenMP layer, the loops run on PyTorch's own OpenMP threads (numba's layer binds
-to the libgomp PyTorch loaded), which spin-wait for work after each torch op: a loop takes them up at once, where a
-second pool (BLAS's, Python threads) competes with them for the cores. Elsewhere the loops stay on the calling thread
-because numba's OpenMP workers spin after each loop as OpenBLAS's do after each product, and two spinning pools on
-the same cores slow each other (the MNIST training job took twice as long on two cores).
+Both run on the calling thread (numba's loops on one thread, products by numpy.matmul), except inside
+parallel_work(n, product), which the PyTorch drop-ins enter around each op with torch's thread count and torch's own
+matmul. There, with numba's OpenMP layer, the loops run on PyTorch's own OpenMP threads (numba's layer binds to the
+libgomp PyTorch loaded), and so do the products: the threads spin-wait for work after each torch op, and take it up
+at once, where a second pool (NumPy's BLAS threads, Python threads) competes with them for the cores. Elsewhere the
+loops stay on the calling thread because numba's OpenMP workers spin after each loop as OpenBLAS's do after each
+product, and two spinning pools on the same cores slow each other (the MNIST training job took twice as long on two
+cores).
 
-Each output plane or image is written by one thread in a fixed order, so results do not depend on the thread count.
+Each loop's output plane or image is written by one thread in a fixed order, so its results do not depend on the
+thread count. A product's may (a BLAS splits long sums over threads), as torch.nn's own do.
 """
 from __future__ import annotations
 
@@ -17,28 +21,39 @@ import functools
 import numba
 import numpy
 
-_LOOP_THREADS = contextvars.ContextVar("cnn_gpu_loop_threads", default=1)
+# (loop threads, product function or None for numpy.matmul)
+_WORK = contextvars.ContextVar("cnn_gpu_parallel_work", default=(1, None))
 
 
-class loop_threads:
-    """with loop_threads(n): the NumPy path's loops run with n threads (at most numba's NUMBA_NUM_THREADS) for the
-    duration. A class, not a generator context: entered around every drop-in op, where its cost counts."""
-    __slots__ = ("n", "token")
+class parallel_work:
+    """with parallel_work(n, product=None): for the duration, the NumPy path's loops run with n threads (at most
+    numba's NUMBA_NUM_THREADS), and its products as product(a, b) where given. A class, not a generator context:
+    entered around every drop-in op, where its cost counts."""
+    __slots__ = ("work", "token")
 
-    def __init__(self, n: int):
-        self.n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    def __init__(self, n: int, product=None):
+        self.work = (max(1, min(n, numba.config.NUMBA_NUM_THREADS)), product)
 
     def __enter__(self):
-        self.token = _LOOP_THREADS.set(self.n)
+        self.token = _WORK.set(self.work)
 
     def __exit__(self, *exc):
-        _LOOP_THREADS.reset(self.token)
+        _WORK.reset(self.token)
+
+
+def matmul(a, b):
+    """a @ b with NumPy's matmul rules (batched, broadcast): through parallel_work's product for NumPy arrays where
+    one is set, else NumPy's (or CuPy's, for CuPy arrays) own."""
+    product = _WORK.get()[1]
+    if product is None or not isinstance(a, numpy.ndarray):
+        return a @ b
+    return product(a, b)
 
 
 def run_loop(kernel, *args):
     """kernel(*args) with the loop thread count, numba's own count for the caller's thread left as it was."""
     numba_threads_started()
-    wanted, before = _LOOP_THREADS.get(), numba.get_num_threads()
+    wanted, before = _WORK.get()[0], numba.get_num_threads()
     if wanted == before:
         return kernel(*args)
     numba.set_num_threads(wanted)

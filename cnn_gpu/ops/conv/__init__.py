@@ -62,7 +62,7 @@ import numba
 import numpy
 
 from cnn_gpu.ops.activation import activation_code, checked_slope, numpy_activation
-from cnn_gpu.ops.arrays import float_operands
+from cnn_gpu.ops.arrays import aligned_copy, aligned_empty, float_operands
 from cnn_gpu.ops.conv.cuda_path import (BackwardDataAsForward, _cuda_conv2d, _cuda_conv2d_backward, as_forward_geometry,
                                         flipped_filters)
 from cnn_gpu.ops.conv.grouped import cuda_grouped_conv2d, cuda_grouped_conv2d_backward
@@ -72,7 +72,7 @@ from cnn_gpu.ops.conv.implicit_gemm import (CONV_TILES, DEFAULT_TILE, ConvTile, 
 from cnn_gpu.ops.conv.problem import SPLIT_BLOCKS_PER_SM, ConvProblem, _output_shape, conv_problem
 from cnn_gpu.ops.conv.winograd import WinogradBackwardFilter, WinogradForward
 from cnn_gpu.ops.geometry import WindowGeometry, window_geometry, with_pads
-from cnn_gpu.ops.parallel import run_loop
+from cnn_gpu.ops.parallel import matmul, run_loop
 
 __all__ = ["conv2d", "conv2d_backward", "CONV_TILES", "DEFAULT_TILE", "SPLIT_BLOCKS_PER_SM", "BackwardDataAsForward",
            "ConvProblem", "ConvTile", "FewChannelsBackwardFilter", "FewFiltersForward", "ImplicitGemmBackwardData",
@@ -149,8 +149,8 @@ def _im2col(x, g: WindowGeometry, channel_major: bool):
     (cnn_gpu.ops.parallel), a row of one tap at a time. CuPy: a copy of the strided view of the windows."""
     padded = with_pads(x, g, 0)
     if isinstance(x, numpy.ndarray):
-        cols = numpy.empty((g.C, g.R, g.S, g.N, g.OH, g.OW) if channel_major else (g.N, g.C, g.R, g.S, g.OH, g.OW),
-                           dtype=x.dtype)
+        cols = aligned_empty((g.C, g.R, g.S, g.N, g.OH, g.OW) if channel_major else (g.N, g.C, g.R, g.S, g.OH, g.OW),
+                             x.dtype)
         run_loop(_IM2COL[channel_major, g.stride_w == 1], padded, cols, g.stride_h, g.stride_w, g.dilation_h,
                  g.dilation_w)
         return cols
@@ -200,7 +200,7 @@ def _numpy_conv2d(x, w, b, g: WindowGeometry, activation, slope, groups=1):
     # cols[n, g] is image n's (Cg*R*S, OH*OW) im2col matrix of group g; one GEMM batched over images and groups gives
     # y in (N, G, Kg, OH*OW).
     cols = _im2col(x, g, channel_major=False)
-    y = (w.reshape(G, K // G, -1) @ cols.reshape(g.N, G, -1, g.OH * g.OW)).reshape(g.N, K, g.OH * g.OW)
+    y = matmul(w.reshape(G, K // G, -1), cols.reshape(g.N, G, -1, g.OH * g.OW)).reshape(g.N, K, g.OH * g.OW)
     if b is not None:
         y += b[:, None]
     if not isinstance(y, numpy.ndarray):  # the CUDA path's fallback: the activation by its own kernel
@@ -216,13 +216,14 @@ def _numpy_conv2d_backward(dy, x, w, g: WindowGeometry, compute_dx: bool, comput
     K, G = w.shape[0], groups
     # Channel-major im2col: cols (G, Cg*R*S, N*OH*OW) and dy as (G, Kg, N*OH*OW), so each gradient is one GEMM
     # batched over groups.
-    dy_k = dy.reshape(g.N, G, K // G, -1).transpose(1, 2, 0, 3).reshape(G, K // G, -1)
+    dy_k = dy.reshape(g.N, G, K // G, -1).transpose(1, 2, 0, 3)
+    dy_k = (aligned_copy(dy_k) if isinstance(dy_k, numpy.ndarray) else dy_k).reshape(G, K // G, -1)
     dx = dw = None
     if compute_dw:
         cols = _im2col(x, g, channel_major=True)
-        dw = (dy_k @ cols.reshape(G, -1, g.N * g.OH * g.OW).transpose(0, 2, 1)).reshape(w.shape)
+        dw = matmul(dy_k, cols.reshape(G, -1, g.N * g.OH * g.OW).transpose(0, 2, 1)).reshape(w.shape)
     if compute_dx:
-        dcols = w.reshape(G, K // G, -1).transpose(0, 2, 1) @ dy_k
+        dcols = matmul(w.reshape(G, K // G, -1).transpose(0, 2, 1), dy_k)
         dx = _numpy_col2im(dcols.reshape(g.C, g.R, g.S, g.N, g.OH, g.OW), g, x.dtype)
     return dx, dw, dy.sum(axis=(0, 2, 3))
 
