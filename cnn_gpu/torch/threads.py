@@ -18,6 +18,7 @@ import functools
 import numba
 import torch
 
+from cnn_gpu.ops.arrays import ALIGNMENT
 from cnn_gpu.ops.parallel import numba_threads_started, parallel_work
 
 
@@ -33,10 +34,10 @@ def numba_shares_torchs_threads() -> bool:
 def torch_matmul(a, b):
     """a @ b by torch.matmul on torch's threads, for NumPy arrays (a NumPy array back, over torch's result).
 
-    Each operand starts on a 64-byte boundary, copied there where it does not: a BLAS's sums can depend on where an
-    operand starts (MKL's do where it splits a long sum over threads), and a NumPy allocation's alignment varies from
-    run to run, where torch's allocations are 64-byte aligned. The product is in the operands' dtype under autocast
-    too (the op's autocast rule has already made them float32)."""
+    Each operand starts on an ALIGNMENT-byte boundary (64, where torch's allocator starts every tensor), copied
+    there where it does not: a BLAS's sums can depend on where an operand starts (MKL's do where it splits a long sum
+    over threads), and a NumPy allocation's alignment varies from run to run. The product is in the operands' dtype
+    under autocast too (the op's autocast rule has already made them float32)."""
     a, b = _aligned(a), _aligned(b)
     if torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
@@ -46,7 +47,7 @@ def torch_matmul(a, b):
 
 def _aligned(a):
     t = torch.from_numpy(a)
-    return t if t.data_ptr() % 64 == 0 else t.clone()
+    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone()
 
 
 class cpu_threads_for_numpy:
