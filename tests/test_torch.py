@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 
 import numpy
 import pytest
@@ -86,6 +87,29 @@ def test_cross_entropy_matches_torch(device):
     (g,) = torch.autograd.grad(loss * 3, logits)
     (g_ref,) = torch.autograd.grad(ref * 3, logits)
     assert rel_error(g.cpu().numpy(), g_ref.cpu().numpy()) < 1e-5
+
+
+def test_cross_entropy_of_one_unbatched_row_and_of_infinite_logits_matches_torch(device):
+    logits = torch.randn(10, device=device, requires_grad=True)
+    label = torch.tensor(3, device=device)
+    loss, ref = ours.cross_entropy(logits, label), torch.nn.functional.cross_entropy(logits, label)
+    assert loss.shape == ref.shape == ()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(torch.autograd.grad(loss, logits)[0], torch.autograd.grad(ref, logits)[0])
+    inf = float("inf")
+    logits = torch.tensor([[inf, 0.0, 1.0], [2.0, -inf, 0.0]], device=device)
+    labels = torch.tensor([0, 2], device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(ours.cross_entropy(logits, labels),
+                                   torch.nn.functional.cross_entropy(logits, labels), equal_nan=True)
+
+
+@pytest.mark.parametrize("labels", [lambda d: torch.tensor([0.0, 2.0], dtype=torch.float64, device=d),
+                                    lambda d: torch.full((2, 3), 1 / 3, device=d)], ids=["float64-indices", "probabilities"])
+def test_cross_entropy_refuses_float_labels_naming_them(device, labels):
+    with pytest.raises(TypeError, match=r"labels must be integer class indices .* \(class probabilities are not"):
+        ours.cross_entropy(torch.randn(2, 3, device=device), labels(device))
 
 
 def test_dropout_is_reproducible_and_scaled(device):
@@ -246,6 +270,16 @@ def test_linear_takes_any_leading_dimensions(device, shape):
     _compare_shapes(torch.nn.Linear(7, 4), ours.Linear(7, 4), torch.randn(shape), device)
 
 
+@pytest.mark.parametrize("shape", [(0,), (4, 0), (2, 3, 0)])
+def test_linear_with_no_input_features_matches_torch(device, shape):
+    """torch.nn.Linear(0, n) gives the bias at each leading position (and warns while initialising its empty weight)."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs, mine = torch.nn.Linear(0, 4), ours.Linear(0, 4)
+    _compare_shapes(theirs, mine, torch.randn(shape), device)
+
+
 @pytest.mark.parametrize("pair", [
     (lambda nn: nn.Conv2d(3, 4, 3, padding=1)),
     (lambda nn: nn.Conv2d(3, 4, (2, 3), stride=(2, 1))),
@@ -295,6 +329,31 @@ def test_avg_pool_options_match_torch(device, count_include_pad, divisor_overrid
 def test_leaky_relu_any_slope_matches_torch(device, slope):
     torch.manual_seed(0)
     _compare_shapes(torch.nn.LeakyReLU(slope), ours.LeakyReLU(slope), torch.randn(4, 3, 5), device)
+
+
+@pytest.mark.parametrize("make", [
+    lambda nn: nn.LeakyReLU(-0.3), lambda nn: nn.LeakyReLU(0.2), lambda nn: nn.ReLU(), lambda nn: nn.Sigmoid(),
+    lambda nn: nn.Tanh(), lambda nn: nn.MaxPool2d(2), lambda nn: nn.AvgPool2d(2), lambda nn: nn.Conv2d(1, 2, 2),
+], ids=["leaky-negative", "leaky", "relu", "sigmoid", "tanh", "maxpool", "avgpool", "conv"])
+def test_infinities_and_nan_give_torchs_values_without_warnings(device, make):
+    """Forward values with inf, -inf and NaN inputs, and gradients with infinite ones, equal torch.nn's; no warning
+    (torch's CPU ops give none; NumPy warns of each invalid or overflowing operation unless told not to)."""
+    torch.manual_seed(0)
+    theirs, mine = make(torch.nn).to(device), make(ours).to(device)
+    mine.load_state_dict(theirs.state_dict())
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([[inf, -inf, 1.0, -2.0], [0.5, -inf, nan, 3.0], [-1.0, 2.0, -0.5, inf], [4.0, nan, 0.0, -3.0]],
+                     device=device).reshape(1, 1, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(mine(x), theirs(x), equal_nan=True)
+        finite_or_inf = x.nan_to_num(nan=0.5, posinf=inf, neginf=-inf).requires_grad_(True)
+        x1, x2 = finite_or_inf.detach().clone().requires_grad_(True), finite_or_inf.detach().clone().requires_grad_(True)
+        y1, y2 = theirs(x1), mine(x2)
+        torch.testing.assert_close(y2, y1, equal_nan=True)
+        y1.backward(torch.ones_like(y1))
+        y2.backward(torch.ones_like(y2))
+    torch.testing.assert_close(x2.grad, x1.grad, equal_nan=True)
 
 
 def test_dropout_p_one_and_zero_match_torch(device):

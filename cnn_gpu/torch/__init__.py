@@ -62,7 +62,7 @@ def linear(x, weight, bias=None):
     """x @ weight.T + bias over the last dimension of x, any leading dimensions (torch's (*, in_features))."""
     if x.dim() == 0:
         raise ValueError("linear expects an input of at least 1 dimension (*, in_features), got a 0-d tensor")
-    y = ops.call(ops.linear, x.reshape(-1, x.shape[-1]), weight, bias)
+    y = ops.call(ops.linear, x.flatten(0, -2) if x.dim() > 1 else x.unsqueeze(0), weight, bias)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -124,7 +124,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 
 def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy of (N, K) logits against int64 labels (torch.nn.functional.cross_entropy)."""
+    """Mean softmax cross-entropy of (N, K) logits against (N,) integer class indices, or of one unbatched (K,)
+    row against a 0-d index (torch.nn.functional.cross_entropy with its defaults)."""
+    if logits.dim() == 1 and labels.dim() == 0:
+        logits, labels = logits.unsqueeze(0), labels.unsqueeze(0)
     return ops.call(ops.cross_entropy, logits, labels)
 
 

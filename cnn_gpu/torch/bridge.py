@@ -94,11 +94,19 @@ def run(function, *tensors, **kwargs):
     """function on array views of the tensors (NumPy on torch's threads, CuPy on torch's current stream); results
     back as tensors (tuples stay tuples)."""
     anchor = next(t for t in tensors if t is not None)
-    with _on_cuda_stream(anchor) if anchor.is_cuda else cpu_threads_for_numpy():
-        out = function(*[_to_array(t) for t in tensors], **kwargs)
-        if isinstance(out, tuple):
-            return tuple(_to_tensor(o) for o in out)
-        return _to_tensor(out)
+    if anchor.is_cuda:
+        with _on_cuda_stream(anchor):
+            return _run(function, tensors, kwargs)
+    # torch's CPU ops give NaN and inf without a warning, so ours do too (NumPy would warn of each)
+    with cpu_threads_for_numpy(), numpy.errstate(all="ignore"):
+        return _run(function, tensors, kwargs)
+
+
+def _run(function, tensors, kwargs):
+    out = function(*[_to_array(t) for t in tensors], **kwargs)
+    if isinstance(out, tuple):
+        return tuple(_to_tensor(o) for o in out)
+    return _to_tensor(out)
 
 
 # ---- registration helpers ------------------------------------------------------------------------

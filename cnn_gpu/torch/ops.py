@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from cnn_gpu import functional as F
+from cnn_gpu.ops.arrays import array_module
 from cnn_gpu.ops.batchnorm import batch_norm_inference_backward
 from cnn_gpu.torch.bridge import (call, check_tensors, differentiable, empty, float32_under_autocast, no_derivative,
                                   non_differentiable, operator, run, zeros_or_empty)
@@ -275,7 +276,7 @@ avg_pool2d.differentiable = differentiable(avg_pool2d, _avg_pool2d_grad, _avg_po
 def _leaky_relu(x, slope):
     if slope >= 0:
         return F.leaky_relu(x, slope)
-    return (x > 0) * x + (x <= 0) * (x * x.dtype.type(slope))
+    return array_module(x=x).where(x > 0, x, x * x.dtype.type(slope))  # a select: 0 * inf would be NaN
 
 
 def _activation_backward(dy, saved, name, slope):
@@ -283,7 +284,7 @@ def _activation_backward(dy, saved, name, slope):
         return getattr(F, name + "_backward")(dy, saved)
     if slope >= 0:  # the sign of y is the sign of x: the op's own backward, on x
         return F.leaky_relu_backward(dy, saved, slope)
-    return (saved > 0) * dy + (saved <= 0) * (dy * dy.dtype.type(slope))
+    return array_module(dy=dy).where(saved > 0, dy, dy * dy.dtype.type(slope))
 
 
 @operator("cnn_gpu::activation_backward")
@@ -333,25 +334,27 @@ tanh = _activation("tanh", F.tanh)
 
 # ---- softmax cross-entropy -----------------------------------------------------------------------
 def _check_logits(op, logits, labels):
+    """Before check_tensors, whose dtype rule for floating tensors would otherwise name float labels first."""
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"cnn_gpu::{op}: labels must be integer class indices of shape (N,), got {labels.dtype} of "
+                        f"shape {tuple(labels.shape)} (class probabilities are not supported)")
     if logits.dim() != 2 or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"cnn_gpu::{op}: logits must be (N, K) and labels (N,), got shapes "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"cnn_gpu::{op}: labels must be integer class indices, got {labels.dtype}")
 
 
 @operator("cnn_gpu::cross_entropy")
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """The mean softmax cross-entropy of (N, K) logits against (N,) integer labels: a 0-d tensor."""
-    check_tensors("cross_entropy", logits=logits, labels=labels)
     _check_logits("cross_entropy", logits, labels)
+    check_tensors("cross_entropy", logits=logits, labels=labels)
     return run(lambda a, b: F.softmax_cross_entropy(a, b)[0], logits, labels)
 
 
 @cross_entropy.register_fake
 def _(logits, labels):
-    check_tensors("cross_entropy", logits=logits, labels=labels)
     _check_logits("cross_entropy", logits, labels)
+    check_tensors("cross_entropy", logits=logits, labels=labels)
     return logits.new_empty(())
 
 
